@@ -1,0 +1,2 @@
+//! `na-cli` commands.
+pub mod loaded;

@@ -1,0 +1,111 @@
+//! Loading, attaching, pinning and removing one pod's program pair and maps.
+use std::path::PathBuf;
+
+use aya::{
+    EbpfLoader,
+    programs::{ProgramError, SchedClassifier},
+};
+use na_common::names::{GLOBAL_MAPS, POD_MAPS};
+use thiserror::Error;
+
+use super::{
+    AttachMode, OBJECT, PROGRAMS,
+    attach::{self, remove_pin},
+    rules::{PodMaps, PodRules, RulesError},
+};
+use crate::{
+    bpffs::{BpffsError, PinLayout},
+    pod_id::PodId,
+};
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("loading the eBPF object for pod {0}: {1}")]
+    Load(PodId, #[source] Box<aya::EbpfError>),
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    #[error("adding the clsact qdisc to {0}: {1}")]
+    Clsact(String, #[source] aya::programs::TcError),
+    #[error("TCX link: {0}")]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("detaching from {0}: {1}")]
+    Detach(String, String),
+    #[error("pin {0}: {1}")]
+    Pin(PathBuf, String),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+}
+
+/// The agent's handle on bpffs: loads and removes pods' datapaths.
+#[derive(Clone, Debug)]
+pub struct Datapath {
+    layout: PinLayout,
+    attach_mode: AttachMode,
+}
+
+impl Datapath {
+    /// Prepares `layout` (mounting bpffs if needed).
+    pub fn new(layout: PinLayout, attach_mode: AttachMode) -> Result<Self, DatapathError> {
+        layout.prepare()?;
+        Ok(Self { layout, attach_mode })
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// Loads `pod`'s programs with its pinned maps (created on first use,
+    /// reused afterwards), writes `rules` and only then attaches them to
+    /// `ifname`, so no packet passes before the pod's state is in place. A pod
+    /// that already has programs gets the new ones swapped in atomically.
+    pub fn attach_pod(&self, pod: &PodId, ifname: &str, rules: &PodRules) -> Result<PodMaps, DatapathError> {
+        let pins: Vec<(&str, PathBuf)> = POD_MAPS
+            .iter()
+            .map(|m| (*m, self.layout.map(pod, m)))
+            .chain(GLOBAL_MAPS.iter().map(|m| (*m, self.layout.global_map(m))))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(pod.clone(), Box::new(e)))?;
+
+        let mut maps = PodMaps::open(&self.layout, pod)?;
+        maps.apply(rules)?;
+
+        for (name, _, hook) in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()?;
+            prog.load()?;
+            let pin = self.layout.program(pod, name);
+            remove_pin(&pin)?;
+            prog.pin(&pin).map_err(|e| DatapathError::Pin(pin.clone(), e.to_string()))?;
+            attach::attach_or_replace(prog, ifname, hook, self.attach_mode, &self.layout.link(pod, name))?;
+        }
+        Ok(maps)
+    }
+
+    /// Detaches `pod`'s programs from `ifname` (if it still exists) and
+    /// removes every pin of the pod.
+    pub fn detach_pod(&self, pod: &PodId, ifname: Option<&str>) -> Result<(), DatapathError> {
+        for (name, _, hook) in PROGRAMS {
+            attach::detach(ifname, name, hook, &self.layout.link(pod, name))?;
+            remove_pin(&self.layout.program(pod, name))?;
+        }
+        for map in POD_MAPS {
+            remove_pin(&self.layout.map(pod, map))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the pinned policy maps of a loaded pod.
+    pub fn pod_maps(&self, pod: &PodId) -> Result<PodMaps, DatapathError> {
+        Ok(PodMaps::open(&self.layout, pod)?)
+    }
+}

@@ -1,0 +1,190 @@
+//! Writing a pod's desired policy state into its maps.
+//!
+//! Each direction's trie holds two rule sets; the pod state names the live
+//! one. A write fills the idle set, flips the state (one map update, so every
+//! packet sees either the old rules or the new ones, never a mix) and then
+//! clears the set that just went idle.
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use aya::maps::{Array, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use ipnet::IpNet;
+use na_common::{
+    family,
+    pod_state::{self, PodState},
+    policy::{LpmKeyData, MAX_RULES_PER_PREFIX, PortRule, RuleSet},
+};
+use thiserror::Error;
+
+use crate::{bpffs::PinLayout, pod_id::PodId};
+
+#[derive(Debug, Error)]
+pub enum RulesError {
+    #[error("{prefix} needs {count} (protocol, port) rules in {direction}; a prefix holds at most {MAX_RULES_PER_PREFIX}")]
+    TooManyRules { direction: &'static str, prefix: IpNet, count: usize },
+    #[error("opening pinned map {path}: {source}")]
+    Open { path: String, source: MapError },
+    #[error("{op} {map}: {source}")]
+    Map { op: &'static str, map: &'static str, source: MapError },
+}
+
+/// How a direction is isolated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Not isolated: everything passes.
+    #[default]
+    DefaultAllow,
+    /// Isolated before the pod's policies are known: only the entries pass.
+    DefaultDeny,
+    /// Isolated by policies: the entries pass, nothing else.
+    PoliciesApplied,
+}
+
+impl Mode {
+    fn raw(self) -> u8 {
+        match self {
+            Self::DefaultAllow => pod_state::DEFAULT_ALLOW,
+            Self::DefaultDeny => pod_state::DEFAULT_DENY,
+            Self::PoliciesApplied => pod_state::POLICIES_APPLIED,
+        }
+    }
+}
+
+/// The desired state of one direction: its mode and, per peer prefix, the
+/// rules the longest matching prefix applies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectionRules {
+    pub mode: Mode,
+    pub entries: BTreeMap<IpNet, Vec<PortRule>>,
+}
+
+/// The desired state of a pod, both directions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodRules {
+    pub ingress: DirectionRules,
+    pub egress: DirectionRules,
+}
+
+type Trie = LpmTrie<MapData, LpmKeyData, RuleSet>;
+
+/// A pod's pinned policy maps, opened for writing.
+pub struct PodMaps {
+    ingress: Trie,
+    egress: Trie,
+    state: Array<MapData, PodState>,
+}
+
+impl PodMaps {
+    pub fn open(layout: &PinLayout, pod: &PodId) -> Result<Self, RulesError> {
+        use na_common::names::{MAP_EGRESS, MAP_INGRESS, MAP_POD_STATE};
+        Ok(Self {
+            ingress: open_pinned(&layout.map(pod, MAP_INGRESS))?,
+            egress: open_pinned(&layout.map(pod, MAP_EGRESS))?,
+            state: open_pinned(&layout.map(pod, MAP_POD_STATE))?,
+        })
+    }
+
+    /// Makes the maps say `rules`; see the module documentation for why no
+    /// packet sees a half-written state.
+    pub fn apply(&mut self, rules: &PodRules) -> Result<(), RulesError> {
+        use na_common::direction::{EGRESS, INGRESS};
+        for (name, dir) in [("ingress", &rules.ingress), ("egress", &rules.egress)] {
+            check_capacity(name, dir)?;
+        }
+        Self::apply_direction(&mut self.ingress, &mut self.state, INGRESS, &rules.ingress)?;
+        Self::apply_direction(&mut self.egress, &mut self.state, EGRESS, &rules.egress)
+    }
+
+    fn apply_direction(
+        trie: &mut Trie,
+        states: &mut Array<MapData, PodState>,
+        dir: u32,
+        rules: &DirectionRules,
+    ) -> Result<(), RulesError> {
+        let current = states.get(&dir, 0).map_err(map_err("read", "pod_state_map"))?;
+        let next_set = current.active_set ^ 1;
+        // Leftovers of a write that died before its clean-up.
+        clear_set(trie, next_set)?;
+        for (prefix, port_rules) in &rules.entries {
+            let mut value = RuleSet { count: port_rules.len() as u32, ..RuleSet::default() };
+            value.rules[..port_rules.len()].copy_from_slice(port_rules);
+            trie.insert(&lpm_key(next_set, prefix), value, 0).map_err(map_err("insert into", "policy trie"))?;
+        }
+        let next = PodState {
+            mode: rules.mode.raw(),
+            active_set: next_set,
+            _pad: [0; 2],
+            generation: current.generation.wrapping_add(1),
+        };
+        states.set(dir, next, 0).map_err(map_err("write", "pod_state_map"))?;
+        clear_set(trie, current.active_set)
+    }
+}
+
+fn check_capacity(direction: &'static str, rules: &DirectionRules) -> Result<(), RulesError> {
+    match rules.entries.iter().find(|(_, r)| r.len() > MAX_RULES_PER_PREFIX) {
+        Some((prefix, r)) => Err(RulesError::TooManyRules { direction, prefix: *prefix, count: r.len() }),
+        None => Ok(()),
+    }
+}
+
+fn clear_set(trie: &mut Trie, set: u8) -> Result<(), RulesError> {
+    let stale: Vec<Key<LpmKeyData>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.data().set == set)
+        .collect();
+    for key in stale {
+        trie.remove(&key).map_err(map_err("delete from", "policy trie"))?;
+    }
+    Ok(())
+}
+
+/// The trie key of `prefix` in rule set `set`.
+pub fn lpm_key(set: u8, prefix: &IpNet) -> Key<LpmKeyData> {
+    let (fam, addr) = match prefix.network() {
+        IpAddr::V4(a) => {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&a.octets());
+            (family::IPV4, bytes)
+        }
+        IpAddr::V6(a) => (family::IPV6, a.octets()),
+    };
+    let (data, prefix_len) = LpmKeyData::new(set, fam, addr, u32::from(prefix.prefix_len()));
+    Key::new(prefix_len, data)
+}
+
+pub(super) fn open_pinned<T: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<T, RulesError> {
+    let open = |source| RulesError::Open { path: path.display().to_string(), source };
+    let data = MapData::from_pin(path).map_err(open)?;
+    T::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)
+}
+
+fn map_err(op: &'static str, map: &'static str) -> impl Fn(MapError) -> RulesError {
+    move |source| RulesError::Map { op, map, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_canonicalise_host_bits_and_separate_families() {
+        let a = lpm_key(0, &"10.1.2.3/16".parse::<IpNet>().unwrap().trunc());
+        assert_eq!(a.prefix_len(), 16 + 16);
+        assert_eq!(&a.data().addr[..4], &[10, 1, 0, 0]);
+        assert_eq!(a.data().family, family::IPV4);
+        let b = lpm_key(1, &"::/0".parse().unwrap());
+        assert_eq!((b.prefix_len(), b.data().set, b.data().family), (16, 1, family::IPV6));
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_truncation() {
+        let mut rules = DirectionRules::default();
+        let prefix: IpNet = "10.0.0.0/8".parse().unwrap();
+        rules.entries.insert(prefix, vec![PortRule::any(1); MAX_RULES_PER_PREFIX]);
+        assert!(check_capacity("ingress", &rules).is_ok());
+        rules.entries.get_mut(&prefix).unwrap().push(PortRule::any(1));
+        let err = check_capacity("ingress", &rules).unwrap_err().to_string();
+        assert!(err.contains("10.0.0.0/8") && err.contains("65") && err.contains("64"), "{err}");
+    }
+}

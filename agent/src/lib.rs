@@ -1,0 +1,8 @@
+//! The node agent: loads each local pod's programs and maps, keeps them in
+//! sync with the policy, and explains what is loaded (`na-cli`).
+
+pub mod bpffs;
+pub mod cli;
+pub mod datapath;
+pub mod pod_id;
+pub mod veth;

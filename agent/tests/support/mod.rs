@@ -1,0 +1,107 @@
+//! A private node with pods, servers and its own bpffs root, torn down on drop.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::Result;
+use na_agent::{
+    bpffs::PinLayout,
+    datapath::{AttachMode, Datapath, PodMaps, PodRules},
+    pod_id::PodId,
+    veth::{DEFAULT_PREFIX, host_veth_name},
+};
+use na_harness::{Node, Pod, Probe, Proto, Servers};
+
+static ROOTS: AtomicU32 = AtomicU32::new(0);
+
+pub struct Env {
+    // Fields drop in order: servers stop before their namespaces go, and the
+    // pin root goes last.
+    _servers: Servers,
+    pub node: Node,
+    pub dp: Datapath,
+    attached: Vec<(PodId, String)>,
+    root: PinRoot,
+}
+
+/// A test's own bpffs directory, removed even when setup fails half-way.
+struct PinRoot(PathBuf);
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Ports every pod serves, on TCP and UDP.
+pub const PORTS: [u16; 2] = [80, 81];
+
+impl Env {
+    /// A node with pods `x/a`, `x/b`, `x/c` serving [`PORTS`], nothing attached.
+    pub fn new(mode: AttachMode) -> Result<Self> {
+        let root = PinRoot(PathBuf::from(format!(
+            "/sys/fs/bpf/na-test-{}-{}",
+            std::process::id(),
+            ROOTS.fetch_add(1, Ordering::Relaxed)
+        )));
+        let dp = Datapath::new(PinLayout::new(&root.0), mode)?;
+        let mut node = Node::new()?;
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let veth = host_veth_name(DEFAULT_PREFIX, "x", name);
+            node.add_pod("x", name, Ipv4Addr::new(198, 18, 0, 2 + i as u8), &veth)?;
+        }
+        let mut servers = Servers::default();
+        for pod in node.pods() {
+            for port in PORTS {
+                servers.start(pod, Proto::Tcp, port)?;
+                servers.start(pod, Proto::Udp, port)?;
+            }
+        }
+        Ok(Self { _servers: servers, node, dp, root, attached: Vec::new() })
+    }
+
+    pub fn pod(&self, key: &str) -> &Pod {
+        self.node.pod(key).unwrap_or_else(|| panic!("no pod {key}"))
+    }
+
+    /// Loads and attaches `key`'s programs with `rules`, inside the node.
+    pub fn attach(&mut self, key: &str, rules: &PodRules) -> Result<PodMaps> {
+        let pod = self.pod(key);
+        let (id, veth) = (PodId::new(&pod.namespace, &pod.name), pod.host_veth.clone());
+        let dp = &self.dp;
+        let maps = self.node.netns().run(|| dp.attach_pod(&id, &veth, rules))??;
+        self.attached.push((id, veth));
+        Ok(maps)
+    }
+
+    /// Detaches `key`'s programs and removes its pins.
+    pub fn detach(&mut self, key: &str) -> Result<()> {
+        let pod = self.pod(key);
+        let id = PodId::new(&pod.namespace, &pod.name);
+        let veth = pod.host_veth.clone();
+        let dp = &self.dp;
+        self.node.netns().run(|| dp.detach_pod(&id, Some(&veth)))??;
+        self.attached.retain(|(i, _)| *i != id);
+        Ok(())
+    }
+
+    pub fn reaches(&self, from: &str, to: &str, probe: Probe) -> bool {
+        let to_ip = self.pod(to).ip.into();
+        probe.run(self.pod(from), to_ip).expect("probe ran")
+    }
+
+    pub fn root(&self) -> &PathBuf {
+        &self.root.0
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for (id, veth) in std::mem::take(&mut self.attached) {
+            let dp = &self.dp;
+            let _ = self.node.netns().run(|| dp.detach_pod(&id, Some(&veth)));
+        }
+    }
+}

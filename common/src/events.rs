@@ -1,0 +1,46 @@
+//! Records written to the shared `policy_events` ring buffer.
+
+/// Size of the shared ring buffer in bytes (a power of two, page aligned).
+pub const RING_BYTES: u32 = 256 * 1024;
+
+/// What the datapath decided.
+pub mod verdict {
+    pub const DENY: u8 = 0;
+    pub const ALLOW: u8 = 1;
+}
+
+/// What decided it.
+pub mod tier {
+    /// The pod was not isolated in that direction.
+    pub const DEFAULT_ALLOW: u8 = 0;
+    /// The pod was isolated before its policies were known.
+    pub const DEFAULT_DENY: u8 = 1;
+    /// A NetworkPolicy rule (allow) or the absence of one (deny).
+    pub const NETWORK_POLICY: u8 = 2;
+    /// The packet could not be parsed safely.
+    pub const MALFORMED: u8 = 3;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEvent {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub family: u8,
+    /// [`crate::direction`] as a byte.
+    pub direction: u8,
+    /// [`verdict`].
+    pub verdict: u8,
+    /// [`tier`].
+    pub tier: u8,
+    pub _pad: [u8; 3],
+    /// Rule that allowed the packet, [`crate::policy::POLICY_ID_NONE`] otherwise.
+    pub policy_id: u32,
+    /// Host veth of the pod.
+    pub ifindex: u32,
+    /// Packet length (`skb->len`).
+    pub packet_len: u32,
+}

@@ -1,0 +1,84 @@
+//! The byte layout is the contract with the kernel and with pinned maps left by
+//! an older agent: any change here must be deliberate.
+use core::mem::{offset_of, size_of};
+
+use crate::{conntrack::*, events::*, pod_state::*, policy::*};
+
+#[test]
+fn lpm_key_layout() {
+    assert_eq!(size_of::<LpmKeyData>(), 18);
+    assert_eq!(offset_of!(LpmKeyData, set), 0);
+    assert_eq!(offset_of!(LpmKeyData, family), 1);
+    assert_eq!(offset_of!(LpmKeyData, addr), 2);
+}
+
+#[test]
+fn rule_layout() {
+    assert_eq!(size_of::<PortRule>(), 12);
+    assert_eq!(offset_of!(PortRule, policy_id), 0);
+    assert_eq!(offset_of!(PortRule, start_port), 4);
+    assert_eq!(offset_of!(PortRule, end_port), 6);
+    assert_eq!(offset_of!(PortRule, protocol), 8);
+    assert_eq!(size_of::<RuleSet>(), 4 + 12 * MAX_RULES_PER_PREFIX);
+    assert!(MAX_RULES_PER_PREFIX >= 64);
+}
+
+#[test]
+fn pod_state_layout() {
+    assert_eq!(size_of::<PodState>(), 8);
+    assert_eq!(offset_of!(PodState, mode), 0);
+    assert_eq!(offset_of!(PodState, active_set), 1);
+    assert_eq!(offset_of!(PodState, generation), 4);
+    // An array map starts zeroed: that must mean deny.
+    assert_eq!(PodState::default().mode, DEFAULT_DENY);
+}
+
+#[test]
+fn conntrack_layout() {
+    assert_eq!(size_of::<FlowKey>(), 44);
+    assert_eq!(offset_of!(FlowKey, dst_addr), 16);
+    assert_eq!(offset_of!(FlowKey, src_port), 32);
+    assert_eq!(offset_of!(FlowKey, dst_port), 34);
+    assert_eq!(offset_of!(FlowKey, protocol), 36);
+    assert_eq!(offset_of!(FlowKey, family), 37);
+    assert_eq!(offset_of!(FlowKey, ifindex), 40);
+    assert_eq!(size_of::<FlowState>(), 16);
+    assert_eq!(offset_of!(FlowState, policy_id), 8);
+    assert_eq!(offset_of!(FlowState, direction), 12);
+}
+
+#[test]
+fn event_layout() {
+    assert_eq!(size_of::<PolicyEvent>(), 56);
+    assert_eq!(offset_of!(PolicyEvent, src_port), 32);
+    assert_eq!(offset_of!(PolicyEvent, protocol), 36);
+    assert_eq!(offset_of!(PolicyEvent, direction), 38);
+    assert_eq!(offset_of!(PolicyEvent, verdict), 39);
+    assert_eq!(offset_of!(PolicyEvent, tier), 40);
+    assert_eq!(offset_of!(PolicyEvent, policy_id), 44);
+    assert_eq!(offset_of!(PolicyEvent, ifindex), 48);
+    assert_eq!(offset_of!(PolicyEvent, packet_len), 52);
+}
+
+#[test]
+fn empty_slots_never_match() {
+    let mut set = RuleSet::default();
+    // A zeroed slot is PROTO_ANY: it must still not match past `count`.
+    assert!(set.find(crate::protocol::TCP, Some(80)).is_none());
+    set.rules[0] = PortRule::ports(7, crate::protocol::TCP, 80, 80);
+    set.count = 1;
+    assert_eq!(set.find(crate::protocol::TCP, Some(80)).map(|r| r.policy_id), Some(7));
+    assert!(set.find(crate::protocol::TCP, Some(81)).is_none());
+    assert!(set.find(crate::protocol::UDP, Some(80)).is_none());
+}
+
+#[test]
+fn port_range_edges() {
+    let r = PortRule::ports(1, crate::protocol::UDP, 1000, 2000);
+    assert!(!r.matches(crate::protocol::UDP, Some(999)));
+    assert!(r.matches(crate::protocol::UDP, Some(1000)));
+    assert!(r.matches(crate::protocol::UDP, Some(2000)));
+    assert!(!r.matches(crate::protocol::UDP, Some(2001)));
+    assert!(!r.matches(crate::protocol::UDP, None));
+    assert!(PortRule::any(1).matches(crate::protocol::ICMP, None));
+}

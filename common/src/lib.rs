@@ -1,0 +1,64 @@
+//! The kernel ABI of the NetworkPolicy datapath.
+//!
+//! Everything the eBPF programs and the agent exchange through maps lives here,
+//! defined once with `#[repr(C)]` and explicit padding so both sides agree on
+//! every byte. Each module covers one feature of the datapath.
+#![no_std]
+
+pub mod conntrack;
+pub mod events;
+pub mod names;
+pub mod policy;
+pub mod pod_state;
+
+/// Address families as stored in map keys and event records.
+pub mod family {
+    /// IPv4; the address occupies the first 4 bytes of a 16-byte field, the rest is zero.
+    pub const IPV4: u8 = 4;
+    /// IPv6; the address fills the 16-byte field.
+    pub const IPV6: u8 = 6;
+}
+
+/// Which side of the pod a program or map entry judges.
+pub mod direction {
+    /// Traffic into the pod (`handle_ingress`, on the host veth's egress hook).
+    pub const INGRESS: u32 = 0;
+    /// Traffic out of the pod (`handle_egress`, on the host veth's ingress hook).
+    pub const EGRESS: u32 = 1;
+    /// How many directions there are; the size of per-direction arrays.
+    pub const COUNT: u32 = 2;
+}
+
+/// IP protocol numbers the datapath parses ports for.
+pub mod protocol {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+    pub const SCTP: u8 = 132;
+}
+
+/// Implements `aya::Pod` for ABI types when the `user` feature is on.
+#[cfg(feature = "user")]
+macro_rules! user_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: every ABI type is repr(C), built only from integers and
+            // integer arrays, with all padding spelled out as fields.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+#[cfg(feature = "user")]
+user_pod!(
+    policy::LpmKeyData,
+    policy::PortRule,
+    policy::RuleSet,
+    pod_state::PodState,
+    conntrack::FlowKey,
+    conntrack::FlowState,
+    events::PolicyEvent,
+);
+
+#[cfg(test)]
+mod layout_tests;

@@ -1,0 +1,122 @@
+//! The LPM tries `ingress_map` / `egress_map`: which peers may reach which ports.
+//!
+//! One trie per direction holds both address families and two rule sets: the
+//! key starts with the set index and the family, so a policy change is written
+//! into the inactive set and becomes visible at once when the pod state flips
+//! its active set (see [`crate::pod_state::PodState::active_set`]).
+
+/// How many (protocol, port range) rules one prefix can hold. The agent refuses
+/// to write more instead of truncating.
+pub const MAX_RULES_PER_PREFIX: usize = 64;
+
+/// Maximum number of prefixes per trie (both sets together).
+pub const MAX_PREFIXES: u32 = 65_536;
+
+/// Bits of the key spent on the set index and family before the address.
+pub const KEY_HEADER_BITS: u32 = 16;
+
+/// A rule's protocol that matches every IP protocol on every port (a
+/// NetworkPolicy rule without `ports`). No real packet carries protocol 0 after
+/// IPv6 extension headers are walked, and it is never compared to a packet's.
+pub const PROTO_ANY: u8 = 0;
+
+/// Attribution id of entries the agent adds for the node itself (kubelet probes).
+pub const POLICY_ID_HOST: u32 = u32::MAX;
+/// Attribution id of verdicts made without a rule (pod state default).
+pub const POLICY_ID_NONE: u32 = 0;
+
+/// The part of the LPM key after the prefix length (aya's `Key<LpmKeyData>`).
+/// The prefix length counts [`KEY_HEADER_BITS`] plus the address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LpmKeyData {
+    /// Rule set, 0 or 1.
+    pub set: u8,
+    /// [`crate::family`] of `addr`.
+    pub family: u8,
+    /// Address in network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+impl LpmKeyData {
+    /// Key data and full LPM prefix length for `addr/prefix_len` in `set`.
+    pub const fn new(set: u8, family: u8, addr: [u8; 16], prefix_len: u32) -> (Self, u32) {
+        (Self { set, family, addr }, KEY_HEADER_BITS + prefix_len)
+    }
+}
+
+/// One allowed (protocol, port range) with the policy that allowed it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    /// Which policy rule produced this entry (agent-assigned; see `na-cli`).
+    pub policy_id: u32,
+    /// First allowed destination port, host byte order.
+    pub start_port: u16,
+    /// Last allowed destination port, inclusive, host byte order.
+    pub end_port: u16,
+    /// IP protocol number, or [`PROTO_ANY`].
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl PortRule {
+    /// Every protocol, every port.
+    pub const fn any(policy_id: u32) -> Self {
+        Self { policy_id, start_port: 0, end_port: u16::MAX, protocol: PROTO_ANY, _pad: [0; 3] }
+    }
+
+    /// `protocol` on ports `start..=end`.
+    pub const fn ports(policy_id: u32, protocol: u8, start: u16, end: u16) -> Self {
+        Self { policy_id, start_port: start, end_port: end, protocol, _pad: [0; 3] }
+    }
+
+    /// Whether this rule admits a packet. `port` is `None` for packets that carry
+    /// no port the datapath may trust (other protocols, non-first fragments);
+    /// only [`PROTO_ANY`] rules admit those.
+    #[inline(always)]
+    pub fn matches(&self, protocol: u8, port: Option<u16>) -> bool {
+        if self.protocol == PROTO_ANY {
+            return true;
+        }
+        match port {
+            Some(port) => {
+                self.protocol == protocol && self.start_port <= port && port <= self.end_port
+            }
+            None => false,
+        }
+    }
+}
+
+/// Value of an LPM entry: the first `count` rules are live, the rest never match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub count: u32,
+    pub rules: [PortRule; MAX_RULES_PER_PREFIX],
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self { count: 0, rules: [PortRule::default(); MAX_RULES_PER_PREFIX] }
+    }
+}
+
+impl RuleSet {
+    /// The first live rule admitting the packet.
+    #[inline(always)]
+    pub fn find(&self, protocol: u8, port: Option<u16>) -> Option<&PortRule> {
+        let count = self.count as usize;
+        // Bounded by the array length so the verifier sees a fixed trip count.
+        for i in 0..MAX_RULES_PER_PREFIX {
+            if i >= count {
+                break;
+            }
+            let rule = &self.rules[i];
+            if rule.matches(protocol, port) {
+                return Some(rule);
+            }
+        }
+        None
+    }
+}

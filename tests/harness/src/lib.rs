@@ -1,0 +1,19 @@
+//! Pods as network namespaces, wired the way the AWS VPC CNI wires them.
+//!
+//! Everything lives under a private "node" namespace so a test never touches
+//! the machine's own interfaces, routes or sysctls: the node namespace holds
+//! the host-side veths (named by the caller, as the CNI would), a /32
+//! route per pod and the node IP on its loopback. Each pod has its
+//! address on `eth0` with a link-local default gateway. Dropping a [`Node`]
+//! deletes every namespace it made, and with them every link and route.
+
+mod cmd;
+mod netns;
+mod node;
+mod probe;
+mod server;
+
+pub use netns::NetNs;
+pub use node::{NODE_IP, Node, Pod};
+pub use probe::{Probe, Proto, matrix, render};
+pub use server::Servers;

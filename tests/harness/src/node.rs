@@ -1,0 +1,116 @@
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    cmd::{ip, ip_output},
+    netns::{self, NetNs},
+};
+
+/// The pods' link-local default gateway, as the VPC CNI sets it.
+const GATEWAY_V4: &str = "169.254.1.1";
+/// The node's own address, on the node namespace's loopback.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+
+static NODES: AtomicU32 = AtomicU32::new(0);
+
+/// A private node: a namespace with the host side of every pod.
+#[derive(Debug)]
+pub struct Node {
+    // Pods first: their namespaces go before the node's.
+    pods: Vec<Pod>,
+    ns: NetNs,
+    tag: String,
+}
+
+/// A pod: a namespace with `eth0` peered to a host veth in the node.
+#[derive(Debug)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub host_veth: String,
+    ns: NetNs,
+}
+
+impl Pod {
+    pub fn netns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// "namespace/name".
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Node {
+    /// A new node namespace with forwarding on and the node IP configured.
+    pub fn new() -> Result<Self> {
+        netns::remove_stale();
+        let tag = format!(
+            "{}{}-{}",
+            netns::PREFIX,
+            std::process::id(),
+            NODES.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = NetNs::create(format!("{tag}-node"))?;
+        let n = ns.name().to_owned();
+        // On loopback: no dummy driver is needed, and source selection still
+        // picks it for traffic the node itself sends to pods.
+        ip(&["-n", &n, "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
+        ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
+            .context("enabling forwarding in the node namespace")?;
+        Ok(Self { pods: Vec::new(), ns, tag })
+    }
+
+    pub fn netns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn pod(&self, key: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.key() == key)
+    }
+
+    /// Adds pod `namespace/name` with address `ip_addr`, wired like the VPC CNI
+    /// with `host_veth` as the node side (the caller applies the CNI's naming).
+    pub fn add_pod(&mut self, namespace: &str, name: &str, ip_addr: Ipv4Addr, host_veth: &str) -> Result<&Pod> {
+        let host_veth = host_veth.to_owned();
+        let ns = NetNs::create(format!("{}-{}-{}", self.tag, namespace, name))?;
+        let (n, p) = (self.ns.name(), ns.name());
+        ip(&["-n", n, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", p])?;
+        ip(&["-n", n, "link", "set", &host_veth, "up"])?;
+        ip(&["-n", n, "route", "add", &format!("{ip_addr}/32"), "dev", &host_veth, "scope", "link"])?;
+        let host_mac = mac_address(n, &host_veth)?;
+        ip(&["-n", p, "addr", "add", &format!("{ip_addr}/32"), "dev", "eth0"])?;
+        ip(&["-n", p, "link", "set", "eth0", "up"])?;
+        ip(&["-n", p, "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
+        ip(&["-n", p, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
+        ip(&["-n", p, "neigh", "add", GATEWAY_V4, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        self.pods.push(Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            ip: ip_addr,
+            host_veth,
+            ns,
+        });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+}
+
+/// The MAC address of `link` in namespace `ns` (sysfs would show the root namespace's).
+fn mac_address(ns: &str, link: &str) -> Result<String> {
+    let out = ip_output(&["-n", ns, "-o", "link", "show", "dev", link])?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("no MAC address for {link}: {out}"))
+}

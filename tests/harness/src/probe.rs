@@ -1,0 +1,125 @@
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{Node, Pod};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One connection attempt: protocol and destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Probe {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = match self.proto {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        };
+        write!(f, "{p}/{}", self.port)
+    }
+}
+
+/// How long one probe waits for its answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+
+impl Probe {
+    pub const fn tcp(port: u16) -> Self {
+        Self { proto: Proto::Tcp, port }
+    }
+
+    pub const fn udp(port: u16) -> Self {
+        Self { proto: Proto::Udp, port }
+    }
+
+    /// Whether a request from `from` to `to` gets its answer back: the full
+    /// round trip, so a dropped reply counts as denied.
+    pub fn run(&self, from: &Pod, to: IpAddr) -> Result<bool> {
+        let addr = SocketAddr::new(to, self.port);
+        let proto = self.proto;
+        from.netns().run(move || exchange(proto, addr).unwrap_or(false))
+    }
+}
+
+fn exchange(proto: Proto, addr: SocketAddr) -> std::io::Result<bool> {
+    let mut buf = [0u8; 16];
+    match proto {
+        Proto::Tcp => {
+            let mut s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
+            s.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            s.write_all(b"ping")?;
+            let n = s.read(&mut buf)?;
+            Ok(&buf[..n] == b"ping")
+        }
+        Proto::Udp => {
+            let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            s.send_to(b"ping", addr)?;
+            let (n, _) = s.recv_from(&mut buf)?;
+            Ok(&buf[..n] == b"ping")
+        }
+    }
+}
+
+/// Runs `probe` from every pod to every other pod, concurrently. Returns
+/// `[from][to]`; the diagonal is `None` (a pod reaching itself never crosses
+/// the datapath).
+pub fn matrix(node: &Node, probe: Probe) -> Result<Vec<Vec<Option<bool>>>> {
+    let pods = node.pods();
+    std::thread::scope(|s| {
+        let handles: Vec<Vec<_>> = pods
+            .iter()
+            .map(|from| {
+                pods.iter()
+                    .map(|to| {
+                        (!std::ptr::eq(from, to)).then(|| s.spawn(move || probe.run(from, IpAddr::V4(to.ip))))
+                    })
+                    .collect()
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|h| h.map(|h| h.join().expect("probe thread panicked")).transpose())
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// Renders a matrix in the upstream e2e style: `.` reached, `X` blocked.
+pub fn render(node: &Node, m: &[Vec<Option<bool>>]) -> String {
+    let names: Vec<String> = node.pods().iter().map(Pod::key).collect();
+    let w = names.iter().map(String::len).max().unwrap_or(1);
+    let mut out = format!("{:w$} ", "");
+    for n in &names {
+        out += &format!(" {n:>w$}");
+    }
+    out.push('\n');
+    for (name, row) in names.iter().zip(m) {
+        out += &format!("{name:w$} ");
+        for cell in row {
+            let c = match cell {
+                Some(true) => ".",
+                Some(false) => "X",
+                None => "-",
+            };
+            out += &format!(" {c:>w$}");
+        }
+        out.push('\n');
+    }
+    out
+}
