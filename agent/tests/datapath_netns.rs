@@ -50,8 +50,11 @@ fn deny_all_ingress_netlink() {
 fn allow_rule_admits_exactly_its_peer_protocol_and_port() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
     let b = host(&env, "x/b");
-    env.attach("x/a", &PodRules { ingress: isolated([(b, vec![PortRule::ports(7, TCP, 80, 80)])]), ..Default::default() })
-        .unwrap();
+    env.attach(
+        "x/a",
+        &PodRules { ingress: isolated([(b, vec![PortRule::ports(7, TCP, 80, 80)])]), ..Default::default() },
+    )
+    .unwrap();
     assert!(env.reaches("x/b", "x/a", Probe::tcp(80)));
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(81)), "other port");
     assert!(!env.reaches("x/b", "x/a", Probe::udp(80)), "other protocol");
@@ -64,10 +67,16 @@ fn reply_of_allowed_flow_passes_a_peer_that_denies_it() {
     let (a, b) = (host(&env, "x/a"), host(&env, "x/b"));
     // a may only open TCP/80 to b and accepts nothing; b accepts TCP/80 from a
     // and may open nothing. Every reply must ride on conntrack.
-    env.attach("x/a", &PodRules { ingress: isolated([]), egress: isolated([(b, vec![PortRule::ports(1, TCP, 80, 80)])]) })
-        .unwrap();
-    env.attach("x/b", &PodRules { ingress: isolated([(a, vec![PortRule::ports(2, TCP, 80, 80)])]), egress: isolated([]) })
-        .unwrap();
+    env.attach(
+        "x/a",
+        &PodRules { ingress: isolated([]), egress: isolated([(b, vec![PortRule::ports(1, TCP, 80, 80)])]) },
+    )
+    .unwrap();
+    env.attach(
+        "x/b",
+        &PodRules { ingress: isolated([(a, vec![PortRule::ports(2, TCP, 80, 80)])]), egress: isolated([]) },
+    )
+    .unwrap();
     assert!(env.reaches("x/a", "x/b", Probe::tcp(80)), "reply must pass both deny-all hooks");
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "b may not open flows to a");
     assert!(!env.reaches("x/a", "x/b", Probe::tcp(81)), "a may not open other ports");

@@ -8,8 +8,8 @@
 pub mod conntrack;
 pub mod events;
 pub mod names;
-pub mod policy;
 pub mod pod_state;
+pub mod policy;
 
 /// Address families as stored in map keys and event records.
 pub mod family {

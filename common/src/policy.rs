@@ -8,6 +8,8 @@
 /// How many (protocol, port range) rules one prefix can hold. The agent refuses
 /// to write more instead of truncating.
 pub const MAX_RULES_PER_PREFIX: usize = 64;
+// The AWS agent stops at 24 per prefix; never fall below 64.
+const _: () = assert!(MAX_RULES_PER_PREFIX >= 64);
 
 /// Maximum number of prefixes per trie (both sets together).
 pub const MAX_PREFIXES: u32 = 65_536;
@@ -80,9 +82,7 @@ impl PortRule {
             return true;
         }
         match port {
-            Some(port) => {
-                self.protocol == protocol && self.start_port <= port && port <= self.end_port
-            }
+            Some(port) => self.protocol == protocol && self.start_port <= port && port <= self.end_port,
             None => false,
         }
     }

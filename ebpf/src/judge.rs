@@ -44,7 +44,7 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     let entry = FlowState { last_seen_ns: now, policy_id, direction: dir as u8, _pad: [0; 3] };
     // A full table evicts its least recently used flow; failing to insert only
     // means the next packet is judged again.
-    let _ = CONNTRACK.insert(&flow, &entry, 0);
+    let _ = CONNTRACK.insert(flow, entry, 0);
     TC_ACT_OK
 }
 
@@ -52,20 +52,11 @@ fn decide(state: &PodState, dir: u32, packet: &Packet) -> (bool, u8, u32) {
     if state.mode == pod_state::DEFAULT_ALLOW {
         return (true, tier::DEFAULT_ALLOW, POLICY_ID_NONE);
     }
-    let tier = if state.mode == pod_state::POLICIES_APPLIED {
-        tier::NETWORK_POLICY
-    } else {
-        tier::DEFAULT_DENY
-    };
-    let (trie, peer) = if dir == direction::INGRESS {
-        (&INGRESS_MAP, packet.src_addr)
-    } else {
-        (&EGRESS_MAP, packet.dst_addr)
-    };
+    let tier = if state.mode == pod_state::POLICIES_APPLIED { tier::NETWORK_POLICY } else { tier::DEFAULT_DENY };
+    let (trie, peer) =
+        if dir == direction::INGRESS { (&INGRESS_MAP, packet.src_addr) } else { (&EGRESS_MAP, packet.dst_addr) };
     let (data, prefix_len) = LpmKeyData::new(state.active_set, packet.family, peer, 128);
-    let rule = trie
-        .get(Key::new(prefix_len, data))
-        .and_then(|rules| rules.find(packet.protocol, packet.dst_port));
+    let rule = trie.get(Key::new(prefix_len, data)).and_then(|rules| rules.find(packet.protocol, packet.dst_port));
     match rule {
         Some(rule) => (true, tier, rule.policy_id),
         None => (false, tier, POLICY_ID_NONE),

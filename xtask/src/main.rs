@@ -1,1 +1,33 @@
-fn main(){}
+//! Project tasks: `cargo xtask <command>`. One module per command.
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Set up, test and demo the NetworkPolicy agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent, fast when done).
+    Setup(setup::Options),
+    /// Run every test: unit, kernel/netns, lints, and the demo's own checks.
+    Test(test::Options),
+    /// Pods as namespaces, programs loaded, traffic allowed and denied.
+    Demo(demo::Options),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup(o) => setup::run(&o),
+        Command::Test(o) => test::run(&o),
+        Command::Demo(o) => demo::run(&o),
+    }
+}

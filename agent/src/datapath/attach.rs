@@ -72,8 +72,9 @@ pub fn attach_or_replace(
                 Ok(id) => id,
                 // Our filter is already there: replace its program in place.
                 Err(create_err) => {
-                    let existing = SchedClassifierLink::attached(ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None)
-                        .map_err(|_| create_err)?;
+                    let existing =
+                        SchedClassifierLink::attached(ifname, hook, NL_PRIORITY, TcHandle::from(NL_HANDLE), None)
+                            .map_err(|_| create_err)?;
                     prog.attach_to_link(existing)?
                 }
             };

@@ -78,10 +78,8 @@ impl Datapath {
         maps.apply(rules)?;
 
         for (name, _, hook) in PROGRAMS {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()?;
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?.try_into()?;
             prog.load()?;
             let pin = self.layout.program(pod, name);
             remove_pin(&pin)?;

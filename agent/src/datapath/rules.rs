@@ -19,7 +19,9 @@ use crate::{bpffs::PinLayout, pod_id::PodId};
 
 #[derive(Debug, Error)]
 pub enum RulesError {
-    #[error("{prefix} needs {count} (protocol, port) rules in {direction}; a prefix holds at most {MAX_RULES_PER_PREFIX}")]
+    #[error(
+        "{prefix} needs {count} (protocol, port) rules in {direction}; a prefix holds at most {MAX_RULES_PER_PREFIX}"
+    )]
     TooManyRules { direction: &'static str, prefix: IpNet, count: usize },
     #[error("opening pinned map {path}: {source}")]
     Open { path: String, source: MapError },
@@ -128,11 +130,7 @@ fn check_capacity(direction: &'static str, rules: &DirectionRules) -> Result<(),
 }
 
 fn clear_set(trie: &mut Trie, set: u8) -> Result<(), RulesError> {
-    let stale: Vec<Key<LpmKeyData>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.data().set == set)
-        .collect();
+    let stale: Vec<Key<LpmKeyData>> = trie.keys().filter_map(Result::ok).filter(|k| k.data().set == set).collect();
     for key in stale {
         trie.remove(&key).map_err(map_err("delete from", "policy trie"))?;
     }

@@ -1,4 +1,5 @@
 //! A private node with pods, servers and its own bpffs root, torn down on drop.
+//! Shared by the netns test targets and the demo (`examples/demo.rs`).
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
@@ -15,6 +16,9 @@ use na_agent::{
 use na_harness::{Node, Pod, Probe, Proto, Servers};
 
 static ROOTS: AtomicU32 = AtomicU32::new(0);
+
+/// Parent of every pin root the support module makes.
+pub const ROOT_PREFIX: &str = "/sys/fs/bpf/na-test-";
 
 pub struct Env {
     // Fields drop in order: servers stop before their namespaces go, and the
@@ -40,17 +44,24 @@ pub const PORTS: [u16; 2] = [80, 81];
 
 impl Env {
     /// A node with pods `x/a`, `x/b`, `x/c` serving [`PORTS`], nothing attached.
+    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn new(mode: AttachMode) -> Result<Self> {
+        Self::with_pods(mode, &[("x", "a"), ("x", "b"), ("x", "c")])
+    }
+
+    /// A node with `pods` (namespace, name) serving [`PORTS`], nothing attached.
+    pub fn with_pods(mode: AttachMode, pods: &[(&str, &str)]) -> Result<Self> {
         let root = PinRoot(PathBuf::from(format!(
-            "/sys/fs/bpf/na-test-{}-{}",
+            "{ROOT_PREFIX}{}-{}",
             std::process::id(),
             ROOTS.fetch_add(1, Ordering::Relaxed)
         )));
         let dp = Datapath::new(PinLayout::new(&root.0), mode)?;
         let mut node = Node::new()?;
-        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-            let veth = host_veth_name(DEFAULT_PREFIX, "x", name);
-            node.add_pod("x", name, Ipv4Addr::new(198, 18, 0, 2 + i as u8), &veth)?;
+        for (i, (namespace, name)) in pods.iter().enumerate() {
+            let veth = host_veth_name(DEFAULT_PREFIX, namespace, name);
+            let host = u8::try_from(i + 2).expect("fewer than 250 pods");
+            node.add_pod(namespace, name, Ipv4Addr::new(198, 18, 0, host), &veth)?;
         }
         let mut servers = Servers::default();
         for pod in node.pods() {
@@ -77,6 +88,7 @@ impl Env {
     }
 
     /// Detaches `key`'s programs and removes its pins.
+    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn detach(&mut self, key: &str) -> Result<()> {
         let pod = self.pod(key);
         let id = PodId::new(&pod.namespace, &pod.name);
@@ -87,11 +99,13 @@ impl Env {
         Ok(())
     }
 
+    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn reaches(&self, from: &str, to: &str, probe: Probe) -> bool {
         let to_ip = self.pod(to).ip.into();
         probe.run(self.pod(from), to_ip).expect("probe ran")
     }
 
+    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn root(&self) -> &PathBuf {
         &self.root.0
     }

@@ -13,10 +13,7 @@ pub fn ip_output(args: &[&str]) -> Result<String> {
 }
 
 fn run(args: &[&str]) -> Result<Output> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running `ip` (install iproute2: `cargo xtask setup`)")?;
+    let out = Command::new("ip").args(args).output().context("running `ip` (install iproute2: `cargo xtask setup`)")?;
     if !out.status.success() {
         bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }

@@ -51,12 +51,7 @@ impl Node {
     /// A new node namespace with forwarding on and the node IP configured.
     pub fn new() -> Result<Self> {
         netns::remove_stale();
-        let tag = format!(
-            "{}{}-{}",
-            netns::PREFIX,
-            std::process::id(),
-            NODES.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag = format!("{}{}-{}", netns::PREFIX, std::process::id(), NODES.fetch_add(1, Ordering::Relaxed));
         let ns = NetNs::create(format!("{tag}-node"))?;
         let n = ns.name().to_owned();
         // On loopback: no dummy driver is needed, and source selection still
@@ -94,13 +89,7 @@ impl Node {
         ip(&["-n", p, "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
         ip(&["-n", p, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
         ip(&["-n", p, "neigh", "add", GATEWAY_V4, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-        self.pods.push(Pod {
-            namespace: namespace.into(),
-            name: name.into(),
-            ip: ip_addr,
-            host_veth,
-            ns,
-        });
+        self.pods.push(Pod { namespace: namespace.into(), name: name.into(), ip: ip_addr, host_veth, ns });
         Ok(self.pods.last().expect("just pushed"))
     }
 }

@@ -83,18 +83,14 @@ pub fn matrix(node: &Node, probe: Probe) -> Result<Vec<Vec<Option<bool>>>> {
             .iter()
             .map(|from| {
                 pods.iter()
-                    .map(|to| {
-                        (!std::ptr::eq(from, to)).then(|| s.spawn(move || probe.run(from, IpAddr::V4(to.ip))))
-                    })
+                    .map(|to| (!std::ptr::eq(from, to)).then(|| s.spawn(move || probe.run(from, IpAddr::V4(to.ip)))))
                     .collect()
             })
             .collect();
         handles
             .into_iter()
             .map(|row| {
-                row.into_iter()
-                    .map(|h| h.map(|h| h.join().expect("probe thread panicked")).transpose())
-                    .collect()
+                row.into_iter().map(|h| h.map(|h| h.join().expect("probe thread panicked")).transpose()).collect()
             })
             .collect()
     })

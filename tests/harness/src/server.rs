@@ -32,9 +32,7 @@ impl Servers {
         let stop = self.stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         self.threads.push(std::thread::spawn(move || {
-            let bound = setns(&ns, CloneFlags::CLONE_NEWNET)
-                .context("setns")
-                .and_then(|()| bind(proto, port));
+            let bound = setns(&ns, CloneFlags::CLONE_NEWNET).context("setns").and_then(|()| bind(proto, port));
             match bound {
                 Ok(socket) => {
                     let _ = ready_tx.send(Ok(()));

@@ -1,0 +1,104 @@
+//! `na-cli ebpf progs` / `maps`: the programs and maps in the kernel, ours by
+//! default (those pinned under the agent's root), every one with `--all`.
+use std::{collections::BTreeSet, fmt::Write as _};
+
+use aya::{
+    maps::{MapInfo, loaded_maps},
+    programs::loaded_programs,
+};
+use serde::Serialize;
+
+use super::{CliError, SEPARATOR, loaded};
+use crate::bpffs::PinLayout;
+
+#[derive(Debug, Serialize)]
+pub struct ProgRow {
+    pub id: u32,
+    pub name: String,
+    /// Kernel program type number (3 = sched_cls).
+    pub prog_type: u32,
+    pub map_count: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapRow {
+    pub id: u32,
+    pub name: String,
+    /// Kernel map type number (11 = LPM trie, 9 = LRU hash, 27 = ring buffer).
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// Program and map ids reachable from the programs pinned under `layout`.
+fn ours(layout: &PinLayout) -> Result<(BTreeSet<u32>, BTreeSet<u32>), CliError> {
+    let progs = loaded::read(layout)?;
+    let maps = progs.iter().flat_map(|p| p.maps.iter().map(|m| m.id)).collect();
+    Ok((progs.iter().map(|p| p.prog_id).collect(), maps))
+}
+
+pub fn progs(layout: &PinLayout, all: bool) -> Result<Vec<ProgRow>, CliError> {
+    let keep = if all { None } else { Some(ours(layout)?.0) };
+    let mut rows = Vec::new();
+    for info in loaded_programs() {
+        let info = info.map_err(|e| CliError::Kernel(e.to_string()))?;
+        if keep.as_ref().is_some_and(|k| !k.contains(&info.id())) {
+            continue;
+        }
+        rows.push(ProgRow {
+            id: info.id(),
+            name: info.name_as_str().unwrap_or_default().to_owned(),
+            prog_type: info.program_type() as u32,
+            map_count: info.map_ids().ok().flatten().map_or(0, |m| m.len()),
+        });
+    }
+    Ok(rows)
+}
+
+pub fn maps(layout: &PinLayout, all: bool) -> Result<Vec<MapRow>, CliError> {
+    let keep = if all { None } else { Some(ours(layout)?.1) };
+    let mut rows = Vec::new();
+    for info in loaded_maps() {
+        let info = info.map_err(|e| CliError::Kernel(e.to_string()))?;
+        if keep.as_ref().is_some_and(|k| !k.contains(&info.id())) {
+            continue;
+        }
+        rows.push(map_row(&info));
+    }
+    Ok(rows)
+}
+
+fn map_row(info: &MapInfo) -> MapRow {
+    MapRow {
+        id: info.id(),
+        name: info.name_as_str().unwrap_or_default().to_owned(),
+        map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    }
+}
+
+pub fn render_progs(rows: &[ProgRow]) -> String {
+    let mut s = String::from("Programs currently loaded : \n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "Type : {} ID : {} Name : {} Associated maps count : {}",
+            r.prog_type, r.id, r.name, r.map_count
+        );
+        let _ = writeln!(s, "{SEPARATOR}");
+    }
+    s
+}
+
+pub fn render_maps(rows: &[MapRow]) -> String {
+    let mut s = String::from("Maps currently loaded : \n");
+    for r in rows {
+        let _ = writeln!(s, "Type : {} ID : {} Name : {}", r.map_type, r.id, r.name);
+        let _ = writeln!(s, "Keysize {} Valuesize {} MaxEntries {}", r.key_size, r.value_size, r.max_entries);
+        let _ = writeln!(s, "{SEPARATOR}");
+    }
+    s
+}
