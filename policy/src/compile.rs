@@ -1,0 +1,423 @@
+//! The compiler: holds the cluster, knows which local pods a change touches,
+//! and turns a pod's selecting policies into its [`PodRules`].
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    networking::v1::NetworkPolicy,
+};
+use na_common::policy::{MAX_PREFIXES, MAX_RULES_PER_PREFIX, POLICY_ID_HOST, PortRule};
+use thiserror::Error;
+
+use crate::{
+    attribution::{Attribution, Attributions},
+    cluster::{self, ObjectRef, PodInfo},
+    lpm::{self, Grant},
+    output::{Direction, DirectionRules, Mode, PodRules},
+    parse::{Peer, Policy, PolicyError, PortSpec, PortValue, Rule},
+    selector::Labels,
+};
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error(
+        "pod {pod}: {direction} rules for {prefix} need {count} (protocol, port) entries; a prefix holds at most {MAX_RULES_PER_PREFIX}"
+    )]
+    TooManyRules { pod: ObjectRef, direction: Direction, prefix: IpNet, count: usize },
+    #[error("pod {pod}: {direction} rules need {count} prefixes; a pod holds at most {max}")]
+    TooManyPrefixes { pod: ObjectRef, direction: Direction, count: usize, max: usize },
+    #[error("pod {0} is not known")]
+    UnknownPod(ObjectRef),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// Pods whose `spec.nodeName` is this are compiled.
+    pub node_name: String,
+    /// The node's addresses, allowed into every isolated pod when `allow_node`.
+    pub node_ips: Vec<IpAddr>,
+    pub allow_node: bool,
+}
+
+/// Each rule set uses half of the trie (the other half is the standby set).
+const MAX_PREFIXES_PER_SET: usize = MAX_PREFIXES as usize / 2;
+
+#[derive(Debug, Default)]
+pub struct Compiler {
+    options: CompileOptions,
+    namespaces: HashMap<String, Labels>,
+    pods: BTreeMap<ObjectRef, PodInfo>,
+    pods_by_namespace: BTreeMap<String, BTreeSet<ObjectRef>>,
+    policies: BTreeMap<ObjectRef, Policy>,
+    invalid: BTreeMap<ObjectRef, PolicyError>,
+    attributions: Attributions,
+    dirty: BTreeSet<ObjectRef>,
+}
+
+impl Compiler {
+    pub fn new(options: CompileOptions) -> Self {
+        Self { options, ..Default::default() }
+    }
+
+    pub fn options(&self) -> &CompileOptions {
+        &self.options
+    }
+
+    pub fn attributions(&self) -> &Attributions {
+        &self.attributions
+    }
+
+    /// Policies left out because they are invalid, with why.
+    pub fn invalid_policies(&self) -> impl Iterator<Item = &PolicyError> {
+        self.invalid.values()
+    }
+
+    pub fn pod(&self, key: &ObjectRef) -> Option<&PodInfo> {
+        self.pods.get(key)
+    }
+
+    /// Pods this node enforces: scheduled here and not hostNetwork.
+    pub fn local_pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.pods.values().filter(|p| self.is_local(p))
+    }
+
+    fn is_local(&self, p: &PodInfo) -> bool {
+        !p.host_network && p.node_name.as_deref() == Some(self.options.node_name.as_str())
+    }
+
+    /// Local pods whose rules may have changed since the last call (some may
+    /// since have been deleted).
+    pub fn take_dirty(&mut self) -> BTreeSet<ObjectRef> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub fn set_node_ips(&mut self, ips: Vec<IpAddr>) {
+        if ips != self.options.node_ips {
+            self.options.node_ips = ips;
+            self.dirty.extend(self.local_pods().map(|p| p.key.clone()).collect::<Vec<_>>());
+        }
+    }
+
+    pub fn upsert_namespace(&mut self, ns: &Namespace) {
+        if let Some((name, labels)) = cluster::namespace_labels(ns) {
+            self.set_namespace_labels(name, labels);
+        }
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.set_namespace_labels(name.to_owned(), cluster::implicit_namespace_labels(name));
+    }
+
+    fn set_namespace_labels(&mut self, name: String, labels: Labels) {
+        let old = self.namespace_labels(&name);
+        if old == labels {
+            self.namespaces.insert(name, labels);
+            return;
+        }
+        let touched: Vec<ObjectRef> = self
+            .policies
+            .values()
+            .filter(|p| {
+                Direction::BOTH.iter().flat_map(|d| p.rules(*d).into_iter().flatten()).any(|r| {
+                    r.peers.iter().flatten().any(|peer| match peer {
+                        Peer::Pods { namespaces: Some(sel), .. } => sel.matches(&old) || sel.matches(&labels),
+                        _ => false,
+                    })
+                })
+            })
+            .map(|p| p.key.clone())
+            .collect();
+        self.namespaces.insert(name, labels);
+        for key in touched {
+            self.mark_selected_by(&key);
+        }
+    }
+
+    fn namespace_labels(&self, name: &str) -> Labels {
+        self.namespaces.get(name).cloned().unwrap_or_else(|| cluster::implicit_namespace_labels(name))
+    }
+
+    pub fn upsert_pod(&mut self, pod: &Pod) {
+        if let Some(info) = PodInfo::from_pod(pod) {
+            self.set_pod(info.key.clone(), Some(info));
+        }
+    }
+
+    pub fn remove_pod(&mut self, key: &ObjectRef) {
+        self.set_pod(key.clone(), None);
+    }
+
+    fn set_pod(&mut self, key: ObjectRef, new: Option<PodInfo>) {
+        let old = self.pods.get(&key).cloned();
+        if old == new {
+            return;
+        }
+        for p in old.iter().chain(new.iter()) {
+            if self.is_local(p) {
+                self.dirty.insert(key.clone());
+            }
+        }
+        // Policies that could name this pod as a peer, before or after.
+        let ns_labels = self.namespace_labels(&key.namespace);
+        let versions: Vec<&PodInfo> = old.iter().chain(new.iter()).filter(|p| p.is_peer()).collect();
+        let touched: Vec<ObjectRef> = if versions.is_empty() {
+            Vec::new()
+        } else {
+            self.policies
+                .values()
+                .filter(|pol| {
+                    Direction::BOTH.iter().any(|d| {
+                        pol.rules(*d).into_iter().flatten().any(|r| match &r.peers {
+                            None => *d == Direction::Egress && has_named_port(r),
+                            Some(peers) => peers.iter().any(|peer| match peer {
+                                Peer::Pods { namespaces, pods } => {
+                                    let in_scope = match namespaces {
+                                        None => pol.key.namespace == key.namespace,
+                                        Some(sel) => sel.matches(&ns_labels),
+                                    };
+                                    in_scope && versions.iter().any(|v| pods.matches(&v.labels))
+                                }
+                                Peer::Block { .. } => false,
+                            }),
+                        })
+                    })
+                })
+                .map(|p| p.key.clone())
+                .collect()
+        };
+        match new {
+            Some(info) => {
+                self.pods_by_namespace.entry(key.namespace.clone()).or_default().insert(key.clone());
+                self.pods.insert(key.clone(), info);
+            }
+            None => {
+                self.pods.remove(&key);
+                if let Some(set) = self.pods_by_namespace.get_mut(&key.namespace) {
+                    set.remove(&key);
+                }
+            }
+        }
+        for p in touched {
+            self.mark_selected_by(&p);
+        }
+    }
+
+    /// Adds or replaces a policy. An invalid one is remembered as such (and
+    /// replaces a valid earlier version: the object no longer says that).
+    pub fn upsert_policy(&mut self, np: &NetworkPolicy) -> Result<(), PolicyError> {
+        let parsed = Policy::parse(np);
+        let Some(key) = ObjectRef::of(&np.metadata) else {
+            return parsed.map(drop);
+        };
+        self.mark_selected_by(&key);
+        match parsed {
+            Ok(policy) => {
+                self.invalid.remove(&key);
+                self.policies.insert(key.clone(), policy);
+                self.mark_selected_by(&key);
+                Ok(())
+            }
+            Err(e) => {
+                self.policies.remove(&key);
+                self.invalid.insert(key, e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    pub fn remove_policy(&mut self, key: &ObjectRef) {
+        self.mark_selected_by(key);
+        self.policies.remove(key);
+        self.invalid.remove(key);
+    }
+
+    /// Marks the local pods `policy` selects dirty.
+    fn mark_selected_by(&mut self, policy: &ObjectRef) {
+        let Some(pol) = self.policies.get(policy) else { return };
+        let selected: Vec<ObjectRef> = self
+            .pods_by_namespace
+            .get(&policy.namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+            .filter(|p| self.is_local(p) && pol.pod_selector.matches(&p.labels))
+            .map(|p| p.key.clone())
+            .collect();
+        self.dirty.extend(selected);
+    }
+
+    /// Compiles `pods`, sharing the work that does not depend on the target.
+    pub fn compile<'a>(
+        &mut self,
+        pods: impl IntoIterator<Item = &'a ObjectRef>,
+    ) -> BTreeMap<ObjectRef, Result<PodRules, CompileError>> {
+        let mut memo = HashMap::new();
+        pods.into_iter().map(|k| (k.clone(), self.compile_one(k, &mut memo))).collect()
+    }
+
+    /// Compiles every local pod.
+    pub fn compile_all(&mut self) -> BTreeMap<ObjectRef, Result<PodRules, CompileError>> {
+        let keys: Vec<ObjectRef> = self.local_pods().map(|p| p.key.clone()).collect();
+        self.compile(&keys)
+    }
+
+    fn compile_one(&mut self, key: &ObjectRef, memo: &mut Memo) -> Result<PodRules, CompileError> {
+        let target = self.pods.get(key).ok_or_else(|| CompileError::UnknownPod(key.clone()))?.clone();
+        let mut out = PodRules::default();
+        for dir in Direction::BOTH {
+            let selecting: Vec<ObjectRef> = self
+                .policies
+                .values()
+                .filter(|p| {
+                    p.key.namespace == target.key.namespace
+                        && p.rules(dir).is_some()
+                        && p.pod_selector.matches(&target.labels)
+                })
+                .map(|p| p.key.clone())
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let mut grants = Vec::new();
+            if dir == Direction::Ingress && self.options.allow_node {
+                grants.extend(self.options.node_ips.iter().map(|ip| Grant {
+                    prefix: IpNet::from(*ip),
+                    except: Vec::new(),
+                    rules: vec![PortRule::any(POLICY_ID_HOST)],
+                }));
+            }
+            for policy in &selecting {
+                let rules = self.policies[policy].rules(dir).unwrap_or_default().to_vec();
+                for (index, rule) in rules.iter().enumerate() {
+                    let id = self.attributions.id(Attribution { policy: policy.clone(), direction: dir, rule: index });
+                    // Egress grants never depend on the target; ingress ones only
+                    // through named ports.
+                    let shared = dir == Direction::Egress || !has_named_port(rule);
+                    if shared && let Some(g) = memo.get(&id) {
+                        grants.extend_from_slice(g);
+                        continue;
+                    }
+                    let g = self.rule_grants(policy, dir, rule, id, &target);
+                    grants.extend_from_slice(&g);
+                    if shared {
+                        memo.insert(id, g);
+                    }
+                }
+            }
+            let entries = lpm::build(&grants);
+            if let Some((prefix, rules)) = entries.iter().find(|(_, r)| r.len() > MAX_RULES_PER_PREFIX) {
+                return Err(CompileError::TooManyRules {
+                    pod: key.clone(),
+                    direction: dir,
+                    prefix: *prefix,
+                    count: rules.len(),
+                });
+            }
+            if entries.len() > MAX_PREFIXES_PER_SET {
+                return Err(CompileError::TooManyPrefixes {
+                    pod: key.clone(),
+                    direction: dir,
+                    count: entries.len(),
+                    max: MAX_PREFIXES_PER_SET,
+                });
+            }
+            *out.direction_mut(dir) = DirectionRules { mode: Mode::PoliciesApplied, entries };
+        }
+        Ok(out)
+    }
+
+    fn rule_grants(&self, policy: &ObjectRef, dir: Direction, rule: &Rule, id: u32, target: &PodInfo) -> Vec<Grant> {
+        // Named ports resolve against the target for ingress; for egress
+        // against the destination pod, and so to nothing for address blocks.
+        let fixed_ctx = (dir == Direction::Ingress).then_some(target);
+        let mut grants = Vec::new();
+        let host_grants = |grants: &mut Vec<Grant>, pod: &PodInfo, rules: Vec<PortRule>| {
+            if !rules.is_empty() {
+                grants.extend(pod.ips.iter().map(|ip| Grant {
+                    prefix: IpNet::from(*ip),
+                    except: Vec::new(),
+                    rules: rules.clone(),
+                }));
+            }
+        };
+        let Some(peers) = &rule.peers else {
+            let rules = port_rules(rule.ports.as_deref(), fixed_ctx, id);
+            if dir == Direction::Egress && has_named_port(rule) {
+                for pod in self.pods.values().filter(|p| p.is_peer()) {
+                    host_grants(&mut grants, pod, port_rules(rule.ports.as_deref(), Some(pod), id));
+                }
+            }
+            if !rules.is_empty() {
+                for any in ["0.0.0.0/0", "::/0"] {
+                    grants.push(Grant {
+                        prefix: any.parse().expect("literal"),
+                        except: Vec::new(),
+                        rules: rules.clone(),
+                    });
+                }
+            }
+            return grants;
+        };
+        for peer in peers {
+            match peer {
+                Peer::Pods { namespaces, pods } => {
+                    for pod in self.peer_pods(&policy.namespace, namespaces.as_ref(), pods) {
+                        host_grants(&mut grants, pod, port_rules(rule.ports.as_deref(), fixed_ctx.or(Some(pod)), id));
+                    }
+                }
+                Peer::Block { cidr, except } => {
+                    let rules = port_rules(rule.ports.as_deref(), fixed_ctx, id);
+                    if !rules.is_empty() {
+                        grants.push(Grant { prefix: *cidr, except: except.clone(), rules });
+                    }
+                }
+            }
+        }
+        grants
+    }
+
+    fn peer_pods<'a>(
+        &'a self,
+        policy_namespace: &'a str,
+        namespaces: Option<&'a crate::selector::Selector>,
+        pods: &'a crate::selector::Selector,
+    ) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods_by_namespace
+            .iter()
+            .filter(move |(ns, _)| match namespaces {
+                None => ns.as_str() == policy_namespace,
+                Some(sel) => sel.matches(&self.namespace_labels(ns)),
+            })
+            .flat_map(|(_, keys)| keys.iter().filter_map(|k| self.pods.get(k)))
+            .filter(move |p| p.is_peer() && pods.matches(&p.labels))
+    }
+}
+
+/// Grants of target-independent rules, by attribution id, within one batch.
+type Memo = HashMap<u32, Vec<Grant>>;
+
+fn has_named_port(rule: &Rule) -> bool {
+    rule.ports.iter().flatten().any(|p| matches!(p.port, PortValue::Named(_)))
+}
+
+/// The datapath rules for `ports`, resolving named ports against `ctx`.
+fn port_rules(ports: Option<&[PortSpec]>, ctx: Option<&PodInfo>, id: u32) -> Vec<PortRule> {
+    let Some(ports) = ports else { return vec![PortRule::any(id)] };
+    ports
+        .iter()
+        .filter_map(|p| match &p.port {
+            PortValue::All => Some(PortRule::ports(id, p.protocol, 0, u16::MAX)),
+            PortValue::Range(s, e) => Some(PortRule::ports(id, p.protocol, *s, *e)),
+            PortValue::Named(name) => ctx
+                .and_then(|pod| pod.resolve_port(name, p.protocol))
+                .map(|port| PortRule::ports(id, p.protocol, port, port)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+use std::net::IpAddr;
+
+use na_common::protocol::{TCP, UDP};
+use serde_json::json;
+
+use super::*;
+use crate::lpm::judge;
+
+const NODE: &str = "node-1";
+
+fn pod(ns: &str, name: &str, labels: serde_json::Value, ip: &str, node: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "uid": format!("uid-{ns}-{name}")},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "dns", "containerPort": 5353, "protocol": "UDP"}
+        ]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    }))
+    .unwrap()
+}
+
+fn policy(ns: &str, name: &str, spec: serde_json::Value) -> NetworkPolicy {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})).unwrap()
+}
+
+fn compiler() -> Compiler {
+    let mut c = Compiler::new(CompileOptions {
+        node_name: NODE.into(),
+        node_ips: vec!["192.0.2.1".parse().unwrap()],
+        allow_node: true,
+    });
+    c.upsert_pod(&pod("x", "a", json!({"pod": "a"}), "10.0.0.1", NODE));
+    c.upsert_pod(&pod("x", "b", json!({"pod": "b"}), "10.0.0.2", NODE));
+    c.upsert_pod(&pod("y", "c", json!({"pod": "c"}), "10.0.1.1", "node-2"));
+    c
+}
+
+fn rules(c: &mut Compiler, ns: &str, name: &str) -> PodRules {
+    c.compile([&ObjectRef::new(ns, name)]).into_values().next().unwrap().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn unselected_pods_are_default_allow_and_remote_pods_are_not_compiled() {
+    let mut c = compiler();
+    let all = c.compile_all();
+    assert_eq!(all.keys().map(ToString::to_string).collect::<Vec<_>>(), ["x/a", "x/b"]);
+    assert!(all.values().all(|r| r.as_ref().unwrap() == &PodRules::default()));
+}
+
+#[test]
+fn deny_all_leaves_only_the_node() {
+    let mut c = compiler();
+    c.upsert_policy(&policy("x", "deny", json!({"podSelector": {}}))).unwrap();
+    let r = rules(&mut c, "x", "a");
+    assert_eq!(r.ingress.mode, Mode::PoliciesApplied);
+    assert_eq!(r.egress.mode, Mode::DefaultAllow);
+    assert_eq!(judge(&r.ingress, ip("10.0.0.2"), TCP, Some(80)), None);
+    assert_eq!(judge(&r.ingress, ip("192.0.2.1"), TCP, Some(10250)), Some(POLICY_ID_HOST));
+}
+
+#[test]
+fn union_survives_except_in_another_policy() {
+    let mut c = compiler();
+    c.upsert_policy(&policy(
+        "x",
+        "dns",
+        json!({"podSelector": {}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "UDP", "port": 53}]}]}),
+    ))
+    .unwrap();
+    c.upsert_policy(&policy(
+        "x",
+        "web",
+        json!({"podSelector": {}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}], "ports": [{"port": 443}]}]}),
+    ))
+    .unwrap();
+    let r = rules(&mut c, "x", "a");
+    assert!(judge(&r.egress, ip("10.9.9.9"), UDP, Some(53)).is_some(), "port 53 to 10.x still allowed");
+    assert!(judge(&r.egress, ip("10.9.9.9"), TCP, Some(443)).is_none());
+    assert!(judge(&r.egress, ip("8.8.8.8"), TCP, Some(443)).is_some());
+}
+
+#[test]
+fn named_ports_resolve_per_side() {
+    let mut c = compiler();
+    c.upsert_pod(&serde_json::from_value(json!({
+        "metadata": {"name": "d", "namespace": "x", "labels": {"pod": "d"}},
+        "spec": {"nodeName": "node-2", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 9090}]}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.4"}
+    })).unwrap());
+    c.upsert_policy(&policy("x", "named", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"ports": [{"port": "http"}]}],
+        "egress": [{"to": [{"podSelector": {}}, {"ipBlock": {"cidr": "172.16.0.0/12"}}], "ports": [{"port": "http"}, {"protocol": "UDP", "port": "dns"}]}]})))
+    .unwrap();
+    let r = rules(&mut c, "x", "a");
+    // Ingress: the target's own "http" is 8080, from anywhere.
+    assert!(judge(&r.ingress, ip("10.0.0.2"), TCP, Some(8080)).is_some());
+    assert!(judge(&r.ingress, ip("10.0.0.2"), TCP, Some(9090)).is_none());
+    // Egress: "http" is 8080 on b but 9090 on d.
+    assert!(judge(&r.egress, ip("10.0.0.2"), TCP, Some(8080)).is_some());
+    assert!(judge(&r.egress, ip("10.0.0.2"), TCP, Some(9090)).is_none());
+    assert!(judge(&r.egress, ip("10.0.0.4"), TCP, Some(9090)).is_some());
+    assert!(judge(&r.egress, ip("10.0.0.4"), TCP, Some(8080)).is_none());
+    assert!(judge(&r.egress, ip("10.0.0.4"), UDP, Some(5353)).is_none(), "d has no dns port");
+    assert!(judge(&r.egress, ip("10.0.0.2"), UDP, Some(5353)).is_some());
+    // A named port on an address block matches nothing.
+    assert!(judge(&r.egress, ip("172.16.0.1"), TCP, Some(8080)).is_none());
+}
+
+#[test]
+fn host_network_and_terminal_pods_are_not_peers() {
+    let mut c = compiler();
+    let mut host = pod("x", "h", json!({"pod": "h"}), "10.0.0.9", "node-2");
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    c.upsert_pod(&host);
+    let mut done = pod("x", "j", json!({"pod": "j"}), "10.0.0.10", "node-2");
+    done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    c.upsert_pod(&done);
+    c.upsert_policy(&policy("x", "all-pods", json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]})))
+        .unwrap();
+    let r = rules(&mut c, "x", "a");
+    assert!(judge(&r.ingress, ip("10.0.0.2"), TCP, Some(1)).is_some());
+    assert!(judge(&r.ingress, ip("10.0.0.9"), TCP, Some(1)).is_none());
+    assert!(judge(&r.ingress, ip("10.0.0.10"), TCP, Some(1)).is_none());
+}
+
+#[test]
+fn changes_mark_exactly_the_affected_local_pods() {
+    let mut c = compiler();
+    c.take_dirty();
+    c.upsert_policy(&policy("x", "from-c", json!({"podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}, "podSelector": {"matchLabels": {"pod": "c"}}}]}]})))
+    .unwrap();
+    assert_eq!(c.take_dirty(), [ObjectRef::new("x", "a")].into());
+    // c is not yet a peer (its namespace lacks the label): a label on c alone
+    // changes nothing, the namespace label does.
+    c.upsert_pod(&pod("y", "c", json!({"pod": "c", "v": "2"}), "10.0.1.1", "node-2"));
+    assert!(c.take_dirty().is_empty());
+    c.upsert_namespace(
+        &serde_json::from_value(json!({"metadata": {"name": "y", "labels": {"team": "blue"}}})).unwrap(),
+    );
+    assert_eq!(c.take_dirty(), [ObjectRef::new("x", "a")].into());
+    let r = rules(&mut c, "x", "a");
+    assert!(judge(&r.ingress, ip("10.0.1.1"), TCP, Some(80)).is_some());
+    // Now c's IP change matters; b's labels do not.
+    c.upsert_pod(&pod("y", "c", json!({"pod": "c", "v": "2"}), "10.0.1.2", "node-2"));
+    assert_eq!(c.take_dirty(), [ObjectRef::new("x", "a")].into());
+    c.upsert_pod(&pod("x", "b", json!({"pod": "b", "new": "1"}), "10.0.0.2", NODE));
+    assert_eq!(c.take_dirty(), [ObjectRef::new("x", "b")].into(), "b itself only");
+    c.remove_policy(&ObjectRef::new("x", "from-c"));
+    assert_eq!(c.take_dirty(), [ObjectRef::new("x", "a")].into());
+}
+
+#[test]
+fn over_capacity_is_an_error_for_that_pod_only() {
+    let mut c = compiler();
+    let ports: Vec<_> = (0..65).map(|i| json!({"port": 1000 + 2 * i})).collect();
+    c.upsert_policy(&policy(
+        "x",
+        "many",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": ports}]}),
+    ))
+    .unwrap();
+    let out = c.compile_all();
+    let err = out[&ObjectRef::new("x", "a")].as_ref().unwrap_err();
+    assert!(matches!(err, CompileError::TooManyRules { count: 65, .. }), "{err}");
+    assert!(err.to_string().contains("pod x/a"), "{err}");
+    assert!(out[&ObjectRef::new("x", "b")].is_ok());
+}
+
+#[test]
+fn invalid_policy_is_skipped_and_reported() {
+    let mut c = compiler();
+    let bad = policy("x", "bad", json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "nope"}}]}]}));
+    assert!(c.upsert_policy(&bad).is_err());
+    c.upsert_policy(&policy("x", "good", json!({"podSelector": {"matchLabels": {"pod": "b"}}}))).unwrap();
+    assert_eq!(c.invalid_policies().count(), 1);
+    assert_eq!(rules(&mut c, "x", "a"), PodRules::default());
+    assert_eq!(rules(&mut c, "x", "b").ingress.mode, Mode::PoliciesApplied);
+}
