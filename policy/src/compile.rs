@@ -41,6 +41,9 @@ pub struct CompileOptions {
     /// The node's addresses, allowed into every isolated pod when `allow_node`.
     pub node_ips: Vec<IpAddr>,
     pub allow_node: bool,
+    /// Strict mode: a direction no policy isolates is denied (but for the
+    /// node) instead of open. An egress-only policy never opens ingress.
+    pub strict: bool,
 }
 
 /// Each rule set uses half of the trie (the other half is the standby set).
@@ -279,7 +282,7 @@ impl Compiler {
                 })
                 .map(|p| p.key.clone())
                 .collect();
-            if selecting.is_empty() {
+            if selecting.is_empty() && !self.options.strict {
                 continue;
             }
             let mut grants = Vec::new();
@@ -325,7 +328,8 @@ impl Compiler {
                     max: MAX_PREFIXES_PER_SET,
                 });
             }
-            *out.direction_mut(dir) = DirectionRules { mode: Mode::PoliciesApplied, entries };
+            let mode = if selecting.is_empty() { Mode::DefaultDeny } else { Mode::PoliciesApplied };
+            *out.direction_mut(dir) = DirectionRules { mode, entries };
         }
         Ok(out)
     }

@@ -8,10 +8,12 @@ use aya::{
 use na_common::names::{GLOBAL_MAPS, POD_MAPS};
 use thiserror::Error;
 
+use na_policy::PodRules;
+
 use super::{
     AttachMode, OBJECT, PROGRAMS,
     attach::{self, remove_pin},
-    rules::{PodMaps, PodRules, RulesError},
+    rules::{PodMaps, RulesError},
 };
 use crate::{
     bpffs::{BpffsError, PinLayout},

@@ -7,7 +7,8 @@ mod rules;
 
 pub use attach::AttachMode;
 pub use loader::{Datapath, DatapathError};
-pub use rules::{DirectionRules, Mode, PodMaps, PodRules, RulesError};
+pub use na_policy::{DirectionRules, Mode, PodRules};
+pub use rules::{PodMaps, RulesError};
 
 /// The eBPF object built from the `na-ebpf` crate by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf"));

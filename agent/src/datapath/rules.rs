@@ -4,15 +4,16 @@
 //! one. A write fills the idle set, flips the state (one map update, so every
 //! packet sees either the old rules or the new ones, never a mix) and then
 //! clears the set that just went idle.
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{net::IpAddr, path::Path};
 
 use aya::maps::{Array, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
 use na_common::{
     family,
     pod_state::{self, PodState},
-    policy::{LpmKeyData, MAX_RULES_PER_PREFIX, PortRule, RuleSet},
+    policy::{LpmKeyData, MAX_RULES_PER_PREFIX, RuleSet},
 };
+use na_policy::{DirectionRules, Mode, PodRules};
 use thiserror::Error;
 
 use crate::{bpffs::PinLayout, pod_id::PodId};
@@ -29,41 +30,12 @@ pub enum RulesError {
     Map { op: &'static str, map: &'static str, source: MapError },
 }
 
-/// How a direction is isolated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    /// Not isolated: everything passes.
-    #[default]
-    DefaultAllow,
-    /// Isolated before the pod's policies are known: only the entries pass.
-    DefaultDeny,
-    /// Isolated by policies: the entries pass, nothing else.
-    PoliciesApplied,
-}
-
-impl Mode {
-    fn raw(self) -> u8 {
-        match self {
-            Self::DefaultAllow => pod_state::DEFAULT_ALLOW,
-            Self::DefaultDeny => pod_state::DEFAULT_DENY,
-            Self::PoliciesApplied => pod_state::POLICIES_APPLIED,
-        }
+fn raw_mode(mode: Mode) -> u8 {
+    match mode {
+        Mode::DefaultAllow => pod_state::DEFAULT_ALLOW,
+        Mode::DefaultDeny => pod_state::DEFAULT_DENY,
+        Mode::PoliciesApplied => pod_state::POLICIES_APPLIED,
     }
-}
-
-/// The desired state of one direction: its mode and, per peer prefix, the
-/// rules the longest matching prefix applies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DirectionRules {
-    pub mode: Mode,
-    pub entries: BTreeMap<IpNet, Vec<PortRule>>,
-}
-
-/// The desired state of a pod, both directions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodRules {
-    pub ingress: DirectionRules,
-    pub egress: DirectionRules,
 }
 
 type Trie = LpmTrie<MapData, LpmKeyData, RuleSet>;
@@ -112,7 +84,7 @@ impl PodMaps {
             trie.insert(&lpm_key(next_set, prefix), value, 0).map_err(map_err("insert into", "policy trie"))?;
         }
         let next = PodState {
-            mode: rules.mode.raw(),
+            mode: raw_mode(rules.mode),
             active_set: next_set,
             _pad: [0; 2],
             generation: current.generation.wrapping_add(1),
@@ -163,6 +135,8 @@ fn map_err(op: &'static str, map: &'static str) -> impl Fn(MapError) -> RulesErr
 
 #[cfg(test)]
 mod tests {
+    use na_common::policy::PortRule;
+
     use super::*;
 
     #[test]

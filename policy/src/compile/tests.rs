@@ -29,6 +29,7 @@ fn compiler() -> Compiler {
         node_name: NODE.into(),
         node_ips: vec!["192.0.2.1".parse().unwrap()],
         allow_node: true,
+        strict: false,
     });
     c.upsert_pod(&pod("x", "a", json!({"pod": "a"}), "10.0.0.1", NODE));
     c.upsert_pod(&pod("x", "b", json!({"pod": "b"}), "10.0.0.2", NODE));
@@ -183,4 +184,26 @@ fn invalid_policy_is_skipped_and_reported() {
     assert_eq!(c.invalid_policies().count(), 1);
     assert_eq!(rules(&mut c, "x", "a"), PodRules::default());
     assert_eq!(rules(&mut c, "x", "b").ingress.mode, Mode::PoliciesApplied);
+}
+
+#[test]
+fn strict_mode_keeps_unisolated_directions_closed() {
+    // AWS issue 319: in strict mode an egress-only policy opened ingress.
+    let mut c = compiler();
+    c.upsert_policy(&policy(
+        "x",
+        "egress-only",
+        json!({"podSelector": {}, "policyTypes": ["Egress"],
+        "egress": [{"ports": [{"protocol": "UDP", "port": 53}]}]}),
+    ))
+    .unwrap();
+    let standard = rules(&mut c, "x", "a");
+    assert_eq!(standard.ingress.mode, Mode::DefaultAllow);
+    c.options.strict = true;
+    let strict = rules(&mut c, "x", "a");
+    assert_eq!(strict.ingress.mode, Mode::DefaultDeny);
+    assert!(judge(&strict.ingress, ip("10.0.0.2"), TCP, Some(80)).is_none());
+    assert!(judge(&strict.ingress, ip("192.0.2.1"), TCP, Some(10250)).is_some(), "kubelet still reaches the pod");
+    assert!(judge(&strict.egress, ip("10.0.0.2"), UDP, Some(53)).is_some());
+    assert!(judge(&strict.egress, ip("10.0.0.2"), TCP, Some(80)).is_none());
 }
