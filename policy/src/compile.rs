@@ -258,7 +258,7 @@ impl Compiler {
         &mut self,
         pods: impl IntoIterator<Item = &'a ObjectRef>,
     ) -> BTreeMap<ObjectRef, Result<PodRules, CompileError>> {
-        let mut memo = HashMap::new();
+        let mut memo = Memo::default();
         pods.into_iter().map(|k| (k.clone(), self.compile_one(k, &mut memo))).collect()
     }
 
@@ -273,45 +273,59 @@ impl Compiler {
         let mut out = PodRules::default();
         for dir in Direction::BOTH {
             let selecting: Vec<ObjectRef> = self
-                .policies
-                .values()
-                .filter(|p| {
-                    p.key.namespace == target.key.namespace
-                        && p.rules(dir).is_some()
-                        && p.pod_selector.matches(&target.labels)
-                })
+                .policies_in(&target.key.namespace)
+                .filter(|p| p.rules(dir).is_some() && p.pod_selector.matches(&target.labels))
                 .map(|p| p.key.clone())
                 .collect();
             if selecting.is_empty() && !self.options.strict {
                 continue;
             }
-            let mut grants = Vec::new();
-            if dir == Direction::Ingress && self.options.allow_node {
-                grants.extend(self.options.node_ips.iter().map(|ip| Grant {
-                    prefix: IpNet::from(*ip),
-                    except: Vec::new(),
-                    rules: vec![PortRule::any(POLICY_ID_HOST)],
-                }));
-            }
+            // Every rule that applies, with whether its grants depend on the
+            // target: egress grants never do, ingress ones only through named ports.
+            let mut applicable = Vec::new();
             for policy in &selecting {
-                let rules = self.policies[policy].rules(dir).unwrap_or_default().to_vec();
-                for (index, rule) in rules.iter().enumerate() {
+                for (index, rule) in self.policies[policy].rules(dir).unwrap_or_default().iter().enumerate() {
                     let id = self.attributions.id(Attribution { policy: policy.clone(), direction: dir, rule: index });
-                    // Egress grants never depend on the target; ingress ones only
-                    // through named ports.
-                    let shared = dir == Direction::Egress || !has_named_port(rule);
-                    if shared && let Some(g) = memo.get(&id) {
-                        grants.extend_from_slice(g);
-                        continue;
-                    }
-                    let g = self.rule_grants(policy, dir, rule, id, &target);
-                    grants.extend_from_slice(&g);
-                    if shared {
-                        memo.insert(id, g);
-                    }
+                    applicable.push((policy.clone(), index, id, dir == Direction::Egress || !has_named_port(rule)));
                 }
             }
-            let entries = lpm::build(&grants);
+            // Pods selected by the same target-independent rules get the same
+            // entries: build them once per batch.
+            let entries_key = applicable
+                .iter()
+                .all(|(.., shared)| *shared)
+                .then(|| (dir, applicable.iter().map(|(_, _, id, _)| *id).collect::<Vec<_>>()));
+            let cached = entries_key.as_ref().and_then(|k| memo.entries.get(k)).cloned();
+            let entries = match cached {
+                Some(entries) => entries,
+                None => {
+                    let mut grants = Vec::new();
+                    if dir == Direction::Ingress && self.options.allow_node {
+                        grants.extend(self.options.node_ips.iter().map(|ip| Grant {
+                            prefix: IpNet::from(*ip),
+                            except: Vec::new(),
+                            rules: [PortRule::any(POLICY_ID_HOST)].into(),
+                        }));
+                    }
+                    for (policy, index, id, shared) in &applicable {
+                        if *shared && let Some(g) = memo.grants.get(id) {
+                            grants.extend_from_slice(g);
+                            continue;
+                        }
+                        let rule = &self.policies[policy].rules(dir).unwrap_or_default()[*index];
+                        let g = self.rule_grants(policy, dir, rule, *id, &target);
+                        grants.extend_from_slice(&g);
+                        if *shared {
+                            memo.grants.insert(*id, g);
+                        }
+                    }
+                    let entries = lpm::build(&grants);
+                    if let Some(k) = entries_key {
+                        memo.entries.insert(k, entries.clone());
+                    }
+                    entries
+                }
+            };
             if let Some((prefix, rules)) = entries.iter().find(|(_, r)| r.len() > MAX_RULES_PER_PREFIX) {
                 return Err(CompileError::TooManyRules {
                     pod: key.clone(),
@@ -334,6 +348,14 @@ impl Compiler {
         Ok(out)
     }
 
+    /// Policies of one namespace: keys sort by namespace first.
+    fn policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies
+            .range(ObjectRef::new(namespace, "")..)
+            .take_while(move |(k, _)| k.namespace == namespace)
+            .map(|(_, p)| p)
+    }
+
     fn rule_grants(&self, policy: &ObjectRef, dir: Direction, rule: &Rule, id: u32, target: &PodInfo) -> Vec<Grant> {
         // Named ports resolve against the target for ingress; for egress
         // against the destination pod, and so to nothing for address blocks.
@@ -341,6 +363,7 @@ impl Compiler {
         let mut grants = Vec::new();
         let host_grants = |grants: &mut Vec<Grant>, pod: &PodInfo, rules: Vec<PortRule>| {
             if !rules.is_empty() {
+                let rules: std::sync::Arc<[PortRule]> = rules.into();
                 grants.extend(pod.ips.iter().map(|ip| Grant {
                     prefix: IpNet::from(*ip),
                     except: Vec::new(),
@@ -356,6 +379,7 @@ impl Compiler {
                 }
             }
             if !rules.is_empty() {
+                let rules: std::sync::Arc<[PortRule]> = rules.into();
                 for any in ["0.0.0.0/0", "::/0"] {
                     grants.push(Grant {
                         prefix: any.parse().expect("literal"),
@@ -376,7 +400,7 @@ impl Compiler {
                 Peer::Block { cidr, except } => {
                     let rules = port_rules(rule.ports.as_deref(), fixed_ctx, id);
                     if !rules.is_empty() {
-                        grants.push(Grant { prefix: *cidr, except: except.clone(), rules });
+                        grants.push(Grant { prefix: *cidr, except: except.clone(), rules: rules.into() });
                     }
                 }
             }
@@ -401,8 +425,15 @@ impl Compiler {
     }
 }
 
-/// Grants of target-independent rules, by attribution id, within one batch.
-type Memo = HashMap<u32, Vec<Grant>>;
+/// Work shared between the pods of one batch.
+#[derive(Default)]
+struct Memo {
+    /// Grants of target-independent rules, by attribution id.
+    grants: HashMap<u32, Vec<Grant>>,
+    /// Entries of a direction made only of target-independent rules, by the
+    /// rules' ids.
+    entries: HashMap<(Direction, Vec<u32>), BTreeMap<IpNet, Vec<PortRule>>>,
+}
 
 fn has_named_port(rule: &Rule) -> bool {
     rule.ports.iter().flatten().any(|p| matches!(p.port, PortValue::Named(_)))

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -22,7 +23,8 @@ use crate::output::{DirectionRules, Mode};
 pub struct Grant {
     pub prefix: IpNet,
     pub except: Vec<IpNet>,
-    pub rules: Vec<PortRule>,
+    /// Shared: one peer pod's rules go to each of its addresses.
+    pub rules: Arc<[PortRule]>,
 }
 
 /// The entries for `grants`, without entries that change no lookup.
@@ -33,10 +35,12 @@ pub fn build(grants: &[Grant]) -> BTreeMap<IpNet, Vec<PortRule>> {
     }
     let keys: std::collections::BTreeSet<IpNet> =
         grants.iter().flat_map(|g| std::iter::once(g.prefix).chain(g.except.iter().copied())).collect();
+    // Only lengths that occur can hold an enclosing key: a handful, not 129.
+    let lens = PrefixLens::of(keys.iter());
     let mut entries: BTreeMap<IpNet, Vec<PortRule>> = BTreeMap::new();
     for key in &keys {
         let mut rules = Vec::new();
-        for anc in ancestors(key) {
+        for anc in lens.ancestors(key) {
             for g in by_prefix.get(&anc).into_iter().flatten() {
                 if !g.except.iter().any(|e| e.contains(key)) {
                     rules.extend_from_slice(&g.rules);
@@ -50,7 +54,7 @@ pub fn build(grants: &[Grant]) -> BTreeMap<IpNet, Vec<PortRule>> {
     let redundant: Vec<IpNet> = entries
         .iter()
         .filter(|(key, rules)| {
-            let parent = ancestors(key).skip(1).find_map(|a| entries.get(&a));
+            let parent = lens.ancestors(key).skip(1).find_map(|a| entries.get(&a));
             match parent {
                 Some(p) => p == *rules,
                 None => rules.is_empty(),
@@ -69,9 +73,39 @@ fn ancestors(prefix: &IpNet) -> impl Iterator<Item = IpNet> + '_ {
     (0..=prefix.prefix_len()).rev().map(move |len| IpNet::new(prefix.addr(), len).expect("shorter length").trunc())
 }
 
+/// The prefix lengths present among a set of keys, per family.
+struct PrefixLens {
+    v4: Vec<u8>,
+    v6: Vec<u8>,
+}
+
+impl PrefixLens {
+    fn of<'a>(keys: impl Iterator<Item = &'a IpNet>) -> Self {
+        let (mut v4, mut v6) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+        for k in keys {
+            match k {
+                IpNet::V4(_) => v4.insert(k.prefix_len()),
+                IpNet::V6(_) => v6.insert(k.prefix_len()),
+            };
+        }
+        Self { v4: v4.into_iter().rev().collect(), v6: v6.into_iter().rev().collect() }
+    }
+
+    /// Like [`ancestors`], restricted to the lengths present.
+    fn ancestors<'a>(&'a self, prefix: &'a IpNet) -> impl Iterator<Item = IpNet> + 'a {
+        let lens = if matches!(prefix, IpNet::V4(_)) { &self.v4 } else { &self.v6 };
+        lens.iter()
+            .filter(|len| **len <= prefix.prefix_len())
+            .map(|len| IpNet::new(prefix.addr(), *len).expect("shorter length").trunc())
+    }
+}
+
 /// Sorted, deduplicated rules where none is covered by another; any-protocol
 /// wins over everything.
 pub fn normalize(mut rules: Vec<PortRule>) -> Vec<PortRule> {
+    if rules.len() <= 1 {
+        return rules;
+    }
     if let Some(any) = rules.iter().filter(|r| r.protocol == PROTO_ANY).min_by_key(|r| r.policy_id) {
         return vec![PortRule::any(any.policy_id)];
     }
@@ -129,11 +163,11 @@ mod tests {
         // AWS issue 180: 0/0 port 53 plus 0/0 except 10/8 on 443 must still
         // allow port 53 to 10.x.
         let grants = [
-            Grant { prefix: net("0.0.0.0/0"), except: vec![], rules: vec![PortRule::ports(1, UDP, 53, 53)] },
+            Grant { prefix: net("0.0.0.0/0"), except: vec![], rules: vec![PortRule::ports(1, UDP, 53, 53)].into() },
             Grant {
                 prefix: net("0.0.0.0/0"),
                 except: vec![net("10.0.0.0/8")],
-                rules: vec![PortRule::ports(2, TCP, 443, 443)],
+                rules: vec![PortRule::ports(2, TCP, 443, 443)].into(),
             },
         ];
         let r = rules_with(build(&grants));
@@ -152,9 +186,9 @@ mod tests {
             Grant {
                 prefix: net("10.0.0.0/8"),
                 except: vec![net("10.1.0.0/16")],
-                rules: vec![PortRule::ports(1, TCP, 80, 80)],
+                rules: vec![PortRule::ports(1, TCP, 80, 80)].into(),
             },
-            Grant { prefix: net("10.1.2.0/24"), except: vec![], rules: vec![PortRule::ports(2, TCP, 81, 81)] },
+            Grant { prefix: net("10.1.2.0/24"), except: vec![], rules: vec![PortRule::ports(2, TCP, 81, 81)].into() },
         ];
         let r = rules_with(build(&grants));
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -187,11 +221,11 @@ mod tests {
     #[test]
     fn redundant_entries_are_left_out() {
         let grants = [
-            Grant { prefix: net("0.0.0.0/0"), except: vec![], rules: vec![PortRule::any(1)] },
-            Grant { prefix: net("10.0.0.1/32"), except: vec![], rules: vec![PortRule::ports(2, TCP, 80, 80)] },
+            Grant { prefix: net("0.0.0.0/0"), except: vec![], rules: vec![PortRule::any(1)].into() },
+            Grant { prefix: net("10.0.0.1/32"), except: vec![], rules: vec![PortRule::ports(2, TCP, 80, 80)].into() },
         ];
         assert_eq!(build(&grants).len(), 1, "the /32 adds nothing to allow-all");
-        let only_except = [Grant { prefix: net("10.0.0.0/8"), except: vec![net("10.1.0.0/16")], rules: vec![] }];
+        let only_except = [Grant { prefix: net("10.0.0.0/8"), except: vec![net("10.1.0.0/16")], rules: vec![].into() }];
         assert!(build(&only_except).is_empty());
     }
 }

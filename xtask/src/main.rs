@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask <command>`. One module per command.
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -22,6 +23,8 @@ enum Command {
     Test(test::Options),
     /// Pods as namespaces, programs loaded, traffic allowed and denied.
     Demo(demo::Options),
+    /// Run the benchmarks; write bench/results.json and BENCHMARKS.md.
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -29,5 +32,6 @@ fn main() -> Result<()> {
         Command::Setup(o) => setup::run(&o),
         Command::Test(o) => test::run(&o),
         Command::Demo(o) => demo::run(&o),
+        Command::Bench(o) => bench::run(&o),
     }
 }
