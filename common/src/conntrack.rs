@@ -36,6 +36,36 @@ impl FlowKey {
     }
 }
 
+/// Whether a flow is open or winding down; decides its idle timeout.
+pub mod tcp_state {
+    /// Any flow that is not a TCP flow past FIN or RST.
+    pub const OPEN: u8 = 0;
+    /// A TCP flow that has seen FIN or RST.
+    pub const CLOSING: u8 = 1;
+}
+
+/// Idle timeouts by default, in seconds (the agent may set others at load
+/// time through the object's `TIMEOUT_*` globals).
+pub mod timeout {
+    /// An established TCP flow: as long as Linux keeps one (5 days), so idle
+    /// long-lived connections are never cut by us first.
+    pub const TCP_ESTABLISHED_SECS: u64 = 432_000;
+    /// A TCP flow after FIN or RST.
+    pub const TCP_CLOSING_SECS: u64 = 120;
+    /// A UDP or SCTP flow.
+    pub const UDP_SECS: u64 = 180;
+    /// Anything else (ICMP echo, other protocols).
+    pub const OTHER_SECS: u64 = 30;
+}
+
+/// Names of the object's globals holding the timeouts in nanoseconds.
+pub mod timeout_globals {
+    pub const TCP_ESTABLISHED: &str = "TIMEOUT_TCP_ESTABLISHED_NS";
+    pub const TCP_CLOSING: &str = "TIMEOUT_TCP_CLOSING_NS";
+    pub const UDP: &str = "TIMEOUT_UDP_NS";
+    pub const OTHER: &str = "TIMEOUT_OTHER_NS";
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -43,7 +73,32 @@ pub struct FlowState {
     pub last_seen_ns: u64,
     /// The rule that admitted the flow.
     pub policy_id: u32,
+    /// Generation of the pod state (of `direction`) the flow was last judged
+    /// under; a different current generation means judge it again.
+    pub generation: u32,
     /// [`crate::direction`] of the first packet.
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// [`tcp_state`].
+    pub tcp_state: u8,
+    pub _pad: [u8; 6],
+}
+
+/// `frag_map`: fragments after the first carry no ports, so the first
+/// fragment's verdict is remembered for the rest of its datagram.
+pub mod fragments {
+    /// Capacity of each pod's fragment table (LRU).
+    pub const MAX_DATAGRAMS: u32 = 1024;
+}
+
+/// A fragmented datagram: addresses, protocol and IP identification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// IPv4's 16-bit or IPv6's 32-bit identification.
+    pub id: u32,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
 }

@@ -19,6 +19,26 @@ pub mod tier {
     pub const NETWORK_POLICY: u8 = 2;
     /// The packet could not be parsed safely.
     pub const MALFORMED: u8 = 3;
+    /// A tracked flow judged again after a policy change, and now denied.
+    pub const REVOKED: u8 = 4;
+}
+
+/// `counters`: per-CPU packet and byte counts of a pod, indexed by
+/// [`counter_index`]; kept whether or not events are consumed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Number of counter slots: direction x verdict.
+pub const COUNTERS: u32 = 4;
+
+/// Slot of `direction` ([`crate::direction`]) and `verdict` ([`verdict`]).
+#[inline(always)]
+pub const fn counter_index(direction: u32, verdict: u8) -> u32 {
+    direction * 2 + verdict as u32
 }
 
 #[repr(C)]

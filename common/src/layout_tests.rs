@@ -25,11 +25,16 @@ fn rule_layout() {
 #[test]
 fn pod_state_layout() {
     assert_eq!(size_of::<PodState>(), 8);
-    assert_eq!(offset_of!(PodState, mode), 0);
-    assert_eq!(offset_of!(PodState, active_set), 1);
+    assert_eq!(offset_of!(PodState, state), 0);
     assert_eq!(offset_of!(PodState, generation), 4);
-    // An array map starts zeroed: that must mean deny.
-    assert_eq!(PodState::default().mode, DEFAULT_DENY);
+    // An array map starts zeroed: that must mean deny, set 0.
+    assert_eq!((PodState::default().mode(), PodState::default().active_set()), (DEFAULT_DENY, 0));
+    for mode in [DEFAULT_DENY, DEFAULT_ALLOW, POLICIES_APPLIED] {
+        for set in [0, 1] {
+            let s = PodState::new(mode, set, 9);
+            assert_eq!((s.mode(), s.active_set(), s.generation), (mode, set, 9));
+        }
+    }
 }
 
 #[test]
@@ -41,9 +46,16 @@ fn conntrack_layout() {
     assert_eq!(offset_of!(FlowKey, protocol), 36);
     assert_eq!(offset_of!(FlowKey, family), 37);
     assert_eq!(offset_of!(FlowKey, ifindex), 40);
-    assert_eq!(size_of::<FlowState>(), 16);
+    assert_eq!(size_of::<FlowState>(), 24);
     assert_eq!(offset_of!(FlowState, policy_id), 8);
-    assert_eq!(offset_of!(FlowState, direction), 12);
+    assert_eq!(offset_of!(FlowState, generation), 12);
+    assert_eq!(offset_of!(FlowState, direction), 16);
+    assert_eq!(offset_of!(FlowState, tcp_state), 17);
+    assert_eq!(size_of::<FragKey>(), 40);
+    assert_eq!(offset_of!(FragKey, id), 32);
+    assert_eq!(offset_of!(FragKey, protocol), 36);
+    assert_eq!(size_of::<Counter>(), 16);
+    assert_eq!(counter_index(1, 1), 3);
 }
 
 #[test]

@@ -32,6 +32,7 @@ pub mod direction {
 /// IP protocol numbers the datapath parses ports for.
 pub mod protocol {
     pub const ICMP: u8 = 1;
+    pub const IPV6_NO_NEXT: u8 = 59;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;
@@ -57,6 +58,8 @@ user_pod!(
     pod_state::PodState,
     conntrack::FlowKey,
     conntrack::FlowState,
+    conntrack::FragKey,
+    events::Counter,
     events::PolicyEvent,
 );
 

@@ -13,10 +13,14 @@ pub const MAP_EGRESS: &str = "egress_map";
 pub const MAP_POD_STATE: &str = "pod_state_map";
 /// Per-pod connection tracking table.
 pub const MAP_CONNTRACK: &str = "conntrack_map";
+/// Per-pod verdicts of first fragments, for the fragments that follow.
+pub const MAP_FRAGMENTS: &str = "frag_map";
+/// Per-pod, per-CPU allow/deny packet and byte counters.
+pub const MAP_COUNTERS: &str = "counters";
 /// Ring buffer shared by every pod's programs, carrying verdict events.
 pub const MAP_EVENTS: &str = "policy_events";
 
 /// Maps each pod owns, in the order `na-cli` lists them.
-pub const POD_MAPS: [&str; 4] = [MAP_INGRESS, MAP_EGRESS, MAP_POD_STATE, MAP_CONNTRACK];
+pub const POD_MAPS: [&str; 6] = [MAP_INGRESS, MAP_EGRESS, MAP_POD_STATE, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_COUNTERS];
 /// Maps every pod's programs share.
 pub const GLOBAL_MAPS: [&str; 1] = [MAP_EVENTS];

@@ -1,4 +1,10 @@
-//! The verdict for one packet: conntrack first, then pod state and rules.
+//! The verdict for one packet.
+//!
+//! Order: link traffic passes; fragments after the first follow their first
+//! fragment; ICMP errors about a tracked flow pass; tracked flows pass (judged
+//! again when the pod's policy generation moved on, and cut if no longer
+//! allowed); everything else is judged by the pod state and the rules, and
+//! tracked when allowed.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
@@ -6,65 +12,232 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use na_common::{
-    conntrack::{FlowKey, FlowState},
+    conntrack::{FlowKey, FlowState, FragKey, tcp_state},
     direction,
-    events::{PolicyEvent, tier, verdict},
+    events::{PolicyEvent, counter_index, tier, verdict},
     pod_state::{self, PodState},
     policy::{LpmKeyData, POLICY_ID_NONE},
+    protocol,
 };
 
 use crate::{
-    maps::{CONNTRACK, EGRESS_MAP, INGRESS_MAP, POD_STATE, POLICY_EVENTS},
-    packet::{self, Packet, Parsed},
+    maps::{
+        CONNTRACK, COUNTER_MAP, EGRESS_MAP, FRAGMENTS, INGRESS_MAP, POD_STATE, POLICY_EVENTS, TIMEOUT_OTHER_NS,
+        TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_UDP_NS,
+    },
+    packet::{self, Fragment, Packet, Parsed},
 };
 
 /// Refreshing `last_seen` on every packet would bounce its cache line between
 /// CPUs; this granularity is far below any idle timeout.
 const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+struct Decision {
+    allowed: bool,
+    tier: u8,
+    policy_id: u32,
+}
 
 pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
-    let Some(state) = POD_STATE.get(dir) else {
+    let Some(state) = pod_state(dir) else {
         return TC_ACT_SHOT;
     };
-    let packet = match packet::parse(ctx) {
-        Parsed::NotIp => return TC_ACT_OK,
-        Parsed::Malformed => return malformed(state),
-        Parsed::Ip(packet) => packet,
+    let action = match packet::parse(ctx) {
+        Parsed::NotIp | Parsed::Neighbour => TC_ACT_OK,
+        Parsed::Malformed if state.mode() == pod_state::DEFAULT_ALLOW => TC_ACT_OK,
+        Parsed::Malformed => TC_ACT_SHOT,
+        Parsed::Ip(packet) => judge_ip(ctx, dir, &state, &packet),
     };
-    let flow = flow_key(ctx, &packet);
-    let now = unsafe { bpf_ktime_get_ns() };
-    if refresh(&flow, now) || refresh(&flow.reversed(), now) {
+    count(ctx, dir, action);
+    action
+}
+
+#[inline(never)]
+fn judge_ip(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32 {
+    if let Fragment::Later(id) = packet.fragment
+        && FRAGMENTS.get_ptr(&frag_key(packet, id)).is_some()
+    {
         return TC_ACT_OK;
     }
-    let (allowed, tier, policy_id) = decide(state, dir, &packet);
-    emit(ctx, &packet, dir, allowed, tier, policy_id);
-    if !allowed {
+    if let Some(off) = packet.icmp_error_at
+        && icmp_error_is_tracked(ctx, packet.family, off)
+    {
+        return TC_ACT_OK;
+    }
+    if !matches!(packet.fragment, Fragment::Later(_))
+        && let Some(action) = conntrack_verdict(ctx, dir, packet)
+    {
+        return action;
+    }
+    evaluate(ctx, dir, state, packet)
+}
+
+/// The verdict for a packet of a tracked flow (either orientation), if any.
+#[inline(never)]
+fn conntrack_verdict(ctx: &TcContext, dir: u32, packet: &Packet) -> Option<i32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = flow_key(ctx, packet);
+    let mut hit = tracked(&flow, now, packet.tcp_flags);
+    if matches!(hit, Tracked::Miss) {
+        hit = tracked(&flow.reversed(), now, packet.tcp_flags);
+    }
+    match hit {
+        Tracked::Pass(policy_id) => {
+            remember_first_fragment(packet, policy_id);
+            Some(TC_ACT_OK)
+        }
+        Tracked::Revoked => {
+            emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE });
+            Some(TC_ACT_SHOT)
+        }
+        Tracked::Miss => None,
+    }
+}
+
+/// Judges an untracked packet by the pod state and rules; tracks it if allowed.
+#[inline(never)]
+fn evaluate(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32 {
+    let peer = if dir == direction::INGRESS { packet.src_addr } else { packet.dst_addr };
+    let decision =
+        decide(state, dir, &Lookup { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port });
+    emit(ctx, packet, dir, &decision);
+    if !decision.allowed {
         return TC_ACT_SHOT;
     }
-    let entry = FlowState { last_seen_ns: now, policy_id, direction: dir as u8, _pad: [0; 3] };
-    // A full table evicts its least recently used flow; failing to insert only
-    // means the next packet is judged again.
-    let _ = CONNTRACK.insert(flow, entry, 0);
+    if !matches!(packet.fragment, Fragment::Later(_)) {
+        let tcp = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 { tcp_state::CLOSING } else { tcp_state::OPEN };
+        let entry = FlowState {
+            last_seen_ns: unsafe { bpf_ktime_get_ns() },
+            policy_id: decision.policy_id,
+            generation: state.generation,
+            direction: dir as u8,
+            tcp_state: tcp,
+            _pad: [0; 6],
+        };
+        // A full table evicts its least recently used flow; failing to insert
+        // only means the next packet is judged again.
+        let _ = CONNTRACK.insert(flow_key(ctx, packet), entry, 0);
+        remember_first_fragment(packet, decision.policy_id);
+    }
     TC_ACT_OK
 }
 
-fn decide(state: &PodState, dir: u32, packet: &Packet) -> (bool, u8, u32) {
-    if state.mode == pod_state::DEFAULT_ALLOW {
-        return (true, tier::DEFAULT_ALLOW, POLICY_ID_NONE);
+/// Whether the packet an ICMP error at `off` is about belongs to a tracked flow.
+#[inline(never)]
+fn icmp_error_is_tracked(ctx: &TcContext, family: u8, off: usize) -> bool {
+    let Some(inner) = packet::parse_embedded(ctx, family, off) else { return false };
+    let key = flow_key(ctx, &inner);
+    CONNTRACK.get_ptr(&key).is_some() || CONNTRACK.get_ptr(&key.reversed()).is_some()
+}
+
+/// The pod state of `dir`, read in one load so mode, set and generation
+/// belong together.
+fn pod_state(dir: u32) -> Option<PodState> {
+    let ptr = POD_STATE.get_ptr(dir)?;
+    // SAFETY: array values are 8-byte aligned and PodState is 8 plain bytes.
+    Some(unsafe { core::mem::transmute::<u64, PodState>(core::ptr::read_volatile(ptr.cast::<u64>())) })
+}
+
+/// What the rules are asked about a packet (a struct: BPF calls take at most
+/// five register arguments).
+struct Lookup {
+    family: u8,
+    peer: [u8; 16],
+    protocol: u8,
+    port: Option<u16>,
+}
+
+#[inline(never)]
+fn decide(state: &PodState, dir: u32, q: &Lookup) -> Decision {
+    let mode = state.mode();
+    if mode == pod_state::DEFAULT_ALLOW {
+        return Decision { allowed: true, tier: tier::DEFAULT_ALLOW, policy_id: POLICY_ID_NONE };
     }
-    let tier = if state.mode == pod_state::POLICIES_APPLIED { tier::NETWORK_POLICY } else { tier::DEFAULT_DENY };
-    let (trie, peer) =
-        if dir == direction::INGRESS { (&INGRESS_MAP, packet.src_addr) } else { (&EGRESS_MAP, packet.dst_addr) };
-    let (data, prefix_len) = LpmKeyData::new(state.active_set, packet.family, peer, 128);
-    let rule = trie.get(Key::new(prefix_len, data)).and_then(|rules| rules.find(packet.protocol, packet.dst_port));
-    match rule {
-        Some(rule) => (true, tier, rule.policy_id),
-        None => (false, tier, POLICY_ID_NONE),
+    let tier = if mode == pod_state::POLICIES_APPLIED { tier::NETWORK_POLICY } else { tier::DEFAULT_DENY };
+    let trie = if dir == direction::INGRESS { &INGRESS_MAP } else { &EGRESS_MAP };
+    let (data, prefix_len) = LpmKeyData::new(state.active_set(), q.family, q.peer, 128);
+    match trie.get(Key::new(prefix_len, data)).and_then(|rules| rules.find(q.protocol, q.port)) {
+        Some(rule) => Decision { allowed: true, tier, policy_id: rule.policy_id },
+        None => Decision { allowed: false, tier, policy_id: POLICY_ID_NONE },
     }
 }
 
-fn malformed(state: &PodState) -> i32 {
-    if state.mode == pod_state::DEFAULT_ALLOW { TC_ACT_OK } else { TC_ACT_SHOT }
+enum Tracked {
+    Miss,
+    /// Tracked and still allowed, by this rule.
+    Pass(u32),
+    /// Tracked, but the current policy no longer allows it: entry removed.
+    Revoked,
+}
+
+/// Looks `key` up in conntrack, expiring it when idle too long and judging it
+/// again when its direction's policy changed since it was admitted.
+#[inline(never)]
+fn tracked(key: &FlowKey, now: u64, tcp_flags: u8) -> Tracked {
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return Tracked::Miss;
+    };
+    // SAFETY: the pointer is to a live map value.
+    let entry = unsafe { &mut *entry };
+    if now.saturating_sub(entry.last_seen_ns) > idle_timeout(key.protocol, entry.tcp_state) {
+        let _ = CONNTRACK.remove(key);
+        return Tracked::Miss;
+    }
+    let dir = u32::from(entry.direction);
+    let Some(state) = pod_state(dir) else {
+        return Tracked::Miss;
+    };
+    if state.generation != entry.generation {
+        let peer = if dir == direction::INGRESS { key.src_addr } else { key.dst_addr };
+        let port = has_ports(key.protocol).then_some(key.dst_port);
+        let decision = decide(&state, dir, &Lookup { family: key.family, peer, protocol: key.protocol, port });
+        if !decision.allowed {
+            let _ = CONNTRACK.remove(key);
+            return Tracked::Revoked;
+        }
+        entry.generation = state.generation;
+        entry.policy_id = decision.policy_id;
+    }
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        entry.tcp_state = tcp_state::CLOSING;
+    }
+    if now.saturating_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        entry.last_seen_ns = now;
+    }
+    Tracked::Pass(entry.policy_id)
+}
+
+fn idle_timeout(proto: u8, state: u8) -> u64 {
+    match proto {
+        protocol::TCP if state == tcp_state::CLOSING => TIMEOUT_TCP_CLOSING_NS.load(),
+        protocol::TCP => TIMEOUT_TCP_ESTABLISHED_NS.load(),
+        protocol::UDP | protocol::SCTP => TIMEOUT_UDP_NS.load(),
+        _ => TIMEOUT_OTHER_NS.load(),
+    }
+}
+
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, protocol::TCP | protocol::UDP | protocol::SCTP)
+}
+
+#[inline(never)]
+fn remember_first_fragment(packet: &Packet, policy_id: u32) {
+    if let Fragment::First(id) = packet.fragment {
+        let _ = FRAGMENTS.insert(frag_key(packet, id), policy_id, 0);
+    }
+}
+
+fn frag_key(packet: &Packet, id: u32) -> FragKey {
+    FragKey {
+        src_addr: packet.src_addr,
+        dst_addr: packet.dst_addr,
+        id,
+        protocol: packet.protocol,
+        family: packet.family,
+        _pad: [0; 2],
+    }
 }
 
 fn flow_key(ctx: &TcContext, packet: &Packet) -> FlowKey {
@@ -80,21 +253,18 @@ fn flow_key(ctx: &TcContext, packet: &Packet) -> FlowKey {
     }
 }
 
-/// Marks a tracked flow as alive; false when it is not tracked.
-fn refresh(key: &FlowKey, now: u64) -> bool {
-    match CONNTRACK.get_ptr_mut(key) {
-        Some(entry) => {
-            let entry = unsafe { &mut *entry };
-            if now.wrapping_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-                entry.last_seen_ns = now;
-            }
-            true
-        }
-        None => false,
+fn count(ctx: &TcContext, dir: u32, action: i32) {
+    let v = if action == TC_ACT_OK { verdict::ALLOW } else { verdict::DENY };
+    if let Some(c) = COUNTER_MAP.get_ptr_mut(counter_index(dir, v)) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += u64::from(ctx.len());
     }
 }
 
-fn emit(ctx: &TcContext, packet: &Packet, dir: u32, allowed: bool, tier: u8, policy_id: u32) {
+#[inline(never)]
+fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision) {
     let event = PolicyEvent {
         src_addr: packet.src_addr,
         dst_addr: packet.dst_addr,
@@ -103,10 +273,10 @@ fn emit(ctx: &TcContext, packet: &Packet, dir: u32, allowed: bool, tier: u8, pol
         protocol: packet.protocol,
         family: packet.family,
         direction: dir as u8,
-        verdict: if allowed { verdict::ALLOW } else { verdict::DENY },
-        tier,
+        verdict: if d.allowed { verdict::ALLOW } else { verdict::DENY },
+        tier: d.tier,
         _pad: [0; 3],
-        policy_id,
+        policy_id: d.policy_id,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         packet_len: ctx.len(),
     };

@@ -1,11 +1,14 @@
 //! Loading, attaching, pinning and removing one pod's program pair and maps.
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use aya::{
     EbpfLoader,
     programs::{ProgramError, SchedClassifier},
 };
-use na_common::names::{GLOBAL_MAPS, POD_MAPS};
+use na_common::{
+    conntrack::{timeout, timeout_globals},
+    names::{GLOBAL_MAPS, POD_MAPS},
+};
 use thiserror::Error;
 
 use na_policy::PodRules;
@@ -42,18 +45,57 @@ pub enum DatapathError {
     Rules(#[from] RulesError),
 }
 
+/// Conntrack idle timeouts, baked into each pod's programs at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_secs(timeout::TCP_ESTABLISHED_SECS),
+            tcp_closing: Duration::from_secs(timeout::TCP_CLOSING_SECS),
+            udp: Duration::from_secs(timeout::UDP_SECS),
+            other: Duration::from_secs(timeout::OTHER_SECS),
+        }
+    }
+}
+
+impl Timeouts {
+    /// (object global, nanoseconds) pairs.
+    fn globals(&self) -> [(&'static str, u64); 4] {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        [
+            (timeout_globals::TCP_ESTABLISHED, ns(self.tcp_established)),
+            (timeout_globals::TCP_CLOSING, ns(self.tcp_closing)),
+            (timeout_globals::UDP, ns(self.udp)),
+            (timeout_globals::OTHER, ns(self.other)),
+        ]
+    }
+}
+
 /// The agent's handle on bpffs: loads and removes pods' datapaths.
 #[derive(Clone, Debug)]
 pub struct Datapath {
     layout: PinLayout,
     attach_mode: AttachMode,
+    timeouts: Timeouts,
 }
 
 impl Datapath {
     /// Prepares `layout` (mounting bpffs if needed).
     pub fn new(layout: PinLayout, attach_mode: AttachMode) -> Result<Self, DatapathError> {
         layout.prepare()?;
-        Ok(Self { layout, attach_mode })
+        Ok(Self { layout, attach_mode, timeouts: Timeouts::default() })
+    }
+
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -73,6 +115,10 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
+        }
+        let globals = self.timeouts.globals();
+        for (name, value) in &globals {
+            loader.set_global(name, value, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(pod.clone(), Box::new(e)))?;
 

@@ -6,7 +6,7 @@ mod loader;
 mod rules;
 
 pub use attach::AttachMode;
-pub use loader::{Datapath, DatapathError};
+pub use loader::{Datapath, DatapathError, Timeouts};
 pub use na_policy::{DirectionRules, Mode, PodRules};
 pub use rules::{PodMaps, RulesError};
 

@@ -75,7 +75,7 @@ impl PodMaps {
         rules: &DirectionRules,
     ) -> Result<(), RulesError> {
         let current = states.get(&dir, 0).map_err(map_err("read", "pod_state_map"))?;
-        let next_set = current.active_set ^ 1;
+        let next_set = current.active_set() ^ 1;
         // Leftovers of a write that died before its clean-up.
         clear_set(trie, next_set)?;
         for (prefix, port_rules) in &rules.entries {
@@ -83,14 +83,9 @@ impl PodMaps {
             value.rules[..port_rules.len()].copy_from_slice(port_rules);
             trie.insert(&lpm_key(next_set, prefix), value, 0).map_err(map_err("insert into", "policy trie"))?;
         }
-        let next = PodState {
-            mode: raw_mode(rules.mode),
-            active_set: next_set,
-            _pad: [0; 2],
-            generation: current.generation.wrapping_add(1),
-        };
+        let next = PodState::new(raw_mode(rules.mode), next_set, current.generation.wrapping_add(1));
         states.set(dir, next, 0).map_err(map_err("write", "pod_state_map"))?;
-        clear_set(trie, current.active_set)
+        clear_set(trie, current.active_set())
     }
 }
 
