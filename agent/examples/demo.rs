@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use na_agent::datapath::{AttachMode, DirectionRules, Mode, PodRules};
 use na_common::{policy::PortRule, protocol::TCP};
-use na_harness::{Probe, matrix, render};
+use na_harness::{Family, Probe, matrix, render};
 use support::Env;
 
 const PODS: [(&str, &str); 3] = [("shop", "frontend"), ("shop", "backend"), ("tools", "debug")];
@@ -66,7 +66,7 @@ fn isolated(entries: BTreeMap<IpNet, Vec<PortRule>>) -> DirectionRules {
 /// pairs were blocked.
 fn show(env: &Env, probe: Probe, title: &str, blocked: &[(&str, &str)]) -> Result<()> {
     println!("\n== {title}: {probe} from row to column ('.' reached, 'X' blocked)");
-    let observed = matrix(&env.node, probe)?;
+    let observed = matrix(&env.node, probe, Family::V4)?;
     print!("{}", render(&env.node, &observed));
     let pods = env.node.pods();
     for (i, from) in pods.iter().enumerate() {

@@ -10,7 +10,7 @@ use na_common::{
     policy::PortRule,
     protocol::{TCP, UDP},
 };
-use na_harness::Probe;
+use na_harness::{Family, Probe};
 use support::Env;
 
 fn isolated(entries: impl IntoIterator<Item = (IpNet, Vec<PortRule>)>) -> DirectionRules {
@@ -108,4 +108,60 @@ fn rules_update_in_place_and_detach_leaves_nothing() {
             .collect();
         assert!(left.is_empty(), "pins left in {dir}: {left:?}");
     }
+}
+
+fn host6(env: &Env, key: &str) -> IpNet {
+    IpNet::from(IpAddr::V6(env.pod(key).ip6))
+}
+
+#[test]
+fn ipv6_is_filtered_by_the_same_programs() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    assert!(env.reaches_over(Family::V6, "x/b", "x/a", Probe::tcp(80)), "baseline over IPv6");
+    let b6 = host6(&env, "x/b");
+    env.attach(
+        "x/a",
+        &PodRules { ingress: isolated([(b6, vec![PortRule::ports(4, TCP, 80, 81)])]), ..Default::default() },
+    )
+    .unwrap();
+    assert!(env.reaches_over(Family::V6, "x/b", "x/a", Probe::tcp(80)));
+    assert!(env.reaches_over(Family::V6, "x/b", "x/a", Probe::tcp(81)), "end of the range");
+    assert!(!env.reaches_over(Family::V6, "x/b", "x/a", Probe::udp(80)), "other protocol");
+    assert!(!env.reaches_over(Family::V6, "x/c", "x/a", Probe::tcp(80)), "other peer");
+    assert!(!env.reaches_over(Family::V4, "x/b", "x/a", Probe::tcp(80)), "IPv4 has no entry: isolated too");
+    // Egress stays open over IPv6 and replies come back through conntrack.
+    assert!(env.reaches_over(Family::V6, "x/a", "x/c", Probe::udp(81)));
+}
+
+#[test]
+fn more_specific_empty_entry_carves_out_an_except() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let (b, b6) = (host(&env, "x/b"), host6(&env, "x/b"));
+    let any = vec![PortRule::any(5)];
+    let ingress = isolated([
+        ("198.18.0.0/24".parse().unwrap(), any.clone()),
+        ("fd18::/64".parse().unwrap(), any),
+        (b, vec![]),
+        (b6, vec![]),
+    ]);
+    env.attach("x/a", &PodRules { ingress, ..Default::default() }).unwrap();
+    for family in [Family::V4, Family::V6] {
+        assert!(env.reaches_over(family, "x/c", "x/a", Probe::tcp(80)), "{family:?}: inside the block");
+        assert!(!env.reaches_over(family, "x/b", "x/a", Probe::tcp(80)), "{family:?}: excepted");
+    }
+}
+
+#[test]
+fn strict_default_deny_keeps_the_node_and_is_per_direction() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let node = IpNet::from(IpAddr::V4(na_harness::NODE_IP));
+    let ingress = DirectionRules {
+        mode: Mode::DefaultDeny,
+        entries: [(node, vec![PortRule::any(na_common::policy::POLICY_ID_HOST)])].into(),
+    };
+    env.attach("x/a", &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "ingress default deny");
+    assert!(env.reaches("x/a", "x/b", Probe::tcp(80)), "egress is its own direction");
+    let from_node = Probe::tcp(80).run_in(env.node.netns(), env.pod("x/a").ip.into()).unwrap();
+    assert!(from_node, "the node (kubelet probes) still reaches the pod");
 }

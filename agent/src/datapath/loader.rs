@@ -118,7 +118,7 @@ impl Datapath {
         }
         let globals = self.timeouts.globals();
         for (name, value) in &globals {
-            loader.set_global(name, value, true);
+            loader.override_global(name, value, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(pod.clone(), Box::new(e)))?;
 

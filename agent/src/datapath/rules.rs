@@ -1,10 +1,17 @@
 //! Writing a pod's desired policy state into its maps.
 //!
 //! Each direction's trie holds two rule sets; the pod state names the live
-//! one. A write fills the idle set, flips the state (one map update, so every
-//! packet sees either the old rules or the new ones, never a mix) and then
-//! clears the set that just went idle.
-use std::{net::IpAddr, path::Path};
+//! one. A write fills the idle set, then flips the state (one map update, so
+//! every packet sees either the old rules or the new ones, never a mix).
+//!
+//! The set that just went idle is not cleared at once: a packet that read the
+//! state just before the flip still looks its peer up in that set. It is
+//! cleared by the next write, once [`GRACE`] has passed since the flip.
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
@@ -41,10 +48,17 @@ fn raw_mode(mode: Mode) -> u8 {
 type Trie = LpmTrie<MapData, LpmKeyData, RuleSet>;
 
 /// A pod's pinned policy maps, opened for writing.
+/// How long a program run can still be using a set after the flip away from
+/// it. Programs run to completion in microseconds; this is generous.
+pub const GRACE: Duration = Duration::from_millis(10);
+
 pub struct PodMaps {
     ingress: Trie,
     egress: Trie,
     state: Array<MapData, PodState>,
+    /// When this handle last flipped each direction (`None`: not since opened,
+    /// so another writer may just have).
+    flipped: [Option<Instant>; 2],
 }
 
 impl PodMaps {
@@ -54,6 +68,7 @@ impl PodMaps {
             ingress: open_pinned(&layout.map(pod, MAP_INGRESS))?,
             egress: open_pinned(&layout.map(pod, MAP_EGRESS))?,
             state: open_pinned(&layout.map(pod, MAP_POD_STATE))?,
+            flipped: [None; 2],
         })
     }
 
@@ -64,29 +79,42 @@ impl PodMaps {
         for (name, dir) in [("ingress", &rules.ingress), ("egress", &rules.egress)] {
             check_capacity(name, dir)?;
         }
-        Self::apply_direction(&mut self.ingress, &mut self.state, INGRESS, &rules.ingress)?;
-        Self::apply_direction(&mut self.egress, &mut self.state, EGRESS, &rules.egress)
+        self.flipped[INGRESS as usize] =
+            Some(apply_direction(&mut self.ingress, &mut self.state, INGRESS, &rules.ingress, self.flipped[0])?);
+        self.flipped[EGRESS as usize] =
+            Some(apply_direction(&mut self.egress, &mut self.state, EGRESS, &rules.egress, self.flipped[1])?);
+        Ok(())
     }
+}
 
-    fn apply_direction(
-        trie: &mut Trie,
-        states: &mut Array<MapData, PodState>,
-        dir: u32,
-        rules: &DirectionRules,
-    ) -> Result<(), RulesError> {
-        let current = states.get(&dir, 0).map_err(map_err("read", "pod_state_map"))?;
-        let next_set = current.active_set() ^ 1;
-        // Leftovers of a write that died before its clean-up.
+/// Writes one direction; returns when it flipped.
+fn apply_direction(
+    trie: &mut Trie,
+    states: &mut Array<MapData, PodState>,
+    dir: u32,
+    rules: &DirectionRules,
+    last_flip: Option<Instant>,
+) -> Result<Instant, RulesError> {
+    let current = states.get(&dir, 0).map_err(map_err("read", "pod_state_map"))?;
+    let next_set = current.active_set() ^ 1;
+    // The idle set still holds the rules live before the last flip.
+    if has_set(trie, next_set) {
+        let since = last_flip.map_or(Duration::ZERO, |t| t.elapsed());
+        std::thread::sleep(GRACE.saturating_sub(since));
         clear_set(trie, next_set)?;
-        for (prefix, port_rules) in &rules.entries {
-            let mut value = RuleSet { count: port_rules.len() as u32, ..RuleSet::default() };
-            value.rules[..port_rules.len()].copy_from_slice(port_rules);
-            trie.insert(&lpm_key(next_set, prefix), value, 0).map_err(map_err("insert into", "policy trie"))?;
-        }
-        let next = PodState::new(raw_mode(rules.mode), next_set, current.generation.wrapping_add(1));
-        states.set(dir, next, 0).map_err(map_err("write", "pod_state_map"))?;
-        clear_set(trie, current.active_set())
     }
+    for (prefix, port_rules) in &rules.entries {
+        let mut value = RuleSet { count: port_rules.len() as u32, ..RuleSet::default() };
+        value.rules[..port_rules.len()].copy_from_slice(port_rules);
+        trie.insert(&lpm_key(next_set, prefix), value, 0).map_err(map_err("insert into", "policy trie"))?;
+    }
+    let next = PodState::new(raw_mode(rules.mode), next_set, current.generation.wrapping_add(1));
+    states.set(dir, next, 0).map_err(map_err("write", "pod_state_map"))?;
+    Ok(Instant::now())
+}
+
+fn has_set(trie: &Trie, set: u8) -> bool {
+    trie.keys().filter_map(Result::ok).any(|k| k.data().set == set)
 }
 
 fn check_capacity(direction: &'static str, rules: &DirectionRules) -> Result<(), RulesError> {

@@ -1,7 +1,7 @@
 //! A private node with pods, servers and its own bpffs root, torn down on drop.
 //! Shared by the netns test targets and the demo (`examples/demo.rs`).
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -13,7 +13,7 @@ use na_agent::{
     pod_id::PodId,
     veth::{DEFAULT_PREFIX, host_veth_name},
 };
-use na_harness::{Node, Pod, Probe, Proto, Servers};
+use na_harness::{Family, Node, Pod, Probe, Proto, Servers};
 
 static ROOTS: AtomicU32 = AtomicU32::new(0);
 
@@ -61,7 +61,8 @@ impl Env {
         for (i, (namespace, name)) in pods.iter().enumerate() {
             let veth = host_veth_name(DEFAULT_PREFIX, namespace, name);
             let host = u8::try_from(i + 2).expect("fewer than 250 pods");
-            node.add_pod(namespace, name, Ipv4Addr::new(198, 18, 0, host), &veth)?;
+            let ip6 = Ipv6Addr::new(0xfd18, 0, 0, 0, 0, 0, 0, u16::from(host));
+            node.add_pod(namespace, name, Ipv4Addr::new(198, 18, 0, host), ip6, &veth)?;
         }
         let mut servers = Servers::default();
         for pod in node.pods() {
@@ -99,10 +100,16 @@ impl Env {
         Ok(())
     }
 
+    /// Whether `probe` from `from` reaches `to` over IPv4.
     #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn reaches(&self, from: &str, to: &str, probe: Probe) -> bool {
-        let to_ip = self.pod(to).ip.into();
-        probe.run(self.pod(from), to_ip).expect("probe ran")
+        self.reaches_over(Family::V4, from, to, probe)
+    }
+
+    /// Whether `probe` from `from` reaches `to` over `family`.
+    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
+    pub fn reaches_over(&self, family: Family, from: &str, to: &str, probe: Probe) -> bool {
+        probe.run(self.pod(from), family.of(self.pod(to))).expect("probe ran")
     }
 
     #[allow(dead_code, reason = "each test target uses its own part of the support module")]

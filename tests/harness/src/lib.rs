@@ -14,6 +14,6 @@ mod probe;
 mod server;
 
 pub use netns::NetNs;
-pub use node::{NODE_IP, Node, Pod};
-pub use probe::{Probe, Proto, matrix, render};
+pub use node::{NODE_IP, NODE_IP6, Node, Pod};
+pub use probe::{Family, Probe, Proto, matrix, render};
 pub use server::Servers;

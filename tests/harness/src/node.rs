@@ -1,5 +1,5 @@
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -10,10 +10,12 @@ use crate::{
     netns::{self, NetNs},
 };
 
-/// The pods' link-local default gateway, as the VPC CNI sets it.
+/// The pods' link-local default gateways, as the VPC CNI sets them.
 const GATEWAY_V4: &str = "169.254.1.1";
+const GATEWAY_V6: &str = "fe80::1";
 /// The node's own address, on the node namespace's loopback.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd19, 0, 0, 0, 0, 0, 0, 1);
 
 static NODES: AtomicU32 = AtomicU32::new(0);
 
@@ -32,6 +34,7 @@ pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub host_veth: String,
     ns: NetNs,
 }
@@ -57,8 +60,12 @@ impl Node {
         // On loopback: no dummy driver is needed, and source selection still
         // picks it for traffic the node itself sends to pods.
         ip(&["-n", &n, "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
-        ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
-            .context("enabling forwarding in the node namespace")?;
+        ip(&["-n", &n, "addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo"])?;
+        ns.run(|| {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+        })?
+        .context("enabling forwarding in the node namespace")?;
         Ok(Self { pods: Vec::new(), ns, tag })
     }
 
@@ -74,9 +81,17 @@ impl Node {
         self.pods.iter().find(|p| p.key() == key)
     }
 
-    /// Adds pod `namespace/name` with address `ip_addr`, wired like the VPC CNI
-    /// with `host_veth` as the node side (the caller applies the CNI's naming).
-    pub fn add_pod(&mut self, namespace: &str, name: &str, ip_addr: Ipv4Addr, host_veth: &str) -> Result<&Pod> {
+    /// Adds pod `namespace/name` with addresses `ip_addr` and `ip6`, wired like
+    /// the VPC CNI with `host_veth` as the node side (the caller applies the
+    /// CNI's naming).
+    pub fn add_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ip_addr: Ipv4Addr,
+        ip6: Ipv6Addr,
+        host_veth: &str,
+    ) -> Result<&Pod> {
         let host_veth = host_veth.to_owned();
         let ns = NetNs::create(format!("{}-{}-{}", self.tag, namespace, name))?;
         let (n, p) = (self.ns.name(), ns.name());
@@ -89,7 +104,11 @@ impl Node {
         ip(&["-n", p, "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
         ip(&["-n", p, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
         ip(&["-n", p, "neigh", "add", GATEWAY_V4, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-        self.pods.push(Pod { namespace: namespace.into(), name: name.into(), ip: ip_addr, host_veth, ns });
+        ip(&["-n", n, "-6", "route", "add", &format!("{ip6}/128"), "dev", &host_veth])?;
+        ip(&["-n", p, "-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+        ip(&["-n", p, "-6", "neigh", "add", GATEWAY_V6, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        ip(&["-n", p, "-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])?;
+        self.pods.push(Pod { namespace: namespace.into(), name: name.into(), ip: ip_addr, ip6, host_veth, ns });
         Ok(self.pods.last().expect("just pushed"))
     }
 }

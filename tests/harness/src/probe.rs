@@ -46,9 +46,14 @@ impl Probe {
     /// Whether a request from `from` to `to` gets its answer back: the full
     /// round trip, so a dropped reply counts as denied.
     pub fn run(&self, from: &Pod, to: IpAddr) -> Result<bool> {
+        self.run_in(from.netns(), to)
+    }
+
+    /// Like [`Probe::run`], from any namespace (the node's, for instance).
+    pub fn run_in(&self, from: &crate::NetNs, to: IpAddr) -> Result<bool> {
         let addr = SocketAddr::new(to, self.port);
         let proto = self.proto;
-        from.netns().run(move || exchange(proto, addr).unwrap_or(false))
+        from.run(move || exchange(proto, addr).unwrap_or(false))
     }
 }
 
@@ -73,17 +78,33 @@ fn exchange(proto: Proto, addr: SocketAddr) -> std::io::Result<bool> {
     }
 }
 
+/// Address family of a probe matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(self, pod: &Pod) -> IpAddr {
+        match self {
+            Self::V4 => IpAddr::V4(pod.ip),
+            Self::V6 => IpAddr::V6(pod.ip6),
+        }
+    }
+}
+
 /// Runs `probe` from every pod to every other pod, concurrently. Returns
 /// `[from][to]`; the diagonal is `None` (a pod reaching itself never crosses
 /// the datapath).
-pub fn matrix(node: &Node, probe: Probe) -> Result<Vec<Vec<Option<bool>>>> {
+pub fn matrix(node: &Node, probe: Probe, family: Family) -> Result<Vec<Vec<Option<bool>>>> {
     let pods = node.pods();
     std::thread::scope(|s| {
         let handles: Vec<Vec<_>> = pods
             .iter()
             .map(|from| {
                 pods.iter()
-                    .map(|to| (!std::ptr::eq(from, to)).then(|| s.spawn(move || probe.run(from, IpAddr::V4(to.ip)))))
+                    .map(|to| (!std::ptr::eq(from, to)).then(|| s.spawn(move || probe.run(from, family.of(to)))))
                     .collect()
             })
             .collect();

@@ -26,7 +26,7 @@ pub struct Servers {
 
 impl Servers {
     /// Starts an echo server for `proto`/`port` inside `pod`, listening on all
-    /// addresses. Returns once it is bound.
+    /// addresses of both families. Returns once it is bound.
     pub fn start(&mut self, pod: &Pod, proto: Proto, port: u16) -> Result<()> {
         let ns = pod.netns().open()?;
         let stop = self.stop.clone();
@@ -52,8 +52,9 @@ enum Socket {
     Udp(UdpSocket),
 }
 
+/// Binds `[::]`, which on Linux also accepts IPv4.
 fn bind(proto: Proto, port: u16) -> Result<Socket> {
-    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
     Ok(match proto {
         Proto::Tcp => {
             let l = TcpListener::bind(addr)?;
@@ -70,24 +71,42 @@ fn bind(proto: Proto, port: u16) -> Result<Socket> {
 
 fn serve(socket: Socket, stop: &AtomicBool) {
     let mut buf = [0u8; 1500];
-    while !stop.load(Ordering::Relaxed) {
-        match &socket {
-            Socket::Tcp(l) => match l.accept() {
-                Ok((mut conn, _)) => {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-                    if let Ok(n) = conn.read(&mut buf) {
-                        let _ = conn.write_all(&buf[..n]);
+    std::thread::scope(|s| {
+        while !stop.load(Ordering::Relaxed) {
+            match &socket {
+                Socket::Tcp(l) => match l.accept() {
+                    // Each connection echoes until its peer closes it, so tests
+                    // can hold long-lived connections.
+                    Ok((conn, _)) => {
+                        s.spawn(move || echo(conn, stop));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                    Err(_) => std::thread::sleep(POLL),
+                },
+                Socket::Udp(u) => {
+                    if let Ok((n, peer)) = u.recv_from(&mut buf) {
+                        let _ = u.send_to(&buf[..n], peer);
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
-                Err(_) => std::thread::sleep(POLL),
-            },
-            Socket::Udp(s) => {
-                if let Ok((n, peer)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(&buf[..n], peer);
+            }
+        }
+    });
+}
+
+fn echo(mut conn: std::net::TcpStream, stop: &AtomicBool) {
+    let mut buf = [0u8; 1500];
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(POLL));
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
                 }
             }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }

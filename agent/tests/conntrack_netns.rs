@@ -1,0 +1,144 @@
+//! Tracked flows on a real kernel: which updates they survive, when they
+//! expire, and that no packet ever sees a half-written policy.
+//! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use na_agent::datapath::{AttachMode, DirectionRules, Mode, PodRules, Timeouts};
+use na_common::{
+    policy::PortRule,
+    protocol::{TCP, UDP},
+};
+use na_harness::Pod;
+use support::Env;
+
+const WAIT: Duration = Duration::from_millis(400);
+
+fn isolated(entries: Vec<(IpNet, Vec<PortRule>)>) -> DirectionRules {
+    DirectionRules { mode: Mode::PoliciesApplied, entries: entries.into_iter().collect() }
+}
+
+fn host(pod: &Pod) -> IpNet {
+    IpNet::from(IpAddr::V4(pod.ip))
+}
+
+/// A TCP connection opened from inside `from` (the socket stays in its namespace).
+fn connect(from: &Pod, to: IpAddr, port: u16) -> TcpStream {
+    let addr = SocketAddr::new(to, port);
+    let s = from.netns().run(move || TcpStream::connect_timeout(&addr, WAIT)).unwrap().unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn echoes(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+fn udp_socket(pod: &Pod, port: u16) -> UdpSocket {
+    let s = pod.netns().run(move || UdpSocket::bind(("0.0.0.0", port))).unwrap().unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn udp_arrives(from: &UdpSocket, to: &UdpSocket, addr: SocketAddr) -> bool {
+    let mut buf = [0u8; 8];
+    from.send_to(b"hello", addr).is_ok() && to.recv_from(&mut buf).is_ok()
+}
+
+#[test]
+fn established_flow_survives_an_update_that_allows_it_and_is_cut_by_one_that_does_not() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let (b, c) = (host(env.pod("x/b")), host(env.pod("x/c")));
+    let allow_b = (b, vec![PortRule::ports(1, TCP, 80, 80)]);
+    // a's own egress must not allow b either: otherwise a's next packet to b
+    // would legitimately open the flow again from a's side.
+    let egress = || isolated(vec![(c, vec![PortRule::ports(3, UDP, 53, 53)])]);
+    let mut maps = env.attach("x/a", &PodRules { ingress: isolated(vec![allow_b.clone()]), egress: egress() }).unwrap();
+    let mut conn = connect(env.pod("x/b"), env.pod("x/a").ip.into(), 80);
+    assert!(echoes(&mut conn));
+    // An unrelated change: the flow is judged again and still allowed.
+    maps.apply(&PodRules {
+        ingress: isolated(vec![allow_b, (c, vec![PortRule::ports(2, UDP, 81, 81)])]),
+        egress: egress(),
+    })
+    .unwrap();
+    assert!(echoes(&mut conn), "a flow the new policy still allows keeps going");
+    // b loses its rule: the established flow is cut, not grandfathered.
+    maps.apply(&PodRules { ingress: isolated(vec![(c, vec![PortRule::ports(2, UDP, 81, 81)])]), egress: egress() })
+        .unwrap();
+    assert!(!echoes(&mut conn), "a flow the new policy forbids is cut");
+}
+
+#[test]
+fn conntrack_entries_expire_after_their_idle_timeout() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let udp = Duration::from_millis(1000);
+    env.dp = env.dp.clone().with_timeouts(Timeouts { udp, ..Timeouts::default() });
+    let b = host(env.pod("x/b"));
+    // a accepts nothing, but may send UDP to b:90.
+    env.attach(
+        "x/a",
+        &PodRules { ingress: isolated(vec![]), egress: isolated(vec![(b, vec![PortRule::ports(1, UDP, 90, 90)])]) },
+    )
+    .unwrap();
+    let (a_sock, b_sock) = (udp_socket(env.pod("x/a"), 91), udp_socket(env.pod("x/b"), 90));
+    let (a_addr, b_addr) =
+        (SocketAddr::new(env.pod("x/a").ip.into(), 91), SocketAddr::new(env.pod("x/b").ip.into(), 90));
+    assert!(udp_arrives(&a_sock, &b_sock, b_addr));
+    assert!(udp_arrives(&b_sock, &a_sock, a_addr), "b answers while the flow is tracked");
+    std::thread::sleep(udp + Duration::from_millis(600));
+    assert!(!udp_arrives(&b_sock, &a_sock, a_addr), "after the idle timeout b's packet is a new, denied flow");
+    assert!(udp_arrives(&a_sock, &b_sock, b_addr), "a can open the flow again");
+    assert!(udp_arrives(&b_sock, &a_sock, a_addr));
+}
+
+#[test]
+fn no_packet_sees_a_half_written_policy() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let b = host(env.pod("x/b"));
+    // Both versions allow b on UDP 80 and never c; a writer that deleted
+    // before inserting would drop some of b's packets or admit c's.
+    let version = |other: u16| PodRules {
+        ingress: isolated(vec![(b, vec![PortRule::ports(1, UDP, 80, 80), PortRule::ports(2, TCP, other, other)])]),
+        ..Default::default()
+    };
+    let mut maps = env.attach("x/a", &version(81)).unwrap();
+    let a_addr = SocketAddr::new(env.pod("x/a").ip.into(), 80);
+    let (pod_b, pod_c) = (env.pod("x/b"), env.pod("x/c"));
+    const PROBES: u32 = 150;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (flips, (b_ok, b_total, c_through)) = std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let (mut ok, mut total, mut through) = (0u32, 0u32, 0u32);
+            while total < PROBES && Instant::now() < deadline {
+                // A fresh source port each time: a new flow, judged by the rules.
+                let (sb, sc) = (udp_socket(pod_b, 0), udp_socket(pod_c, 0));
+                sc.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                total += 1;
+                ok += u32::from(udp_arrives(&sb, &sb, a_addr));
+                through += u32::from(udp_arrives(&sc, &sc, a_addr));
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (ok, total, through)
+        });
+        // Flip for as long as the prober runs.
+        let mut flips = 0u32;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            maps.apply(&version(if flips.is_multiple_of(2) { 82 } else { 81 })).unwrap();
+            flips += 1;
+        }
+        (flips, prober.join().unwrap())
+    });
+    println!("{flips} policy flips under {b_total} probes");
+    assert!(flips >= 100 && b_total == PROBES, "too little overlap: {flips} flips, {b_total} probes");
+    assert_eq!(b_ok, b_total, "every packet allowed by both versions passed");
+    assert_eq!(c_through, 0, "no packet allowed by neither version passed");
+}
