@@ -20,6 +20,16 @@ impl NetNs {
         ip(&["netns", "add", &name])?;
         let ns = Self { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        // Links made here must be usable at once: duplicate address detection
+        // would hold their link-local addresses back, and neighbour discovery
+        // with them, for a second or more.
+        ns.run(|| {
+            for conf in ["all", "default"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0")?;
+            }
+            Ok::<_, std::io::Error>(())
+        })?
+        .context("turning off IPv6 duplicate address detection")?;
         Ok(ns)
     }
 
