@@ -107,6 +107,17 @@ impl Datapath {
     /// `ifname`, so no packet passes before the pod's state is in place. A pod
     /// that already has programs gets the new ones swapped in atomically.
     pub fn attach_pod(&self, pod: &PodId, ifname: &str, rules: &PodRules) -> Result<PodMaps, DatapathError> {
+        let maps = self.load_pod(pod, rules)?;
+        for (name, _, hook) in PROGRAMS {
+            let mut prog = SchedClassifier::from_pin(self.layout.program(pod, name))?;
+            attach::attach_or_replace(&mut prog, ifname, hook, self.attach_mode, &self.layout.link(pod, name))?;
+        }
+        Ok(maps)
+    }
+
+    /// Loads and pins `pod`'s programs and maps and writes `rules`, without
+    /// attaching anything.
+    pub fn load_pod(&self, pod: &PodId, rules: &PodRules) -> Result<PodMaps, DatapathError> {
         let pins: Vec<(&str, PathBuf)> = POD_MAPS
             .iter()
             .map(|m| (*m, self.layout.map(pod, m)))
@@ -121,18 +132,15 @@ impl Datapath {
             loader.override_global(name, value, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(pod.clone(), Box::new(e)))?;
-
         let mut maps = PodMaps::open(&self.layout, pod)?;
         maps.apply(rules)?;
-
-        for (name, _, hook) in PROGRAMS {
+        for (name, _, _) in PROGRAMS {
             let prog: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?.try_into()?;
             prog.load()?;
             let pin = self.layout.program(pod, name);
             remove_pin(&pin)?;
             prog.pin(&pin).map_err(|e| DatapathError::Pin(pin.clone(), e.to_string()))?;
-            attach::attach_or_replace(prog, ifname, hook, self.attach_mode, &self.layout.link(pod, name))?;
         }
         Ok(maps)
     }

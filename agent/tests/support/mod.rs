@@ -1,5 +1,7 @@
 //! A private node with pods, servers and its own bpffs root, torn down on drop.
 //! Shared by the netns test targets and the demo (`examples/demo.rs`).
+// Each test target uses its own part of this module.
+#![allow(dead_code)]
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
@@ -31,7 +33,13 @@ pub struct Env {
 }
 
 /// A test's own bpffs directory, removed even when setup fails half-way.
-struct PinRoot(PathBuf);
+pub struct PinRoot(pub PathBuf);
+
+impl PinRoot {
+    pub fn new() -> Self {
+        Self(PathBuf::from(format!("{ROOT_PREFIX}{}-{}", std::process::id(), ROOTS.fetch_add(1, Ordering::Relaxed))))
+    }
+}
 
 impl Drop for PinRoot {
     fn drop(&mut self) {
@@ -44,18 +52,13 @@ pub const PORTS: [u16; 2] = [80, 81];
 
 impl Env {
     /// A node with pods `x/a`, `x/b`, `x/c` serving [`PORTS`], nothing attached.
-    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn new(mode: AttachMode) -> Result<Self> {
         Self::with_pods(mode, &[("x", "a"), ("x", "b"), ("x", "c")])
     }
 
     /// A node with `pods` (namespace, name) serving [`PORTS`], nothing attached.
     pub fn with_pods(mode: AttachMode, pods: &[(&str, &str)]) -> Result<Self> {
-        let root = PinRoot(PathBuf::from(format!(
-            "{ROOT_PREFIX}{}-{}",
-            std::process::id(),
-            ROOTS.fetch_add(1, Ordering::Relaxed)
-        )));
+        let root = PinRoot::new();
         let dp = Datapath::new(PinLayout::new(&root.0), mode)?;
         let mut node = Node::new()?;
         for (i, (namespace, name)) in pods.iter().enumerate() {
@@ -89,7 +92,6 @@ impl Env {
     }
 
     /// Detaches `key`'s programs and removes its pins.
-    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn detach(&mut self, key: &str) -> Result<()> {
         let pod = self.pod(key);
         let id = PodId::new(&pod.namespace, &pod.name);
@@ -101,18 +103,15 @@ impl Env {
     }
 
     /// Whether `probe` from `from` reaches `to` over IPv4.
-    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn reaches(&self, from: &str, to: &str, probe: Probe) -> bool {
         self.reaches_over(Family::V4, from, to, probe)
     }
 
     /// Whether `probe` from `from` reaches `to` over `family`.
-    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn reaches_over(&self, family: Family, from: &str, to: &str, probe: Probe) -> bool {
         probe.run(self.pod(from), family.of(self.pod(to))).expect("probe ran")
     }
 
-    #[allow(dead_code, reason = "each test target uses its own part of the support module")]
     pub fn root(&self) -> &PathBuf {
         &self.root.0
     }

@@ -1,0 +1,331 @@
+//! The programs against crafted packets (BPF_PROG_TEST_RUN): header shapes a
+//! real stack rarely sends but an attacker can, and protocols this kernel
+//! cannot carry (SCTP). Also records each program's size and how many
+//! instructions the verifier processed.
+//! Needs root (CAP_BPF).
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use ipnet::IpNet;
+use na_agent::{
+    bpffs::PinLayout,
+    datapath::{AttachMode, Datapath, DirectionRules, Mode, PodRules},
+    pod_id::PodId,
+};
+use na_common::{
+    names::{PROG_EGRESS, PROG_INGRESS},
+    policy::PortRule,
+    protocol::{ICMP, ICMPV6, SCTP, TCP, UDP},
+};
+use support::PinRoot;
+
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+const POD4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const PEER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const EMPTY4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const ANY4: Ipv4Addr = Ipv4Addr::new(10, 9, 1, 1);
+const OTHER4: Ipv4Addr = Ipv4Addr::new(10, 7, 7, 7);
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+/// A loaded (unattached) pod with fixed rules, and its two programs.
+struct Pod {
+    ingress: SchedClassifier,
+    egress: SchedClassifier,
+    _root: PinRoot,
+}
+
+fn pod() -> Pod {
+    let root = PinRoot::new();
+    let dp = Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap();
+    let id = PodId::new("t", "pod");
+    let net = |ip: IpAddr| IpNet::from(ip);
+    let ingress = DirectionRules {
+        mode: Mode::PoliciesApplied,
+        entries: [
+            (net(PEER4.into()), vec![PortRule::ports(1, TCP, 80, 90), PortRule::ports(2, SCTP, 5000, 5000)]),
+            (net(EMPTY4.into()), vec![]),
+            ("10.9.0.0/16".parse().unwrap(), vec![PortRule::any(4)]),
+            (net(PEER6.into()), vec![PortRule::ports(3, UDP, 53, 53), PortRule::ports(5, TCP, 443, 443)]),
+        ]
+        .into(),
+    };
+    dp.load_pod(&id, &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
+    let layout = dp.layout();
+    Pod {
+        ingress: SchedClassifier::from_pin(layout.program(&id, PROG_INGRESS)).unwrap(),
+        egress: SchedClassifier::from_pin(layout.program(&id, PROG_EGRESS)).unwrap(),
+        _root: root,
+    }
+}
+
+fn run(prog: &SchedClassifier, packet: &[u8]) -> u32 {
+    let mut out = vec![0u8; packet.len() + 256];
+    let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..TestRunOptions::new() };
+    prog.test_run(opts).expect("test run").return_value
+}
+
+// ---- packet builders -------------------------------------------------------
+
+fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    p.extend_from_slice(&ethertype.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Ports (and TCP flags) as they start every transport header we parse.
+fn l4(proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.resize(if proto == TCP { 20 } else { 8 }, 0);
+    if proto == TCP {
+        h[12] = 0x50;
+        h[13] = 0x02; // SYN
+    }
+    h
+}
+
+struct V4 {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options: Vec<u8>,
+    id: u16,
+    frag: u16,
+}
+
+impl V4 {
+    fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
+        Self { src, dst, proto, options: vec![], id: 7, frag: 0 }
+    }
+
+    fn header(&self, payload_len: usize) -> Vec<u8> {
+        let hlen = 20 + self.options.len();
+        let mut h = vec![0x40 | (hlen / 4) as u8, 0];
+        h.extend_from_slice(&((hlen + payload_len) as u16).to_be_bytes());
+        h.extend_from_slice(&self.id.to_be_bytes());
+        h.extend_from_slice(&self.frag.to_be_bytes());
+        h.extend_from_slice(&[64, self.proto, 0, 0]);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&self.options);
+        h
+    }
+
+    fn packet(&self, payload: &[u8]) -> Vec<u8> {
+        let mut p = self.header(payload.len());
+        p.extend_from_slice(payload);
+        eth(0x0800, &p)
+    }
+}
+
+fn v4(src: Ipv4Addr, proto: u8, dport: u16) -> Vec<u8> {
+    V4::new(src, POD4, proto).packet(&l4(proto, 40000, dport))
+}
+
+/// IPv6 with `ext` extension headers, each `(type, bytes)`, then `proto`.
+fn v6_with(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, ext: &[(u8, Vec<u8>)], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, (_, bytes)) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).map_or(proto, |(t, _)| *t);
+        let mut b = bytes.clone();
+        b[0] = next;
+        body.extend_from_slice(&b);
+    }
+    body.extend_from_slice(payload);
+    let first = ext.first().map_or(proto, |(t, _)| *t);
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[first, hop_limit]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(&body);
+    eth(0x86dd, &h)
+}
+
+/// An 8-byte options header (hop-by-hop, destination options) or routing header.
+fn ext8() -> Vec<u8> {
+    vec![0, 0, 1, 4, 0, 0, 0, 0]
+}
+
+fn frag6(offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let mut h = vec![0, 0];
+    h.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h
+}
+
+// ---- the table -------------------------------------------------------------
+
+#[test]
+fn ipv4_ports_ranges_options_and_truncation() {
+    let p = pod();
+    let cases: &[(&str, Vec<u8>, u32)] = &[
+        ("range start", v4(PEER4, TCP, 80), OK),
+        ("range end", v4(PEER4, TCP, 90), OK),
+        ("end + 1", v4(PEER4, TCP, 91), SHOT),
+        ("start - 1", v4(PEER4, TCP, 79), SHOT),
+        ("other protocol on an allowed port", v4(PEER4, UDP, 80), SHOT),
+        ("SCTP port", v4(PEER4, SCTP, 5000), OK),
+        ("SCTP other port", v4(PEER4, SCTP, 5001), SHOT),
+        ("unknown peer", v4(OTHER4, TCP, 80), SHOT),
+        ("entry with no rules (an except) matches nothing", v4(EMPTY4, TCP, 80), SHOT),
+        ("any-protocol rule", v4(ANY4, UDP, 9999), OK),
+        ("ICMP needs an any-protocol rule", V4::new(PEER4, POD4, ICMP).packet(&[8, 0, 0, 0, 0, 1, 0, 1]), SHOT),
+        ("ICMP from an any-protocol peer", V4::new(ANY4, POD4, ICMP).packet(&[8, 0, 0, 0, 0, 1, 0, 1]), OK),
+        ("ARP is never filtered", eth(0x0806, &[0; 28]), OK),
+        (
+            "truncated before the ports",
+            {
+                let mut v = v4(PEER4, TCP, 80);
+                v.truncate(14 + 20 + 2);
+                v
+            },
+            SHOT,
+        ),
+        (
+            "header length below 20",
+            {
+                let mut v = v4(PEER4, TCP, 80);
+                v[14] = 0x44;
+                v
+            },
+            SHOT,
+        ),
+        (
+            "IPv6 version in an IPv4 frame",
+            {
+                let mut v = v4(PEER4, TCP, 80);
+                v[14] = 0x65;
+                v
+            },
+            SHOT,
+        ),
+    ];
+    for (name, packet, want) in cases {
+        assert_eq!(run(&p.ingress, packet), *want, "{name}");
+    }
+}
+
+#[test]
+fn ipv4_options_are_skipped_not_read_as_ports() {
+    let p = pod();
+    // Options whose first bytes look like ports 40000 -> 80; the real
+    // destination port behind them is 22.
+    let mut fake = V4::new(PEER4, POD4, TCP);
+    fake.options = vec![0x9c, 0x40, 0x00, 0x50, 0x01, 0x01, 0x01, 0x00];
+    assert_eq!(run(&p.ingress, &fake.packet(&l4(TCP, 40000, 22))), SHOT);
+    assert_eq!(run(&p.ingress, &fake.packet(&l4(TCP, 40000, 80))), OK);
+}
+
+#[test]
+fn ipv4_fragments_follow_their_first_fragment() {
+    let p = pod();
+    let mut first = V4::new(PEER4, POD4, TCP);
+    first.id = 99;
+    first.frag = 0x2000; // more fragments, offset 0
+    assert_eq!(run(&p.ingress, &first.packet(&l4(TCP, 40001, 80))), OK);
+    let mut later = V4::new(PEER4, POD4, TCP);
+    later.id = 99;
+    later.frag = 0x0003; // offset 24 bytes, last fragment
+    // The payload of a later fragment looks like an allowed port to nobody.
+    assert_eq!(run(&p.ingress, &later.packet(&[0xde, 0xad, 0x00, 0x50, 0, 0, 0, 0])), OK, "same datagram");
+    later.id = 100;
+    assert_eq!(run(&p.ingress, &later.packet(&[0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 0])), SHOT, "no first fragment seen");
+    let mut any = V4::new(ANY4, POD4, UDP);
+    any.frag = 0x0003;
+    assert_eq!(run(&p.ingress, &any.packet(&[0; 8])), OK, "all-protocol rules admit any fragment");
+    // A first fragment to a port that is not allowed records nothing.
+    first.id = 101;
+    assert_eq!(run(&p.ingress, &first.packet(&l4(TCP, 40001, 22))), SHOT);
+    later.id = 101;
+    assert_eq!(run(&p.ingress, &later.packet(&[0; 8])), SHOT);
+}
+
+#[test]
+fn icmp_errors_pass_only_for_tracked_flows() {
+    let p = pod();
+    // The pod (egress open) sends UDP to 8.8.8.8:53: now tracked.
+    let dns = Ipv4Addr::new(8, 8, 8, 8);
+    let query = V4::new(POD4, dns, UDP).packet(&l4(UDP, 5555, 53));
+    assert_eq!(run(&p.egress, &query), OK);
+    let unreachable = |sport: u16| {
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        let inner = V4::new(POD4, dns, UDP);
+        let l = l4(UDP, sport, 53);
+        icmp.extend_from_slice(&inner.header(l.len()));
+        icmp.extend_from_slice(&l);
+        V4::new(OTHER4, POD4, ICMP).packet(&icmp)
+    };
+    assert_eq!(run(&p.ingress, &unreachable(5555)), OK, "error about the tracked flow");
+    assert_eq!(run(&p.ingress, &unreachable(5556)), SHOT, "error about a flow nobody opened");
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let p = pod();
+    let udp = |port| l4(UDP, 40000, port);
+    let cases: &[(&str, Vec<u8>, u32)] = &[
+        ("plain", v6_with(PEER6, POD6, 64, &[], UDP, &udp(53)), OK),
+        ("other port", v6_with(PEER6, POD6, 64, &[], UDP, &udp(54)), SHOT),
+        (
+            "hop-by-hop, routing, destination options",
+            v6_with(PEER6, POD6, 64, &[(0, ext8()), (43, ext8()), (60, ext8())], UDP, &udp(53)),
+            OK,
+        ),
+        ("same, other port", v6_with(PEER6, POD6, 64, &[(0, ext8()), (43, ext8()), (60, ext8())], UDP, &udp(54)), SHOT),
+        ("more extension headers than walked", v6_with(PEER6, POD6, 64, &vec![(60, ext8()); 9], UDP, &udp(53)), SHOT),
+        (
+            "truncated inside an extension header",
+            {
+                let mut v = v6_with(PEER6, POD6, 64, &[(0, ext8())], UDP, &udp(53));
+                v.truncate(14 + 40 + 4);
+                v
+            },
+            SHOT,
+        ),
+        ("unknown peer", v6_with(Ipv6Addr::LOCALHOST, POD6, 64, &[], UDP, &udp(53)), SHOT),
+        ("TCP 443", v6_with(PEER6, POD6, 64, &[], TCP, &l4(TCP, 40000, 443)), OK),
+        ("neighbour solicitation", v6_with(PEER6, POD6, 255, &[], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]), OK),
+        (
+            "NS-looking message routed from afar",
+            v6_with(PEER6, POD6, 64, &[], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]),
+            SHOT,
+        ),
+        (
+            "echo request needs an any-protocol rule",
+            v6_with(PEER6, POD6, 64, &[], ICMPV6, &[128, 0, 0, 0, 0, 1, 0, 1]),
+            SHOT,
+        ),
+    ];
+    for (name, packet, want) in cases {
+        assert_eq!(run(&p.ingress, packet), *want, "{name}");
+    }
+}
+
+#[test]
+fn ipv6_fragments_follow_their_first_fragment() {
+    let p = pod();
+    let first = v6_with(PEER6, POD6, 64, &[(44, frag6(0, true, 7))], UDP, &l4(UDP, 40000, 53));
+    assert_eq!(run(&p.ingress, &first), OK);
+    let later = |id| v6_with(PEER6, POD6, 64, &[(44, frag6(3, false, id))], UDP, &[0, 0, 0, 53, 0, 0, 0, 0]);
+    assert_eq!(run(&p.ingress, &later(7)), OK, "same datagram");
+    assert_eq!(run(&p.ingress, &later(8)), SHOT, "no first fragment seen");
+}
+
+#[test]
+fn verifier_statistics() {
+    let p = pod();
+    for (name, prog) in [(PROG_INGRESS, &p.ingress), (PROG_EGRESS, &p.egress)] {
+        let info = prog.info().unwrap();
+        let xlated = info.size_translated().unwrap_or(0) / 8;
+        let verified = info.verified_instruction_count().unwrap_or(0);
+        println!("{name}: {xlated} instructions, {verified} processed by the verifier");
+        assert!(xlated > 0 && verified >= xlated, "{name}: {xlated} / {verified}");
+    }
+}
