@@ -15,6 +15,7 @@ use na_agent::{
     pod_id::PodId,
 };
 use na_common::{
+    events::{PolicyEvent, tier, verdict},
     names::{PROG_EGRESS, PROG_INGRESS},
     policy::PortRule,
     protocol::{ICMP, ICMPV6, SCTP, TCP, UDP},
@@ -35,6 +36,8 @@ const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 struct Pod {
     ingress: SchedClassifier,
     egress: SchedClassifier,
+    layout: PinLayout,
+    id: PodId,
     _root: PinRoot,
 }
 
@@ -54,10 +57,12 @@ fn pod() -> Pod {
         .into(),
     };
     dp.load_pod(&id, &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
-    let layout = dp.layout();
+    let layout = dp.layout().clone();
     Pod {
         ingress: SchedClassifier::from_pin(layout.program(&id, PROG_INGRESS)).unwrap(),
         egress: SchedClassifier::from_pin(layout.program(&id, PROG_EGRESS)).unwrap(),
+        layout,
+        id,
         _root: root,
     }
 }
@@ -316,6 +321,44 @@ fn ipv6_fragments_follow_their_first_fragment() {
     let later = |id| v6_with(PEER6, POD6, 64, &[(44, frag6(3, false, id))], UDP, &[0, 0, 0, 53, 0, 0, 0, 0]);
     assert_eq!(run(&p.ingress, &later(7)), OK, "same datagram");
     assert_eq!(run(&p.ingress, &later(8)), SHOT, "no first fragment seen");
+}
+
+#[test]
+fn verdicts_are_counted_and_logged_with_their_rule() {
+    let p = pod();
+    let events_pin = p.layout.global_map(na_common::names::MAP_EVENTS);
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&events_pin).unwrap()).unwrap();
+    let mut ring = aya::maps::RingBuf::try_from(map).unwrap();
+    while ring.next().is_some() {}
+
+    let allowed = v4(PEER4, TCP, 85);
+    let denied = v4(OTHER4, TCP, 85);
+    for _ in 0..3 {
+        assert_eq!(run(&p.ingress, &allowed), OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(run(&p.ingress, &denied), SHOT);
+    }
+    let c = na_agent::datapath::pod_counters(&p.layout, &p.id).unwrap();
+    assert_eq!((c.ingress_allowed.packets, c.ingress_denied.packets), (3, 2));
+    assert_eq!(c.ingress_allowed.bytes, 3 * allowed.len() as u64);
+    assert_eq!((c.egress_allowed.packets, c.egress_denied.packets), (0, 0));
+
+    // One event for the first allowed packet (the rest ride conntrack), one per denial.
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        let e: PolicyEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        events.push(e);
+    }
+    assert_eq!(events.len(), 3, "{events:?}");
+    let first = events[0];
+    assert_eq!((first.verdict, first.tier, first.policy_id), (verdict::ALLOW, tier::NETWORK_POLICY, 1));
+    assert_eq!((&first.src_addr[..4], first.dst_port, first.protocol), (&PEER4.octets()[..], 85, TCP));
+    assert!(
+        events[1..]
+            .iter()
+            .all(|e| e.verdict == verdict::DENY && e.policy_id == 0 && e.src_addr[..4] == OTHER4.octets())
+    );
 }
 
 #[test]

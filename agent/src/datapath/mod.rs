@@ -4,11 +4,13 @@
 mod attach;
 mod loader;
 mod rules;
+mod stats;
 
 pub use attach::AttachMode;
 pub use loader::{Datapath, DatapathError, Timeouts};
 pub use na_policy::{DirectionRules, Mode, PodRules};
 pub use rules::{PodMaps, RulesError};
+pub use stats::{PodCounters, Totals, pod_counters};
 
 /// The eBPF object built from the `na-ebpf` crate by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf"));
