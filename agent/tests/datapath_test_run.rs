@@ -11,7 +11,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ipnet::IpNet;
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, Datapath, DirectionRules, Mode, PodRules},
+    datapath::{AttachMode, Datapath, DirectionRules, KernelLogLevel, Mode, PodRules},
     pod_id::PodId,
 };
 use na_common::{
@@ -42,8 +42,12 @@ struct Pod {
 }
 
 fn pod() -> Pod {
+    pod_logging(KernelLogLevel::Off)
+}
+
+fn pod_logging(level: KernelLogLevel) -> Pod {
     let root = PinRoot::new();
-    let dp = Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap();
+    let dp = Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap().with_log_level(level);
     let id = PodId::new("t", "pod");
     let net = |ip: IpAddr| IpNet::from(ip);
     let ingress = DirectionRules {
@@ -371,4 +375,35 @@ fn verifier_statistics() {
         println!("{name}: {xlated} instructions, {verified} processed by the verifier");
         assert!(xlated > 0 && verified >= xlated, "{name}: {xlated} / {verified}");
     }
+}
+
+/// Collects what the kernel logged.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+fn kernel_log_after_a_denial(level: KernelLogLevel) -> Vec<String> {
+    let p = pod_logging(level);
+    let capture: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
+    let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(p.ingress.info().unwrap().id(), capture).unwrap();
+    assert_eq!(run(&p.ingress, &v4(OTHER4, TCP, 85)), SHOT);
+    logger.flush();
+    capture.0.lock().unwrap().clone()
+}
+
+#[test]
+fn kernel_log_is_off_by_default_and_speaks_when_asked() {
+    assert!(kernel_log_after_a_denial(KernelLogLevel::Off).is_empty());
+    let lines = kernel_log_after_a_denial(KernelLogLevel::Debug);
+    assert!(lines.iter().any(|l| l.contains("port 85 denied")), "{lines:?}");
 }

@@ -22,5 +22,10 @@ pub const MAP_EVENTS: &str = "policy_events";
 
 /// Maps each pod owns, in the order `na-cli` lists them.
 pub const POD_MAPS: [&str; 6] = [MAP_INGRESS, MAP_EGRESS, MAP_POD_STATE, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_COUNTERS];
+/// aya-log's ring of kernel log records, shared like the events.
+pub const MAP_LOGS: &str = "AYA_LOGS";
+/// aya-log's load-time level global (0 off, 1 error .. 5 trace).
+pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
 /// Maps every pod's programs share.
-pub const GLOBAL_MAPS: [&str; 1] = [MAP_EVENTS];
+pub const GLOBAL_MAPS: [&str; 2] = [MAP_EVENTS, MAP_LOGS];

@@ -20,6 +20,8 @@ use na_common::{
     protocol,
 };
 
+use aya_log_ebpf::debug;
+
 use crate::{
     maps::{
         CONNTRACK, COUNTER_MAP, EGRESS_MAP, FRAGMENTS, INGRESS_MAP, POD_STATE, POLICY_EVENTS, TIMEOUT_OTHER_NS,
@@ -47,7 +49,10 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     let action = match packet::parse(ctx) {
         Parsed::NotIp | Parsed::Neighbour => TC_ACT_OK,
         Parsed::Malformed if state.mode() == pod_state::DEFAULT_ALLOW => TC_ACT_OK,
-        Parsed::Malformed => TC_ACT_SHOT,
+        Parsed::Malformed => {
+            debug!(ctx, "dir {}: malformed IP packet dropped", dir);
+            TC_ACT_SHOT
+        }
         Parsed::Ip(packet) => judge_ip(ctx, dir, &state, &packet),
     };
     count(ctx, dir, action);
@@ -57,7 +62,7 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
 #[inline(never)]
 fn judge_ip(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32 {
     if let Fragment::Later(id) = packet.fragment
-        && FRAGMENTS.get_ptr(&frag_key(packet, id)).is_some()
+        && FRAGMENTS.get_ptr(frag_key(packet, id)).is_some()
     {
         return TC_ACT_OK;
     }
@@ -89,6 +94,7 @@ fn conntrack_verdict(ctx: &TcContext, dir: u32, packet: &Packet) -> Option<i32> 
             Some(TC_ACT_OK)
         }
         Tracked::Revoked => {
+            debug!(ctx, "dir {}: tracked flow from port {} no longer allowed", dir, packet.src_port);
             emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE });
             Some(TC_ACT_SHOT)
         }
@@ -104,6 +110,14 @@ fn evaluate(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32
         decide(state, dir, &Lookup { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port });
     emit(ctx, packet, dir, &decision);
     if !decision.allowed {
+        debug!(
+            ctx,
+            "dir {}: proto {} port {} denied (tier {})",
+            dir,
+            packet.protocol,
+            packet.dst_port.unwrap_or(0),
+            decision.tier
+        );
         return TC_ACT_SHOT;
     }
     if !matches!(packet.fragment, Fragment::Later(_)) {
@@ -129,7 +143,7 @@ fn evaluate(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32
 fn icmp_error_is_tracked(ctx: &TcContext, family: u8, off: usize) -> bool {
     let Some(inner) = packet::parse_embedded(ctx, family, off) else { return false };
     let key = flow_key(ctx, &inner);
-    CONNTRACK.get_ptr(&key).is_some() || CONNTRACK.get_ptr(&key.reversed()).is_some()
+    CONNTRACK.get_ptr(key).is_some() || CONNTRACK.get_ptr(key.reversed()).is_some()
 }
 
 /// The pod state of `dir`, read in one load so mode, set and generation

@@ -21,7 +21,7 @@ fn pod(ns: usize, i: usize, local: bool) -> Pod {
     let n = ns * PODS_PER_NAMESPACE + i;
     serde_json::from_value(json!({
         "metadata": {"name": format!("pod-{i}"), "namespace": format!("ns-{ns}"),
-                     "labels": {"app": format!("app-{}", i % 10), "tier": if i % 2 == 0 { "web" } else { "db" }}},
+                     "labels": {"app": format!("app-{}", i % 10), "tier": if i.is_multiple_of(2) { "web" } else { "db" }}},
         "spec": {"nodeName": if local { NODE.to_owned() } else { format!("node-{}", 1 + n % 40) },
                  "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080 + (i % 3) as i32}]}]},
         "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", n / 65536, (n / 256) % 256, n % 256),
@@ -78,7 +78,7 @@ fn loaded() -> Compiler {
         c.upsert_namespace(&namespace(ns, if ns % 3 == 0 { "prod" } else { "dev" }));
         for i in 0..PODS_PER_NAMESPACE {
             let n = ns * PODS_PER_NAMESPACE + i;
-            c.upsert_pod(&pod(ns, i, n % stride == 0 && n / stride < LOCAL_PODS));
+            c.upsert_pod(&pod(ns, i, n.is_multiple_of(stride) && n / stride < LOCAL_PODS));
         }
         for i in 0..POLICIES_PER_NAMESPACE {
             c.upsert_policy(&policy(ns, i)).unwrap();

@@ -7,7 +7,7 @@ use aya::{
 };
 use na_common::{
     conntrack::{timeout, timeout_globals},
-    names::{GLOBAL_MAPS, POD_MAPS},
+    names::{GLOBAL_LOG_LEVEL, GLOBAL_MAPS, POD_MAPS},
 };
 use thiserror::Error;
 
@@ -84,13 +84,33 @@ pub struct Datapath {
     layout: PinLayout,
     attach_mode: AttachMode,
     timeouts: Timeouts,
+    log_level: KernelLogLevel,
+}
+
+/// How much the programs log through aya-log (read with [`KernelLog`]).
+/// Off costs one load and a branch per log site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[repr(u8)]
+pub enum KernelLogLevel {
+    #[default]
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
 }
 
 impl Datapath {
     /// Prepares `layout` (mounting bpffs if needed).
     pub fn new(layout: PinLayout, attach_mode: AttachMode) -> Result<Self, DatapathError> {
         layout.prepare()?;
-        Ok(Self { layout, attach_mode, timeouts: Timeouts::default() })
+        Ok(Self { layout, attach_mode, timeouts: Timeouts::default(), log_level: KernelLogLevel::Off })
+    }
+
+    pub fn with_log_level(mut self, level: KernelLogLevel) -> Self {
+        self.log_level = level;
+        self
     }
 
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
@@ -131,6 +151,8 @@ impl Datapath {
         for (name, value) in &globals {
             loader.override_global(name, value, true);
         }
+        let level = self.log_level as u8;
+        loader.override_global(GLOBAL_LOG_LEVEL, &level, true);
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(pod.clone(), Box::new(e)))?;
         let mut maps = PodMaps::open(&self.layout, pod)?;
         maps.apply(rules)?;

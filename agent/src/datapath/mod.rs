@@ -7,7 +7,7 @@ mod rules;
 mod stats;
 
 pub use attach::AttachMode;
-pub use loader::{Datapath, DatapathError, Timeouts};
+pub use loader::{Datapath, DatapathError, KernelLogLevel, Timeouts};
 pub use na_policy::{DirectionRules, Mode, PodRules};
 pub use rules::{PodMaps, RulesError};
 pub use stats::{PodCounters, Totals, pod_counters};
