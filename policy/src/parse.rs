@@ -101,21 +101,10 @@ impl Policy {
             (types.iter().any(|t| t == "Ingress"), types.iter().any(|t| t == "Egress"))
         };
 
-        let ingress = spec
-            .ingress
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, r)| rule(r.from.as_deref(), r.ports.as_deref(), &format!("spec.ingress[{i}]"), "from"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|(f, r)| err(f, r))?;
-        let egress = spec
-            .egress
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, r)| rule(r.to.as_deref(), r.ports.as_deref(), &format!("spec.egress[{i}]"), "to"))
-            .collect::<Result<Vec<_>, _>>()
+        let ingress =
+            rules(spec.ingress.as_deref(), "spec.ingress", "from", |r| (r.from.as_deref(), r.ports.as_deref()))
+                .map_err(|(f, r)| err(f, r))?;
+        let egress = rules(spec.egress.as_deref(), "spec.egress", "to", |r| (r.to.as_deref(), r.ports.as_deref()))
             .map_err(|(f, r)| err(f, r))?;
         Ok(Self {
             key,
@@ -130,6 +119,23 @@ type FieldError = (String, String);
 
 fn selector(s: Option<&LabelSelector>, field: &str) -> Result<Selector, FieldError> {
     s.map_or(Ok(Selector::default()), |s| Selector::parse(s).map_err(|r| (field.to_owned(), r)))
+}
+
+/// Parses an `ingress` or `egress` list; `parts` gives a rule's peers and ports.
+fn rules<R>(
+    list: Option<&[R]>,
+    field: &str,
+    peers_field: &str,
+    parts: impl Fn(&R) -> (Option<&[NetworkPolicyPeer]>, Option<&[NetworkPolicyPort]>),
+) -> Result<Vec<Rule>, FieldError> {
+    list.into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            let (peers, ports) = parts(r);
+            rule(peers, ports, &format!("{field}[{i}]"), peers_field)
+        })
+        .collect()
 }
 
 fn rule(

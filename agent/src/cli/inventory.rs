@@ -40,33 +40,39 @@ fn ours(layout: &PinLayout) -> Result<(BTreeSet<u32>, BTreeSet<u32>), CliError> 
 
 pub fn progs(layout: &PinLayout, all: bool) -> Result<Vec<ProgRow>, CliError> {
     let keep = if all { None } else { Some(ours(layout)?.0) };
-    let mut rows = Vec::new();
-    for info in loaded_programs() {
-        let info = info.map_err(|e| CliError::Kernel(e.to_string()))?;
-        if keep.as_ref().is_some_and(|k| !k.contains(&info.id())) {
-            continue;
-        }
-        rows.push(ProgRow {
+    rows(
+        loaded_programs(),
+        keep,
+        |i| i.id(),
+        |info| ProgRow {
             id: info.id(),
             name: info.name_as_str().unwrap_or_default().to_owned(),
             prog_type: info.program_type() as u32,
             map_count: info.map_ids().ok().flatten().map_or(0, |m| m.len()),
-        });
-    }
-    Ok(rows)
+        },
+    )
 }
 
 pub fn maps(layout: &PinLayout, all: bool) -> Result<Vec<MapRow>, CliError> {
     let keep = if all { None } else { Some(ours(layout)?.1) };
-    let mut rows = Vec::new();
-    for info in loaded_maps() {
+    rows(loaded_maps(), keep, |i| i.id(), map_row)
+}
+
+/// One row per kernel object, keeping only the ids in `keep` when given.
+fn rows<I, E: std::fmt::Display, R>(
+    infos: impl Iterator<Item = Result<I, E>>,
+    keep: Option<BTreeSet<u32>>,
+    id: impl Fn(&I) -> u32,
+    row: impl Fn(&I) -> R,
+) -> Result<Vec<R>, CliError> {
+    let mut out = Vec::new();
+    for info in infos {
         let info = info.map_err(|e| CliError::Kernel(e.to_string()))?;
-        if keep.as_ref().is_some_and(|k| !k.contains(&info.id())) {
-            continue;
+        if keep.as_ref().is_none_or(|k| k.contains(&id(&info))) {
+            out.push(row(&info));
         }
-        rows.push(map_row(&info));
     }
-    Ok(rows)
+    Ok(out)
 }
 
 fn map_row(info: &MapInfo) -> MapRow {
