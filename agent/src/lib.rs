@@ -5,4 +5,6 @@ pub mod bpffs;
 pub mod cli;
 pub mod datapath;
 pub mod pod_id;
+pub mod reconcile;
+pub mod source;
 pub mod veth;

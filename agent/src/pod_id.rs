@@ -29,6 +29,11 @@ impl PodId {
         Self(format!("{}-{}", &id[..keep], &digest[..HASH_LEN]))
     }
 
+    /// An id read back from a pin name.
+    pub fn from_raw(id: String) -> Self {
+        Self(id)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -180,6 +180,11 @@ impl Datapath {
         Ok(())
     }
 
+    /// Removes `pod`'s conntrack entries idle past their timeout; returns how many.
+    pub fn sweep_conntrack(&self, pod: &PodId) -> Result<usize, DatapathError> {
+        Ok(super::sweep::sweep(&self.layout, pod, &self.timeouts)?)
+    }
+
     /// Opens the pinned policy maps of a loaded pod.
     pub fn pod_maps(&self, pod: &PodId) -> Result<PodMaps, DatapathError> {
         Ok(PodMaps::open(&self.layout, pod)?)

@@ -5,6 +5,7 @@ mod attach;
 mod loader;
 mod rules;
 mod stats;
+mod sweep;
 
 pub use attach::AttachMode;
 pub use loader::{Datapath, DatapathError, KernelLogLevel, Timeouts};

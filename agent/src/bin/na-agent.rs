@@ -1,0 +1,221 @@
+//! The node agent: enforces NetworkPolicy for the pods on this node.
+//!
+//! Local mode (`--manifests DIR`) reads the cluster from a directory of
+//! manifests and follows its changes. Exiting (SIGTERM, SIGINT, or being
+//! killed) leaves every program attached and every map pinned, so pods stay
+//! enforced until the next agent adopts them.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use na_agent::{
+    bpffs::{DEFAULT_ROOT, PinLayout},
+    datapath::{AttachMode, Datapath, KernelLogLevel, Timeouts},
+    reconcile::{Reconciler, SyncReport},
+    source::manifests::{self, Snapshot},
+    veth::DEFAULT_PREFIX,
+};
+use na_policy::{CompileOptions, Compiler};
+use notify::Watcher;
+use serde::Serialize;
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+use tracing::{error, info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "na-agent", version, about = "Enforce Kubernetes NetworkPolicy on this node with eBPF")]
+struct Args {
+    /// This node's name: pods whose spec.nodeName is this are enforced.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Local mode: read Pods, Namespaces and NetworkPolicies from the YAML/JSON
+    /// files in this directory and follow its changes.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// The node's own addresses, always allowed into pods (kubelet probes).
+    #[arg(long = "node-ip")]
+    node_ips: Vec<IpAddr>,
+    /// Do not let the node's addresses past pods' ingress policies.
+    #[arg(long)]
+    no_allow_node: bool,
+    /// standard: directions no policy isolates are open; strict: closed.
+    #[arg(long, value_enum, default_value_t = EnforcingMode::Standard, env = "NETWORK_POLICY_ENFORCING_MODE", ignore_case = true)]
+    enforcing_mode: EnforcingMode,
+    /// Where programs, maps and links are pinned.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    bpffs_root: PathBuf,
+    /// Prefix of pods' host-side veth names (the VPC CNI's naming rule).
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    veth_prefix: String,
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    attach_mode: AttachMode,
+    /// Kernel-side debug log level (aya-log); off costs nothing.
+    #[arg(long, value_enum, default_value_t = KernelLogLevel::Off)]
+    ebpf_log_level: KernelLogLevel,
+    /// How often idle conntrack entries are reclaimed.
+    #[arg(long, value_parser = humantime_secs, default_value = "60")]
+    conntrack_sweep_interval: Duration,
+    /// Written after every reconcile: what is applied (for tests and tooling).
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EnforcingMode {
+    Standard,
+    Strict,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Seconds, possibly fractional.
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
+}
+
+/// How long a burst of file changes may last before the directory is read.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How often pods whose veth is missing are tried again.
+const RETRY: Duration = Duration::from_millis(250);
+
+#[derive(Serialize, Default)]
+struct Status {
+    /// Directory reads applied so far.
+    generation: u64,
+    attached: Vec<String>,
+    pending: Vec<String>,
+    errors: Vec<String>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
+    match args.log_format {
+        LogFormat::Json => subscriber.json().init(),
+        LogFormat::Text => subscriber.init(),
+    }
+    let datapath = Datapath::new(PinLayout::new(&args.bpffs_root), args.attach_mode)
+        .context("preparing bpffs")?
+        .with_timeouts(Timeouts::default())
+        .with_log_level(args.ebpf_log_level);
+    let compiler = Compiler::new(CompileOptions {
+        node_name: args.node_name.clone(),
+        node_ips: args.node_ips.clone(),
+        allow_node: !args.no_allow_node,
+        strict: args.enforcing_mode == EnforcingMode::Strict,
+    });
+    let mut reconciler = Reconciler::new(compiler, datapath, args.veth_prefix.clone());
+
+    let (tx, mut changed) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the files raises access events: reacting to those would
+        // reload in a loop.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = tx.send(());
+        }
+    })
+    .context("watching the manifests directory")?;
+    watcher
+        .watch(&args.manifests, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", args.manifests.display()))?;
+
+    let mut status = Status::default();
+    let mut snapshot = Snapshot::new();
+    reload(&args.manifests, &mut snapshot, &mut reconciler, &mut status);
+    let mut first = reconciler.sync();
+    reconciler.remove_orphans(&mut first);
+    report(&first, &reconciler, &mut status, &args.status_file);
+    info!(node = %args.node_name, pods = status.attached.len(), "first reconcile done");
+
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut retry = tokio::time::interval(RETRY);
+    let mut sweep = tokio::time::interval(args.conntrack_sweep_interval);
+    loop {
+        tokio::select! {
+            Some(()) = changed.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while changed.try_recv().is_ok() {}
+                reload(&args.manifests, &mut snapshot, &mut reconciler, &mut status);
+                let r = reconciler.sync();
+                report(&r, &reconciler, &mut status, &args.status_file);
+            }
+            _ = retry.tick(), if reconciler.has_pending() => {
+                let r = reconciler.sync();
+                report(&r, &reconciler, &mut status, &args.status_file);
+            }
+            _ = sweep.tick() => {
+                for pod in reconciler.attached().collect::<Vec<_>>() {
+                    match reconciler.datapath().sweep_conntrack(&pod) {
+                        Ok(0) => {}
+                        Ok(n) => info!(%pod, removed = n, "conntrack entries expired"),
+                        Err(e) => warn!(%pod, "conntrack sweep: {e}"),
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    info!("exiting; programs stay attached and pinned for the next agent");
+    Ok(())
+}
+
+/// Reads the directory and feeds what changed to the reconciler.
+fn reload(dir: &Path, snapshot: &mut Snapshot, reconciler: &mut Reconciler, status: &mut Status) {
+    let (next, errors) = manifests::load_dir(dir);
+    status.errors.clear();
+    for e in errors {
+        error!("{e}");
+        status.errors.push(e.to_string());
+    }
+    for event in manifests::diff(snapshot, &next) {
+        if let Err(e) = reconciler.apply(event) {
+            error!("{e}");
+            status.errors.push(e.to_string());
+        }
+    }
+    *snapshot = next;
+    status.generation += 1;
+}
+
+fn report(r: &SyncReport, reconciler: &Reconciler, status: &mut Status, file: &Option<PathBuf>) {
+    for p in &r.attached {
+        info!(pod = %p, "attached");
+    }
+    for p in &r.updated {
+        info!(pod = %p, "rules updated");
+    }
+    for p in &r.detached {
+        info!(pod = %p, "detached");
+    }
+    for e in &r.errors {
+        error!("{e}");
+    }
+    status.attached = reconciler.attached().map(|id| id.to_string()).collect();
+    status.pending = r.pending.clone();
+    status.errors.extend(r.errors.iter().cloned());
+    let Some(file) = file else { return };
+    let _ = write_status(file, status);
+}
+
+fn write_status(file: &Path, status: &Status) -> std::io::Result<()> {
+    // Written whole then renamed, so a reader never sees half a file.
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(tmp, file)
+}

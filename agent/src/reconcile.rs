@@ -1,0 +1,168 @@
+//! Keeps every local pod's datapath equal to what its policies compile to.
+use std::collections::{BTreeMap, BTreeSet};
+
+use na_policy::{Compiler, ObjectRef, PodRules};
+use serde::Serialize;
+
+use crate::{
+    datapath::{Datapath, PodMaps},
+    pod_id::PodId,
+    source::{Event, Kind, Object},
+    veth::host_veth_name,
+};
+
+/// A pod whose programs are attached.
+struct Attached {
+    uid: String,
+    veth: String,
+    maps: PodMaps,
+    rules: PodRules,
+}
+
+/// What one [`Reconciler::sync`] did.
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    pub attached: Vec<String>,
+    pub updated: Vec<String>,
+    pub detached: Vec<String>,
+    /// Local pods whose veth is not there yet; retried.
+    pub pending: Vec<String>,
+    /// Pods left as they were, with why.
+    pub errors: Vec<String>,
+}
+
+pub struct Reconciler {
+    compiler: Compiler,
+    datapath: Datapath,
+    veth_prefix: String,
+    attached: BTreeMap<ObjectRef, Attached>,
+    pending: BTreeSet<ObjectRef>,
+}
+
+impl Reconciler {
+    pub fn new(compiler: Compiler, datapath: Datapath, veth_prefix: String) -> Self {
+        Self { compiler, datapath, veth_prefix, attached: BTreeMap::new(), pending: BTreeSet::new() }
+    }
+
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
+    }
+
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
+    }
+
+    /// Pods with programs attached, as pod ids.
+    pub fn attached(&self) -> impl Iterator<Item = PodId> + '_ {
+        self.attached.keys().map(|k| PodId::new(&k.namespace, &k.name))
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Feeds one change to the compiler. An invalid policy is returned as an
+    /// error (and left out); nothing else fails.
+    pub fn apply(&mut self, event: Event) -> Result<(), na_policy::PolicyError> {
+        match event {
+            Event::Applied(Object::Pod(p)) => self.compiler.upsert_pod(&p),
+            Event::Applied(Object::Namespace(n)) => self.compiler.upsert_namespace(&n),
+            Event::Applied(Object::NetworkPolicy(p)) => return self.compiler.upsert_policy(&p),
+            Event::Deleted(key) => match key.kind {
+                Kind::Pod => self.compiler.remove_pod(&key.id),
+                Kind::Namespace => self.compiler.remove_namespace(&key.id.name),
+                Kind::NetworkPolicy => self.compiler.remove_policy(&key.id),
+            },
+        }
+        Ok(())
+    }
+
+    /// Brings every pod a change touched (and every pending pod) in line.
+    pub fn sync(&mut self) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut todo = self.compiler.take_dirty();
+        todo.append(&mut self.pending);
+        let local: BTreeSet<ObjectRef> = self.compiler.local_pods().map(|p| p.key.clone()).collect();
+        let (present, gone): (Vec<ObjectRef>, Vec<ObjectRef>) = todo.into_iter().partition(|k| local.contains(k));
+        for key in gone {
+            self.detach(&key, &mut report);
+        }
+        let compiled = self.compiler.compile(&present);
+        for (key, rules) in compiled {
+            match rules {
+                Ok(rules) => self.converge(key, rules, &mut report),
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        report
+    }
+
+    fn converge(&mut self, key: ObjectRef, rules: PodRules, report: &mut SyncReport) {
+        let uid = self.compiler.pod(&key).map(|p| p.uid.clone()).unwrap_or_default();
+        if let Some(a) = self.attached.get_mut(&key)
+            && a.uid == uid
+        {
+            if a.rules != rules {
+                match a.maps.apply(&rules) {
+                    Ok(()) => {
+                        a.rules = rules;
+                        report.updated.push(key.to_string());
+                    }
+                    Err(e) => report.errors.push(format!("pod {key}: {e}")),
+                }
+            }
+            return;
+        }
+        // A pod recreated under the same name starts from scratch: nothing of
+        // the old one's state (flows, rules) may carry over.
+        if self.attached.contains_key(&key) {
+            self.detach(&key, report);
+        }
+        let veth = host_veth_name(&self.veth_prefix, &key.namespace, &key.name);
+        if nix::net::if_::if_nametoindex(veth.as_str()).is_err() {
+            report.pending.push(key.to_string());
+            self.pending.insert(key);
+            return;
+        }
+        let id = PodId::new(&key.namespace, &key.name);
+        match self.datapath.attach_pod(&id, &veth, &rules) {
+            Ok(maps) => {
+                report.attached.push(key.to_string());
+                self.attached.insert(key, Attached { uid, veth, maps, rules });
+            }
+            Err(e) => {
+                report.errors.push(format!("pod {key}: {e}"));
+                self.pending.insert(key);
+            }
+        }
+    }
+
+    fn detach(&mut self, key: &ObjectRef, report: &mut SyncReport) {
+        self.pending.remove(key);
+        let Some(a) = self.attached.remove(key) else { return };
+        let id = PodId::new(&key.namespace, &key.name);
+        match self.datapath.detach_pod(&id, Some(&a.veth)) {
+            Ok(()) => report.detached.push(key.to_string()),
+            Err(e) => report.errors.push(format!("pod {key}: {e}")),
+        }
+    }
+
+    /// Removes the pins of pods that a previous agent loaded and that are no
+    /// longer here. Call after the first full sync.
+    pub fn remove_orphans(&mut self, report: &mut SyncReport) {
+        let keep: BTreeSet<String> = self
+            .attached()
+            .chain(self.pending.iter().map(|k| PodId::new(&k.namespace, &k.name)))
+            .map(|id| id.to_string())
+            .collect();
+        let Ok(pinned) = crate::cli::loaded::read(self.datapath.layout()) else { return };
+        let orphans: BTreeSet<String> = pinned.into_iter().map(|p| p.pod_id).filter(|id| !keep.contains(id)).collect();
+        for id in orphans {
+            let pod = PodId::from_raw(id.clone());
+            match self.datapath.detach_pod(&pod, None) {
+                Ok(()) => report.detached.push(id),
+                Err(e) => report.errors.push(format!("orphaned pod state {id}: {e}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Local mode: the cluster as a directory of YAML/JSON manifests (several
+//! documents per file allowed), reloaded when the directory changes.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    networking::v1::NetworkPolicy,
+};
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::{Event, Object, ObjectKey};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{file}: document {document}: {reason}")]
+pub struct ManifestError {
+    pub file: String,
+    /// 1-based position of the document in the file.
+    pub document: usize,
+    pub reason: String,
+}
+
+/// Everything a directory holds, by key (a later file wins on duplicates).
+pub type Snapshot = BTreeMap<ObjectKey, Object>;
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursing).
+/// Bad documents are reported and skipped; the rest are returned.
+pub fn load_dir(dir: &Path) -> (Snapshot, Vec<ManifestError>) {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_manifest(p)).collect(),
+        Err(e) => {
+            let error = ManifestError { file: dir.display().to_string(), document: 0, reason: e.to_string() };
+            return (Snapshot::new(), vec![error]);
+        }
+    };
+    files.sort();
+    let mut snapshot = Snapshot::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => parse_into(&file.display().to_string(), &text, &mut snapshot, &mut errors),
+            Err(e) => {
+                errors.push(ManifestError { file: file.display().to_string(), document: 0, reason: e.to_string() })
+            }
+        }
+    }
+    (snapshot, errors)
+}
+
+fn is_manifest(p: &Path) -> bool {
+    p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+}
+
+/// Parses the documents of one file (JSON is YAML too).
+pub fn parse_into(file: &str, text: &str, snapshot: &mut Snapshot, errors: &mut Vec<ManifestError>) {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let err = |reason: String| ManifestError { file: file.to_owned(), document: i + 1, reason };
+        let value = match serde_json::Value::deserialize(doc) {
+            Ok(serde_json::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(err(format!("invalid YAML: {e}")));
+                // A syntax error ends the stream: later documents cannot be trusted.
+                break;
+            }
+        };
+        match object(value) {
+            Ok(Some(obj)) => match obj.key() {
+                Some(key) => {
+                    snapshot.insert(key, obj);
+                }
+                None => errors.push(err("metadata.name missing".into())),
+            },
+            Ok(None) => {}
+            Err(reason) => errors.push(err(reason)),
+        }
+    }
+}
+
+/// The object a document describes; `None` for kinds the agent ignores.
+fn object(value: serde_json::Value) -> Result<Option<Object>, String> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+    let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+    let parsed = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Pod") => serde_json::from_value::<Pod>(value).map(|p| Object::Pod(Box::new(p))),
+        ("v1", "Namespace") => serde_json::from_value::<Namespace>(value).map(|n| Object::Namespace(Box::new(n))),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            serde_json::from_value::<NetworkPolicy>(value).map(|n| Object::NetworkPolicy(Box::new(n)))
+        }
+        ("v1", "List") => return Err("List documents are not supported; write one object per document".into()),
+        (_, "") => return Err("no kind".into()),
+        _ => return Ok(None),
+    };
+    parsed.map(Some).map_err(|e| format!("{api_version} {kind}: {e}"))
+}
+
+/// The events that turn `old` into `new`.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Event> {
+    let mut events: Vec<Event> =
+        old.keys().filter(|k| !new.contains_key(k)).map(|k| Event::Deleted(k.clone())).collect();
+    events.extend(new.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(_, v)| Event::Applied(v.clone())));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Kind;
+
+    const POD: &str =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {containers: []}\n";
+
+    fn parse(text: &str) -> (Snapshot, Vec<ManifestError>) {
+        let (mut s, mut e) = (Snapshot::new(), Vec::new());
+        parse_into("f.yaml", text, &mut s, &mut e);
+        (s, e)
+    }
+
+    #[test]
+    fn multi_document_yaml_and_json() {
+        let text = format!(
+            "{POD}---\n{}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n",
+            r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {}}}"#
+        );
+        let (s, e) = parse(&text);
+        assert!(e.is_empty(), "{e:?}");
+        let kinds: Vec<Kind> = s.keys().map(|k| k.kind).collect();
+        assert_eq!(kinds, [Kind::Pod, Kind::NetworkPolicy]);
+    }
+
+    #[test]
+    fn bad_documents_are_reported_one_line_each_and_the_rest_kept() {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{namespace: x}}\n---\n{POD}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b}}\nspec: {{containers: 7}}\n"
+        );
+        let (s, e) = parse(&text);
+        assert_eq!(s.len(), 1);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!((e[0].document, e[0].reason.as_str()), (1, "metadata.name missing"));
+        assert_eq!(e[1].document, 3);
+        assert!(e[1].to_string().starts_with("f.yaml: document 3: v1 Pod:"), "{}", e[1]);
+        let (_, e) = parse("kind: Pod\nmetadata: [unclosed\n");
+        assert!(e[0].reason.starts_with("invalid YAML"), "{e:?}");
+    }
+
+    #[test]
+    fn diff_yields_deletions_and_changes_only() {
+        let (old, _) = parse(POD);
+        let (new, _) = parse(&POD.replace("app: a", "app: b"));
+        let events = diff(&old, &new);
+        assert!(matches!(events.as_slice(), [Event::Applied(Object::Pod(_))]));
+        assert!(diff(&new, &new).is_empty());
+        let gone = diff(&new, &Snapshot::new());
+        assert!(matches!(gone.as_slice(), [Event::Deleted(ObjectKey { kind: Kind::Pod, .. })]));
+    }
+}

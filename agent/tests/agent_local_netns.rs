@@ -1,0 +1,194 @@
+//! `na-agent` in local mode, end to end: pods in network namespaces, the
+//! cluster as a directory of manifests, every change checked with probes.
+//! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use na_agent::datapath::AttachMode;
+use na_harness::{NODE_IP, Probe};
+use serde_json::{Value, json};
+use support::Env;
+
+const NODE: &str = "node-1";
+
+/// A manifests directory, removed on drop.
+struct Manifests(PathBuf);
+
+impl Manifests {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("na-manifests-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, file: &str, docs: &[Value]) {
+        let text: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+        // Written aside and renamed in, as a config management tool would.
+        let tmp = self.0.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text.join("\n---\n")).unwrap();
+        std::fs::rename(tmp, self.0.join(file)).unwrap();
+    }
+
+    fn write_raw(&self, file: &str, text: &str) {
+        std::fs::write(self.0.join(file), text).unwrap();
+    }
+}
+
+impl Drop for Manifests {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// The agent process, killed on drop.
+struct Agent(Child);
+
+impl Agent {
+    fn start(env: &Env, manifests: &Manifests, status: &PathBuf) -> Self {
+        // Only the network namespace: `ip netns exec` would also give the agent
+        // its own mount namespace, and with it a private bpffs whose pins die
+        // with the process.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
+            .args(["--", env!("CARGO_BIN_EXE_na-agent")])
+            .args(["--node-name", NODE, "--node-ip", &NODE_IP.to_string()])
+            .arg("--manifests")
+            .arg(&manifests.0)
+            .arg("--bpffs-root")
+            .arg(env.root())
+            .arg("--status-file")
+            .arg(status)
+            .spawn()
+            .expect("starting na-agent");
+        Self(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status(path: &PathBuf) -> Value {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
+}
+
+/// Polls `cond` until it holds; fails the test after a bound.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pod(env: &Env, key: &str, app: &str) -> Value {
+    let p = env.pod(key);
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": p.name, "namespace": p.namespace, "labels": {"app": app}, "uid": format!("uid-{key}")},
+           "spec": {"nodeName": NODE, "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]},
+           "status": {"phase": "Running", "podIP": p.ip.to_string(),
+                      "podIPs": [{"ip": p.ip.to_string()}, {"ip": p.ip6.to_string()}]}})
+}
+
+fn policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": "x"}, "spec": spec})
+}
+
+fn echoes(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+#[test]
+fn local_mode_follows_the_manifests_and_survives_restarts() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.0.with_extension("status.json");
+    let tcp80 = Probe::tcp(80);
+    manifests.write("ns.yaml", &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})]);
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
+
+    let agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("all three pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    assert!(env.reaches("x/b", "x/a", tcp80) && env.reaches("x/c", "x/a", tcp80));
+
+    manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    wait_until("a's ingress is closed", || !env.reaches("x/b", "x/a", tcp80));
+    assert!(env.reaches("x/a", "x/b", tcp80), "egress untouched");
+
+    manifests.write(
+        "allow.yaml",
+        &[policy(
+            "a-from-b",
+            json!({"podSelector": {"matchLabels": {"app": "a"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}], "ports": [{"port": "http"}]}]}),
+        )],
+    );
+    wait_until("b may reach a", || env.reaches("x/b", "x/a", tcp80));
+    assert!(!env.reaches("x/c", "x/a", tcp80));
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(81)), "only the named port");
+
+    // A long-lived connection across an agent crash and restart.
+    let a_addr = SocketAddr::new(env.pod("x/a").ip.into(), 80);
+    let mut conn = env
+        .pod("x/b")
+        .netns()
+        .run(move || TcpStream::connect_timeout(&a_addr, Duration::from_secs(1)))
+        .unwrap()
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(echoes(&mut conn));
+    agent.kill();
+    assert!(echoes(&mut conn), "the flow lives on with the agent dead");
+    assert!(!env.reaches("x/c", "x/a", tcp80), "deny rules keep denying with the agent dead");
+
+    // While it is down, c becomes a "b"; the restarted agent adopts the pinned
+    // state and applies the change without a gap.
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "b")]);
+    std::fs::remove_file(&status_file).unwrap();
+    let agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("c may reach a", || env.reaches("x/c", "x/a", tcp80));
+    assert!(echoes(&mut conn), "the flow survived the restart");
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(81)));
+
+    // A bad document is reported; enforcement of everything else goes on.
+    manifests.write_raw("broken.yaml", "kind: Pod\nmetadata: [unclosed\n");
+    wait_until("the bad file is reported", || {
+        status(&status_file)["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|l| l.as_str().unwrap_or("").contains("broken.yaml")))
+    });
+    assert!(env.reaches("x/b", "x/a", tcp80) && !env.reaches("x/b", "x/a", Probe::tcp(81)));
+
+    // A deleted pod loses its programs and pins.
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b")]);
+    wait_until("c is detached", || status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 2));
+    let pins: Vec<String> = std::fs::read_dir(env.root().join("programs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(pins.iter().all(|p| !p.starts_with("x_c_")), "{pins:?}");
+    assert!(echoes(&mut conn));
+    drop(agent);
+}
