@@ -4,6 +4,7 @@
 pub mod bpffs;
 pub mod cli;
 pub mod datapath;
+pub mod flowlog;
 pub mod pod_id;
 pub mod reconcile;
 pub mod source;

@@ -15,6 +15,7 @@ use crate::{
 struct Attached {
     uid: String,
     veth: String,
+    ifindex: u32,
     maps: PodMaps,
     rules: PodRules,
 }
@@ -55,6 +56,11 @@ impl Reconciler {
     /// Pods with programs attached, as pod ids.
     pub fn attached(&self) -> impl Iterator<Item = PodId> + '_ {
         self.attached.keys().map(|k| PodId::new(&k.namespace, &k.name))
+    }
+
+    /// Attached pods by the ifindex of their host veth (events carry it).
+    pub fn pods_by_ifindex(&self) -> std::collections::HashMap<u32, ObjectRef> {
+        self.attached.iter().map(|(k, a)| (a.ifindex, k.clone())).collect()
     }
 
     pub fn has_pending(&self) -> bool {
@@ -119,16 +125,16 @@ impl Reconciler {
             self.detach(&key, report);
         }
         let veth = host_veth_name(&self.veth_prefix, &key.namespace, &key.name);
-        if nix::net::if_::if_nametoindex(veth.as_str()).is_err() {
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(veth.as_str()) else {
             report.pending.push(key.to_string());
             self.pending.insert(key);
             return;
-        }
+        };
         let id = PodId::new(&key.namespace, &key.name);
         match self.datapath.attach_pod(&id, &veth, &rules) {
             Ok(maps) => {
                 report.attached.push(key.to_string());
-                self.attached.insert(key, Attached { uid, veth, maps, rules });
+                self.attached.insert(key, Attached { uid, veth, ifindex, maps, rules });
             }
             Err(e) => {
                 report.errors.push(format!("pod {key}: {e}"));

@@ -18,14 +18,17 @@ use support::Env;
 
 const NODE: &str = "node-1";
 
-/// A manifests directory, removed on drop.
-struct Manifests(PathBuf);
+/// A manifests directory and, beside it, one for the agent's own files (not
+/// inside: writing them would wake the directory watch); both removed on drop.
+struct Manifests(PathBuf, PathBuf);
 
 impl Manifests {
     fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("na-manifests-{}-{}", std::process::id(), rand_suffix()));
+        let state = dir.with_extension("state");
         std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+        std::fs::create_dir_all(&state).unwrap();
+        Self(dir, state)
     }
 
     fn write(&self, file: &str, docs: &[Value]) {
@@ -44,6 +47,7 @@ impl Manifests {
 impl Drop for Manifests {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -69,6 +73,8 @@ impl Agent {
             .arg(env.root())
             .arg("--status-file")
             .arg(status)
+            .args(["--enable-policy-event-logs", "--flow-log-accept", "--flow-log-file"])
+            .arg(status.with_extension("flows"))
             .spawn()
             .expect("starting na-agent");
         Self(child)
@@ -122,7 +128,7 @@ fn echoes(s: &mut TcpStream) -> bool {
 fn local_mode_follows_the_manifests_and_survives_restarts() {
     let env = Env::new(AttachMode::Auto).unwrap();
     let manifests = Manifests::new();
-    let status_file = manifests.0.with_extension("status.json");
+    let status_file = manifests.1.join("status.json");
     let tcp80 = Probe::tcp(80);
     manifests.write("ns.yaml", &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})]);
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
@@ -180,6 +186,30 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
             .is_some_and(|e| e.iter().any(|l| l.as_str().unwrap_or("").contains("broken.yaml")))
     });
     assert!(env.reaches("x/b", "x/a", tcp80) && !env.reaches("x/b", "x/a", Probe::tcp(81)));
+
+    // The flow log names the pod and, for allowed flows, the policy rule.
+    let flows_file = status_file.with_extension("flows");
+    let flows = || -> Vec<Value> {
+        std::fs::read_to_string(&flows_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let b_ip = env.pod("x/b").ip.to_string();
+    let from_b = |f: &Value, port: u64, verdict: &str| {
+        f["pod"] == "a"
+            && f["namespace"] == "x"
+            && f["direction"] == "ingress"
+            && f["src_ip"] == b_ip.as_str()
+            && f["dst_port"] == port
+            && f["verdict"] == verdict
+    };
+    wait_until("b's flows to a are in the flow log", || {
+        let f = flows();
+        f.iter().any(|f| from_b(f, 80, "ACCEPT") && f["policy"] == "x/a-from-b" && f["rule"] == 0)
+            && f.iter().any(|f| from_b(f, 81, "DENY") && f["policy"].is_null())
+    });
 
     // A deleted pod loses its programs and pins.
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b")]);

@@ -11,10 +11,12 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, RingBuf};
 use clap::{Parser, ValueEnum};
 use na_agent::{
     bpffs::{DEFAULT_ROOT, PinLayout},
     datapath::{AttachMode, Datapath, KernelLogLevel, Timeouts},
+    flowlog::{self, FlowLogConfig, FlowLogger, Output},
     reconcile::{Reconciler, SyncReport},
     source::manifests::{self, Snapshot},
     veth::DEFAULT_PREFIX,
@@ -22,7 +24,11 @@ use na_agent::{
 use na_policy::{CompileOptions, Compiler};
 use notify::Watcher;
 use serde::Serialize;
-use tokio::{signal::unix::SignalKind, sync::mpsc};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::SignalKind,
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
@@ -63,6 +69,25 @@ struct Args {
     status_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Write a flow log line for every denied flow (and allowed ones with
+    /// --flow-log-accept), naming the policy that decided.
+    #[arg(long)]
+    enable_policy_event_logs: bool,
+    /// Also log allowed flows.
+    #[arg(long)]
+    flow_log_accept: bool,
+    /// Flow log file (rotated by size); stdout when not given.
+    #[arg(long)]
+    flow_log_file: Option<PathBuf>,
+    /// Flow log lines per second at most; the rest are counted.
+    #[arg(long, default_value_t = 1000)]
+    flow_log_max_per_sec: u32,
+    /// Size at which the flow log file rotates.
+    #[arg(long, default_value_t = 100 << 20)]
+    flow_log_max_bytes: u64,
+    /// Rotated flow log files kept.
+    #[arg(long, default_value_t = 5)]
+    flow_log_keep: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -142,11 +167,45 @@ async fn main() -> Result<()> {
     report(&first, &reconciler, &mut status, &args.status_file);
     info!(node = %args.node_name, pods = status.attached.len(), "first reconcile done");
 
+    let mut flows = if args.enable_policy_event_logs {
+        let out = match &args.flow_log_file {
+            Some(path) => Output::file(path.clone(), args.flow_log_max_bytes, args.flow_log_keep)
+                .with_context(|| format!("opening {}", path.display()))?,
+            None => Output::Stdout,
+        };
+        let config = FlowLogConfig { accept: args.flow_log_accept, max_per_sec: args.flow_log_max_per_sec };
+        Some(FlowLogger::new(config, args.node_name.clone(), out))
+    } else {
+        None
+    };
+    let mut ring = None;
+
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut retry = tokio::time::interval(RETRY);
     let mut sweep = tokio::time::interval(args.conntrack_sweep_interval);
     loop {
+        // The shared ring exists once the first pod is loaded.
+        if flows.is_some() && ring.is_none() {
+            ring = open_ring(reconciler.datapath().layout());
+        }
+        let readable = async {
+            match ring.as_mut() {
+                Some(r) => r.readable_mut().await.map(|mut g| g.clear_ready()),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            Ok(()) = readable => {
+                if let (Some(ring), Some(flows)) = (ring.as_mut(), flows.as_mut()) {
+                    let pods = reconciler.pods_by_ifindex();
+                    let ring = ring.get_mut();
+                    while let Some(item) = ring.next() {
+                        if let Some(event) = flowlog::decode(&item) {
+                            flows.record(&event, &pods, reconciler.compiler().attributions());
+                        }
+                    }
+                }
+            }
             Some(()) = changed.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while changed.try_recv().is_ok() {}
@@ -173,6 +232,15 @@ async fn main() -> Result<()> {
     }
     info!("exiting; programs stay attached and pinned for the next agent");
     Ok(())
+}
+
+/// The pinned verdict ring, if it exists yet.
+fn open_ring(layout: &PinLayout) -> Option<AsyncFd<RingBuf<MapData>>> {
+    let data = MapData::from_pin(layout.global_map(na_common::names::MAP_EVENTS)).ok()?;
+    let ring = RingBuf::try_from(Map::from_map_data(data).ok()?).ok()?;
+    // SAFETY: the ring owns its map fd and keeps it open, unchanged, for as
+    // long as the AsyncFd owns the ring.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.ok()
 }
 
 /// Reads the directory and feeds what changed to the reconciler.

@@ -1,0 +1,270 @@
+//! Flow logs: one JSON line per verdict event, naming the pod and the policy
+//! rule that decided, bounded in rate so a flood of drops cannot flood the
+//! log (or the agent).
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use na_common::{
+    direction,
+    events::{PolicyEvent, tier, verdict},
+    family,
+    policy::POLICY_ID_HOST,
+};
+use na_policy::{Attributions, ObjectRef};
+use serde::Serialize;
+
+/// One flow log line.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FlowLine {
+    /// Seconds since the Unix epoch, with milliseconds.
+    pub time: String,
+    pub node: String,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub direction: &'static str,
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    pub protocol: String,
+    pub verdict: &'static str,
+    pub tier: &'static str,
+    /// `namespace/name` of the NetworkPolicy whose rule allowed the flow.
+    pub policy: Option<String>,
+    /// Index of that rule in the policy's ingress or egress list.
+    pub rule: Option<usize>,
+}
+
+/// Which events become lines.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowLogConfig {
+    /// Log allowed flows too (denied ones always are).
+    pub accept: bool,
+    /// Lines per second at most; the rest are counted and reported.
+    pub max_per_sec: u32,
+}
+
+pub struct FlowLogger {
+    config: FlowLogConfig,
+    node: String,
+    out: Output,
+    window: Instant,
+    in_window: u32,
+    suppressed: u64,
+}
+
+/// Where lines go: stdout, or a file rotated by size.
+pub enum Output {
+    Stdout,
+    File { path: PathBuf, file: std::fs::File, written: u64, max_bytes: u64, keep: usize },
+}
+
+impl Output {
+    pub fn file(path: PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let written = file.metadata()?.len();
+        Ok(Self::File { path, file, written, max_bytes, keep })
+    }
+
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Self::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+            Self::File { path, file, written, max_bytes, keep } => {
+                if *written + line.len() as u64 + 1 > *max_bytes {
+                    // path.N-1 -> path.N, ..., path -> path.1
+                    for i in (1..*keep).rev() {
+                        let _ = std::fs::rename(rotated(path, i), rotated(path, i + 1));
+                    }
+                    std::fs::rename(&*path, rotated(path, 1))?;
+                    *file = std::fs::OpenOptions::new().create(true).append(true).open(&*path)?;
+                    *written = 0;
+                }
+                writeln!(file, "{line}")?;
+                *written += line.len() as u64 + 1;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn rotated(path: &std::path::Path, i: usize) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{i}"));
+    p.into()
+}
+
+impl FlowLogger {
+    pub fn new(config: FlowLogConfig, node: String, out: Output) -> Self {
+        Self { config, node, out, window: Instant::now(), in_window: 0, suppressed: 0 }
+    }
+
+    /// Logs `event` if the configuration and the rate allow.
+    pub fn record(&mut self, event: &PolicyEvent, pods: &HashMap<u32, ObjectRef>, attributions: &Attributions) {
+        if event.verdict == verdict::ALLOW && !self.config.accept {
+            return;
+        }
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::warn!(suppressed = self.suppressed, "flow log rate limit reached; lines dropped");
+            }
+            self.window = Instant::now();
+            self.in_window = 0;
+            self.suppressed = 0;
+        }
+        if self.in_window >= self.config.max_per_sec {
+            self.suppressed += 1;
+            return;
+        }
+        self.in_window += 1;
+        let line = line(&self.node, event, pods, attributions, SystemTime::now());
+        if let Err(e) = self.out.write_line(&serde_json::to_string(&line).expect("plain data serialises")) {
+            tracing::warn!("writing the flow log: {e}");
+        }
+    }
+}
+
+/// The line for `event`.
+pub fn line(
+    node: &str,
+    e: &PolicyEvent,
+    pods: &HashMap<u32, ObjectRef>,
+    attributions: &Attributions,
+    now: SystemTime,
+) -> FlowLine {
+    let pod = pods.get(&e.ifindex);
+    let (policy, rule) = match e.policy_id {
+        POLICY_ID_HOST => (Some("node".to_owned()), None),
+        id => attributions.get(id).map_or((None, None), |a| (Some(a.policy.to_string()), Some(a.rule))),
+    };
+    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    FlowLine {
+        time: format!("{}.{:03}", since.as_secs(), since.subsec_millis()),
+        node: node.to_owned(),
+        namespace: pod.map(|p| p.namespace.clone()),
+        pod: pod.map(|p| p.name.clone()),
+        direction: if u32::from(e.direction) == direction::INGRESS { "ingress" } else { "egress" },
+        src_ip: addr(e.family, e.src_addr),
+        src_port: e.src_port,
+        dst_ip: addr(e.family, e.dst_addr),
+        dst_port: e.dst_port,
+        protocol: protocol_name(e.protocol),
+        verdict: if e.verdict == verdict::ALLOW { "ACCEPT" } else { "DENY" },
+        tier: match e.tier {
+            tier::DEFAULT_ALLOW => "DEFAULT_ALLOW",
+            tier::DEFAULT_DENY => "DEFAULT_DENY",
+            tier::NETWORK_POLICY => "NETWORK_POLICY",
+            tier::MALFORMED => "MALFORMED",
+            tier::REVOKED => "REVOKED",
+            _ => "UNKNOWN",
+        },
+        policy,
+        rule,
+    }
+}
+
+fn addr(fam: u8, bytes: [u8; 16]) -> IpAddr {
+    if fam == family::IPV4 { IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]) } else { IpAddr::from(bytes) }
+}
+
+fn protocol_name(p: u8) -> String {
+    use na_common::protocol::*;
+    match p {
+        TCP => "TCP".into(),
+        UDP => "UDP".into(),
+        SCTP => "SCTP".into(),
+        ICMP => "ICMP".into(),
+        ICMPV6 => "ICMPv6".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Decodes a ring buffer record.
+pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
+    (bytes.len() >= std::mem::size_of::<PolicyEvent>())
+        // SAFETY: PolicyEvent is plain integers; the length was checked.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PolicyEvent>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use na_policy::{Attribution, Direction};
+
+    use super::*;
+
+    fn event(verdict_: u8, policy_id: u32) -> PolicyEvent {
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[10, 0, 0, 1]);
+        PolicyEvent {
+            src_addr: src,
+            dst_addr: dst,
+            src_port: 40000,
+            dst_port: 80,
+            protocol: na_common::protocol::TCP,
+            family: family::IPV4,
+            direction: direction::INGRESS as u8,
+            verdict: verdict_,
+            tier: tier::NETWORK_POLICY,
+            policy_id,
+            ifindex: 7,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lines_name_the_pod_and_the_deciding_policy() {
+        let pods = HashMap::from([(7, ObjectRef::new("x", "a"))]);
+        let mut attributions = Attributions::default();
+        let id = attributions.id(Attribution {
+            policy: ObjectRef::new("x", "allow-b"),
+            direction: Direction::Ingress,
+            rule: 2,
+        });
+        let l = line("n1", &event(verdict::ALLOW, id), &pods, &attributions, SystemTime::UNIX_EPOCH);
+        assert_eq!((l.namespace.as_deref(), l.pod.as_deref()), (Some("x"), Some("a")));
+        assert_eq!((l.verdict, l.policy.as_deref(), l.rule), ("ACCEPT", Some("x/allow-b"), Some(2)));
+        assert_eq!((l.src_ip.to_string(), l.dst_port, l.protocol.as_str()), ("10.0.0.2".into(), 80, "TCP"));
+        let d = line("n1", &event(verdict::DENY, 0), &pods, &attributions, SystemTime::UNIX_EPOCH);
+        assert_eq!((d.verdict, d.policy.as_deref(), d.direction), ("DENY", None, "ingress"));
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains(r#""pod":"a""#) && json.contains(r#""policy":null"#), "{json}");
+    }
+
+    #[test]
+    fn rate_limit_and_accept_filter() {
+        let dir = std::env::temp_dir().join(format!("na-flowlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.log");
+        let out = Output::file(path.clone(), 1 << 20, 2).unwrap();
+        let mut logger = FlowLogger::new(FlowLogConfig { accept: false, max_per_sec: 3 }, "n1".into(), out);
+        let (pods, attributions) = (HashMap::new(), Attributions::default());
+        for _ in 0..5 {
+            logger.record(&event(verdict::DENY, 0), &pods, &attributions);
+            logger.record(&event(verdict::ALLOW, 0), &pods, &attributions);
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.lines().all(|l| l.contains("DENY")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_rotate_by_size() {
+        let dir = std::env::temp_dir().join(format!("na-flowlog-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.log");
+        let mut out = Output::file(path.clone(), 100, 2).unwrap();
+        for i in 0..10 {
+            out.write_line(&format!("{i:040}")).unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 100);
+        assert!(rotated(&path, 1).exists() && rotated(&path, 2).exists() && !rotated(&path, 3).exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
