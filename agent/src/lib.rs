@@ -8,4 +8,5 @@ pub mod flowlog;
 pub mod pod_id;
 pub mod reconcile;
 pub mod source;
+pub mod telemetry;
 pub mod veth;

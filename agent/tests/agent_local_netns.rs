@@ -155,6 +155,29 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
     assert!(!env.reaches("x/c", "x/a", tcp80));
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(81)), "only the named port");
 
+    // Metrics and readiness, from inside the node where the agent listens.
+    let get = |port: u16, path: &'static str| -> String {
+        env.node
+            .netns()
+            .run(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .unwrap()
+    };
+    assert!(get(8163, "/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = get(8162, "/metrics");
+    assert!(metrics.contains("na_pods_enforced 3"), "{metrics}");
+    let denied_into_a = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"na_policy_packets_total{namespace="x",pod="a",direction="ingress",verdict="deny"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(denied_into_a.is_some_and(|n| n > 0), "{metrics}");
+    assert!(metrics.contains("na_policy_programming_seconds_count 2"), "two policy changes: {metrics}");
+
     // A long-lived connection across an agent crash and restart.
     let a_addr = SocketAddr::new(env.pod("x/a").ip.into(), 80);
     let mut conn = env

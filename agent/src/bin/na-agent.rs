@@ -5,9 +5,11 @@
 //! killed) leaves every program attached and every map pinned, so pods stay
 //! enforced until the next agent adopts them.
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
+    time::Instant,
 };
 
 use anyhow::{Context, Result};
@@ -19,6 +21,7 @@ use na_agent::{
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
     reconcile::{Reconciler, SyncReport},
     source::manifests::{self, Snapshot},
+    telemetry::{self, Telemetry},
     veth::DEFAULT_PREFIX,
 };
 use na_policy::{CompileOptions, Compiler};
@@ -88,6 +91,12 @@ struct Args {
     /// Rotated flow log files kept.
     #[arg(long, default_value_t = 5)]
     flow_log_keep: usize,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:8162")]
+    metrics_addr: SocketAddr,
+    /// Health endpoints (`/healthz`, and `/readyz` once the first reconcile is done).
+    #[arg(long, default_value = "127.0.0.1:8163")]
+    health_addr: SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -159,12 +168,25 @@ async fn main() -> Result<()> {
         .watch(&args.manifests, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", args.manifests.display()))?;
 
+    let telemetry = Arc::new(Mutex::new(Telemetry::new(PinLayout::new(&args.bpffs_root))));
+    for addr in [args.metrics_addr, args.health_addr] {
+        let t = telemetry.clone();
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = telemetry::serve(listener, t).await {
+                error!("serving {addr}: {e}");
+            }
+        });
+    }
+
     let mut status = Status::default();
     let mut snapshot = Snapshot::new();
     reload(&args.manifests, &mut snapshot, &mut reconciler, &mut status);
     let mut first = reconciler.sync();
     reconciler.remove_orphans(&mut first);
     report(&first, &reconciler, &mut status, &args.status_file);
+    update_telemetry(&telemetry, &reconciler, &first, None);
+    telemetry.lock().expect("telemetry lock").ready = true;
     info!(node = %args.node_name, pods = status.attached.len(), "first reconcile done");
 
     let mut flows = if args.enable_policy_event_logs {
@@ -207,15 +229,18 @@ async fn main() -> Result<()> {
                 }
             }
             Some(()) = changed.recv() => {
+                let since = Instant::now();
                 tokio::time::sleep(DEBOUNCE).await;
                 while changed.try_recv().is_ok() {}
                 reload(&args.manifests, &mut snapshot, &mut reconciler, &mut status);
                 let r = reconciler.sync();
                 report(&r, &reconciler, &mut status, &args.status_file);
+                update_telemetry(&telemetry, &reconciler, &r, Some(since));
             }
             _ = retry.tick(), if reconciler.has_pending() => {
                 let r = reconciler.sync();
                 report(&r, &reconciler, &mut status, &args.status_file);
+                update_telemetry(&telemetry, &reconciler, &r, None);
             }
             _ = sweep.tick() => {
                 for pod in reconciler.attached().collect::<Vec<_>>() {
@@ -232,6 +257,18 @@ async fn main() -> Result<()> {
     }
     info!("exiting; programs stay attached and pinned for the next agent");
     Ok(())
+}
+
+/// Publishes what a sync did; `since` is when the change it applied was seen.
+fn update_telemetry(telemetry: &Mutex<Telemetry>, reconciler: &Reconciler, r: &SyncReport, since: Option<Instant>) {
+    let mut t = telemetry.lock().expect("telemetry lock");
+    t.pods = reconciler.attached_pods().cloned().collect();
+    t.reconcile_errors += r.errors.len() as u64;
+    if let Some(since) = since
+        && !(r.attached.is_empty() && r.updated.is_empty() && r.detached.is_empty())
+    {
+        t.observe_programming(since.elapsed());
+    }
 }
 
 /// The pinned verdict ring, if it exists yet.
