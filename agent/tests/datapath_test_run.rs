@@ -348,13 +348,20 @@ fn verdicts_are_counted_and_logged_with_their_rule() {
     assert_eq!(c.ingress_allowed.bytes, 3 * allowed.len() as u64);
     assert_eq!((c.egress_allowed.packets, c.egress_denied.packets), (0, 0));
 
-    // One event for the first allowed packet (the rest ride conntrack), one per denial.
+    let mut short = v4(PEER4, TCP, 80);
+    short.truncate(14 + 20 + 2);
+    assert_eq!(run(&p.ingress, &short), SHOT);
+
+    // One event for the first allowed packet (the rest ride conntrack), one per
+    // denial, one for the malformed packet.
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
         let e: PolicyEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         events.push(e);
     }
-    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events.len(), 4, "{events:?}");
+    let malformed = events.pop().unwrap();
+    assert_eq!((malformed.verdict, malformed.tier, malformed.family), (verdict::DENY, tier::MALFORMED, 0));
     let first = events[0];
     assert_eq!((first.verdict, first.tier, first.policy_id), (verdict::ALLOW, tier::NETWORK_POLICY, 1));
     assert_eq!((&first.src_addr[..4], first.dst_port, first.protocol), (&PEER4.octets()[..], 85, TCP));

@@ -51,6 +51,9 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
         Parsed::Malformed if state.mode() == pod_state::DEFAULT_ALLOW => TC_ACT_OK,
         Parsed::Malformed => {
             debug!(ctx, "dir {}: malformed IP packet dropped", dir);
+            // Nothing about it can be trusted, so the event carries no addresses.
+            let unknown = packet::unparsed();
+            emit(ctx, &unknown, dir, &Decision { allowed: false, tier: tier::MALFORMED, policy_id: POLICY_ID_NONE });
             TC_ACT_SHOT
         }
         Parsed::Ip(packet) => judge_ip(ctx, dir, &state, &packet),

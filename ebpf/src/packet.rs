@@ -173,6 +173,12 @@ fn parse_ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, ()> {
     Ok(Parsed::Ip(packet))
 }
 
+/// A packet nothing is known of (family 0, no addresses), for events about
+/// packets that could not be parsed.
+pub fn unparsed() -> Packet {
+    new_packet(0, 0)
+}
+
 fn new_packet(family: u8, protocol: u8) -> Packet {
     Packet {
         family,
