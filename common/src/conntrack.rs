@@ -58,6 +58,28 @@ pub mod timeout {
     pub const OTHER_SECS: u64 = 30;
 }
 
+/// Which idle timeout a flow gets; the programs and the agent's sweeper
+/// must agree on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutClass {
+    TcpEstablished,
+    TcpClosing,
+    Udp,
+    Other,
+}
+
+impl TimeoutClass {
+    #[inline(always)]
+    pub fn of(protocol: u8, state: u8) -> Self {
+        match protocol {
+            crate::protocol::TCP if state == tcp_state::CLOSING => Self::TcpClosing,
+            crate::protocol::TCP => Self::TcpEstablished,
+            crate::protocol::UDP | crate::protocol::SCTP => Self::Udp,
+            _ => Self::Other,
+        }
+    }
+}
+
 /// Names of the object's globals holding the timeouts in nanoseconds.
 pub mod timeout_globals {
     pub const TCP_ESTABLISHED: &str = "TIMEOUT_TCP_ESTABLISHED_NS";

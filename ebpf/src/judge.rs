@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use na_common::{
-    conntrack::{FlowKey, FlowState, FragKey, tcp_state},
+    conntrack::{FlowKey, FlowState, FragKey, TimeoutClass, tcp_state},
     direction,
     events::{PolicyEvent, counter_index, tier, verdict},
     pod_state::{self, PodState},
@@ -227,11 +227,11 @@ fn tracked(key: &FlowKey, now: u64, tcp_flags: u8) -> Tracked {
 }
 
 fn idle_timeout(proto: u8, state: u8) -> u64 {
-    match proto {
-        protocol::TCP if state == tcp_state::CLOSING => TIMEOUT_TCP_CLOSING_NS.load(),
-        protocol::TCP => TIMEOUT_TCP_ESTABLISHED_NS.load(),
-        protocol::UDP | protocol::SCTP => TIMEOUT_UDP_NS.load(),
-        _ => TIMEOUT_OTHER_NS.load(),
+    match TimeoutClass::of(proto, state) {
+        TimeoutClass::TcpClosing => TIMEOUT_TCP_CLOSING_NS.load(),
+        TimeoutClass::TcpEstablished => TIMEOUT_TCP_ESTABLISHED_NS.load(),
+        TimeoutClass::Udp => TIMEOUT_UDP_NS.load(),
+        TimeoutClass::Other => TIMEOUT_OTHER_NS.load(),
     }
 }
 

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
 use na_common::{
-    conntrack::{FlowKey, FlowState, tcp_state},
+    conntrack::{FlowKey, FlowState, TimeoutClass},
     names::MAP_CONNTRACK,
-    protocol,
 };
 use nix::time::{ClockId, clock_gettime};
 
@@ -43,13 +42,13 @@ pub fn sweep(layout: &PinLayout, pod: &PodId, timeouts: &Timeouts) -> Result<usi
     Ok(removed)
 }
 
-/// The same timeouts the programs apply (see `ebpf/src/judge.rs`).
+/// The same timeouts the programs apply.
 fn idle_timeout(t: &Timeouts, proto: u8, state: u8) -> u64 {
-    let d = match proto {
-        protocol::TCP if state == tcp_state::CLOSING => t.tcp_closing,
-        protocol::TCP => t.tcp_established,
-        protocol::UDP | protocol::SCTP => t.udp,
-        _ => t.other,
+    let d = match TimeoutClass::of(proto, state) {
+        TimeoutClass::TcpClosing => t.tcp_closing,
+        TimeoutClass::TcpEstablished => t.tcp_established,
+        TimeoutClass::Udp => t.udp,
+        TimeoutClass::Other => t.other,
     };
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
