@@ -129,8 +129,7 @@ impl Reconciler {
         if self.attached.contains_key(&key) {
             self.detach(&key, report);
         }
-        let veth = host_veth_name(&self.veth_prefix, &key.namespace, &key.name);
-        let Ok(ifindex) = nix::net::if_::if_nametoindex(veth.as_str()) else {
+        let Some((veth, ifindex)) = self.find_veth(&key) else {
             report.pending.push(key.to_string());
             self.pending.insert(key);
             return;
@@ -146,6 +145,18 @@ impl Reconciler {
                 self.pending.insert(key);
             }
         }
+    }
+
+    /// The pod's host veth and its ifindex: by the CNI's name, else by the
+    /// host route to one of the pod's addresses.
+    fn find_veth(&self, key: &ObjectRef) -> Option<(String, u32)> {
+        let index = |name: &str| nix::net::if_::if_nametoindex(name).ok();
+        let named = host_veth_name(&self.veth_prefix, &key.namespace, &key.name);
+        if let Some(i) = index(&named) {
+            return Some((named, i));
+        }
+        let ips = self.compiler.pod(key).map(|p| p.ips.clone()).unwrap_or_default();
+        ips.into_iter().filter_map(crate::veth::by_route).find_map(|name| Some((name.clone(), index(&name)?)))
     }
 
     fn detach(&mut self, key: &ObjectRef, report: &mut SyncReport) {

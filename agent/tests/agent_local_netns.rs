@@ -60,6 +60,10 @@ struct Agent(Child);
 
 impl Agent {
     fn start(env: &Env, manifests: &Manifests, status: &PathBuf) -> Self {
+        Self::start_with(env, manifests, status, &[])
+    }
+
+    fn start_with(env: &Env, manifests: &Manifests, status: &PathBuf, extra: &[&str]) -> Self {
         // Only the network namespace: `ip netns exec` would also give the agent
         // its own mount namespace, and with it a private bpffs whose pins die
         // with the process.
@@ -75,6 +79,7 @@ impl Agent {
             .arg(status)
             .args(["--enable-policy-event-logs", "--flow-log-accept", "--flow-log-file"])
             .arg(status.with_extension("flows"))
+            .args(extra)
             .spawn()
             .expect("starting na-agent");
         Self(child)
@@ -234,8 +239,19 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
             && f.iter().any(|f| from_b(f, 81, "DENY") && f["policy"].is_null())
     });
 
+    // A pod recreated under the same name (new uid) starts from fresh maps:
+    // nothing of the old pod's flows or state carries over (AWS issue 616).
+    let map_id =
+        || aya::maps::MapInfo::from_pin(env.root().join("maps/x_b_conntrack_map")).map(|m| m.id()).unwrap_or(0);
+    let before = map_id();
+    let mut b2 = pod(&env, "x/b", "b");
+    b2["metadata"]["uid"] = json!("uid-x/b-recreated");
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), b2.clone(), pod(&env, "x/c", "b")]);
+    wait_until("b has new maps", || map_id() != before && map_id() != 0);
+    assert!(env.reaches("x/b", "x/a", tcp80));
+
     // A deleted pod loses its programs and pins.
-    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b")]);
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), b2]);
     wait_until("c is detached", || status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 2));
     let pins: Vec<String> = std::fs::read_dir(env.root().join("programs"))
         .unwrap()
@@ -244,4 +260,19 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
     assert!(pins.iter().all(|p| !p.starts_with("x_c_")), "{pins:?}");
     assert!(echoes(&mut conn));
     drop(agent);
+}
+
+#[test]
+fn veths_the_cni_did_not_name_are_found_by_their_route() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
+    manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    let _agent = Agent::start_with(&env, &manifests, &status_file, &["--veth-prefix", "nomatch"]);
+    wait_until("all three pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
+    assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
 }
