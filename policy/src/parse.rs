@@ -144,25 +144,24 @@ fn rule(
     field: &str,
     peers_field: &str,
 ) -> Result<Rule, FieldError> {
-    let peers = match peers {
-        Some(p) if !p.is_empty() => Some(
-            p.iter()
-                .enumerate()
-                .map(|(i, p)| peer(p, &format!("{field}.{peers_field}[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        _ => None,
-    };
-    let ports = match ports {
-        Some(p) if !p.is_empty() => Some(
-            p.iter()
-                .enumerate()
-                .map(|(i, p)| port(p, &format!("{field}.ports[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        _ => None,
-    };
-    Ok(Rule { peers, ports })
+    Ok(Rule {
+        peers: non_empty(peers, &format!("{field}.{peers_field}"), peer)?,
+        ports: non_empty(ports, &format!("{field}.ports"), port)?,
+    })
+}
+
+/// Parses each item of a list; an absent or empty list is `None` ("all").
+fn non_empty<T, U>(
+    list: Option<&[T]>,
+    field: &str,
+    item: impl Fn(&T, &str) -> Result<U, FieldError>,
+) -> Result<Option<Vec<U>>, FieldError> {
+    match list {
+        Some(l) if !l.is_empty() => {
+            l.iter().enumerate().map(|(i, x)| item(x, &format!("{field}[{i}]"))).collect::<Result<_, _>>().map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 fn peer(p: &NetworkPolicyPeer, field: &str) -> Result<Peer, FieldError> {
