@@ -25,6 +25,8 @@ pub struct Telemetry {
     pub ready: bool,
     pub pods: Vec<ObjectRef>,
     pub reconcile_errors: u64,
+    /// Watch failures (each retried with backoff, relisting after a 410).
+    pub watch_errors: u64,
     programming: [u64; BUCKETS.len()],
     programming_count: u64,
     programming_sum: f64,
@@ -37,6 +39,7 @@ impl Telemetry {
             ready: false,
             pods: Vec::new(),
             reconcile_errors: 0,
+            watch_errors: 0,
             programming: [0; BUCKETS.len()],
             programming_count: 0,
             programming_sum: 0.0,
@@ -63,6 +66,10 @@ impl Telemetry {
         s.push_str("# HELP na_reconcile_errors_total Pods left as they were because writing them failed.\n");
         s.push_str("# TYPE na_reconcile_errors_total counter\n");
         let _ = writeln!(s, "na_reconcile_errors_total {}", self.reconcile_errors);
+        s.push_str(
+            "# HELP na_watch_errors_total API watch failures, each retried.\n# TYPE na_watch_errors_total counter\n",
+        );
+        let _ = writeln!(s, "na_watch_errors_total {}", self.watch_errors);
         s.push_str("# HELP na_policy_packets_total Packets judged by a pod's programs.\n# TYPE na_policy_packets_total counter\n");
         let mut bytes = String::from(
             "# HELP na_policy_bytes_total Bytes judged by a pod's programs.\n# TYPE na_policy_bytes_total counter\n",
@@ -102,12 +109,9 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Mutex<Telemetry>>) -> s
         let (mut conn, _) = listener.accept().await?;
         let telemetry = telemetry.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let Ok(request) = tokio::time::timeout(Duration::from_secs(5), read_head(&mut conn)).await else {
+                return;
             };
-            let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = {
                 let t = telemetry.lock().expect("telemetry lock");
@@ -126,6 +130,19 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Mutex<Telemetry>>) -> s
             let _ = conn.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// The request line and headers (the request may arrive in pieces).
+async fn read_head(conn: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The node agent: enforces NetworkPolicy for the pods on this node.
 //!
-//! Local mode (`--manifests DIR`) reads the cluster from a directory of
-//! manifests and follows its changes. Exiting (SIGTERM, SIGINT, or being
+//! It watches Pods, Namespaces and NetworkPolicies through the API server
+//! (`--kubeconfig`, or the in-cluster / environment configuration), or in
+//! local mode (`--manifests DIR`) reads them from a directory of manifests and
+//! follows its changes. Exiting (SIGTERM, SIGINT, or being
 //! killed) leaves every program attached and every map pinned, so pods stay
 //! enforced until the next agent adopts them.
 use std::{
@@ -20,7 +22,11 @@ use na_agent::{
     datapath::{AttachMode, Datapath, KernelLogLevel, Timeouts},
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
     reconcile::{Reconciler, SyncReport},
-    source::manifests::{self, Snapshot},
+    source::{
+        self,
+        kube::Update,
+        manifests::{self, Snapshot},
+    },
     telemetry::{self, Telemetry},
     veth::DEFAULT_PREFIX,
 };
@@ -41,9 +47,12 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// Local mode: read Pods, Namespaces and NetworkPolicies from the YAML/JSON
-    /// files in this directory and follow its changes.
+    /// files in this directory and follow its changes, instead of the API server.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig to reach the API server; default: in-cluster, then $KUBECONFIG.
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// The node's own addresses, always allowed into pods (kubelet probes).
     #[arg(long = "node-ip")]
     node_ips: Vec<IpAddr>,
@@ -155,18 +164,24 @@ async fn main() -> Result<()> {
     });
     let mut reconciler = Reconciler::new(compiler, datapath, args.veth_prefix.clone());
 
+    // Exactly one source feeds the reconciler; the other channel stays closed.
     let (tx, mut changed) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files raises access events: reacting to those would
-        // reload in a loop.
-        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-            let _ = tx.send(());
+    let (kube_tx, mut kube_rx) = mpsc::unbounded_channel();
+    let _watcher = match &args.manifests {
+        Some(dir) => Some(watch_dir(dir, tx)?),
+        None => {
+            let config = match &args.kubeconfig {
+                Some(path) => {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+                }
+                None => kube::Config::infer().await.context("no in-cluster or kubeconfig configuration")?,
+            };
+            source::kube::spawn(kube::Client::try_from(config)?, kube_tx);
+            None
         }
-    })
-    .context("watching the manifests directory")?;
-    watcher
-        .watch(&args.manifests, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", args.manifests.display()))?;
+    };
 
     let telemetry = Arc::new(Mutex::new(Telemetry::new(PinLayout::new(&args.bpffs_root))));
     for addr in [args.metrics_addr, args.health_addr] {
@@ -181,7 +196,22 @@ async fn main() -> Result<()> {
 
     let mut status = Status::default();
     let mut snapshot = Snapshot::new();
-    reload(&args.manifests, &mut snapshot, &mut reconciler, &mut status);
+    match &args.manifests {
+        Some(dir) => reload(dir, &mut snapshot, &mut reconciler, &mut status),
+        // Nothing is judged on a partial cluster: wait for a full list of
+        // every kind before the first reconcile.
+        None => {
+            let mut synced = std::collections::BTreeSet::new();
+            while synced.len() < 3 {
+                match kube_rx.recv().await.context("watchers stopped")? {
+                    Update::Synced(kind) => {
+                        synced.insert(kind);
+                    }
+                    u => apply_update(u, &mut reconciler, &mut status, &telemetry),
+                }
+            }
+        }
+    }
     let mut first = reconciler.sync();
     reconciler.remove_orphans(&mut first);
     report(&first, &reconciler, &mut status, &args.status_file);
@@ -228,11 +258,22 @@ async fn main() -> Result<()> {
                     }
                 }
             }
+            Some(update) = kube_rx.recv() => {
+                let since = Instant::now();
+                apply_update(update, &mut reconciler, &mut status, &telemetry);
+                while let Ok(update) = kube_rx.try_recv() {
+                    apply_update(update, &mut reconciler, &mut status, &telemetry);
+                }
+                let r = reconciler.sync();
+                report(&r, &reconciler, &mut status, &args.status_file);
+                update_telemetry(&telemetry, &reconciler, &r, Some(since));
+            }
             Some(()) = changed.recv() => {
                 let since = Instant::now();
                 tokio::time::sleep(DEBOUNCE).await;
                 while changed.try_recv().is_ok() {}
-                reload(&args.manifests, &mut snapshot, &mut reconciler, &mut status);
+                let Some(dir) = &args.manifests else { continue };
+                reload(dir, &mut snapshot, &mut reconciler, &mut status);
                 let r = reconciler.sync();
                 report(&r, &reconciler, &mut status, &args.status_file);
                 update_telemetry(&telemetry, &reconciler, &r, Some(since));
@@ -278,6 +319,37 @@ fn open_ring(layout: &PinLayout) -> Option<AsyncFd<RingBuf<MapData>>> {
     // SAFETY: the ring owns its map fd and keeps it open, unchanged, for as
     // long as the AsyncFd owns the ring.
     unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.ok()
+}
+
+/// Sends a message on `tx` whenever the directory's contents change.
+fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the files raises access events: reacting to those would
+        // reload in a loop.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = tx.send(());
+        }
+    })
+    .context("watching the manifests directory")?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", dir.display()))?;
+    Ok(watcher)
+}
+
+/// Feeds one watcher report to the reconciler.
+fn apply_update(update: Update, reconciler: &mut Reconciler, status: &mut Status, telemetry: &Mutex<Telemetry>) {
+    match update {
+        Update::Event(event) => {
+            if let Err(e) = reconciler.apply(event) {
+                error!("{e}");
+                status.errors.push(e.to_string());
+            }
+        }
+        Update::Synced(kind) => info!(?kind, "full list received"),
+        Update::WatchError(kind, e) => {
+            warn!(?kind, "watch failed, retrying with backoff: {e}");
+            telemetry.lock().expect("telemetry lock").watch_errors += 1;
+        }
+    }
 }
 
 /// Reads the directory and feeds what changed to the reconciler.

@@ -5,10 +5,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
-    networking::v1::NetworkPolicy,
-};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -84,17 +80,61 @@ pub fn parse_into(file: &str, text: &str, snapshot: &mut Snapshot, errors: &mut 
 fn object(value: serde_json::Value) -> Result<Option<Object>, String> {
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
     let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
-    let parsed = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Pod") => serde_json::from_value::<Pod>(value).map(|p| Object::Pod(Box::new(p))),
-        ("v1", "Namespace") => serde_json::from_value::<Namespace>(value).map(|n| Object::Namespace(Box::new(n))),
-        ("networking.k8s.io/v1", "NetworkPolicy") => {
-            serde_json::from_value::<NetworkPolicy>(value).map(|n| Object::NetworkPolicy(Box::new(n)))
-        }
+    let what = format!("{api_version} {kind}");
+    let object = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Pod") => Object::Pod(Box::new(strict(&what, value)?)),
+        ("v1", "Namespace") => Object::Namespace(Box::new(strict(&what, value)?)),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(Box::new(strict(&what, value)?)),
         ("v1", "List") => return Err("List documents are not supported; write one object per document".into()),
         (_, "") => return Err("no kind".into()),
         _ => return Ok(None),
     };
-    parsed.map(Some).map_err(|e| format!("{api_version} {kind}: {e}"))
+    Ok(Some(object))
+}
+
+/// Deserializes like the API server's strict field validation: a misspelt
+/// field (`ingres:`) would otherwise vanish silently and change the policy's
+/// meaning, so the whole object is refused.
+fn strict<T: serde::de::DeserializeOwned + serde::Serialize>(
+    what: &str,
+    value: serde_json::Value,
+) -> Result<T, String> {
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| format!("{what}: {e}"))?;
+    let known = serde_json::to_value(&typed).map_err(|e| format!("{what}: {e}"))?;
+    match unknown_fields(&value, &known).as_slice() {
+        [] => Ok(typed),
+        fields => Err(format!("{what}: unknown field {}", fields.join(", "))),
+    }
+}
+
+/// Paths (`spec.ingres`, `spec.ingress[0].form`) present in `given` but not in
+/// `known`, the same document after a round trip through its typed form.
+/// Explicit nulls are not unknown: they deserialize to an absent field.
+pub fn unknown_fields(given: &serde_json::Value, known: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    fn walk(path: &str, given: &Value, known: &Value, out: &mut Vec<String>) {
+        match (given, known) {
+            (Value::Object(g), Value::Object(k)) => {
+                for (name, value) in g {
+                    let sub = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                    match k.get(name) {
+                        Some(kv) => walk(&sub, value, kv, out),
+                        None if value.is_null() => {}
+                        None => out.push(sub),
+                    }
+                }
+            }
+            (Value::Array(g), Value::Array(k)) => {
+                for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                    walk(&format!("{path}[{i}]"), gv, kv, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", given, known, &mut out);
+    out
 }
 
 /// The events that turn `old` into `new`.
@@ -144,6 +184,25 @@ mod tests {
         assert!(e[1].to_string().starts_with("f.yaml: document 3: v1 Pod:"), "{}", e[1]);
         let (_, e) = parse("kind: Pod\nmetadata: [unclosed\n");
         assert!(e[0].reason.starts_with("invalid YAML"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_fields_refuse_the_object_and_name_the_path() {
+        let policy =
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x, labels: null}\n";
+        let (s, e) =
+            parse(&format!("{policy}spec: {{podSelector: {{}}, ingress: [{{form: []}}], policyType: [Ingress]}}\n"));
+        assert!(s.is_empty());
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0].reason,
+            "networking.k8s.io/v1 NetworkPolicy: unknown field spec.ingress[0].form, spec.policyType"
+        );
+        let (s, e) = parse(&format!("{policy}spec: {{podSelector: {{matchLabels: {{}}}}, ingress: [{{}}]}}\n"));
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(s.len(), 1);
+        let (_, e) = parse(&POD.replace("spec:", "spce:"));
+        assert_eq!(e[0].reason, "v1 Pod: unknown field spce");
     }
 
     #[test]

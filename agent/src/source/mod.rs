@@ -1,6 +1,7 @@
 //! Where cluster objects come from. Every source produces the same events, so
 //! the reconciler never knows whether it is fed by an API server or a
 //! directory of manifests.
+pub mod kube;
 pub mod manifests;
 
 use k8s_openapi::api::{

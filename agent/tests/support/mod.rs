@@ -2,6 +2,8 @@
 //! Shared by the netns test targets and the demo (`examples/demo.rs`).
 // Each test target uses its own part of this module.
 #![allow(dead_code)]
+
+pub mod fake_apiserver;
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,

@@ -1,5 +1,6 @@
-//! `na-agent` in local mode, end to end: pods in network namespaces, the
-//! cluster as a directory of manifests, every change checked with probes.
+//! `na-agent` end to end: pods in network namespaces, the cluster as a
+//! directory of manifests or behind a (fake) API server, every change checked
+//! with probes.
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
 mod support;
 
@@ -64,6 +65,12 @@ impl Agent {
     }
 
     fn start_with(env: &Env, manifests: &Manifests, status: &PathBuf, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> = vec!["--manifests".into(), manifests.0.clone().into()];
+        args.extend(extra.iter().map(Into::into));
+        Self::launch(env, status, &args)
+    }
+
+    fn launch(env: &Env, status: &PathBuf, source: &[std::ffi::OsString]) -> Self {
         // Only the network namespace: `ip netns exec` would also give the agent
         // its own mount namespace, and with it a private bpffs whose pins die
         // with the process.
@@ -71,15 +78,13 @@ impl Agent {
             .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
             .args(["--", env!("CARGO_BIN_EXE_na-agent")])
             .args(["--node-name", NODE, "--node-ip", &NODE_IP.to_string()])
-            .arg("--manifests")
-            .arg(&manifests.0)
             .arg("--bpffs-root")
             .arg(env.root())
             .arg("--status-file")
             .arg(status)
             .args(["--enable-policy-event-logs", "--flow-log-accept", "--flow-log-file"])
             .arg(status.with_extension("flows"))
-            .args(extra)
+            .args(source)
             .spawn()
             .expect("starting na-agent");
         Self(child)
@@ -275,4 +280,55 @@ fn veths_the_cni_did_not_name_are_found_by_their_route() {
     });
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
     assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
+}
+
+#[test]
+fn kubernetes_mode_follows_the_api_server() {
+    use support::fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES};
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let state = Manifests::new();
+    let status_file = state.1.join("status.json");
+    let cluster = std::sync::Arc::new(std::sync::Mutex::new(Cluster::new()));
+    {
+        let mut c = cluster.lock().unwrap();
+        c.change(NAMESPACES, "ADDED", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}));
+        for (key, app) in [("x/a", "a"), ("x/b", "b"), ("x/c", "c")] {
+            c.change(PODS, "ADDED", pod(&env, key, app));
+        }
+        c.change(POLICIES, "ADDED", policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}})));
+    }
+    // The API server listens inside the node, where the agent runs.
+    let listener = env.node.netns().run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
+    let port = support::fake_apiserver::serve(listener, cluster.clone());
+    let kubeconfig = state.1.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let _agent = Agent::launch(&env, &status_file, &["--kubeconfig".into(), kubeconfig.into()]);
+    wait_until("all three pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
+
+    cluster.lock().unwrap().change(
+        POLICIES,
+        "ADDED",
+        policy(
+            "a-from-b",
+            json!({"podSelector": {"matchLabels": {"app": "a"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
+        ),
+    );
+    wait_until("a watched policy lets b in", || env.reaches("x/b", "x/a", Probe::tcp(80)));
+    assert!(!env.reaches("x/c", "x/a", Probe::tcp(80)));
+
+    cluster.lock().unwrap().change(PODS, "DELETED", pod(&env, "x/c", "c"));
+    wait_until("a watched deletion detaches c", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 2)
+    });
 }

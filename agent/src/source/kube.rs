@@ -1,0 +1,93 @@
+//! The cluster as the API server shows it: watchers on Pods, Namespaces and
+//! NetworkPolicies in all namespaces. kube-rs relists after a 410 and backs
+//! off after errors; meanwhile the last state stays enforced. Objects that
+//! vanished while a watch was down are found when the relist completes.
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod},
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Event, Kind, Object, ObjectKey};
+
+/// What the watchers report.
+#[derive(Debug)]
+pub enum Update {
+    Event(Event),
+    /// A full list of this kind has been seen (first start or relist).
+    Synced(Kind),
+    /// A watch failed; it is retried with backoff.
+    WatchError(Kind, String),
+}
+
+/// Starts the three watchers; they run until `tx` is closed.
+pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
+    tokio::spawn(watch(
+        Api::<Namespace>::all(client.clone()),
+        Kind::Namespace,
+        |o| Object::Namespace(Box::new(o)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch(Api::<Pod>::all(client.clone()), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone()));
+    tokio::spawn(watch(
+        Api::<NetworkPolicy>::all(client),
+        Kind::NetworkPolicy,
+        |o| Object::NetworkPolicy(Box::new(o)),
+        tx,
+    ));
+}
+
+async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: UnboundedSender<Update>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut known: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut listed: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        let updates = match event {
+            Ok(watcher::Event::Init) => {
+                listed.clear();
+                Vec::new()
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                let obj = wrap(o);
+                listed.extend(obj.key());
+                vec![Update::Event(Event::Applied(obj))]
+            }
+            Ok(watcher::Event::InitDone) => {
+                let mut u: Vec<Update> =
+                    known.difference(&listed).map(|k| Update::Event(Event::Deleted(k.clone()))).collect();
+                known = std::mem::take(&mut listed);
+                u.push(Update::Synced(kind));
+                u
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                let obj = wrap(o);
+                known.extend(obj.key());
+                vec![Update::Event(Event::Applied(obj))]
+            }
+            Ok(watcher::Event::Delete(o)) => match wrap(o).key() {
+                Some(key) => {
+                    known.remove(&key);
+                    vec![Update::Event(Event::Deleted(key))]
+                }
+                None => Vec::new(),
+            },
+            Err(e) => vec![Update::WatchError(kind, e.to_string())],
+        };
+        for u in updates {
+            if tx.send(u).is_err() {
+                return;
+            }
+        }
+    }
+}
