@@ -85,6 +85,7 @@ impl Agent {
             .args(["--enable-policy-event-logs", "--flow-log-accept", "--flow-log-file"])
             .arg(status.with_extension("flows"))
             .args(source)
+            .stdout(std::fs::File::create(status.with_extension("log")).unwrap())
             .spawn()
             .expect("starting na-agent");
         Self(child)
@@ -274,12 +275,17 @@ fn veths_the_cni_did_not_name_are_found_by_their_route() {
     let status_file = manifests.1.join("status.json");
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
     manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
-    let _agent = Agent::start_with(&env, &manifests, &status_file, &["--veth-prefix", "nomatch"]);
+    let _agent =
+        Agent::start_with(&env, &manifests, &status_file, &["--veth-prefix", "nomatch", "--ebpf-log-level", "debug"]);
     wait_until("all three pods are attached", || {
         status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
     });
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
     assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
+    // The programs' own log reaches the agent's.
+    wait_until("the kernel's denial is in the agent log", || {
+        std::fs::read_to_string(status_file.with_extension("log")).is_ok_and(|l| l.contains("denied"))
+    });
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
+use aya_log::EbpfLogger;
 use clap::{Parser, ValueEnum};
 use na_agent::{
     bpffs::{DEFAULT_ROOT, PinLayout},
@@ -231,6 +232,7 @@ async fn main() -> Result<()> {
         None
     };
     let mut ring = None;
+    let mut kernel_log = None;
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut retry = tokio::time::interval(RETRY);
@@ -240,14 +242,16 @@ async fn main() -> Result<()> {
         if flows.is_some() && ring.is_none() {
             ring = open_ring(reconciler.datapath().layout());
         }
-        let readable = async {
-            match ring.as_mut() {
-                Some(r) => r.readable_mut().await.map(|mut g| g.clear_ready()),
-                None => std::future::pending().await,
-            }
-        };
+        if args.ebpf_log_level != KernelLogLevel::Off && kernel_log.is_none() {
+            kernel_log = open_kernel_log(&reconciler);
+        }
         tokio::select! {
-            Ok(()) = readable => {
+            Ok(()) = readable(kernel_log.as_mut()) => {
+                if let Some(log) = kernel_log.as_mut() {
+                    log.get_mut().flush();
+                }
+            }
+            Ok(()) = readable(ring.as_mut()) => {
                 if let (Some(ring), Some(flows)) = (ring.as_mut(), flows.as_mut()) {
                     let pods = reconciler.pods_by_ifindex();
                     let ring = ring.get_mut();
@@ -319,6 +323,43 @@ fn open_ring(layout: &PinLayout) -> Option<AsyncFd<RingBuf<MapData>>> {
     // SAFETY: the ring owns its map fd and keeps it open, unchanged, for as
     // long as the AsyncFd owns the ring.
     unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.ok()
+}
+
+/// Resolves when `fd` has something to read; never while there is no `fd`.
+async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&mut AsyncFd<T>>) -> std::io::Result<()> {
+    match fd {
+        Some(fd) => fd.readable_mut().await.map(|mut guard| guard.clear_ready()),
+        None => std::future::pending().await,
+    }
+}
+
+/// The kernel log buffer (`--ebpf-log-level`), forwarded into our own logs.
+/// It is shared by every program and found through one of them, so it opens
+/// once the first pod is loaded.
+fn open_kernel_log(reconciler: &Reconciler) -> Option<AsyncFd<EbpfLogger<KernelLog>>> {
+    let pod = reconciler.attached().next()?;
+    let pin = reconciler.datapath().layout().program(&pod, na_common::names::PROG_INGRESS);
+    let id = aya::programs::ProgramInfo::from_pin(pin).ok()?.id();
+    let logger = EbpfLogger::init_from_id_with_logger(id, KernelLog)
+        .map_err(|e| warn!(%pod, "opening the kernel log: {e}"))
+        .ok()?;
+    AsyncFd::with_interest(logger, Interest::READABLE).ok()
+}
+
+/// Writes kernel log records as our own, at info: `--ebpf-log-level`
+/// already chose what the programs say, so `RUST_LOG` must not hide it again.
+struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        info!(target: "ebpf", level = %record.level(), "{}", record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 /// Sends a message on `tx` whenever the directory's contents change.

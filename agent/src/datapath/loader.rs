@@ -87,7 +87,7 @@ pub struct Datapath {
     log_level: KernelLogLevel,
 }
 
-/// How much the programs log through aya-log (read with [`KernelLog`]).
+/// How much the programs log through aya-log (the agent forwards it to its own log).
 /// Off costs one load and a branch per log site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 #[repr(u8)]
