@@ -343,7 +343,9 @@ fn open_kernel_log(reconciler: &Reconciler) -> Option<AsyncFd<EbpfLogger<KernelL
     let logger = EbpfLogger::init_from_id_with_logger(id, KernelLog)
         .map_err(|e| warn!(%pod, "opening the kernel log: {e}"))
         .ok()?;
-    AsyncFd::with_interest(logger, Interest::READABLE).ok()
+    // SAFETY: the logger owns its ring's fd and keeps it open, unchanged, for
+    // as long as the AsyncFd owns the logger.
+    unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }.ok()
 }
 
 /// Writes kernel log records as our own, at info: `--ebpf-log-level`
