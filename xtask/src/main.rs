@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`. One module per command.
 mod bench;
 mod cmd;
+mod conformance;
 mod demo;
 mod setup;
 mod test;
@@ -19,8 +20,10 @@ struct Cli {
 enum Command {
     /// Install what building and testing need (idempotent, fast when done).
     Setup(setup::Options),
-    /// Run every test: unit, kernel/netns, lints, and the demo's own checks.
+    /// Run every test: unit, kernel/netns, lints, conformance, and the demo's own checks.
     Test(test::Options),
+    /// Run the NetworkPolicy conformance cases (upstream e2e and our own).
+    Conformance(conformance::Options),
     /// Pods as namespaces, programs loaded, traffic allowed and denied.
     Demo(demo::Options),
     /// Run the benchmarks; write bench/results.json and BENCHMARKS.md.
@@ -31,6 +34,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup(o) => setup::run(&o),
         Command::Test(o) => test::run(&o),
+        Command::Conformance(o) => conformance::run(&o),
         Command::Demo(o) => demo::run(&o),
         Command::Bench(o) => bench::run(&o),
     }

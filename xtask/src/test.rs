@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cmd::{cargo, cargo_nightly, exec, require_root},
-    demo, setup,
+    conformance, demo, setup,
 };
 
 #[derive(clap::Args, Default)]
@@ -39,12 +39,14 @@ pub fn run(_: &Options) -> Result<()> {
         "clippy (kernel crate)",
     )?;
     let totals = cargo_test()?;
+    // Run even when unit tests failed: its table says more about what broke.
+    let suite = conformance::run_suite(&conformance::Options::default());
     demo::run_demo()?;
     println!("xtask test: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     if totals.failed > 0 {
         bail!("{} tests failed", totals.failed);
     }
-    Ok(())
+    suite
 }
 
 #[derive(Default)]

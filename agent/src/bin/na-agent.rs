@@ -139,6 +139,10 @@ const RETRY: Duration = Duration::from_millis(250);
 struct Status {
     /// Directory reads applied so far.
     generation: u64,
+    /// Local mode: the manifests revision (`manifests::Loaded::revision`)
+    /// that the pods' maps now enforce.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    revision: String,
     attached: Vec<String>,
     pending: Vec<String>,
     errors: Vec<String>,
@@ -397,19 +401,20 @@ fn apply_update(update: Update, reconciler: &mut Reconciler, status: &mut Status
 
 /// Reads the directory and feeds what changed to the reconciler.
 fn reload(dir: &Path, snapshot: &mut Snapshot, reconciler: &mut Reconciler, status: &mut Status) {
-    let (next, errors) = manifests::load_dir(dir);
+    let loaded = manifests::load_dir(dir);
     status.errors.clear();
-    for e in errors {
+    for e in loaded.errors {
         error!("{e}");
         status.errors.push(e.to_string());
     }
-    for event in manifests::diff(snapshot, &next) {
+    for event in manifests::diff(snapshot, &loaded.objects) {
         if let Err(e) = reconciler.apply(event) {
             error!("{e}");
             status.errors.push(e.to_string());
         }
     }
-    *snapshot = next;
+    *snapshot = loaded.objects;
+    status.revision = loaded.revision;
     status.generation += 1;
 }
 

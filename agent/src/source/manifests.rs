@@ -6,6 +6,7 @@ use std::{
 };
 
 use serde::Deserialize;
+use sha1::{Digest, Sha1};
 use thiserror::Error;
 
 use super::{Event, Object, ObjectKey};
@@ -22,28 +23,46 @@ pub struct ManifestError {
 /// Everything a directory holds, by key (a later file wins on duplicates).
 pub type Snapshot = BTreeMap<ObjectKey, Object>;
 
+/// One read of the directory.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub objects: Snapshot,
+    /// Bad documents, reported and skipped.
+    pub errors: Vec<ManifestError>,
+    /// Digest of the exact files read (names and bytes): whoever writes the
+    /// directory can compute it too and so tell when the agent has applied
+    /// what it wrote.
+    pub revision: String,
+}
+
 /// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursing).
-/// Bad documents are reported and skipped; the rest are returned.
-pub fn load_dir(dir: &Path) -> (Snapshot, Vec<ManifestError>) {
+pub fn load_dir(dir: &Path) -> Loaded {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_manifest(p)).collect(),
         Err(e) => {
             let error = ManifestError { file: dir.display().to_string(), document: 0, reason: e.to_string() };
-            return (Snapshot::new(), vec![error]);
+            return Loaded { errors: vec![error], ..Default::default() };
         }
     };
     files.sort();
-    let mut snapshot = Snapshot::new();
-    let mut errors = Vec::new();
+    let mut loaded = Loaded::default();
+    let mut digest = Sha1::new();
     for file in files {
+        let name = file.display().to_string();
         match std::fs::read_to_string(&file) {
-            Ok(text) => parse_into(&file.display().to_string(), &text, &mut snapshot, &mut errors),
-            Err(e) => {
-                errors.push(ManifestError { file: file.display().to_string(), document: 0, reason: e.to_string() })
+            Ok(text) => {
+                let base = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                digest.update((base.len() as u64).to_le_bytes());
+                digest.update(base.as_bytes());
+                digest.update((text.len() as u64).to_le_bytes());
+                digest.update(text.as_bytes());
+                parse_into(&name, &text, &mut loaded.objects, &mut loaded.errors);
             }
+            Err(e) => loaded.errors.push(ManifestError { file: name, document: 0, reason: e.to_string() }),
         }
     }
-    (snapshot, errors)
+    loaded.revision = hex::encode(digest.finalize());
+    loaded
 }
 
 fn is_manifest(p: &Path) -> bool {
@@ -203,6 +222,26 @@ mod tests {
         assert_eq!(s.len(), 1);
         let (_, e) = parse(&POD.replace("spec:", "spce:"));
         assert_eq!(e[0].reason, "v1 Pod: unknown field spce");
+    }
+
+    #[test]
+    fn revision_follows_the_bytes_read() {
+        let dir = std::env::temp_dir().join(format!("na-manifests-rev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let revision = || load_dir(&dir).revision;
+        let empty = revision();
+        std::fs::write(dir.join("a.yaml"), POD).unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+        let one = revision();
+        assert_ne!(one, empty);
+        assert_eq!(revision(), one, "same files, same revision");
+        std::fs::write(dir.join("a.yaml"), POD.replace("app: a", "app: b")).unwrap();
+        assert_ne!(revision(), one);
+        std::fs::rename(dir.join("a.yaml"), dir.join("b.yaml")).unwrap();
+        let renamed = revision();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_ne!(renamed, one);
+        assert_eq!(load_dir(&dir).errors.len(), 1, "a missing directory is an error");
     }
 
     #[test]

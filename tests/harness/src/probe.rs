@@ -120,20 +120,33 @@ pub fn matrix(node: &Node, probe: Probe, family: Family) -> Result<Vec<Vec<Optio
 /// Renders a matrix in the upstream e2e style: `.` reached, `X` blocked.
 pub fn render(node: &Node, m: &[Vec<Option<bool>>]) -> String {
     let names: Vec<String> = node.pods().iter().map(Pod::key).collect();
+    let cells: Vec<Vec<char>> = m
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| match cell {
+                    Some(true) => '.',
+                    Some(false) => 'X',
+                    None => '-',
+                })
+                .collect()
+        })
+        .collect();
+    render_table(&names, &cells)
+}
+
+/// A square table of one character per (row, column) pair, rows and columns
+/// both labelled with `names`.
+pub fn render_table(names: &[String], cells: &[Vec<char>]) -> String {
     let w = names.iter().map(String::len).max().unwrap_or(1);
     let mut out = format!("{:w$} ", "");
-    for n in &names {
+    for n in names {
         out += &format!(" {n:>w$}");
     }
     out.push('\n');
-    for (name, row) in names.iter().zip(m) {
+    for (name, row) in names.iter().zip(cells) {
         out += &format!("{name:w$} ");
-        for cell in row {
-            let c = match cell {
-                Some(true) => ".",
-                Some(false) => "X",
-                None => "-",
-            };
+        for c in row {
             out += &format!(" {c:>w$}");
         }
         out.push('\n');

@@ -1,0 +1,168 @@
+//! `na-conformance`: every case in a directory, on real pods, enforced by a
+//! real agent. Run through `cargo xtask conformance`, which builds both.
+mod case;
+mod model;
+mod table;
+mod template;
+mod world;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use na_harness::Probe;
+
+use crate::{
+    case::{Case, ProbeSpec},
+    model::Family,
+    table::{Outcome, Run, Table},
+    world::World,
+};
+
+#[derive(Parser)]
+#[command(about = "Run NetworkPolicy conformance cases against na-agent on network-namespace pods")]
+struct Args {
+    /// Directory of case files.
+    #[arg(long, default_value = "tests/cases")]
+    cases: PathBuf,
+    /// Only this family (default: each case's own list).
+    #[arg(long, value_enum)]
+    family: Option<FamilyArg>,
+    /// Only cases whose name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Also write a Markdown table of the results here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// The agent binary (default: `na-agent` next to this one).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Probe attempts for a cell that disagrees with its expectation.
+    #[arg(long, default_value_t = 3)]
+    tries: u32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("conformance: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool> {
+    let agent = match &args.agent {
+        Some(a) => a.clone(),
+        None => std::env::current_exe()?.with_file_name("na-agent"),
+    };
+    let cases = case::load_dir(&args.cases)?;
+    let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
+    let mut runs = Vec::new();
+    let mut runnable = Vec::new();
+    for case in cases {
+        match case {
+            Ok(c) if wanted(&c.name) => runnable.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                println!("FAIL {e}");
+                runs.push(Run {
+                    case: e.to_string(),
+                    family: "-".into(),
+                    outcome: Outcome::Failed(e.to_string()),
+                    time: Duration::ZERO,
+                });
+            }
+        }
+    }
+    if runnable.is_empty() && runs.is_empty() {
+        bail!("no cases in {} match", args.cases.display());
+    }
+    let mut world = World::new(&agent).context("setting up the pods and the agent")?;
+    for case in &runnable {
+        for &family in &case.families {
+            if args.family.is_some_and(|f| {
+                !matches!((f, family), (FamilyArg::Ipv4, Family::Ipv4) | (FamilyArg::Ipv6, Family::Ipv6))
+            }) {
+                continue;
+            }
+            let start = Instant::now();
+            let outcome = match case.skip_reason() {
+                Some(why) => Outcome::Skipped(why),
+                None => match run_case(&mut world, case, family, args.tries) {
+                    Ok(()) => Outcome::Passed,
+                    Err(e) => Outcome::Failed(format!("{e:#}")),
+                },
+            };
+            let time = start.elapsed();
+            match &outcome {
+                Outcome::Passed => println!("PASS {} [{family}] ({:.1} s)", case.name, time.as_secs_f64()),
+                Outcome::Skipped(why) => println!("SKIP {} [{family}]: {why}", case.name),
+                Outcome::Failed(why) => println!("FAIL {} [{family}] ({}):\n{why}", case.name, case.file.display()),
+            }
+            runs.push(Run { case: case.name.clone(), family: family.to_string(), outcome, time });
+        }
+    }
+    drop(world);
+    let (passed, failed, skipped) = table::summary(&runs);
+    if let Some(path) = &args.report {
+        std::fs::write(path, table::report(&runs)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("conformance: {passed} passed, {failed} failed, {skipped} skipped");
+    Ok(failed == 0)
+}
+
+/// One case from a clean slate: each step applied, then every probe checked
+/// against its truth table.
+fn run_case(world: &mut World, case: &Case, family: Family, tries: u32) -> Result<()> {
+    world.reset()?;
+    for (i, step) in case.steps.iter().enumerate() {
+        world.apply(step, family).with_context(|| format!("step {}", i + 1))?;
+        for &spec in &step.probes {
+            let ProbeSpec::Run(probe) = spec else { bail!("step {}: {spec} cannot be probed here", i + 1) };
+            let expected = model::expected(&step.expect, spec);
+            let observed = observe(world, probe, family, &expected, tries)?;
+            if !table::differences(&expected, &observed).is_empty() {
+                bail!("step {}, {spec}: connectivity differs\n{}", i + 1, table::mismatch(&expected, &observed));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Probes the whole matrix at once, then probes again, up to `tries` times in
+/// all, only the cells that disagree: a probe can time out on a busy machine,
+/// but a wrong verdict stays wrong.
+fn observe(world: &World, probe: Probe, family: Family, expected: &Table, tries: u32) -> Result<Table> {
+    let mut observed = na_harness::matrix(&world.node, probe, family.harness())?;
+    for _ in 1..tries {
+        let cells = table::differences(expected, &observed);
+        if cells.is_empty() {
+            break;
+        }
+        let pods = world.node.pods();
+        let again: Vec<Result<bool>> = std::thread::scope(|s| {
+            let handles: Vec<_> = cells
+                .iter()
+                .map(|&(i, j)| s.spawn(move || probe.run(&pods[i], family.harness().of(&pods[j]))))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("probe thread panicked")).collect()
+        });
+        for (&(i, j), seen) in cells.iter().zip(again) {
+            observed[i][j] = Some(seen?);
+        }
+    }
+    Ok(observed)
+}

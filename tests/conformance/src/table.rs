@@ -1,0 +1,140 @@
+//! Truth tables as upstream prints them (`.` allowed, `X` denied) and the
+//! Markdown report.
+use std::{fmt::Write, time::Duration};
+
+use na_harness::render_table;
+
+use crate::model::pod_keys;
+
+/// `[from][to]`; `None` where nothing is judged.
+pub type Table = Vec<Vec<Option<bool>>>;
+
+fn cells(t: &Table) -> Vec<Vec<char>> {
+    t.iter()
+        .map(|row| {
+            row.iter()
+                .map(|c| match c {
+                    Some(true) => '.',
+                    Some(false) => 'X',
+                    None => '-',
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Expected, observed, and their comparison (`.` same, `X` different), rows
+/// are sources and columns destinations.
+pub fn mismatch(expected: &Table, observed: &Table) -> String {
+    let names = pod_keys();
+    let comparison: Vec<Vec<char>> = expected
+        .iter()
+        .zip(observed)
+        .map(|(e, o)| e.iter().zip(o).map(|(e, o)| if e == o { '.' } else { 'X' }).collect())
+        .collect();
+    format!(
+        "expected (rows: from, columns: to):\n{}observed:\n{}comparison (X where they differ):\n{}",
+        render_table(&names, &cells(expected)),
+        render_table(&names, &cells(observed)),
+        render_table(&names, &comparison)
+    )
+}
+
+/// Cells whose observation differs from the expectation, as (from, to).
+pub fn differences(expected: &Table, observed: &Table) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (i, (e, o)) in expected.iter().zip(observed).enumerate() {
+        for (j, (e, o)) in e.iter().zip(o).enumerate() {
+            if e != o {
+                out.push((i, j));
+            }
+        }
+    }
+    out
+}
+
+/// What happened to one case in one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+pub struct Run {
+    pub case: String,
+    pub family: String,
+    pub outcome: Outcome,
+    pub time: Duration,
+}
+
+/// The Markdown report: one row per case and family.
+pub fn report(runs: &[Run]) -> String {
+    let (passed, failed, skipped) = summary(runs);
+    let mut out = format!(
+        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n| case | family | result | time |\n|---|---|---|---|\n"
+    );
+    for r in runs {
+        let result = match &r.outcome {
+            Outcome::Passed => "passed".to_owned(),
+            Outcome::Failed(why) => format!("**failed**: {}", first_line(why)),
+            Outcome::Skipped(why) => format!("skipped: {why}"),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} s |",
+            r.case.replace('|', "\\|"),
+            r.family,
+            result,
+            r.time.as_secs_f64()
+        );
+    }
+    out
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+/// (passed, failed, skipped).
+pub fn summary(runs: &[Run]) -> (usize, usize, usize) {
+    let count = |f: fn(&Outcome) -> bool| runs.iter().filter(|r| f(&r.outcome)).count();
+    (
+        count(|o| *o == Outcome::Passed),
+        count(|o| matches!(o, Outcome::Failed(_))),
+        count(|o| matches!(o, Outcome::Skipped(_))),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparison_marks_the_differing_cells() {
+        let n = pod_keys().len();
+        let expected: Table = (0..n).map(|i| (0..n).map(|j| (i != j).then_some(true)).collect()).collect();
+        let mut observed = expected.clone();
+        observed[1][0] = Some(false);
+        assert_eq!(differences(&expected, &observed), [(1, 0)]);
+        let text = mismatch(&expected, &observed);
+        let comparison = text.split("comparison").nth(1).unwrap();
+        let row = comparison.lines().find(|l| l.starts_with("x/b")).unwrap();
+        assert_eq!(row.split_whitespace().nth(1), Some("X"), "{text}");
+        assert_eq!(comparison.matches('X').count(), 2, "the header's X and the one cell: {text}");
+    }
+
+    #[test]
+    fn report_rows_and_totals() {
+        let run =
+            |outcome| Run { case: "a | b".into(), family: "ipv4".into(), outcome, time: Duration::from_millis(1500) };
+        let text = report(&[
+            run(Outcome::Passed),
+            run(Outcome::Failed("boom\nmore".into())),
+            run(Outcome::Skipped("no SCTP".into())),
+        ]);
+        assert!(text.contains("1 passed, 1 failed, 1 skipped"), "{text}");
+        assert!(text.contains("| a \\| b | ipv4 | **failed**: boom | 1.5 s |"), "{text}");
+        assert!(text.contains("skipped: no SCTP"), "{text}");
+    }
+}

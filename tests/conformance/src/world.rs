@@ -1,0 +1,245 @@
+//! The model made real: a node namespace with the nine pods serving TCP and
+//! UDP on 80 and 81, a manifests directory describing them, and `na-agent`
+//! enforcing it in local mode. Everything is removed on drop.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use na_agent::{
+    source::manifests,
+    veth::{DEFAULT_PREFIX, host_veth_name},
+};
+use na_harness::{Node, Proto, Servers};
+use serde_json::{Value, json};
+
+use crate::{
+    case::Step,
+    model::{self, Family, NAMESPACE_NAME_LABEL},
+    template::{self, Addresses},
+};
+
+/// The node name the agent runs as; every pod is scheduled on it.
+const NODE: &str = "conformance-node";
+/// This run's pins live in `/sys/fs/bpf/<PIN_PREFIX><pid>`.
+const PIN_PREFIX: &str = "na-conformance-";
+/// How long the agent may take to apply one change before the step fails.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct World {
+    // Drop order matters: the agent stops first, servers before their
+    // namespaces, and pins and files last.
+    agent: Agent,
+    _servers: Servers,
+    pub node: Node,
+    _pins: Removed,
+    dir: Removed,
+    labels: BTreeMap<String, BTreeMap<String, String>>,
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    policies: BTreeMap<String, Value>,
+}
+
+/// Pin directories of earlier runs that were killed before cleaning up.
+fn remove_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PIN_PREFIX) else { continue };
+        if pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A path removed (recursively) on drop.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SIGTERM: the agent exits leaving its programs pinned, and the pin
+        // directory goes with the world.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).expect("pid fits")),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl World {
+    /// Builds the pods and starts `agent` on them; returns once every pod is
+    /// enforced.
+    pub fn new(agent: &Path) -> Result<Self> {
+        remove_stale_pins();
+        let tag = format!("{}", std::process::id());
+        let dir = Removed(std::env::temp_dir().join(format!("na-conformance-{tag}")));
+        let pins = Removed(PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}{tag}")));
+        std::fs::create_dir_all(dir.0.join("manifests"))?;
+        let mut node = Node::new()?;
+        for (i, key) in model::pod_keys().iter().enumerate() {
+            let (ns, pod) = key.split_once('/').expect("model keys are ns/pod");
+            let host = u8::try_from(i + 2).expect("nine pods");
+            let ip6 = Ipv6Addr::new(0xfd18, 0, 0, 0, 0, 0, 0, u16::from(host));
+            node.add_pod(ns, pod, Ipv4Addr::new(198, 18, 0, host), ip6, &host_veth_name(DEFAULT_PREFIX, ns, pod))?;
+        }
+        let mut servers = Servers::default();
+        for pod in node.pods() {
+            for port in [80, 81] {
+                servers.start(pod, Proto::Tcp, port)?;
+                servers.start(pod, Proto::Udp, port)?;
+            }
+        }
+        let status = dir.0.join("status.json");
+        let log = std::fs::File::create(dir.0.join("agent.log"))?;
+        let child = Command::new("nsenter")
+            // Only the network namespace: the agent must share our bpffs.
+            .arg(format!("--net=/run/netns/{}", node.netns().name()))
+            .arg("--")
+            .arg(agent)
+            .args(["--node-name", NODE, "--manifests"])
+            .arg(dir.0.join("manifests"))
+            .arg("--status-file")
+            .arg(&status)
+            .arg("--bpffs-root")
+            .arg(&pins.0)
+            .stdout(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", agent.display()))?;
+        let mut world = Self {
+            agent: Agent(child),
+            _servers: servers,
+            node,
+            _pins: pins,
+            dir,
+            labels: BTreeMap::new(),
+            namespace_labels: BTreeMap::new(),
+            policies: BTreeMap::new(),
+        };
+        world.reset()?;
+        Ok(world)
+    }
+
+    /// Back to the starting labels and no policies, applied by the agent.
+    pub fn reset(&mut self) -> Result<()> {
+        self.policies.clear();
+        self.labels = model::pod_keys().into_iter().map(|k| (k.clone(), model::default_pod_labels(&k[2..]))).collect();
+        self.namespace_labels =
+            model::NAMESPACES.iter().map(|ns| (ns.to_string(), model::default_namespace_labels(ns))).collect();
+        self.publish()
+    }
+
+    /// Each pod's address in `family`.
+    pub fn addresses(&self, family: Family) -> Addresses {
+        self.node.pods().iter().map(|p| (p.key(), family.harness().of(p))).collect::<BTreeMap<String, IpAddr>>()
+    }
+
+    /// Applies `step`'s changes, in `family`, and waits for the agent to
+    /// enforce them.
+    pub fn apply(&mut self, step: &Step, family: Family) -> Result<()> {
+        let addrs = self.addresses(family);
+        for policy in &step.policies {
+            let policy = template::expand(policy, &addrs, family == Family::Ipv6).map_err(anyhow::Error::msg)?;
+            let meta = &policy["metadata"];
+            let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
+                bail!("policies: metadata.namespace and metadata.name are needed");
+            };
+            self.policies.insert(format!("{ns}/{name}"), policy);
+        }
+        for key in &step.delete {
+            if self.policies.remove(key).is_none() {
+                bail!("delete: no policy {key}");
+            }
+        }
+        for (pod, labels) in &step.pod_labels {
+            let slot = self.labels.get_mut(pod).with_context(|| format!("podLabels: no pod {pod}"))?;
+            *slot = labels.clone();
+        }
+        for (ns, labels) in &step.namespace_labels {
+            let slot =
+                self.namespace_labels.get_mut(ns).with_context(|| format!("namespaceLabels: no namespace {ns}"))?;
+            *slot = labels.clone();
+            slot.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
+        }
+        self.publish()
+    }
+
+    /// Writes the whole cluster as one file (renamed in, so the agent never
+    /// reads half of it) and waits until the agent reports enforcing it.
+    fn publish(&mut self) -> Result<()> {
+        let mut docs: Vec<Value> = self
+            .namespace_labels
+            .iter()
+            .map(|(ns, labels)| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}))
+            .collect();
+        docs.extend(self.node.pods().iter().map(|p| self.pod_manifest(p)));
+        docs.extend(self.policies.values().cloned());
+        let text: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
+        let manifests = self.dir.0.join("manifests");
+        let tmp = self.dir.0.join("cluster.yaml.tmp");
+        std::fs::write(&tmp, text.join("\n---\n"))?;
+        std::fs::rename(&tmp, manifests.join("cluster.yaml"))?;
+        let want = manifests::load_dir(&manifests).revision;
+        self.wait_applied(&want)
+    }
+
+    fn pod_manifest(&self, pod: &na_harness::Pod) -> Value {
+        let key = pod.key();
+        // One container per served port, named as upstream names them.
+        let containers: Vec<Value> = [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP")]
+            .iter()
+            .map(|(port, proto)| {
+                let name = format!("serve-{port}-{}", proto.to_lowercase());
+                json!({"name": format!("cont-{port}-{}", proto.to_lowercase()),
+                       "ports": [{"name": name, "containerPort": port, "protocol": proto}]})
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": format!("uid-{}-{}", pod.namespace, pod.name),
+                            "labels": self.labels[&key]},
+               "spec": {"nodeName": NODE, "containers": containers},
+               "status": {"phase": "Running", "podIP": pod.ip.to_string(),
+                          "podIPs": [{"ip": pod.ip.to_string()}, {"ip": pod.ip6.to_string()}]}})
+    }
+
+    fn wait_applied(&mut self, revision: &str) -> Result<()> {
+        let status_file = self.dir.0.join("status.json");
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        loop {
+            let status: Value =
+                std::fs::read(&status_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+            let applied = status["revision"] == revision;
+            let pending = status["pending"].as_array().is_some_and(|p| !p.is_empty());
+            if applied && !pending {
+                return match status["errors"].as_array().map(Vec::as_slice) {
+                    Some([]) | None => Ok(()),
+                    Some(errors) => bail!("the agent reported errors: {errors:?}"),
+                };
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not apply revision {revision} within {APPLY_TIMEOUT:?}; status: {status}");
+            }
+            if let Ok(Some(exit)) = self.agent.0.try_wait() {
+                bail!("the agent exited ({exit}); its log: {}", self.dir.0.join("agent.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
