@@ -3,6 +3,7 @@
 
 pub mod bpffs;
 pub mod cli;
+pub mod config;
 pub mod datapath;
 pub mod flowlog;
 pub mod pod_id;

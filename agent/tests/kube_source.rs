@@ -131,6 +131,19 @@ async fn watch_relists_after_410_and_finds_what_vanished() {
             direct.upsert_policy(&serde_json::from_value::<NetworkPolicy>(obj.clone()).unwrap()).unwrap();
         }
     }
+    // The watchers asked for nothing the ClusterRole does not grant.
+    let allowed: Vec<String> = na_agent::source::kube::watched_resources()
+        .iter()
+        .map(|(group, plural)| match group.as_str() {
+            "" => format!("/api/v1/{plural}"),
+            g => format!("/apis/{g}/v1/{plural}"),
+        })
+        .collect();
+    for (method, path, verb) in &cluster.lock().unwrap().requests {
+        assert_eq!(method, "GET");
+        assert!(allowed.contains(path), "{path} is not a watched collection");
+        assert!(na_agent::source::kube::VERBS.contains(verb), "{verb} on {path}");
+    }
     let (w, d) = (watched.compile_all(), direct.compile_all());
     assert_eq!(w.keys().map(ToString::to_string).collect::<Vec<_>>(), ["x/a", "x/c"]);
     assert_eq!(w, d);

@@ -7,7 +7,6 @@
 //! killed) leaves every program attached and every map pinned, so pods stay
 //! enforced until the next agent adopts them.
 use std::{
-    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,10 +16,11 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, RingBuf};
 use aya_log::EbpfLogger;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use na_agent::{
-    bpffs::{DEFAULT_ROOT, PinLayout},
-    datapath::{AttachMode, Datapath, KernelLogLevel, Timeouts},
+    bpffs::PinLayout,
+    config::{Args, EnforcingMode, LogFormat},
+    datapath::{Datapath, KernelLogLevel, Timeouts},
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
     reconcile::{Reconciler, SyncReport},
     source::{
@@ -29,7 +29,6 @@ use na_agent::{
         manifests::{self, Snapshot},
     },
     telemetry::{self, Telemetry},
-    veth::DEFAULT_PREFIX,
 };
 use na_policy::{CompileOptions, Compiler};
 use notify::Watcher;
@@ -40,95 +39,6 @@ use tokio::{
     sync::mpsc,
 };
 use tracing::{error, info, warn};
-
-#[derive(Parser, Debug)]
-#[command(name = "na-agent", version, about = "Enforce Kubernetes NetworkPolicy on this node with eBPF")]
-struct Args {
-    /// This node's name: pods whose spec.nodeName is this are enforced.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
-    /// Local mode: read Pods, Namespaces and NetworkPolicies from the YAML/JSON
-    /// files in this directory and follow its changes, instead of the API server.
-    #[arg(long, conflicts_with = "kubeconfig")]
-    manifests: Option<PathBuf>,
-    /// Kubeconfig to reach the API server; default: in-cluster, then $KUBECONFIG.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// The node's own addresses, always allowed into pods (kubelet probes).
-    #[arg(long = "node-ip")]
-    node_ips: Vec<IpAddr>,
-    /// Do not let the node's addresses past pods' ingress policies.
-    #[arg(long)]
-    no_allow_node: bool,
-    /// standard: directions no policy isolates are open; strict: closed.
-    #[arg(long, value_enum, default_value_t = EnforcingMode::Standard, env = "NETWORK_POLICY_ENFORCING_MODE", ignore_case = true)]
-    enforcing_mode: EnforcingMode,
-    /// Where programs, maps and links are pinned.
-    #[arg(long, default_value = DEFAULT_ROOT)]
-    bpffs_root: PathBuf,
-    /// Prefix of pods' host-side veth names (the VPC CNI's naming rule).
-    #[arg(long, default_value = DEFAULT_PREFIX)]
-    veth_prefix: String,
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    attach_mode: AttachMode,
-    /// Kernel-side debug log level (aya-log); off costs nothing.
-    #[arg(long, value_enum, default_value_t = KernelLogLevel::Off)]
-    ebpf_log_level: KernelLogLevel,
-    /// How often idle conntrack entries are reclaimed.
-    #[arg(long, value_parser = humantime_secs, default_value = "60")]
-    conntrack_sweep_interval: Duration,
-    /// Written after every reconcile: what is applied (for tests and tooling).
-    #[arg(long)]
-    status_file: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Write a flow log line for every denied flow (and allowed ones with
-    /// --flow-log-accept), naming the policy that decided.
-    #[arg(long)]
-    enable_policy_event_logs: bool,
-    /// Also log allowed flows.
-    #[arg(long)]
-    flow_log_accept: bool,
-    /// Flow log file (rotated by size); stdout when not given.
-    #[arg(long)]
-    flow_log_file: Option<PathBuf>,
-    /// Flow log lines per second at most; the rest are counted.
-    #[arg(long, default_value_t = 1000)]
-    flow_log_max_per_sec: u32,
-    /// Size at which the flow log file rotates.
-    #[arg(long, default_value_t = 100 << 20)]
-    flow_log_max_bytes: u64,
-    /// Rotated flow log files kept.
-    #[arg(long, default_value_t = 5)]
-    flow_log_keep: usize,
-    /// Prometheus metrics (`/metrics`).
-    #[arg(long, default_value = "127.0.0.1:8162")]
-    metrics_addr: SocketAddr,
-    /// Health endpoints (`/healthz`, and `/readyz` once the first reconcile is done).
-    #[arg(long, default_value = "127.0.0.1:8163")]
-    health_addr: SocketAddr,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum EnforcingMode {
-    Standard,
-    Strict,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Seconds, possibly fractional.
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| *v > 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
-}
 
 /// How long a burst of file changes may last before the directory is read.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -156,6 +66,15 @@ async fn main() -> Result<()> {
     match args.log_format {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
+    }
+    if args.check_config {
+        println!("{args:#?}");
+        return Ok(());
+    }
+    if args.prepare_bpffs {
+        PinLayout::new(&args.bpffs_root).prepare().context("preparing bpffs")?;
+        info!(root = %args.bpffs_root.display(), "bpffs ready");
+        return Ok(());
     }
     let datapath = Datapath::new(PinLayout::new(&args.bpffs_root), args.attach_mode)
         .context("preparing bpffs")?

@@ -1,4 +1,5 @@
-//! Inspect what the NetworkPolicy agent loaded on this node. Read-only.
+//! Inspect what the NetworkPolicy agent loaded on this node. Read-only: it
+//! never changes eBPF state (`install` only copies this binary).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -33,6 +34,12 @@ enum Command {
     Ebpf {
         #[command(subcommand)]
         command: Ebpf,
+    },
+    /// Copy this binary into DIR on the node (the DaemonSet's init container
+    /// does this, so that `sudo na-cli ...` works on the node).
+    Install {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        dir: std::path::PathBuf,
     },
 }
 
@@ -74,12 +81,29 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<String, CliError> {
     let layout = PinLayout::new(&cli.bpffs_root);
-    let Command::Ebpf { command } = &cli.command;
+    let command = match &cli.command {
+        Command::Ebpf { command } => command,
+        Command::Install { dir } => {
+            return install(dir).map_err(|source| CliError::Read { path: dir.display().to_string(), source });
+        }
+    };
     match command {
         Ebpf::Progs { all } => emit(cli.output, &inventory::progs(&layout, *all)?, inventory::render_progs),
         Ebpf::Maps { all } => emit(cli.output, &inventory::maps(&layout, *all)?, inventory::render_maps),
         Ebpf::LoadedEbpfdata => emit(cli.output, &loaded::read(&layout)?, loaded::render),
     }
+}
+
+/// Copies this executable to `dir/na-cli`, replacing an older one in a
+/// single rename so a running `na-cli` is never half-written.
+fn install(dir: &std::path::Path) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let target = dir.join("na-cli");
+    let tmp = dir.join(".na-cli.tmp");
+    std::fs::copy(std::env::current_exe()?, &tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &target)?;
+    Ok(format!("installed {}\n", target.display()))
 }
 
 fn emit<T: Serialize>(output: Output, value: &[T], table: impl Fn(&[T]) -> String) -> Result<String, CliError> {

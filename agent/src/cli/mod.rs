@@ -10,7 +10,7 @@ use thiserror::Error;
 pub enum CliError {
     #[error("{0} is not on a bpf filesystem: is the agent installed on this node? (--bpffs-root)")]
     NoBpffs(String),
-    #[error("reading {path}: {source}")]
+    #[error("{path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("kernel query failed: {0}")]
     Kernel(String),

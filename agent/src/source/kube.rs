@@ -28,6 +28,19 @@ pub enum Update {
     WatchError(Kind, String),
 }
 
+/// The verbs the watchers use on each collection: one list, then watches.
+/// The DaemonSet's ClusterRole grants exactly these (checked by a test).
+pub const VERBS: [&str; 2] = ["list", "watch"];
+
+/// (API group, resource) of each collection the watchers below read, all
+/// namespaces; the ClusterRole grants exactly these.
+pub fn watched_resources() -> [(String, String); 3] {
+    fn of<K: Resource<DynamicType = ()>>() -> (String, String) {
+        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+    }
+    [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>()]
+}
+
 /// Starts the three watchers; they run until `tx` is closed.
 pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
     tokio::spawn(watch(

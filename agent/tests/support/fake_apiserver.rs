@@ -28,6 +28,7 @@ impl Cluster {
             ]),
             compacted_before: 0,
             watches: Vec::new(),
+            requests: Vec::new(),
         }
     }
 }
@@ -53,6 +54,8 @@ pub struct Cluster {
     pub compacted_before: u64,
     /// Every watch request received: (collection, resourceVersion asked from).
     pub watches: Vec<(&'static str, u64)>,
+    /// Every request as (method, path, verb): what the agent's RBAC must allow.
+    pub requests: Vec<(String, String, &'static str)>,
 }
 
 impl Cluster {
@@ -108,8 +111,10 @@ fn handle(mut conn: TcpStream, cluster: &Mutex<Cluster>) {
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
     let watch = matches!(params.get("watch"), Some(&"true") | Some(&"1"));
+    let method = first.split_whitespace().next().unwrap_or_default().to_owned();
     let body = {
         let mut c = cluster.lock().unwrap();
+        c.requests.push((method, path.to_owned(), if watch { "watch" } else { "list" }));
         let Some((&path, col)) = c.collections.get_key_value(path) else {
             let _ = write!(conn, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             return;

@@ -1,0 +1,115 @@
+//! `na-agent`'s settings: every flag, with the environment variable that can
+//! set it instead (the DaemonSet's ConfigMap uses those). The defaults here
+//! are the documented ones.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use clap::{Parser, ValueEnum};
+
+use crate::{
+    bpffs::DEFAULT_ROOT,
+    datapath::{AttachMode, KernelLogLevel},
+    veth::DEFAULT_PREFIX,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "na-agent", version, about = "Enforce Kubernetes NetworkPolicy on this node with eBPF")]
+pub struct Args {
+    /// This node's name: pods whose spec.nodeName is this are enforced.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Local mode: read Pods, Namespaces and NetworkPolicies from the YAML/JSON
+    /// files in this directory and follow its changes, instead of the API server.
+    #[arg(long, conflicts_with = "kubeconfig", env = "NA_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig to reach the API server; default: in-cluster, then $KUBECONFIG.
+    #[arg(long, env = "NA_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's own addresses, always allowed into pods (kubelet probes).
+    #[arg(long = "node-ip", env = "NODE_IP", value_delimiter = ',')]
+    pub node_ips: Vec<IpAddr>,
+    /// Do not let the node's addresses past pods' ingress policies.
+    #[arg(long, env = "NA_NO_ALLOW_NODE")]
+    pub no_allow_node: bool,
+    /// standard: directions no policy isolates are open; strict: closed.
+    #[arg(long, value_enum, default_value_t = EnforcingMode::Standard, env = "NETWORK_POLICY_ENFORCING_MODE", ignore_case = true)]
+    pub enforcing_mode: EnforcingMode,
+    /// Mount bpffs for --bpffs-root if it is missing, create the pin
+    /// directories, and exit. The DaemonSet's privileged init container runs
+    /// this, so that the long-running agent needs no CAP_SYS_ADMIN.
+    #[arg(long)]
+    pub prepare_bpffs: bool,
+    /// Print the settings as resolved from flags, environment and defaults,
+    /// and exit (exit code 2 and a message naming the setting when one is bad).
+    #[arg(long)]
+    pub check_config: bool,
+    /// Where programs, maps and links are pinned.
+    #[arg(long, default_value = DEFAULT_ROOT, env = "NA_BPFFS_ROOT")]
+    pub bpffs_root: PathBuf,
+    /// Prefix of pods' host-side veth names (the VPC CNI's naming rule).
+    #[arg(long, default_value = DEFAULT_PREFIX, env = "NA_VETH_PREFIX")]
+    pub veth_prefix: String,
+    /// How programs attach: TCX links when the kernel has them, else netlink filters.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, env = "NA_ATTACH_MODE")]
+    pub attach_mode: AttachMode,
+    /// Kernel-side debug log level (aya-log); off costs nothing.
+    #[arg(long, value_enum, default_value_t = KernelLogLevel::Off, env = "NA_EBPF_LOG_LEVEL")]
+    pub ebpf_log_level: KernelLogLevel,
+    /// How often idle conntrack entries are reclaimed.
+    #[arg(long, value_parser = humantime_secs, default_value = "60", env = "NA_CONNTRACK_SWEEP_INTERVAL")]
+    pub conntrack_sweep_interval: Duration,
+    /// Written after every reconcile: what is applied (for tests and tooling).
+    #[arg(long, env = "NA_STATUS_FILE")]
+    pub status_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "NA_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Write a flow log line for every denied flow (and allowed ones with
+    /// --flow-log-accept), naming the policy that decided.
+    #[arg(long, env = "ENABLE_POLICY_EVENT_LOGS")]
+    pub enable_policy_event_logs: bool,
+    /// Also log allowed flows.
+    #[arg(long, env = "NA_FLOW_LOG_ACCEPT")]
+    pub flow_log_accept: bool,
+    /// Flow log file (rotated by size); stdout when not given.
+    #[arg(long, env = "NA_FLOW_LOG_FILE")]
+    pub flow_log_file: Option<PathBuf>,
+    /// Flow log lines per second at most; the rest are counted.
+    #[arg(long, default_value_t = 1000, env = "NA_FLOW_LOG_MAX_PER_SEC")]
+    pub flow_log_max_per_sec: u32,
+    /// Size at which the flow log file rotates.
+    #[arg(long, default_value_t = 100 << 20, env = "NA_FLOW_LOG_MAX_BYTES")]
+    pub flow_log_max_bytes: u64,
+    /// Rotated flow log files kept.
+    #[arg(long, default_value_t = 5, env = "NA_FLOW_LOG_KEEP")]
+    pub flow_log_keep: usize,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:8162", env = "NA_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Health endpoints (`/healthz`, and `/readyz` once the first reconcile is done).
+    #[arg(long, default_value = "127.0.0.1:8163", env = "NA_HEALTH_ADDR")]
+    pub health_addr: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EnforcingMode {
+    Standard,
+    Strict,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Seconds, possibly fractional.
+pub fn humantime_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
+}

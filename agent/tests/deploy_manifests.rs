@@ -1,0 +1,211 @@
+//! `deploy/`: every manifest is what it says (strictly parsed), the
+//! ClusterRole grants exactly what the watchers use, and every setting the
+//! DaemonSet gives the agent is one the agent accepts.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use clap::CommandFactory;
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{ConfigMap, Container, Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use na_agent::{
+    config::Args,
+    source::{kube, manifests::unknown_fields},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct Kustomization {
+    api_version: String,
+    kind: String,
+    resources: Vec<String>,
+    #[serde(default)]
+    images: Vec<Value>,
+}
+
+#[derive(Default)]
+struct Objects {
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    bindings: Vec<ClusterRoleBinding>,
+    config_maps: Vec<ConfigMap>,
+    daemon_sets: Vec<DaemonSet>,
+}
+
+/// `value` as a `T`, refusing fields `T` does not have.
+fn strict<T: DeserializeOwned + serde::Serialize>(what: &str, value: Value) -> T {
+    let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let unknown = unknown_fields(&value, &serde_json::to_value(&typed).unwrap());
+    assert!(unknown.is_empty(), "{what}: unknown fields {unknown:?}");
+    typed
+}
+
+fn load() -> Objects {
+    let dir = deploy_dir();
+    let k: Kustomization =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+    let mut objects = Objects::default();
+    for file in &k.resources {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{file} document {}: {e}", i + 1));
+            let what = format!("{file} document {}", i + 1);
+            match value["kind"].as_str().unwrap_or_default() {
+                "Namespace" => objects.namespaces.push(strict(&what, value)),
+                "ServiceAccount" => objects.service_accounts.push(strict(&what, value)),
+                "ClusterRole" => objects.cluster_roles.push(strict(&what, value)),
+                "ClusterRoleBinding" => objects.bindings.push(strict(&what, value)),
+                "ConfigMap" => objects.config_maps.push(strict(&what, value)),
+                "DaemonSet" => objects.daemon_sets.push(strict(&what, value)),
+                other => panic!("{what}: unexpected kind {other:?}"),
+            }
+        }
+    }
+    objects
+}
+
+#[test]
+fn every_manifest_parses_strictly_and_refers_to_the_others() {
+    let o = load();
+    let ns = o.namespaces[0].metadata.name.clone().unwrap();
+    let sa = &o.service_accounts[0].metadata;
+    assert_eq!(sa.namespace.as_deref(), Some(ns.as_str()));
+    let binding = &o.bindings[0];
+    assert_eq!(binding.role_ref.name, o.cluster_roles[0].metadata.name.clone().unwrap());
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), (sa.name.as_deref().unwrap(), Some(ns.as_str())));
+    let pod = o.daemon_sets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name, sa.name);
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+}
+
+#[test]
+fn the_cluster_role_grants_exactly_what_the_watchers_use() {
+    let o = load();
+    let mut granted = BTreeSet::new();
+    for rule in o.cluster_roles[0].rules.as_ref().unwrap() {
+        for group in rule.api_groups.as_ref().unwrap() {
+            for resource in rule.resources.as_ref().unwrap() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    let used: BTreeSet<(String, String, String)> = kube::watched_resources()
+        .into_iter()
+        .flat_map(|(g, r)| kube::VERBS.map(|v| (g.clone(), r.clone(), v.to_owned())))
+        .collect();
+    assert_eq!(granted, used);
+}
+
+/// The container's environment, with what the downward API would give.
+fn environment(c: &Container, config: &ConfigMap) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    if c.env_from.is_some() {
+        env.extend(config.data.clone().unwrap_or_default());
+    }
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())) {
+            (Some(v), _) => v.clone(),
+            (None, Some(f)) => match f.field_path.as_str() {
+                "spec.nodeName" => "node-1".into(),
+                "status.hostIPs" => "10.0.0.1,fd00::1".into(),
+                other => panic!("{}: downward API field {other} not understood by this test", e.name),
+            },
+            (None, None) => panic!("{}: no value", e.name),
+        };
+        env.insert(e.name.clone(), value);
+    }
+    env
+}
+
+/// Runs `command` (a container's) with `env` and `--check-config`: exit 0
+/// means every flag and variable was accepted with its value.
+fn check_config(command: &[String], env: &BTreeMap<String, String>) -> String {
+    assert_eq!(command[0], "/usr/local/bin/na-agent");
+    let out = Command::new(env!("CARGO_BIN_EXE_na-agent"))
+        .args(&command[1..])
+        .arg("--check-config")
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{command:?} with {env:?}: {}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[test]
+fn every_setting_the_daemon_set_gives_is_one_the_agent_accepts() {
+    let o = load();
+    let config = &o.config_maps[0];
+    let known_env: BTreeSet<String> =
+        Args::command().get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+    for key in config.data.as_ref().unwrap().keys() {
+        assert!(known_env.contains(key), "ConfigMap key {key} is no na-agent setting");
+    }
+    let pod = o.daemon_sets[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let agent = pod.containers.iter().find(|c| c.name == "na-agent").unwrap();
+    let env = environment(agent, config);
+    for name in env.keys() {
+        assert!(known_env.contains(name), "{name} is no na-agent setting");
+    }
+    let resolved = check_config(agent.command.as_ref().unwrap(), &env);
+    for expected in ["node_name: \"node-1\"", "enable_policy_event_logs: true", "flow_log_accept: false", "fd00::1"] {
+        assert!(resolved.contains(expected), "{expected} not in {resolved}");
+    }
+    // The probes and the scrape annotation point where the agent listens.
+    let port =
+        |name: &str| agent.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).unwrap().container_port;
+    assert!(env["NA_HEALTH_ADDR"].ends_with(&format!(":{}", port("health"))));
+    assert!(env["NA_METRICS_ADDR"].ends_with(&format!(":{}", port("metrics"))));
+    let annotations =
+        o.daemon_sets[0].spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap();
+    assert_eq!(annotations["prometheus.io/port"], port("metrics").to_string());
+
+    let inits = pod.init_containers.unwrap();
+    let prepare = inits.iter().find(|c| c.name == "prepare-bpffs").unwrap();
+    let resolved = check_config(prepare.command.as_ref().unwrap(), &environment(prepare, config));
+    assert!(resolved.contains("prepare_bpffs: true"), "{resolved}");
+    // The installer really installs, into a directory of our own.
+    let install = inits.iter().find(|c| c.name == "install-na-cli").unwrap().command.clone().unwrap();
+    assert_eq!(install[..3], ["/usr/local/bin/na-cli", "install", "--dir"]);
+    let dir = std::env::temp_dir().join(format!("na-deploy-install-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_na-cli")).args(&install[1..3]).arg(&dir).status().unwrap();
+    let installed = Command::new(dir.join("na-cli")).arg("--version").output();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success());
+    assert!(installed.unwrap().status.success());
+}
+
+#[test]
+fn a_bad_setting_is_refused_by_name() {
+    let env = BTreeMap::from([
+        ("NODE_NAME".to_owned(), "n".to_owned()),
+        ("NA_FLOW_LOG_MAX_PER_SEC".to_owned(), "lots".to_owned()),
+    ]);
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_na-agent")).arg("--check-config").env_clear().envs(&env).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--flow-log-max-per-sec"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
