@@ -29,7 +29,7 @@ pub struct Options {
 pub fn run_suite(o: &Options) -> Result<()> {
     require_root("the conformance suite")?;
     exec(
-        cargo().args(["build", "--quiet", "--package", "na-agent", "--bin", "na-agent", "--package", "na-conformance"]),
+        cargo().args(["build", "--quiet", "--package", "na-agent", "--package", "na-conformance", "--bins"]),
         "building the agent and the conformance runner",
     )?;
     let root = workspace_root();
