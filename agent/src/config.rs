@@ -106,7 +106,7 @@ pub enum LogFormat {
 }
 
 /// Seconds, possibly fractional.
-pub fn humantime_secs(s: &str) -> Result<Duration, String> {
+fn humantime_secs(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
         .filter(|v| *v > 0.0)

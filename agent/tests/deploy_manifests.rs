@@ -15,7 +15,7 @@ use k8s_openapi::api::{
 };
 use na_agent::{
     config::Args,
-    source::{kube, manifests::unknown_fields},
+    source::{kube, manifests},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -45,12 +45,9 @@ struct Objects {
     daemon_sets: Vec<DaemonSet>,
 }
 
-/// `value` as a `T`, refusing fields `T` does not have.
+/// `value` as a `T`, refusing fields `T` does not have, as local mode does.
 fn strict<T: DeserializeOwned + serde::Serialize>(what: &str, value: Value) -> T {
-    let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let unknown = unknown_fields(&value, &serde_json::to_value(&typed).unwrap());
-    assert!(unknown.is_empty(), "{what}: unknown fields {unknown:?}");
-    typed
+    manifests::strict(what, value).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn load() -> Objects {

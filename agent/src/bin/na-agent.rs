@@ -22,6 +22,7 @@ use na_agent::{
     config::{Args, EnforcingMode, LogFormat},
     datapath::{Datapath, KernelLogLevel, Timeouts},
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
+    pod_id::PodId,
     reconcile::{Reconciler, SyncReport},
     source::{
         self,
@@ -156,6 +157,10 @@ async fn main() -> Result<()> {
     };
     let mut ring = None;
     let mut kernel_log = None;
+    // One attempt, once a program exists to find the log through: a failure
+    // (say, no CAP_SYS_ADMIN to look programs up) is reported once, not on
+    // every turn of the loop.
+    let mut kernel_log_wanted = args.ebpf_log_level != KernelLogLevel::Off;
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut retry = tokio::time::interval(RETRY);
@@ -165,8 +170,9 @@ async fn main() -> Result<()> {
         if flows.is_some() && ring.is_none() {
             ring = open_ring(reconciler.datapath().layout());
         }
-        if args.ebpf_log_level != KernelLogLevel::Off && kernel_log.is_none() {
-            kernel_log = open_kernel_log(&reconciler);
+        if kernel_log_wanted && let Some(pod) = reconciler.attached().next() {
+            kernel_log_wanted = false;
+            kernel_log = open_kernel_log(&reconciler, &pod);
         }
         tokio::select! {
             Ok(()) = readable(kernel_log.as_mut()) => {
@@ -259,10 +265,10 @@ async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&mut AsyncFd<T>>) -> std::
 /// The kernel log buffer (`--ebpf-log-level`), forwarded into our own logs.
 /// It is shared by every program and found through one of them, so it opens
 /// once the first pod is loaded.
-fn open_kernel_log(reconciler: &Reconciler) -> Option<AsyncFd<EbpfLogger<KernelLog>>> {
-    let pod = reconciler.attached().next()?;
-    let pin = reconciler.datapath().layout().program(&pod, na_common::names::PROG_INGRESS);
-    let id = aya::programs::ProgramInfo::from_pin(pin).ok()?.id();
+fn open_kernel_log(reconciler: &Reconciler, pod: &PodId) -> Option<AsyncFd<EbpfLogger<KernelLog>>> {
+    let pin = reconciler.datapath().layout().program(pod, na_common::names::PROG_INGRESS);
+    let id =
+        aya::programs::ProgramInfo::from_pin(pin).map_err(|e| warn!(%pod, "opening the kernel log: {e}")).ok()?.id();
     let logger = EbpfLogger::init_from_id_with_logger(id, KernelLog)
         .map_err(|e| warn!(%pod, "opening the kernel log: {e}"))
         .ok()?;

@@ -114,7 +114,7 @@ fn object(value: serde_json::Value) -> Result<Option<Object>, String> {
 /// Deserializes like the API server's strict field validation: a misspelt
 /// field (`ingres:`) would otherwise vanish silently and change the policy's
 /// meaning, so the whole object is refused.
-fn strict<T: serde::de::DeserializeOwned + serde::Serialize>(
+pub fn strict<T: serde::de::DeserializeOwned + serde::Serialize>(
     what: &str,
     value: serde_json::Value,
 ) -> Result<T, String> {

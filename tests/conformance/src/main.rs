@@ -31,7 +31,7 @@ struct Args {
     cases: PathBuf,
     /// Only this family (default: each case's own list).
     #[arg(long, value_enum)]
-    family: Option<FamilyArg>,
+    family: Option<Family>,
     /// Only cases whose name contains this text.
     #[arg(long)]
     filter: Option<String>,
@@ -44,12 +44,6 @@ struct Args {
     /// Probe attempts for a cell that disagrees with its expectation.
     #[arg(long, default_value_t = 3)]
     tries: u32,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum FamilyArg {
-    Ipv4,
-    Ipv6,
 }
 
 fn main() -> ExitCode {
@@ -93,9 +87,7 @@ fn run(args: &Args) -> Result<bool> {
     let mut world = World::new(&agent).context("setting up the pods and the agent")?;
     for case in &runnable {
         for &family in &case.families {
-            if args.family.is_some_and(|f| {
-                !matches!((f, family), (FamilyArg::Ipv4, Family::Ipv4) | (FamilyArg::Ipv6, Family::Ipv6))
-            }) {
+            if args.family.is_some_and(|f| f != family) {
                 continue;
             }
             let start = Instant::now();

@@ -26,7 +26,7 @@ pub fn default_namespace_labels(ns: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("ns".to_owned(), ns.to_owned()), (NAMESPACE_NAME_LABEL.to_owned(), ns.to_owned())])
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,

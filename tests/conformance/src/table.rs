@@ -2,26 +2,12 @@
 //! Markdown report.
 use std::{fmt::Write, time::Duration};
 
-use na_harness::render_table;
+use na_harness::{render_table, verdict_cells};
 
 use crate::model::pod_keys;
 
 /// `[from][to]`; `None` where nothing is judged.
 pub type Table = Vec<Vec<Option<bool>>>;
-
-fn cells(t: &Table) -> Vec<Vec<char>> {
-    t.iter()
-        .map(|row| {
-            row.iter()
-                .map(|c| match c {
-                    Some(true) => '.',
-                    Some(false) => 'X',
-                    None => '-',
-                })
-                .collect()
-        })
-        .collect()
-}
 
 /// Expected, observed, and their comparison (`.` same, `X` different), rows
 /// are sources and columns destinations.
@@ -34,8 +20,8 @@ pub fn mismatch(expected: &Table, observed: &Table) -> String {
         .collect();
     format!(
         "expected (rows: from, columns: to):\n{}observed:\n{}comparison (X where they differ):\n{}",
-        render_table(&names, &cells(expected)),
-        render_table(&names, &cells(observed)),
+        render_table(&names, &verdict_cells(expected)),
+        render_table(&names, &verdict_cells(observed)),
         render_table(&names, &comparison)
     )
 }

@@ -15,5 +15,5 @@ mod server;
 
 pub use netns::NetNs;
 pub use node::{NODE_IP, NODE_IP6, Node, Pod};
-pub use probe::{Family, PROBE_TIMEOUT, Probe, Proto, matrix, render, render_table};
+pub use probe::{Family, PROBE_TIMEOUT, Probe, Proto, matrix, render, render_table, verdict_cells};
 pub use server::Servers;

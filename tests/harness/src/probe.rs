@@ -120,8 +120,13 @@ pub fn matrix(node: &Node, probe: Probe, family: Family) -> Result<Vec<Vec<Optio
 /// Renders a matrix in the upstream e2e style: `.` reached, `X` blocked.
 pub fn render(node: &Node, m: &[Vec<Option<bool>>]) -> String {
     let names: Vec<String> = node.pods().iter().map(Pod::key).collect();
-    let cells: Vec<Vec<char>> = m
-        .iter()
+    render_table(&names, &verdict_cells(m))
+}
+
+/// A matrix's cells as upstream prints them: `.` reached, `X` blocked, `-`
+/// not probed.
+pub fn verdict_cells(m: &[Vec<Option<bool>>]) -> Vec<Vec<char>> {
+    m.iter()
         .map(|row| {
             row.iter()
                 .map(|cell| match cell {
@@ -131,8 +136,7 @@ pub fn render(node: &Node, m: &[Vec<Option<bool>>]) -> String {
                 })
                 .collect()
         })
-        .collect();
-    render_table(&names, &cells)
+        .collect()
 }
 
 /// A square table of one character per (row, column) pair, rows and columns
