@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use crate::{
     bpffs::DEFAULT_ROOT,
     datapath::{AttachMode, KernelLogLevel},
+    status::DEFAULT_STATUS_FILE,
     veth::DEFAULT_PREFIX,
 };
 
@@ -61,9 +62,10 @@ pub struct Args {
     /// How often idle conntrack entries are reclaimed.
     #[arg(long, value_parser = humantime_secs, default_value = "60", env = "NA_CONNTRACK_SWEEP_INTERVAL")]
     pub conntrack_sweep_interval: Duration,
-    /// Written after every reconcile: what is applied (for tests and tooling).
-    #[arg(long, env = "NA_STATUS_FILE")]
-    pub status_file: Option<PathBuf>,
+    /// Written after every reconcile: the attached pods and what each rule id
+    /// in the maps stands for (`na-cli` reads it), and what is applied.
+    #[arg(long, default_value = DEFAULT_STATUS_FILE, env = "NA_STATUS_FILE")]
+    pub status_file: PathBuf,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "NA_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Write a flow log line for every denied flow (and allowed ones with

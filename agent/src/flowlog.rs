@@ -9,31 +9,28 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use na_common::{
-    direction,
-    events::{PolicyEvent, tier, verdict},
-    family,
-    policy::POLICY_ID_HOST,
-};
+use na_common::events::{PolicyEvent, verdict};
 use na_policy::{Attributions, ObjectRef};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::decode;
 
 /// One flow log line.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowLine {
     /// Seconds since the Unix epoch, with milliseconds.
     pub time: String,
     pub node: String,
     pub namespace: Option<String>,
     pub pod: Option<String>,
-    pub direction: &'static str,
+    pub direction: String,
     pub src_ip: IpAddr,
     pub src_port: u16,
     pub dst_ip: IpAddr,
     pub dst_port: u16,
     pub protocol: String,
-    pub verdict: &'static str,
-    pub tier: &'static str,
+    pub verdict: String,
+    pub tier: String,
     /// `namespace/name` of the NetworkPolicy whose rule allowed the flow.
     pub policy: Option<String>,
     /// Index of that rule in the policy's ingress or egress list.
@@ -121,65 +118,40 @@ impl FlowLogger {
             return;
         }
         self.in_window += 1;
-        let line = line(&self.node, event, pods, attributions, SystemTime::now());
+        let rule = |id| attributions.get(id).map(|a| (a.policy.to_string(), a.rule));
+        let line = line(&self.node, event, pods.get(&event.ifindex), rule, SystemTime::now());
         if let Err(e) = self.out.write_line(&serde_json::to_string(&line).expect("plain data serialises")) {
             tracing::warn!("writing the flow log: {e}");
         }
     }
 }
 
-/// The line for `event`.
+/// The line for `event`: `pod` is the pod behind its veth, `rule` resolves
+/// an attribution id to its policy and rule index.
 pub fn line(
     node: &str,
     e: &PolicyEvent,
-    pods: &HashMap<u32, ObjectRef>,
-    attributions: &Attributions,
+    pod: Option<&ObjectRef>,
+    rule: impl FnOnce(u32) -> Option<(String, usize)>,
     now: SystemTime,
 ) -> FlowLine {
-    let pod = pods.get(&e.ifindex);
-    let (policy, rule) = match e.policy_id {
-        POLICY_ID_HOST => (Some("node".to_owned()), None),
-        id => attributions.get(id).map_or((None, None), |a| (Some(a.policy.to_string()), Some(a.rule))),
-    };
+    let (policy, rule) = decode::attribution(e.policy_id, rule);
     let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     FlowLine {
         time: format!("{}.{:03}", since.as_secs(), since.subsec_millis()),
         node: node.to_owned(),
         namespace: pod.map(|p| p.namespace.clone()),
         pod: pod.map(|p| p.name.clone()),
-        direction: if u32::from(e.direction) == direction::INGRESS { "ingress" } else { "egress" },
-        src_ip: addr(e.family, e.src_addr),
+        direction: decode::direction_name(u32::from(e.direction)).to_owned(),
+        src_ip: decode::addr(e.family, e.src_addr),
         src_port: e.src_port,
-        dst_ip: addr(e.family, e.dst_addr),
+        dst_ip: decode::addr(e.family, e.dst_addr),
         dst_port: e.dst_port,
-        protocol: protocol_name(e.protocol),
-        verdict: if e.verdict == verdict::ALLOW { "ACCEPT" } else { "DENY" },
-        tier: match e.tier {
-            tier::DEFAULT_ALLOW => "DEFAULT_ALLOW",
-            tier::DEFAULT_DENY => "DEFAULT_DENY",
-            tier::NETWORK_POLICY => "NETWORK_POLICY",
-            tier::MALFORMED => "MALFORMED",
-            tier::REVOKED => "REVOKED",
-            _ => "UNKNOWN",
-        },
+        protocol: decode::protocol_name(e.protocol),
+        verdict: if e.verdict == verdict::ALLOW { "ACCEPT" } else { "DENY" }.to_owned(),
+        tier: decode::tier_name(e.tier).to_owned(),
         policy,
         rule,
-    }
-}
-
-fn addr(fam: u8, bytes: [u8; 16]) -> IpAddr {
-    if fam == family::IPV4 { IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]) } else { IpAddr::from(bytes) }
-}
-
-fn protocol_name(p: u8) -> String {
-    use na_common::protocol::*;
-    match p {
-        TCP => "TCP".into(),
-        UDP => "UDP".into(),
-        SCTP => "SCTP".into(),
-        ICMP => "ICMP".into(),
-        ICMPV6 => "ICMPv6".into(),
-        other => other.to_string(),
     }
 }
 
@@ -192,6 +164,7 @@ pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
 
 #[cfg(test)]
 mod tests {
+    use na_common::{direction, events::tier, family};
     use na_policy::{Attribution, Direction};
 
     use super::*;
@@ -226,12 +199,13 @@ mod tests {
             direction: Direction::Ingress,
             rule: 2,
         });
-        let l = line("n1", &event(verdict::ALLOW, id), &pods, &attributions, SystemTime::UNIX_EPOCH);
+        let rule = |id| attributions.get(id).map(|a| (a.policy.to_string(), a.rule));
+        let l = line("n1", &event(verdict::ALLOW, id), pods.get(&7), rule, SystemTime::UNIX_EPOCH);
         assert_eq!((l.namespace.as_deref(), l.pod.as_deref()), (Some("x"), Some("a")));
-        assert_eq!((l.verdict, l.policy.as_deref(), l.rule), ("ACCEPT", Some("x/allow-b"), Some(2)));
+        assert_eq!((l.verdict.as_str(), l.policy.as_deref(), l.rule), ("ACCEPT", Some("x/allow-b"), Some(2)));
         assert_eq!((l.src_ip.to_string(), l.dst_port, l.protocol.as_str()), ("10.0.0.2".into(), 80, "TCP"));
-        let d = line("n1", &event(verdict::DENY, 0), &pods, &attributions, SystemTime::UNIX_EPOCH);
-        assert_eq!((d.verdict, d.policy.as_deref(), d.direction), ("DENY", None, "ingress"));
+        let d = line("n1", &event(verdict::DENY, 0), pods.get(&7), rule, SystemTime::UNIX_EPOCH);
+        assert_eq!((d.verdict.as_str(), d.policy.as_deref(), d.direction.as_str()), ("DENY", None, "ingress"));
         let json = serde_json::to_string(&d).unwrap();
         assert!(json.contains(r#""pod":"a""#) && json.contains(r#""policy":null"#), "{json}");
     }

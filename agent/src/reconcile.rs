@@ -8,6 +8,7 @@ use crate::{
     datapath::{Datapath, PodMaps},
     pod_id::PodId,
     source::{Event, Kind, Object},
+    status::PodEntry,
     veth::host_veth_name,
 };
 
@@ -66,6 +67,22 @@ impl Reconciler {
     /// Attached pods by the ifindex of their host veth (events carry it).
     pub fn pods_by_ifindex(&self) -> std::collections::HashMap<u32, ObjectRef> {
         self.attached.iter().map(|(k, a)| (a.ifindex, k.clone())).collect()
+    }
+
+    /// Attached pods as the status file lists them.
+    pub fn pod_entries(&self) -> Vec<PodEntry> {
+        self.attached
+            .iter()
+            .map(|(k, a)| PodEntry {
+                namespace: k.namespace.clone(),
+                name: k.name.clone(),
+                pod_id: PodId::new(&k.namespace, &k.name).to_string(),
+                uid: a.uid.clone(),
+                ips: self.compiler.pod(k).map(|p| p.ips.clone()).unwrap_or_default(),
+                veth: a.veth.clone(),
+                ifindex: a.ifindex,
+            })
+            .collect()
     }
 
     pub fn has_pending(&self) -> bool {

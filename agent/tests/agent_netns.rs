@@ -7,133 +7,16 @@ mod support;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    process::{Child, Command},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use na_agent::datapath::AttachMode;
-use na_harness::{NODE_IP, Probe};
+use na_harness::Probe;
 use serde_json::{Value, json};
-use support::Env;
-
-const NODE: &str = "node-1";
-
-/// A manifests directory and, beside it, one for the agent's own files (not
-/// inside: writing them would wake the directory watch); both removed on drop.
-struct Manifests(PathBuf, PathBuf);
-
-impl Manifests {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("na-manifests-{}-{}", std::process::id(), rand_suffix()));
-        let state = dir.with_extension("state");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::create_dir_all(&state).unwrap();
-        Self(dir, state)
-    }
-
-    fn write(&self, file: &str, docs: &[Value]) {
-        let text: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
-        // Written aside and renamed in, as a config management tool would.
-        let tmp = self.0.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, text.join("\n---\n")).unwrap();
-        std::fs::rename(tmp, self.0.join(file)).unwrap();
-    }
-
-    fn write_raw(&self, file: &str, text: &str) {
-        std::fs::write(self.0.join(file), text).unwrap();
-    }
-}
-
-impl Drop for Manifests {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-}
-
-/// The agent process, killed on drop.
-struct Agent(Child);
-
-impl Agent {
-    fn start(env: &Env, manifests: &Manifests, status: &PathBuf) -> Self {
-        Self::start_with(env, manifests, status, &[])
-    }
-
-    fn start_with(env: &Env, manifests: &Manifests, status: &PathBuf, extra: &[&str]) -> Self {
-        let mut args: Vec<std::ffi::OsString> = vec!["--manifests".into(), manifests.0.clone().into()];
-        args.extend(extra.iter().map(Into::into));
-        Self::launch(env, status, &args)
-    }
-
-    fn launch(env: &Env, status: &PathBuf, source: &[std::ffi::OsString]) -> Self {
-        // Only the network namespace: `ip netns exec` would also give the agent
-        // its own mount namespace, and with it a private bpffs whose pins die
-        // with the process.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
-            .args(["--", env!("CARGO_BIN_EXE_na-agent")])
-            .args(["--node-name", NODE, "--node-ip", &NODE_IP.to_string()])
-            .arg("--bpffs-root")
-            .arg(env.root())
-            .arg("--status-file")
-            .arg(status)
-            .args(["--enable-policy-event-logs", "--flow-log-accept", "--flow-log-file"])
-            .arg(status.with_extension("flows"))
-            .args(source)
-            .stdout(std::fs::File::create(status.with_extension("log")).unwrap())
-            .spawn()
-            .expect("starting na-agent");
-        Self(child)
-    }
-
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status(path: &PathBuf) -> Value {
-    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
-}
-
-/// Polls `cond` until it holds; fails the test after a bound.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pod(env: &Env, key: &str, app: &str) -> Value {
-    let p = env.pod(key);
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": p.name, "namespace": p.namespace, "labels": {"app": app}, "uid": format!("uid-{key}")},
-           "spec": {"nodeName": NODE, "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]},
-           "status": {"phase": "Running", "podIP": p.ip.to_string(),
-                      "podIPs": [{"ip": p.ip.to_string()}, {"ip": p.ip6.to_string()}]}})
-}
-
-fn policy(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": "x"}, "spec": spec})
-}
-
-fn echoes(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4];
-    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
-}
+use support::{
+    Env,
+    agent::{Agent, Manifests, echoes, pod, policy, status, wait_until},
+};
 
 #[test]
 fn local_mode_follows_the_manifests_and_survives_restarts() {

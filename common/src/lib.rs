@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod decision;
 pub mod events;
 pub mod names;
 pub mod pod_state;

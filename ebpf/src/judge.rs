@@ -13,10 +13,11 @@ use aya_ebpf::{
 };
 use na_common::{
     conntrack::{FlowKey, FlowState, FragKey, TimeoutClass, tcp_state},
+    decision::{self, Decision, Query},
     direction,
     events::{PolicyEvent, counter_index, tier, verdict},
     pod_state::{self, PodState},
-    policy::{LpmKeyData, POLICY_ID_NONE},
+    policy::POLICY_ID_NONE,
     protocol,
 };
 
@@ -35,12 +36,6 @@ use crate::{
 const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
-
-struct Decision {
-    allowed: bool,
-    tier: u8,
-    policy_id: u32,
-}
 
 pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     let Some(state) = pod_state(dir) else {
@@ -110,7 +105,7 @@ fn conntrack_verdict(ctx: &TcContext, dir: u32, packet: &Packet) -> Option<i32> 
 fn evaluate(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32 {
     let peer = if dir == direction::INGRESS { packet.src_addr } else { packet.dst_addr };
     let decision =
-        decide(state, dir, &Lookup { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port });
+        decide(state, dir, &Query { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port });
     emit(ctx, packet, dir, &decision);
     if !decision.allowed {
         debug!(
@@ -157,28 +152,10 @@ fn pod_state(dir: u32) -> Option<PodState> {
     Some(unsafe { core::mem::transmute::<u64, PodState>(core::ptr::read_volatile(ptr.cast::<u64>())) })
 }
 
-/// What the rules are asked about a packet (a struct: BPF calls take at most
-/// five register arguments).
-struct Lookup {
-    family: u8,
-    peer: [u8; 16],
-    protocol: u8,
-    port: Option<u16>,
-}
-
 #[inline(never)]
-fn decide(state: &PodState, dir: u32, q: &Lookup) -> Decision {
-    let mode = state.mode();
-    if mode == pod_state::DEFAULT_ALLOW {
-        return Decision { allowed: true, tier: tier::DEFAULT_ALLOW, policy_id: POLICY_ID_NONE };
-    }
-    let tier = if mode == pod_state::POLICIES_APPLIED { tier::NETWORK_POLICY } else { tier::DEFAULT_DENY };
+fn decide(state: &PodState, dir: u32, query: &Query) -> Decision {
     let trie = if dir == direction::INGRESS { &INGRESS_MAP } else { &EGRESS_MAP };
-    let (data, prefix_len) = LpmKeyData::new(state.active_set(), q.family, q.peer, 128);
-    match trie.get(Key::new(prefix_len, data)).and_then(|rules| rules.find(q.protocol, q.port)) {
-        Some(rule) => Decision { allowed: true, tier, policy_id: rule.policy_id },
-        None => Decision { allowed: false, tier, policy_id: POLICY_ID_NONE },
-    }
+    decision::decide(state, query, |data, prefix_len| trie.get(Key::new(prefix_len, data)))
 }
 
 enum Tracked {
@@ -209,7 +186,7 @@ fn tracked(key: &FlowKey, now: u64, tcp_flags: u8) -> Tracked {
     if state.generation != entry.generation {
         let peer = if dir == direction::INGRESS { key.src_addr } else { key.dst_addr };
         let port = has_ports(key.protocol).then_some(key.dst_port);
-        let decision = decide(&state, dir, &Lookup { family: key.family, peer, protocol: key.protocol, port });
+        let decision = decide(&state, dir, &Query { family: key.family, peer, protocol: key.protocol, port });
         if !decision.allowed {
             let _ = CONNTRACK.remove(key);
             return Tracked::Revoked;

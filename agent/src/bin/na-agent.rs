@@ -7,7 +7,7 @@
 //! killed) leaves every program attached and every map pinned, so pods stay
 //! enforced until the next agent adopts them.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
     time::Instant,
@@ -29,11 +29,11 @@ use na_agent::{
         kube::Update,
         manifests::{self, Snapshot},
     },
+    status::{self, RuleEntry, Status},
     telemetry::{self, Telemetry},
 };
 use na_policy::{CompileOptions, Compiler};
 use notify::Watcher;
-use serde::Serialize;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::SignalKind,
@@ -45,19 +45,6 @@ use tracing::{error, info, warn};
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How often pods whose veth is missing are tried again.
 const RETRY: Duration = Duration::from_millis(250);
-
-#[derive(Serialize, Default)]
-struct Status {
-    /// Directory reads applied so far.
-    generation: u64,
-    /// Local mode: the manifests revision (`manifests::Loaded::revision`)
-    /// that the pods' maps now enforce.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    revision: String,
-    attached: Vec<String>,
-    pending: Vec<String>,
-    errors: Vec<String>,
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -119,7 +106,14 @@ async fn main() -> Result<()> {
         });
     }
 
-    let mut status = Status::default();
+    let mut status = Status {
+        node: args.node_name.clone(),
+        flow_log: args
+            .enable_policy_event_logs
+            .then(|| args.flow_log_file.as_ref().map_or_else(|| "stdout".to_owned(), |p| p.display().to_string())),
+        ..Default::default()
+    };
+    let events_lock = status::events_lock_path(&args.status_file);
     let mut snapshot = Snapshot::new();
     match &args.manifests {
         Some(dir) => reload(dir, &mut snapshot, &mut reconciler, &mut status),
@@ -168,7 +162,7 @@ async fn main() -> Result<()> {
     loop {
         // The shared ring exists once the first pod is loaded.
         if flows.is_some() && ring.is_none() {
-            ring = open_ring(reconciler.datapath().layout());
+            ring = open_ring(reconciler.datapath().layout(), &events_lock);
         }
         if kernel_log_wanted && let Some(pod) = reconciler.attached().next() {
             kernel_log_wanted = false;
@@ -183,7 +177,7 @@ async fn main() -> Result<()> {
             Ok(()) = readable(ring.as_mut()) => {
                 if let (Some(ring), Some(flows)) = (ring.as_mut(), flows.as_mut()) {
                     let pods = reconciler.pods_by_ifindex();
-                    let ring = ring.get_mut();
+                    let ring = &mut ring.get_mut().ring;
                     while let Some(item) = ring.next() {
                         if let Some(event) = flowlog::decode(&item) {
                             flows.record(&event, &pods, reconciler.compiler().attributions());
@@ -245,13 +239,34 @@ fn update_telemetry(telemetry: &Mutex<Telemetry>, reconciler: &Reconciler, r: &S
     }
 }
 
-/// The pinned verdict ring, if it exists yet.
-fn open_ring(layout: &PinLayout) -> Option<AsyncFd<RingBuf<MapData>>> {
+/// The pinned verdict ring, if it exists yet and nobody else (`na-cli
+/// events`) is reading it; the lock is held as long as the ring is open.
+fn open_ring(layout: &PinLayout, lock: &Path) -> Option<AsyncFd<LockedRing>> {
     let data = MapData::from_pin(layout.global_map(na_common::names::MAP_EVENTS)).ok()?;
     let ring = RingBuf::try_from(Map::from_map_data(data).ok()?).ok()?;
+    let lock = match status::try_lock(lock) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(lock = %lock.display(), "locking the event ring: {e}");
+            return None;
+        }
+    };
     // SAFETY: the ring owns its map fd and keeps it open, unchanged, for as
     // long as the AsyncFd owns the ring.
-    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.ok()
+    unsafe { AsyncFd::register_with_interest(LockedRing { ring, _lock: lock }, Interest::READABLE) }.ok()
+}
+
+/// The verdict ring with the lock that makes us its only reader.
+struct LockedRing {
+    ring: RingBuf<MapData>,
+    _lock: std::fs::File,
+}
+
+impl std::os::fd::AsRawFd for LockedRing {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
 }
 
 /// Resolves when `fd` has something to read; never while there is no `fd`.
@@ -343,7 +358,7 @@ fn reload(dir: &Path, snapshot: &mut Snapshot, reconciler: &mut Reconciler, stat
     status.generation += 1;
 }
 
-fn report(r: &SyncReport, reconciler: &Reconciler, status: &mut Status, file: &Option<PathBuf>) {
+fn report(r: &SyncReport, reconciler: &Reconciler, status: &mut Status, file: &Path) {
     for p in &r.attached {
         info!(pod = %p, "attached");
     }
@@ -359,13 +374,16 @@ fn report(r: &SyncReport, reconciler: &Reconciler, status: &mut Status, file: &O
     status.attached = reconciler.attached().map(|id| id.to_string()).collect();
     status.pending = r.pending.clone();
     status.errors.extend(r.errors.iter().cloned());
-    let Some(file) = file else { return };
-    let _ = write_status(file, status);
-}
-
-fn write_status(file: &Path, status: &Status) -> std::io::Result<()> {
-    // Written whole then renamed, so a reader never sees half a file.
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
-    std::fs::rename(tmp, file)
+    status.pods = reconciler.pod_entries();
+    let attributions = reconciler.compiler().attributions();
+    // Ids only grow, so only the new ones need converting.
+    status.rules.extend(attributions.iter().skip(status.rules.len()).map(|(id, a)| RuleEntry {
+        id,
+        policy: a.policy.to_string(),
+        direction: a.direction.to_string(),
+        rule: a.rule,
+    }));
+    if let Err(e) = status.write(file) {
+        warn!(file = %file.display(), "writing the status file: {e}");
+    }
 }

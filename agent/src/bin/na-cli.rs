@@ -1,11 +1,16 @@
 //! Inspect what the NetworkPolicy agent loaded on this node. Read-only: it
 //! never changes eBPF state (`install` only copies this binary).
-use std::process::ExitCode;
+use std::{io::Write as _, net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use na_agent::{
     bpffs::{DEFAULT_ROOT, PinLayout},
-    cli::{CliError, inventory, loaded},
+    cli::{
+        CliError, Sources, dump,
+        events::{self, Origin, Until},
+        inventory, loaded, pod, trace,
+    },
+    status::DEFAULT_STATUS_FILE,
 };
 use serde::Serialize;
 
@@ -14,7 +19,11 @@ use serde::Serialize;
 struct Cli {
     /// The agent's bpffs directory.
     #[arg(long, global = true, default_value = DEFAULT_ROOT, env = "NA_BPFFS_ROOT")]
-    bpffs_root: String,
+    bpffs_root: PathBuf,
+    /// The agent's status file: pod names and addresses, and what each rule
+    /// id stands for.
+    #[arg(long, global = true, default_value = DEFAULT_STATUS_FILE, env = "NA_STATUS_FILE")]
+    status_file: PathBuf,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -35,11 +44,35 @@ enum Command {
         #[command(subcommand)]
         command: Ebpf,
     },
+    /// One pod: programs, state per direction, rules by policy, counters and
+    /// tracked flows.
+    Pod {
+        /// `namespace/name`, or one of the pod's addresses.
+        pod: String,
+    },
+    /// The verdict the loaded maps give a new flow's first packet on each
+    /// local side, and the rule that decides it.
+    Trace {
+        src: IpAddr,
+        dst: IpAddr,
+        /// `tcp/80`, `udp/53`, `sctp/9000`, `icmp`, `icmpv6` or a protocol number.
+        protocol: String,
+    },
+    /// Follow verdict events as they happen (from the ring, or from the
+    /// agent's flow log when the agent reads the ring).
+    Events {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
     /// Copy this binary into DIR on the node (the DaemonSet's init container
     /// does this, so that `sudo na-cli ...` works on the node).
     Install {
         #[arg(long, default_value = "/opt/cni/bin")]
-        dir: std::path::PathBuf,
+        dir: PathBuf,
     },
 }
 
@@ -60,6 +93,9 @@ enum Ebpf {
     /// Every pinned program with its pod, direction and maps.
     #[command(alias = "e")]
     LoadedEbpfdata,
+    /// One of a pod's maps, decoded (ids from `ebpf maps` or `loaded-ebpfdata`).
+    #[command(alias = "d")]
+    DumpMaps { map_id: u32 },
 }
 
 fn main() -> ExitCode {
@@ -71,26 +107,55 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("na-cli: {e}");
-            match e {
-                CliError::NoBpffs(_) => ExitCode::from(3),
-                _ => ExitCode::FAILURE,
-            }
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
 fn run(cli: &Cli) -> Result<String, CliError> {
-    let layout = PinLayout::new(&cli.bpffs_root);
-    let command = match &cli.command {
-        Command::Ebpf { command } => command,
-        Command::Install { dir } => {
-            return install(dir).map_err(|source| CliError::Read { path: dir.display().to_string(), source });
+    let sources = Sources { layout: PinLayout::new(&cli.bpffs_root), status_file: cli.status_file.clone() };
+    let layout = &sources.layout;
+    match &cli.command {
+        Command::Ebpf { command: Ebpf::Progs { all } } => {
+            emit(cli.output, inventory::progs(layout, *all)?.as_slice(), inventory::render_progs)
         }
-    };
-    match command {
-        Ebpf::Progs { all } => emit(cli.output, &inventory::progs(&layout, *all)?, inventory::render_progs),
-        Ebpf::Maps { all } => emit(cli.output, &inventory::maps(&layout, *all)?, inventory::render_maps),
-        Ebpf::LoadedEbpfdata => emit(cli.output, &loaded::read(&layout)?, loaded::render),
+        Command::Ebpf { command: Ebpf::Maps { all } } => {
+            emit(cli.output, inventory::maps(layout, *all)?.as_slice(), inventory::render_maps)
+        }
+        Command::Ebpf { command: Ebpf::LoadedEbpfdata } => {
+            emit(cli.output, loaded::read(layout)?.as_slice(), loaded::render)
+        }
+        Command::Ebpf { command: Ebpf::DumpMaps { map_id } } => {
+            emit(cli.output, &dump::dump(&sources, *map_id)?, dump::render)
+        }
+        Command::Pod { pod } => emit(cli.output, &pod::show(&sources, pod)?, pod::render),
+        Command::Trace { src, dst, protocol } => {
+            let (protocol, port) = trace::parse_protocol(protocol)?;
+            let packet = trace::Packet { src: *src, dst: *dst, protocol, port };
+            emit(cli.output, &trace::trace(&sources, packet)?, trace::render)
+        }
+        Command::Events { count, seconds } => {
+            let duration = seconds
+                .map(|s| Duration::try_from_secs_f64(s).map_err(|e| CliError::BadArgument(format!("--seconds: {e}"))))
+                .transpose()?;
+            let output = cli.output;
+            let origin = events::follow(&sources, Until { count: *count, duration }, |line| {
+                let text = match output {
+                    Output::Table => events::render(line),
+                    Output::Json => serde_json::to_string(line).expect("plain data serialises"),
+                };
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{text}");
+                let _ = stdout.flush();
+            })?;
+            if let Origin::FlowLog(path) = origin {
+                eprintln!("na-cli: followed the agent's flow log {} (the agent reads the ring)", path.display());
+            }
+            Ok(String::new())
+        }
+        Command::Install { dir } => {
+            install(dir).map_err(|source| CliError::Read { path: dir.display().to_string(), source })
+        }
     }
 }
 
@@ -106,7 +171,8 @@ fn install(dir: &std::path::Path) -> std::io::Result<String> {
     Ok(format!("installed {}\n", target.display()))
 }
 
-fn emit<T: Serialize>(output: Output, value: &[T], table: impl Fn(&[T]) -> String) -> Result<String, CliError> {
+/// `value` as a table or as JSON.
+fn emit<T: Serialize + ?Sized>(output: Output, value: &T, table: impl Fn(&T) -> String) -> Result<String, CliError> {
     Ok(match output {
         Output::Table => table(value),
         Output::Json => serde_json::to_string_pretty(value).expect("plain data serialises") + "\n",

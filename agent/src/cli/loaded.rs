@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use aya::{maps::MapInfo, programs::ProgramInfo};
 use na_common::names::{PROG_EGRESS, PROG_INGRESS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{CliError, SEPARATOR};
 use crate::{
@@ -12,16 +12,16 @@ use crate::{
     pod_id::PodId,
 };
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LoadedProgram {
     pub pin_path: String,
     pub pod_id: String,
-    pub direction: &'static str,
+    pub direction: String,
     pub prog_id: u32,
     pub maps: Vec<MapRef>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MapRef {
     pub name: String,
     pub id: u32,
@@ -60,12 +60,12 @@ pub fn read(layout: &PinLayout) -> Result<Vec<LoadedProgram>, CliError> {
         out.push(LoadedProgram {
             pin_path: entry.path().display().to_string(),
             pod_id: pod.to_string(),
-            direction,
+            direction: direction.to_owned(),
             prog_id: info.id(),
             maps,
         });
     }
-    out.sort_by(|a, b| (&a.pod_id, a.direction).cmp(&(&b.pod_id, b.direction)));
+    out.sort_by(|a, b| (&a.pod_id, &a.direction).cmp(&(&b.pod_id, &b.direction)));
     Ok(out)
 }
 
@@ -98,7 +98,7 @@ mod tests {
         let p = LoadedProgram {
             pin_path: "/sys/fs/bpf/netpol/programs/x_a_handle_ingress".into(),
             pod_id: "x_a".into(),
-            direction: "ingress",
+            direction: "ingress".into(),
             prog_id: 42,
             maps: vec![MapRef { name: "ingress_map".into(), id: 7 }],
         };

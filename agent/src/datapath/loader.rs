@@ -6,7 +6,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier},
 };
 use na_common::{
-    conntrack::{timeout, timeout_globals},
+    conntrack::{TimeoutClass, timeout, timeout_globals},
     names::{GLOBAL_LOG_LEVEL, GLOBAL_MAPS, POD_MAPS},
 };
 use thiserror::Error;
@@ -66,6 +66,17 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// The idle timeout of a flow, as the programs apply it.
+    pub fn idle_timeout_ns(&self, proto: u8, tcp_state: u8) -> u64 {
+        let d = match TimeoutClass::of(proto, tcp_state) {
+            TimeoutClass::TcpClosing => self.tcp_closing,
+            TimeoutClass::TcpEstablished => self.tcp_established,
+            TimeoutClass::Udp => self.udp,
+            TimeoutClass::Other => self.other,
+        };
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// (object global, nanoseconds) pairs.
     fn globals(&self) -> [(&'static str, u64); 4] {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);

@@ -10,8 +10,9 @@ mod sweep;
 pub use attach::AttachMode;
 pub use loader::{Datapath, DatapathError, KernelLogLevel, Timeouts};
 pub use na_policy::{DirectionRules, Mode, PodRules};
-pub use rules::{PodMaps, RulesError};
-pub use stats::{PodCounters, Totals, pod_counters};
+pub use rules::{PodMaps, RulesError, open_pinned};
+pub use stats::{PodCounters, Totals, counters, pod_counters};
+pub use sweep::ktime_now_ns;
 
 /// The eBPF object built from the `na-ebpf` crate by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf"));

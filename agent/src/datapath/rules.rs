@@ -8,7 +8,6 @@
 //! state just before the flip still looks its peer up in that set. It is
 //! cleared by the next write, once [`GRACE`] has passed since the flip.
 use std::{
-    net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -16,7 +15,6 @@ use std::{
 use aya::maps::{Array, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
 use na_common::{
-    family,
     pod_state::{self, PodState},
     policy::{LpmKeyData, MAX_RULES_PER_PREFIX, RuleSet},
 };
@@ -134,19 +132,13 @@ fn clear_set(trie: &mut Trie, set: u8) -> Result<(), RulesError> {
 
 /// The trie key of `prefix` in rule set `set`.
 pub fn lpm_key(set: u8, prefix: &IpNet) -> Key<LpmKeyData> {
-    let (fam, addr) = match prefix.network() {
-        IpAddr::V4(a) => {
-            let mut bytes = [0u8; 16];
-            bytes[..4].copy_from_slice(&a.octets());
-            (family::IPV4, bytes)
-        }
-        IpAddr::V6(a) => (family::IPV6, a.octets()),
-    };
+    let (fam, addr) = crate::decode::abi_addr(prefix.network());
     let (data, prefix_len) = LpmKeyData::new(set, fam, addr, u32::from(prefix.prefix_len()));
     Key::new(prefix_len, data)
 }
 
-pub(super) fn open_pinned<T: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<T, RulesError> {
+/// Opens the map pinned at `path` as a `T`.
+pub fn open_pinned<T: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<T, RulesError> {
     let open = |source| RulesError::Open { path: path.display().to_string(), source };
     let data = MapData::from_pin(path).map_err(open)?;
     T::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)
@@ -158,7 +150,7 @@ fn map_err(op: &'static str, map: &'static str) -> impl Fn(MapError) -> RulesErr
 
 #[cfg(test)]
 mod tests {
-    use na_common::policy::PortRule;
+    use na_common::{family, policy::PortRule};
 
     use super::*;
 

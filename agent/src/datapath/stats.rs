@@ -5,13 +5,13 @@ use na_common::{
     events::{Counter, counter_index, verdict},
     names::MAP_COUNTERS,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::rules::{RulesError, open_pinned};
 use crate::{bpffs::PinLayout, pod_id::PodId};
 
 /// Packets and bytes a pod's programs allowed and denied, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodCounters {
     pub ingress_allowed: Totals,
     pub ingress_denied: Totals,
@@ -19,7 +19,7 @@ pub struct PodCounters {
     pub egress_denied: Totals,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub packets: u64,
     pub bytes: u64,
@@ -27,7 +27,11 @@ pub struct Totals {
 
 /// Reads `pod`'s pinned counters.
 pub fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, RulesError> {
-    let map: PerCpuArray<MapData, Counter> = open_pinned(&layout.map(pod, MAP_COUNTERS))?;
+    counters(&open_pinned(&layout.map(pod, MAP_COUNTERS))?)
+}
+
+/// Reads a `counters` map.
+pub fn counters(map: &PerCpuArray<MapData, Counter>) -> Result<PodCounters, RulesError> {
     let total = |dir: u32, v: u8| -> Result<Totals, RulesError> {
         let values = map.get(&counter_index(dir, v), 0).map_err(|source| RulesError::Map {
             op: "read",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
 use na_common::{
-    conntrack::{FlowKey, FlowState, TimeoutClass},
+    conntrack::{FlowKey, FlowState},
     names::MAP_CONNTRACK,
 };
 use nix::time::{ClockId, clock_gettime};
@@ -22,13 +22,12 @@ use crate::{bpffs::PinLayout, pod_id::PodId};
 /// Removes `pod`'s expired flows; returns how many.
 pub fn sweep(layout: &PinLayout, pod: &PodId, timeouts: &Timeouts) -> Result<usize, RulesError> {
     let mut map: HashMap<MapData, FlowKey, FlowState> = open_pinned(&layout.map(pod, MAP_CONNTRACK))?;
-    // bpf_ktime_get_ns counts CLOCK_MONOTONIC.
-    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| Duration::from(t).as_nanos() as u64).unwrap_or(0);
+    let now = ktime_now_ns();
     let expired: Vec<FlowKey> = map
         .iter()
         .filter_map(Result::ok)
         .filter(|(key, flow)| {
-            now.saturating_sub(flow.last_seen_ns) > idle_timeout(timeouts, key.protocol, flow.tcp_state)
+            now.saturating_sub(flow.last_seen_ns) > timeouts.idle_timeout_ns(key.protocol, flow.tcp_state)
         })
         .map(|(key, _)| key)
         .collect();
@@ -42,13 +41,8 @@ pub fn sweep(layout: &PinLayout, pod: &PodId, timeouts: &Timeouts) -> Result<usi
     Ok(removed)
 }
 
-/// The same timeouts the programs apply.
-fn idle_timeout(t: &Timeouts, proto: u8, state: u8) -> u64 {
-    let d = match TimeoutClass::of(proto, state) {
-        TimeoutClass::TcpClosing => t.tcp_closing,
-        TimeoutClass::TcpEstablished => t.tcp_established,
-        TimeoutClass::Udp => t.udp,
-        TimeoutClass::Other => t.other,
-    };
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+/// Now on the clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC), which stamps
+/// conntrack entries.
+pub fn ktime_now_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| Duration::from(t).as_nanos() as u64).unwrap_or(0)
 }

@@ -3,6 +3,7 @@
 // Each test target uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod fake_apiserver;
 use std::{
     net::{Ipv4Addr, Ipv6Addr},

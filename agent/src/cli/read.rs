@@ -1,0 +1,272 @@
+//! A pod's maps as rows: opened by pin (the pod's) or by kernel id (any of
+//! ours), decoded with the ABI types the programs use.
+use std::net::IpAddr;
+
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use ipnet::IpNet;
+use na_common::{
+    conntrack::{FlowKey, FlowState, FragKey, tcp_state},
+    direction,
+    events::Counter,
+    pod_state::PodState,
+    policy::{LpmKeyData, RuleSet},
+};
+use serde::{Deserialize, Serialize};
+
+use super::CliError;
+use crate::{
+    bpffs::PinLayout,
+    datapath::{PodCounters, Timeouts, counters, ktime_now_ns},
+    decode,
+    pod_id::PodId,
+    status::Status,
+};
+
+pub type Trie = LpmTrie<MapData, LpmKeyData, RuleSet>;
+pub type States = Array<MapData, PodState>;
+pub type Conntrack = HashMap<MapData, FlowKey, FlowState>;
+pub type Fragments = HashMap<MapData, FragKey, u32>;
+pub type Counters = PerCpuArray<MapData, Counter>;
+
+/// One prefix of a policy trie with the rules it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixRow {
+    /// Rule set (0 or 1) the entry belongs to.
+    pub set: u8,
+    /// Whether that set is the one the programs look up now.
+    pub active: bool,
+    pub prefix: IpNet,
+    /// Empty: the prefix is a hole (an `except`) that denies its addresses.
+    pub rules: Vec<RuleRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRow {
+    pub protocol: String,
+    pub ports: String,
+    pub policy_id: u32,
+    /// `namespace/name direction[index]`, `node`, or `#id` when unknown.
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRow {
+    pub direction: String,
+    pub mode: String,
+    pub active_set: u8,
+    /// Bumped on every policy write.
+    pub generation: u32,
+}
+
+/// A tracked flow, in the orientation of its first packet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowRow {
+    /// Direction of the first packet, as seen by the pod.
+    pub direction: String,
+    pub protocol: String,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    /// `open` or `closing` (TCP after FIN or RST).
+    pub state: String,
+    pub policy: String,
+    /// Seconds since its last packet (refreshed at most every 100 ms).
+    pub idle_secs: f64,
+    /// Idle seconds after which it is forgotten.
+    pub timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentRow {
+    pub protocol: String,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub id: u32,
+    pub policy: String,
+}
+
+/// Opens map `id` from the kernel as a `T`.
+pub fn by_id<T: TryFrom<Map, Error = aya::maps::MapError>>(id: u32) -> Result<T, CliError> {
+    let what = format!("map {id}");
+    let data = MapData::from_id(id).map_err(|e| match e {
+        aya::maps::MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            CliError::NotFound(format!("no map with id {id}"))
+        }
+        e => CliError::kernel(&what, &e),
+    })?;
+    let map = Map::from_map_data(data).map_err(|e| CliError::kernel(&what, &e))?;
+    T::try_from(map).map_err(|e| CliError::kernel(&what, &e))
+}
+
+/// Opens `pod`'s pinned map `name` as a `T`.
+pub fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    layout: &PinLayout,
+    pod: &PodId,
+    name: &str,
+) -> Result<T, CliError> {
+    let path = layout.map(pod, name);
+    crate::datapath::open_pinned(&path).map_err(|e| CliError::kernel(path.display(), &e))
+}
+
+/// Both directions' states, indexed by [`direction`].
+pub fn states(map: &States) -> Result<[PodState; 2], CliError> {
+    let get = |dir: u32| map.get(&dir, 0).map_err(|e| CliError::kernel("pod_state_map", &e));
+    Ok([get(direction::INGRESS)?, get(direction::EGRESS)?])
+}
+
+pub fn state_rows(states: &[PodState; 2]) -> Vec<StateRow> {
+    [direction::INGRESS, direction::EGRESS]
+        .into_iter()
+        .map(|dir| {
+            let s = states[dir as usize];
+            StateRow {
+                direction: decode::direction_name(dir).into(),
+                mode: decode::mode_name(s.mode()).into(),
+                active_set: s.active_set(),
+                generation: s.generation,
+            }
+        })
+        .collect()
+}
+
+/// Every prefix of a trie, sorted by set then address; `active_set` marks
+/// the live one when known.
+pub fn prefixes(trie: &Trie, active_set: Option<u8>, status: Option<&Status>) -> Result<Vec<PrefixRow>, CliError> {
+    let mut rows = Vec::new();
+    for entry in trie.iter() {
+        let (key, value) = entry.map_err(|e| CliError::kernel("policy trie", &e))?;
+        let data = key.data();
+        let Some(prefix) = decode::prefix(&data, key.prefix_len()) else { continue };
+        let live = usize::try_from(value.count).unwrap_or(usize::MAX).min(value.rules.len());
+        let rules = value.rules[..live]
+            .iter()
+            .map(|r| RuleRow {
+                protocol: decode::protocol_name(r.protocol),
+                ports: decode::ports(r),
+                policy_id: r.policy_id,
+                policy: decode::attribution_label(r.policy_id, status),
+            })
+            .collect();
+        rows.push(PrefixRow { set: data.set, active: active_set == Some(data.set), prefix, rules });
+    }
+    rows.sort_by_key(|r| (r.set, r.prefix));
+    Ok(rows)
+}
+
+pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, CliError> {
+    let now = ktime_now_ns();
+    let timeouts = Timeouts::default();
+    let mut rows = Vec::new();
+    for entry in map.iter() {
+        let (k, v) = entry.map_err(|e| CliError::kernel("conntrack_map", &e))?;
+        rows.push(FlowRow {
+            direction: decode::direction_name(u32::from(v.direction)).into(),
+            protocol: decode::protocol_name(k.protocol),
+            src: decode::addr(k.family, k.src_addr),
+            src_port: k.src_port,
+            dst: decode::addr(k.family, k.dst_addr),
+            dst_port: k.dst_port,
+            state: if v.tcp_state == tcp_state::CLOSING { "closing" } else { "open" }.into(),
+            policy: decode::attribution_label(v.policy_id, status),
+            idle_secs: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
+            timeout_secs: timeouts.idle_timeout_ns(k.protocol, v.tcp_state) / 1_000_000_000,
+        });
+    }
+    rows.sort_by_key(|r| (r.src, r.src_port, r.dst, r.dst_port));
+    Ok(rows)
+}
+
+pub fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<FragmentRow>, CliError> {
+    let mut rows = Vec::new();
+    for entry in map.iter() {
+        let (k, policy_id) = entry.map_err(|e| CliError::kernel("frag_map", &e))?;
+        rows.push(FragmentRow {
+            protocol: decode::protocol_name(k.protocol),
+            src: decode::addr(k.family, k.src_addr),
+            dst: decode::addr(k.family, k.dst_addr),
+            id: k.id,
+            policy: decode::attribution_label(policy_id, status),
+        });
+    }
+    Ok(rows)
+}
+
+pub fn pod_counters(map: &Counters) -> Result<PodCounters, CliError> {
+    counters(map).map_err(|e| CliError::kernel("counters", &e))
+}
+
+pub fn prefix_rows_table(rows: &[PrefixRow]) -> String {
+    let mut cells = Vec::new();
+    for r in rows {
+        let set = format!("{}{}", r.set, if r.active { " (active)" } else { "" });
+        if r.rules.is_empty() {
+            cells.push(vec![set.clone(), r.prefix.to_string(), "-".into(), "-".into(), "deny (except hole)".into()]);
+        }
+        for rule in &r.rules {
+            cells.push(vec![
+                set.clone(),
+                r.prefix.to_string(),
+                rule.protocol.clone(),
+                rule.ports.clone(),
+                rule.policy.clone(),
+            ]);
+        }
+    }
+    super::table(&["SET", "PREFIX", "PROTOCOL", "PORTS", "POLICY"], &cells)
+}
+
+pub fn state_rows_table(rows: &[StateRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![r.direction.clone(), r.mode.clone(), r.active_set.to_string(), r.generation.to_string()])
+        .collect();
+    super::table(&["DIRECTION", "MODE", "ACTIVE SET", "GENERATION"], &cells)
+}
+
+pub fn flow_rows_table(rows: &[FlowRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.direction.clone(),
+                r.protocol.clone(),
+                socket(r.src, r.src_port),
+                socket(r.dst, r.dst_port),
+                r.state.clone(),
+                format!("{:.1}s", r.idle_secs),
+                format!("{}s", r.timeout_secs),
+                r.policy.clone(),
+            ]
+        })
+        .collect();
+    super::table(&["DIRECTION", "PROTOCOL", "SOURCE", "DESTINATION", "STATE", "IDLE", "TIMEOUT", "POLICY"], &cells)
+}
+
+pub fn fragment_rows_table(rows: &[FragmentRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![r.protocol.clone(), r.src.to_string(), r.dst.to_string(), r.id.to_string(), r.policy.clone()])
+        .collect();
+    super::table(&["PROTOCOL", "SOURCE", "DESTINATION", "IP ID", "POLICY"], &cells)
+}
+
+pub fn counters_table(c: &PodCounters) -> String {
+    let row = |dir: &str, verdict: &str, t: &crate::datapath::Totals| {
+        vec![dir.into(), verdict.into(), t.packets.to_string(), t.bytes.to_string()]
+    };
+    super::table(
+        &["DIRECTION", "VERDICT", "PACKETS", "BYTES"],
+        &[
+            row("ingress", "allowed", &c.ingress_allowed),
+            row("ingress", "denied", &c.ingress_denied),
+            row("egress", "allowed", &c.egress_allowed),
+            row("egress", "denied", &c.egress_denied),
+        ],
+    )
+}
+
+/// `addr:port`, bracketed for IPv6.
+pub fn socket(addr: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
+}

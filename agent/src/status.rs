@@ -1,0 +1,167 @@
+//! What the agent enforces, written after every reconcile for `na-cli` and
+//! tooling: which pod owns which addresses and veth, and which policy rule
+//! every attribution id in the maps and events stands for. The maps alone
+//! hold numbers; this file turns them back into names. It outlives the agent
+//! (like the pins), so `na-cli` still explains a node whose agent is down.
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent writes it and `na-cli` reads it unless told otherwise.
+pub const DEFAULT_STATUS_FILE: &str = "/run/na-agent/status.json";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The node the agent runs for.
+    #[serde(default)]
+    pub node: String,
+    /// Directory reads applied so far (local mode).
+    pub generation: u64,
+    /// Local mode: the manifests revision (`manifests::Loaded::revision`)
+    /// that the pods' maps now enforce.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// Pod ids with programs attached.
+    pub attached: Vec<String>,
+    /// Local pods waiting for their veth.
+    pub pending: Vec<String>,
+    /// What could not be applied, with why.
+    pub errors: Vec<String>,
+    /// The attached pods.
+    #[serde(default)]
+    pub pods: Vec<PodEntry>,
+    /// What each attribution id stands for.
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
+    /// Where the agent writes verdict events it reads from the ring: a file,
+    /// `stdout`, or nothing when flow logs are off.
+    #[serde(default)]
+    pub flow_log: Option<String>,
+}
+
+/// A pod whose programs are attached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    /// The prefix of its pins ([`crate::pod_id::PodId`]).
+    pub pod_id: String,
+    pub uid: String,
+    pub ips: Vec<IpAddr>,
+    pub veth: String,
+    pub ifindex: u32,
+}
+
+/// The policy rule behind one attribution id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    pub id: u32,
+    /// `namespace/name` of the NetworkPolicy.
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// Index of the rule in the policy's list for that direction.
+    pub rule: usize,
+}
+
+impl Status {
+    pub fn read(path: &Path) -> io::Result<Self> {
+        serde_json::from_slice(&std::fs::read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Writes whole then renames, so a reader never sees half a file.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodEntry> {
+        self.pods.iter().find(|p| p.ips.contains(&ip))
+    }
+
+    pub fn pod_by_id(&self, pod_id: &str) -> Option<&PodEntry> {
+        self.pods.iter().find(|p| p.pod_id == pod_id)
+    }
+
+    pub fn pod_by_ifindex(&self, ifindex: u32) -> Option<&PodEntry> {
+        self.pods.iter().find(|p| p.ifindex == ifindex)
+    }
+
+    pub fn rule(&self, id: u32) -> Option<&RuleEntry> {
+        // Ids are handed out densely from 1, so the list is indexed by them;
+        // the search is a fallback for a file written otherwise.
+        let at = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.rules.get(i));
+        at.filter(|r| r.id == id).or_else(|| self.rules.iter().find(|r| r.id == id))
+    }
+}
+
+/// Held (flock) by whoever consumes the shared verdict ring, so `na-cli
+/// events` never steals records from the agent's flow log.
+pub fn events_lock_path(status_file: &Path) -> PathBuf {
+    status_file.with_extension("events.lock")
+}
+
+/// An exclusive, non-blocking lock on `path`; `None` when another process
+/// holds it. The lock lasts as long as the returned file is open.
+pub fn try_lock(path: &Path) -> io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(file));
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        e => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_finds_by_address_and_id() {
+        let dir = std::env::temp_dir().join(format!("na-status-{}", std::process::id()));
+        let path = dir.join("sub/status.json");
+        let status = Status {
+            pods: vec![PodEntry {
+                namespace: "x".into(),
+                name: "a".into(),
+                pod_id: "x_a".into(),
+                uid: "u".into(),
+                ips: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
+                veth: "eni1".into(),
+                ifindex: 9,
+            }],
+            rules: vec![RuleEntry { id: 1, policy: "x/p".into(), direction: "ingress".into(), rule: 0 }],
+            ..Default::default()
+        };
+        status.write(&path).unwrap();
+        let back = Status::read(&path).unwrap();
+        assert_eq!(back, status);
+        assert_eq!(back.pod_by_ip("fd00::2".parse().unwrap()).map(|p| p.name.as_str()), Some("a"));
+        assert_eq!(back.pod_by_ifindex(9).map(|p| p.pod_id.as_str()), Some("x_a"));
+        assert_eq!(back.rule(1).map(|r| r.policy.as_str()), Some("x/p"));
+        assert_eq!(back.rule(2), None);
+
+        let lock = events_lock_path(&path);
+        let held = try_lock(&lock).unwrap();
+        assert!(held.is_some());
+        assert!(try_lock(&lock).unwrap().is_none(), "a second holder is refused");
+        drop(held);
+        assert!(try_lock(&lock).unwrap().is_some(), "free again once the holder closes it");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,250 @@
+//! `na-cli` against a running agent in local mode: every command's output is
+//! checked against the policies the test wrote, `trace` against real probes.
+//! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
+mod support;
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use na_agent::{
+    cli::{dump::MapDump, loaded::LoadedProgram, pod::PodReport, trace::Trace},
+    datapath::AttachMode,
+    flowlog::FlowLine,
+    status,
+};
+use na_harness::{Family, Probe};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use support::{
+    Env,
+    agent::{Agent, Manifests, pod, policy, status as read_status, wait_until},
+};
+
+/// a admits b on TCP/80 (named `http`); c may send to the pods' /24 on TCP
+/// 80-81 and UDP 80, except to b.
+fn write_cluster(env: &Env, manifests: &Manifests) {
+    let (b4, b6) = (env.pod("x/b").ip, env.pod("x/b").ip6);
+    manifests.write("ns.yaml", &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})]);
+    manifests.write("pods.yaml", &[pod(env, "x/a", "a"), pod(env, "x/b", "b"), pod(env, "x/c", "c")]);
+    manifests.write(
+        "policies.yaml",
+        &[
+            policy(
+                "a-from-b",
+                json!({"podSelector": {"matchLabels": {"app": "a"}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}], "ports": [{"port": "http"}]}]}),
+            ),
+            policy(
+                "c-egress",
+                json!({"podSelector": {"matchLabels": {"app": "c"}}, "policyTypes": ["Egress"],
+                       "egress": [{"to": [{"ipBlock": {"cidr": "198.18.0.0/24", "except": [format!("{b4}/32")]}},
+                                          {"ipBlock": {"cidr": "fd18::/64", "except": [format!("{b6}/128")]}}],
+                                   "ports": [{"port": 80}, {"port": 81}, {"protocol": "UDP", "port": 80}]}]}),
+            ),
+        ],
+    );
+}
+
+struct Cli<'a> {
+    root: &'a Path,
+    status: &'a Path,
+}
+
+impl Cli<'_> {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_na-cli"));
+        c.arg("--bpffs-root").arg(self.root).arg("--status-file").arg(self.status).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running na-cli")
+    }
+
+    fn text(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "na-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `-o json` output, parsed into `T` and checked to serialise back to
+    /// the same JSON.
+    fn json<T: DeserializeOwned + Serialize>(&self, args: &[&str]) -> T {
+        let text = self.text(&[&["-o", "json"], args].concat());
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"));
+        let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"));
+        assert_eq!(serde_json::to_value(&typed).unwrap(), value, "{args:?} round-trips");
+        typed
+    }
+
+    fn exit_code(&self, args: &[&str]) -> (i32, String) {
+        let out = self.run(args);
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn na_cli_explains_what_the_agent_loaded() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    write_cluster(&env, &manifests);
+    // No flow logs: nobody else reads the event ring, so `events` can.
+    let agent = Agent::spawn(&env, &status_file, &["--manifests".into(), manifests.0.clone().into()]);
+    wait_until("all three pods are attached", || {
+        read_status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let cli = Cli { root: env.root(), status: &status_file };
+    let (a, b, c) = (env.pod("x/a"), env.pod("x/b"), env.pod("x/c"));
+
+    // pod: a's ingress, grouped by policy rule, and open egress.
+    let report: PodReport = cli.json(&["pod", "x/a"]);
+    assert_eq!(report.pod.as_deref(), Some("x/a"));
+    assert_eq!(report.ips, vec![IpAddr::from(a.ip), IpAddr::from(a.ip6)]);
+    assert_eq!(report.programs.len(), 2);
+    let ingress = &report.directions[0];
+    assert_eq!((ingress.direction.as_str(), ingress.mode.as_str()), ("ingress", "policies-applied"));
+    let by_rule = ingress.policies.iter().find(|p| p.policy == "x/a-from-b ingress[0]").expect("a-from-b listed");
+    let granted: Vec<String> =
+        by_rule.grants.iter().map(|g| format!("{} {} {}", g.prefix, g.protocol, g.ports)).collect();
+    assert_eq!(granted, vec![format!("{}/32 TCP 80", b.ip), format!("{}/128 TCP 80", b.ip6)]);
+    assert!(ingress.policies.iter().any(|p| p.policy == "node"), "the node's own entry");
+    assert_eq!(report.directions[1].mode, "default-allow");
+    let by_ip = cli.text(&["pod", &a.ip6.to_string()]);
+    assert!(by_ip.contains("x/a-from-b ingress[0]") && by_ip.contains("Pod Identifier : x_a"), "{by_ip}");
+
+    // trace agrees with real probes, both families, every ordered pair.
+    let pods = ["x/a", "x/b", "x/c"];
+    let mut checked = 0;
+    for family in [Family::V4, Family::V6] {
+        for from in pods {
+            for to in pods.iter().filter(|t| **t != from) {
+                for (spec, probe) in
+                    [("tcp/80", Probe::tcp(80)), ("tcp/81", Probe::tcp(81)), ("udp/80", Probe::udp(80))]
+                {
+                    let (src, dst) = (family.of(env.pod(from)), family.of(env.pod(to)));
+                    let t: Trace = cli.json(&["trace", &src.to_string(), &dst.to_string(), spec]);
+                    let reached = probe.run(env.pod(from), dst).unwrap();
+                    assert_eq!(t.allowed, reached, "{from} -> {to} {spec} {family:?}: trace says {t:?}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 36);
+    // And names the deciding rule and prefix.
+    let t: Trace = cli.json(&["trace", &b.ip.to_string(), &a.ip.to_string(), "tcp/80"]);
+    let into_a = t.sides.iter().find(|s| s.direction == "ingress").unwrap();
+    assert_eq!((into_a.pod.as_str(), into_a.policy.as_str()), ("x/a", "x/a-from-b ingress[0]"));
+    assert_eq!(into_a.matched_prefix.unwrap().to_string(), format!("{}/32", b.ip));
+    assert!(!into_a.tracked.is_empty(), "the probe's flow is tracked: {into_a:?}");
+    let t: Trace = cli.json(&["trace", &c.ip.to_string(), &b.ip.to_string(), "tcp/80"]);
+    let out_of_c = &t.sides[0];
+    assert_eq!((out_of_c.direction.as_str(), out_of_c.allowed), ("egress", false));
+    assert_eq!(out_of_c.matched_prefix.unwrap().to_string(), format!("{}/32", b.ip), "the except hole decides");
+    let text = cli.text(&["trace", &c.ip.to_string(), &a.ip.to_string(), "tcp/81"]);
+    // Allowed out of c, refused into a: both sides are shown.
+    assert!(text.contains("ALLOW  by x/c-egress egress[0]") && text.contains("Verdict: DENY"), "{text}");
+
+    // dump-maps: each map of c, by the ids loaded-ebpfdata lists.
+    let loaded: Vec<LoadedProgram> = cli.json(&["ebpf", "loaded-ebpfdata"]);
+    let map_id = |pod: &str, name: &str| {
+        loaded.iter().filter(|p| p.pod_id == pod).flat_map(|p| &p.maps).find(|m| m.name == name).unwrap().id
+    };
+    let egress: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_c", "egress_map").to_string()]);
+    assert_eq!(egress.pod_id, "x_c");
+    let na_agent::cli::dump::Contents::Rules { prefixes } = &egress.contents else { panic!("{egress:?}") };
+    let live: Vec<String> = prefixes
+        .iter()
+        .filter(|p| p.active)
+        .map(|p| {
+            let rules: Vec<String> =
+                p.rules.iter().map(|r| format!("{}/{} {}", r.protocol, r.ports, r.policy)).collect();
+            format!("{} [{}]", p.prefix, rules.join(", "))
+        })
+        .collect();
+    let rule = "x/c-egress egress[0]";
+    assert_eq!(
+        live,
+        vec![
+            format!("198.18.0.0/24 [TCP/80-81 {rule}, UDP/80 {rule}]"),
+            format!("{}/32 []", b.ip),
+            format!("fd18::/64 [TCP/80-81 {rule}, UDP/80 {rule}]"),
+            format!("{}/128 []", b.ip6),
+        ]
+    );
+    let state: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_c", "pod_state_map").to_string()]);
+    let na_agent::cli::dump::Contents::PodState { states } = &state.contents else { panic!("{state:?}") };
+    let modes: Vec<(&str, &str)> = states.iter().map(|s| (s.direction.as_str(), s.mode.as_str())).collect();
+    assert_eq!(modes, vec![("ingress", "default-allow"), ("egress", "policies-applied")]);
+    let flows: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_a", "conntrack_map").to_string()]);
+    let na_agent::cli::dump::Contents::Conntrack { flows } = &flows.contents else { panic!("{flows:?}") };
+    assert!(
+        flows.iter().any(|f| f.src == IpAddr::from(b.ip) && f.dst_port == 80 && f.policy == "x/a-from-b ingress[0]"),
+        "{flows:?}"
+    );
+    assert!(flows.iter().all(|f| f.idle_secs < 600.0 && f.timeout_secs > 0));
+    let counters: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_a", "counters").to_string()]);
+    let na_agent::cli::dump::Contents::Counters { counters } = &counters.contents else { panic!("{counters:?}") };
+    assert!(counters.ingress_allowed.packets > 0 && counters.ingress_denied.packets > 0, "{counters:?}");
+    let table = cli.text(&["ebpf", "dump-maps", &map_id("x_c", "egress_map").to_string()]);
+    assert!(table.contains("deny (except hole)") && table.contains("(active)"), "{table}");
+
+    // events: read from the ring while traffic flows.
+    let (lines, _) = events_during(&cli, &["--count", "2"], || {
+        Probe::tcp(80).run(env.pod("x/c"), b.ip.into()).unwrap();
+    });
+    assert!(
+        lines.iter().any(|l| l.pod.as_deref() == Some("c") && l.verdict == "DENY" && l.dst_ip == IpAddr::from(b.ip)),
+        "{lines:?}"
+    );
+
+    // Errors say what is wrong and exit with a code that says it too.
+    assert_eq!(cli.exit_code(&["pod", "x/nope"]).0, 4);
+    assert_eq!(cli.exit_code(&["trace", "10.9.9.9", "10.9.9.8", "tcp/80"]).0, 4);
+    assert_eq!(cli.exit_code(&["trace", &a.ip.to_string(), &b.ip.to_string(), "tcp"]).0, 6);
+    assert_eq!(cli.exit_code(&["ebpf", "dump-maps", "4294967295"]).0, 4);
+    let (code, err) = Cli { root: Path::new("/tmp"), status: &status_file }.exit_code(&["pod", "x/a"]);
+    assert!(code == 3 && err.contains("bpf filesystem"), "{code} {err}");
+    let (code, err) =
+        Cli { root: env.root(), status: Path::new("/nonexistent/status.json") }.exit_code(&["pod", &a.ip.to_string()]);
+    assert!(code == 1 && err.contains("--status-file"), "{code} {err}");
+
+    // With flow logs on, the agent owns the ring and `events` follows its file.
+    agent.kill();
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    let lock = status::events_lock_path(&status_file);
+    wait_until("the agent reads the ring", || status::try_lock(&lock).is_ok_and(|l| l.is_none()));
+    let (lines, stderr) = events_during(&cli, &["--count", "1"], || {
+        Probe::tcp(80).run(env.pod("x/c"), b.ip.into()).unwrap();
+    });
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!((lines[0].node.as_str(), lines[0].pod.as_deref()), (support::agent::NODE, Some("c")));
+    assert!(stderr.contains("followed the agent's flow log"), "{stderr}");
+}
+
+/// Runs `na-cli events -o json` with `args` while `traffic` repeats, for at
+/// most 10 s; the lines it printed and its standard error.
+fn events_during(cli: &Cli, args: &[&str], mut traffic: impl FnMut()) -> (Vec<FlowLine>, String) {
+    let mut child = cli
+        .command(&[&["-o", "json", "events", "--seconds", "10"], args].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        // Give it time to open the ring or file before the first packet.
+        std::thread::sleep(Duration::from_millis(100));
+        traffic();
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
