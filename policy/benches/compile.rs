@@ -7,63 +7,25 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
 };
+use na_harness::synthetic::{self, NAMESPACES, PODS_PER_NAMESPACE, POLICIES_PER_NAMESPACE, Placement};
 use na_policy::{CompileOptions, Compiler};
-use serde_json::json;
+use serde_json::{Value, json};
 
-const NAMESPACES: usize = 100;
-const PODS_PER_NAMESPACE: usize = 50;
-const POLICIES_PER_NAMESPACE: usize = 10;
 const LOCAL_PODS: usize = 110;
 const RUNS: usize = 15;
 const NODE: &str = "node-0";
 
-fn pod(ns: usize, i: usize, local: bool) -> Pod {
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("synthetic objects parse")
+}
+
+fn pod(ns: usize, i: usize) -> Pod {
     let n = ns * PODS_PER_NAMESPACE + i;
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("pod-{i}"), "namespace": format!("ns-{ns}"),
-                     "labels": {"app": format!("app-{}", i % 10), "tier": if i.is_multiple_of(2) { "web" } else { "db" }}},
-        "spec": {"nodeName": if local { NODE.to_owned() } else { format!("node-{}", 1 + n % 40) },
-                 "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080 + (i % 3) as i32}]}]},
-        "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", n / 65536, (n / 256) % 256, n % 256),
-                   "podIPs": [{"ip": format!("10.{}.{}.{}", n / 65536, (n / 256) % 256, n % 256)},
-                              {"ip": format!("fd00::{:x}", n + 1)}]}
-    }))
-    .unwrap()
-}
-
-/// A mix of the shapes seen in clusters: same-namespace app peers, cross
-/// namespace peers by label, CIDRs with excepts, named and ranged ports.
-fn policy(ns: usize, i: usize) -> NetworkPolicy {
-    let spec = match i % 5 {
-        0 => json!({"podSelector": {"matchLabels": {"app": format!("app-{i}")}},
-                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"tier": "web"}}}], "ports": [{"port": 8080}]}]}),
-        1 => json!({"podSelector": {"matchLabels": {"tier": "db"}},
-                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("t{}", ns % 7)}},
-                                           "podSelector": {"matchLabels": {"app": "app-1"}}}],
-                                 "ports": [{"port": "http"}]}]}),
-        2 => json!({"podSelector": {}, "policyTypes": ["Egress"],
-                    "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}]},
-                               {"ports": [{"protocol": "UDP", "port": 53}]}]}),
-        3 => {
-            json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["app-3", "app-4"]}]},
-                    "policyTypes": ["Ingress", "Egress"],
-                    "ingress": [{"from": [{"ipBlock": {"cidr": format!("172.{}.0.0/16", 16 + ns % 16)}}],
-                                 "ports": [{"port": 30000, "endPort": 32767}]}],
-                    "egress": [{"to": [{"podSelector": {"matchLabels": {"tier": "db"}}}], "ports": [{"port": "http"}]}]})
-        }
-        _ => json!({"podSelector": {"matchLabels": {"app": format!("app-{}", i % 10)}},
-                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}]}]}),
-    };
-    serde_json::from_value(
-        json!({"metadata": {"name": format!("np-{i}"), "namespace": format!("ns-{ns}")}, "spec": spec}),
-    )
-    .unwrap()
-}
-
-fn namespace(ns: usize, env: &str) -> Namespace {
-    serde_json::from_value(json!({"metadata": {"name": format!("ns-{ns}"),
-        "labels": {"team": format!("t{}", ns % 7), "env": env}}}))
-    .unwrap()
+    let mut value = synthetic::pod(ns, i, Placement::Remote);
+    if synthetic::local_rank(n, LOCAL_PODS).is_some() {
+        value["spec"]["nodeName"] = json!(NODE);
+    }
+    typed(value)
 }
 
 fn loaded() -> Compiler {
@@ -73,15 +35,13 @@ fn loaded() -> Compiler {
         allow_node: true,
         strict: false,
     });
-    let stride = NAMESPACES * PODS_PER_NAMESPACE / LOCAL_PODS;
     for ns in 0..NAMESPACES {
-        c.upsert_namespace(&namespace(ns, if ns % 3 == 0 { "prod" } else { "dev" }));
+        c.upsert_namespace(&typed::<Namespace>(synthetic::namespace(ns)));
         for i in 0..PODS_PER_NAMESPACE {
-            let n = ns * PODS_PER_NAMESPACE + i;
-            c.upsert_pod(&pod(ns, i, n.is_multiple_of(stride) && n / stride < LOCAL_PODS));
+            c.upsert_pod(&pod(ns, i));
         }
         for i in 0..POLICIES_PER_NAMESPACE {
-            c.upsert_policy(&policy(ns, i)).unwrap();
+            c.upsert_policy(&typed::<NetworkPolicy>(synthetic::policy(ns, i))).unwrap();
         }
     }
     c
@@ -110,7 +70,7 @@ fn main() {
 
         // One peer pod changes its labels: only the pods whose rules name it
         // are recompiled.
-        let mut changed = pod(run % NAMESPACES, 1, false);
+        let mut changed: Pod = typed(synthetic::pod(run % NAMESPACES, 1, Placement::Remote));
         changed.metadata.labels.as_mut().unwrap().insert("tier".into(), "web".into());
         let t = Instant::now();
         c.upsert_pod(&changed);

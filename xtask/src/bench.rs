@@ -12,7 +12,11 @@ use crate::{
 };
 
 #[derive(clap::Args, Default)]
-pub struct Options {}
+pub struct Options {
+    /// Longer windows and more repetitions (the quick profile takes under 10 minutes).
+    #[arg(long)]
+    full: bool,
+}
 
 /// Benchmarks and the figures they report, with how each is measured.
 const COMPILER: (&str, &str) = (
@@ -23,28 +27,55 @@ const COMPILER: (&str, &str) = (
      then only the pods marked dirty are recompiled. Median of 15 runs, min and max beside it.",
 );
 
-pub fn run(_: &Options) -> Result<()> {
+/// The datapath, time-to-enforce and scale benchmarks (`agent/benches/datapath`).
+const DATAPATH: (&str, &str) = (
+    "datapath",
+    "Pods are network namespaces on a private node namespace, as in the tests. **Per packet**: one TCP connection \
+     doing 1-byte request/response for the window (`rr`), and one bulk TCP stream into a sink (`throughput`), \
+     client pod to server pod, for: nothing attached; our programs on both pods with the allow rule plus N other \
+     /32 prefixes in each trie (`ours_N`); an iptables chain in the node's FORWARD path with N non-matching \
+     rules, one per prefix, ahead of the accept rules and a final drop (`iptables_N`, stateless, so every packet \
+     walks the chain: the cost of one rule per prefix). Configurations are interleaved within each round; each \
+     figure is the median over rounds of the ratio to the same round's no-program run, min and max beside it. \
+     **Time to enforce** (agent in local mode, which waits 20 ms for a burst of file writes to settle): \
+     `policy_to_enforced`: the policy admitting the client is removed or restored, until a fresh connection \
+     from the client sees the change (10 ms attempts; a block must be seen 3 times in a row); \
+     `pod_to_enforced`: a new pod's manifest lands (its veth exists) until its closed-ingress policy holds; \
+     `relabel_1000_pods_ms`: a namespace label change that adds or removes 1,000 peer pods (2,000 prefixes) \
+     from the server's rules, until the agent reports that revision applied. **Scale**: the agent enforcing 110 \
+     local pods of the 5,000-pod, 1,000-policy synthetic cluster (the compiler's): time and CPU to attach all, \
+     RSS after, idle CPU; load and attach time per pod (20 pods, before the agent starts); kernel memory of one \
+     pod's maps (`memlock`); sweeper rate on a full conntrack table.",
+);
+
+pub fn run(options: &Options) -> Result<()> {
     setup::run_all()?;
     let path = workspace_root().join("bench/results.json");
     let mut results: BTreeMap<String, Value> =
         std::fs::read_to_string(&path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-    let (bench, _) = COMPILER;
-    eprintln!("xtask: running the {bench} benchmark");
-    let out = cargo()
-        .args(["bench", "--quiet", "--package", "na-policy", "--bench", bench])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo bench")?;
-    anyhow::ensure!(out.status.success(), "the {bench} benchmark failed ({})", out.status);
-    let line = String::from_utf8(out.stdout)?.lines().last().context("benchmark printed nothing")?.to_owned();
-    let figures: BTreeMap<String, Value> = serde_json::from_str(&line).context("benchmark output is not JSON")?;
-    results.extend(figures);
+    results.extend(bench("na-policy", COMPILER.0, &[])?);
+    let full: &[&str] = if options.full { &["--full"] } else { &[] };
+    results.extend(bench("na-agent", DATAPATH.0, full)?);
     results.insert("machine".into(), machine());
     std::fs::create_dir_all(path.parent().expect("has parent"))?;
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
     std::fs::write(workspace_root().join("BENCHMARKS.md"), report(&results))?;
     eprintln!("xtask: wrote bench/results.json and BENCHMARKS.md");
     Ok(())
+}
+
+/// Runs one benchmark target; its last line of output is a JSON object of figures.
+fn bench(package: &str, name: &str, args: &[&str]) -> Result<BTreeMap<String, Value>> {
+    eprintln!("xtask: running the {name} benchmark");
+    let out = cargo()
+        .args(["bench", "--quiet", "--package", package, "--bench", name, "--"])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo bench")?;
+    anyhow::ensure!(out.status.success(), "the {name} benchmark failed ({})", out.status);
+    let line = String::from_utf8(out.stdout)?.lines().last().context("benchmark printed nothing")?.to_owned();
+    serde_json::from_str(&line).context("benchmark output is not JSON")
 }
 
 fn machine() -> Value {
@@ -93,6 +124,49 @@ fn report(results: &BTreeMap<String, Value>) -> String {
             results.get("compile_entries_total").unwrap_or(&Value::Null)
         );
     }
-    s.push_str("\nDatapath, time-to-enforce and scale figures (issue 9) are not measured yet.\n");
+    s.push_str("\n## Datapath, time to enforce, scale\n\n");
+    let _ = writeln!(s, "{}\n", DATAPATH.1);
+    let figure = |k: &str| results.get(k).map_or_else(|| "not measured".to_owned(), Value::to_string);
+    for key in results.keys().filter(|k| k.ends_with("_error")) {
+        let _ = writeln!(s, "**Not measured**: `{key}`: {}\n", figure(key));
+    }
+    s.push_str("| figure | value | min | max |\n|---|---|---|---|\n");
+    let spread = |k: &str, suffix: &str| results.get(&format!("{k}{suffix}")).map_or(String::new(), Value::to_string);
+    for key in DATAPATH_KEYS {
+        let _ = writeln!(s, "| `{key}` | {} | {} | {} |", figure(key), spread(key, "_min"), spread(key, "_max"));
+    }
+    s.push_str("\nEvery other figure the run recorded (samples, baselines, spreads) is in `bench/results.json`.\n");
     s
 }
+
+/// The datapath figures the report tables, in order.
+const DATAPATH_KEYS: &[&str] = &[
+    "rr_none_per_sec",
+    "rr_ratio_ours_1",
+    "rr_ratio_ours_1000",
+    "rr_ratio_ours_10000",
+    "rr_ratio_iptables_1",
+    "rr_ratio_iptables_1000",
+    "rr_ratio_iptables_10000",
+    "throughput_none_gbit_s",
+    "throughput_ratio_ours_1",
+    "throughput_ratio_ours_1000",
+    "throughput_ratio_ours_10000",
+    "throughput_ratio_iptables_1",
+    "throughput_ratio_iptables_1000",
+    "throughput_ratio_iptables_10000",
+    "policy_to_enforced_p50_ms",
+    "policy_to_enforced_p99_ms",
+    "pod_to_enforced_p50_ms",
+    "pod_to_enforced_p99_ms",
+    "relabel_1000_pods_ms",
+    "load_attach_per_pod_ms",
+    "startup_110_pods_ms",
+    "agent_startup_cpu_s",
+    "agent_rss_mib",
+    "agent_peak_rss_mib",
+    "agent_idle_cpu_percent",
+    "map_memory_per_pod_kib",
+    "conntrack_capacity_per_pod",
+    "sweep_entries_per_s",
+];

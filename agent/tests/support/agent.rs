@@ -94,6 +94,11 @@ impl Agent {
         Self(child)
     }
 
+    /// The agent's process id (nsenter execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     pub fn kill(mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();

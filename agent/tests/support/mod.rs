@@ -61,6 +61,15 @@ impl Env {
 
     /// A node with `pods` (namespace, name) serving [`PORTS`], nothing attached.
     pub fn with_pods(mode: AttachMode, pods: &[(&str, &str)]) -> Result<Self> {
+        Self::build(mode, pods, true)
+    }
+
+    /// A node with `pods` serving nothing (for scale: no server threads).
+    pub fn without_servers(mode: AttachMode, pods: &[(&str, &str)]) -> Result<Self> {
+        Self::build(mode, pods, false)
+    }
+
+    fn build(mode: AttachMode, pods: &[(&str, &str)], serve: bool) -> Result<Self> {
         let root = PinRoot::new();
         let dp = Datapath::new(PinLayout::new(&root.0), mode)?;
         let mut node = Node::new()?;
@@ -71,7 +80,7 @@ impl Env {
             node.add_pod(namespace, name, Ipv4Addr::new(198, 18, 0, host), ip6, &veth)?;
         }
         let mut servers = Servers::default();
-        for pod in node.pods() {
+        for pod in node.pods().iter().filter(|_| serve) {
             for port in PORTS {
                 servers.start(pod, Proto::Tcp, port)?;
                 servers.start(pod, Proto::Udp, port)?;

@@ -12,6 +12,7 @@ mod netns;
 mod node;
 mod probe;
 mod server;
+pub mod synthetic;
 
 pub use netns::NetNs;
 pub use node::{NODE_IP, NODE_IP6, Node, Pod};

@@ -1,0 +1,179 @@
+//! Scale and memory: the agent enforcing 110 local pods of a 5,000-pod,
+//! 1,000-policy cluster; program load and attach time per pod; map memory per
+//! pod; how fast the sweeper reclaims a full conntrack table.
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use aya::maps::{HashMap, MapData};
+use na_agent::{
+    datapath::{AttachMode, PodRules, open_pinned},
+    pod_id::PodId,
+};
+use na_common::{
+    conntrack::{FlowKey, FlowState, MAX_FLOWS},
+    names,
+};
+use na_harness::synthetic::{self, NAMESPACES, PODS_PER_NAMESPACE, POLICIES_PER_NAMESPACE, Placement};
+use serde_json::{Value, json};
+
+use crate::{
+    Figures, stats,
+    support::{
+        Env,
+        agent::{Agent, Manifests, NODE, status},
+    },
+};
+
+const LOCAL_PODS: usize = 110;
+/// Pods timed through a load, attach and detach before the agent starts.
+const TIMED_ATTACHES: usize = 20;
+
+pub fn run(full: bool) -> Result<Figures> {
+    let idle_window = if full { Duration::from_secs(20) } else { Duration::from_secs(5) };
+    // Local pods in rank order: the harness numbers their addresses so.
+    let mut local = vec![(String::new(), String::new()); LOCAL_PODS];
+    for ns in 0..NAMESPACES {
+        for i in 0..PODS_PER_NAMESPACE {
+            if let Some(k) = synthetic::local_rank(ns * PODS_PER_NAMESPACE + i, LOCAL_PODS) {
+                local[k] = (format!("ns-{ns}"), format!("pod-{i}"));
+            }
+        }
+    }
+    let refs: Vec<(&str, &str)> = local.iter().map(|(n, p)| (n.as_str(), p.as_str())).collect();
+    eprintln!("bench: scale: creating {LOCAL_PODS} pods");
+    let mut env = Env::without_servers(AttachMode::Auto, &refs)?;
+    let mut f = Figures::new();
+
+    let mut attach_ms = Vec::new();
+    for (ns, name) in local.iter().take(TIMED_ATTACHES) {
+        let key = format!("{ns}/{name}");
+        let t = Instant::now();
+        env.attach(&key, &PodRules::default())?;
+        attach_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if attach_ms.len() == 1 {
+            f.insert("map_memory_per_pod_kib".into(), json!(map_memory_kib(&env, &PodId::new(ns, name))?));
+        }
+        env.detach(&key)?;
+    }
+    f.insert("load_attach_per_pod_ms".into(), json!(stats::round(stats::median(&attach_ms), 1)));
+    f.insert("load_attach_per_pod_max_ms".into(), json!(stats::round(stats::max(&attach_ms), 1)));
+
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    write_cluster(&env, &manifests, &local);
+    let t0 = Instant::now();
+    let agent = Agent::start(&env, &manifests, &status_file);
+    let deadline = t0 + Duration::from_secs(300);
+    while status(&status_file)["attached"].as_array().is_none_or(|a| a.len() < LOCAL_PODS) {
+        if Instant::now() > deadline {
+            bail!("the agent did not attach {LOCAL_PODS} pods in 300 s: {}", status(&status_file)["errors"]);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f.insert("startup_110_pods_ms".into(), json!(stats::round(t0.elapsed().as_secs_f64() * 1e3, 0)));
+    let pid = agent.pid();
+    f.insert("agent_startup_cpu_s".into(), json!(stats::round(cpu_seconds(pid)?, 2)));
+    std::thread::sleep(Duration::from_secs(2));
+    f.insert("agent_rss_mib".into(), json!(stats::round(proc_status_kib(pid, "VmRSS")? / 1024.0, 1)));
+    f.insert("agent_peak_rss_mib".into(), json!(stats::round(proc_status_kib(pid, "VmHWM")? / 1024.0, 1)));
+    let before = cpu_seconds(pid)?;
+    std::thread::sleep(idle_window);
+    let idle = (cpu_seconds(pid)? - before) / idle_window.as_secs_f64() * 100.0;
+    f.insert("agent_idle_cpu_percent".into(), json!(stats::round(idle, 2)));
+    f.insert(
+        "scale".into(),
+        json!({"local_pods": LOCAL_PODS, "cluster_pods": NAMESPACES * PODS_PER_NAMESPACE,
+               "policies": NAMESPACES * POLICIES_PER_NAMESPACE}),
+    );
+    agent.kill();
+
+    let (swept, seconds) = sweep_full_table(&env, &local[0])?;
+    f.insert("conntrack_capacity_per_pod".into(), json!(MAX_FLOWS));
+    f.insert("sweep_entries_per_s".into(), json!(stats::round(swept as f64 / seconds, 0)));
+    Ok(f)
+}
+
+fn write_cluster(env: &Env, manifests: &Manifests, local: &[(String, String)]) {
+    let namespaces: Vec<Value> = (0..NAMESPACES).map(synthetic::namespace).collect();
+    manifests.write("namespaces.yaml", &namespaces);
+    let mut pods = Vec::new();
+    for ns in 0..NAMESPACES {
+        for i in 0..PODS_PER_NAMESPACE {
+            let placement = match synthetic::local_rank(ns * PODS_PER_NAMESPACE + i, LOCAL_PODS) {
+                Some(k) => {
+                    let p = env.pod(&format!("{}/{}", local[k].0, local[k].1));
+                    Placement::Local { node: NODE, ip: p.ip, ip6: p.ip6 }
+                }
+                None => Placement::Remote,
+            };
+            pods.push(synthetic::pod(ns, i, placement));
+        }
+    }
+    manifests.write("pods.yaml", &pods);
+    let policies: Vec<Value> =
+        (0..NAMESPACES).flat_map(|ns| (0..POLICIES_PER_NAMESPACE).map(move |i| synthetic::policy(ns, i))).collect();
+    manifests.write("policies.yaml", &policies);
+}
+
+/// Kernel memory charged to a pod's own maps (`memlock` in fdinfo).
+fn map_memory_kib(env: &Env, pod: &PodId) -> Result<u64> {
+    let mut total = 0;
+    for name in names::POD_MAPS {
+        let path = env.root().join("maps").join(pod.pin_name(name));
+        let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let fd = map.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+        let memlock = info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .context("no memlock in fdinfo")?;
+        total += memlock;
+    }
+    Ok(total / 1024)
+}
+
+/// Fills a pod's conntrack table with idle entries and times one sweep:
+/// (entries removed, seconds).
+fn sweep_full_table(env: &Env, (ns, name): &(String, String)) -> Result<(usize, f64)> {
+    let pod = PodId::new(ns, name);
+    let path = env.root().join("maps").join(pod.pin_name(names::MAP_CONNTRACK));
+    let mut table: HashMap<MapData, FlowKey, FlowState> = open_pinned(&path)?;
+    for i in 0..MAX_FLOWS {
+        let mut key =
+            FlowKey { protocol: na_common::protocol::ICMP, family: na_common::family::IPV4, ..Default::default() };
+        key.src_addr[..4].copy_from_slice(&i.to_be_bytes());
+        // Last seen at boot: long past the 30 s timeout of ICMP flows.
+        table.insert(key, FlowState::default(), 0)?;
+    }
+    let t = Instant::now();
+    let swept = env.dp.sweep_conntrack(&pod)?;
+    let seconds = t.elapsed().as_secs_f64();
+    ensure!(swept > 0, "the sweep removed nothing");
+    Ok((swept, seconds))
+}
+
+/// User plus system CPU seconds of `pid`.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').context("odd stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ensure!(hz > 0.0, "no clock tick rate");
+    Ok(ticks / hz)
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} for pid {pid}"))
+}
