@@ -48,21 +48,16 @@ pub fn protocol_name(p: u8) -> String {
     }
 }
 
-/// A protocol by name (any case) or number.
+/// A protocol by name (any case: the Kubernetes ones, ICMP, ICMPv6) or number.
 pub fn protocol_number(name: &str) -> Option<u8> {
+    if let Some(p) = na_policy::protocol_number(&name.to_ascii_uppercase()) {
+        return Some(p);
+    }
     match name.to_ascii_lowercase().as_str() {
-        "tcp" => Some(protocol::TCP),
-        "udp" => Some(protocol::UDP),
-        "sctp" => Some(protocol::SCTP),
         "icmp" => Some(protocol::ICMP),
         "icmpv6" | "ipv6-icmp" => Some(protocol::ICMPV6),
         n => n.parse().ok().filter(|p| *p != PROTO_ANY),
     }
-}
-
-/// Whether packets of `protocol` carry ports the datapath reads.
-pub fn has_ports(p: u8) -> bool {
-    matches!(p, protocol::TCP | protocol::UDP | protocol::SCTP)
 }
 
 /// A rule's ports: `80`, `8000-9000`, or `all`.
@@ -119,8 +114,13 @@ pub fn attribution_label(policy_id: u32, status: Option<&Status>) -> String {
         POLICY_ID_HOST => "node".into(),
         id => status
             .and_then(|s| s.rule(id))
-            .map_or_else(|| format!("#{id}"), |r| format!("{} {}[{}]", r.policy, r.direction, r.rule)),
+            .map_or_else(|| format!("#{id}"), |r| rule_label(&r.policy, &r.direction, r.rule)),
     }
+}
+
+/// A policy rule as `namespace/name direction[index]`.
+pub fn rule_label(policy: &str, direction: &str, rule: usize) -> String {
+    format!("{policy} {direction}[{rule}]")
 }
 
 #[cfg(test)]

@@ -38,6 +38,13 @@ pub mod protocol {
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;
     pub const SCTP: u8 = 132;
+
+    /// Whether packets of `protocol` carry ports the datapath reads (and
+    /// policies may name).
+    #[inline(always)]
+    pub const fn has_ports(protocol: u8) -> bool {
+        matches!(protocol, TCP | UDP | SCTP)
+    }
 }
 
 /// Implements `aya::Pod` for ABI types when the `user` feature is on.

@@ -185,7 +185,7 @@ fn tracked(key: &FlowKey, now: u64, tcp_flags: u8) -> Tracked {
     };
     if state.generation != entry.generation {
         let peer = if dir == direction::INGRESS { key.src_addr } else { key.dst_addr };
-        let port = has_ports(key.protocol).then_some(key.dst_port);
+        let port = protocol::has_ports(key.protocol).then_some(key.dst_port);
         let decision = decide(&state, dir, &Query { family: key.family, peer, protocol: key.protocol, port });
         if !decision.allowed {
             let _ = CONNTRACK.remove(key);
@@ -210,10 +210,6 @@ fn idle_timeout(proto: u8, state: u8) -> u64 {
         TimeoutClass::Udp => TIMEOUT_UDP_NS.load(),
         TimeoutClass::Other => TIMEOUT_OTHER_NS.load(),
     }
-}
-
-fn has_ports(proto: u8) -> bool {
-    matches!(proto, protocol::TCP | protocol::UDP | protocol::SCTP)
 }
 
 #[inline(never)]

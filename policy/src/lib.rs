@@ -29,7 +29,7 @@ pub mod reference;
 pub mod selector;
 
 pub use attribution::{Attribution, Attributions};
-pub use cluster::{ObjectRef, PodInfo};
+pub use cluster::{ObjectRef, PodInfo, protocol_number};
 pub use compile::{CompileError, CompileOptions, Compiler};
 pub use output::{Direction, DirectionRules, Mode, PodRules};
 pub use parse::PolicyError;

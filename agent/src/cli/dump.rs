@@ -1,7 +1,6 @@
 //! `na-cli ebpf dump-maps <map-id>`: any of a pod's maps, decoded by its kind.
 use std::fmt::Write as _;
 
-use aya::maps::MapInfo;
 use na_common::{direction, names};
 use serde::{Deserialize, Serialize};
 
@@ -31,12 +30,8 @@ pub enum Contents {
 }
 
 pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, CliError> {
-    let info = MapInfo::from_id(map_id).map_err(|e| match e {
-        aya::maps::MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            CliError::NotFound(format!("no map with id {map_id}"))
-        }
-        e => CliError::kernel(format!("map {map_id}"), &e),
-    })?;
+    let data = read::by_id(map_id)?;
+    let info = data.info().map_err(|e| CliError::kernel(format!("map {map_id}"), &e))?;
     let name = info.name_as_str().unwrap_or_default().to_owned();
     if names::GLOBAL_MAPS.contains(&name.as_str()) {
         return Err(CliError::BadArgument(format!(
@@ -60,12 +55,14 @@ pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, CliError> {
             let pod = PodId::from_raw(owner.clone());
             let states = read::states(&read::pinned(&sources.layout, &pod, names::MAP_POD_STATE)?)?;
             let active = Some(states[dir as usize].active_set());
-            Contents::Rules { prefixes: read::prefixes(&read::by_id(map_id)?, active, status)? }
+            Contents::Rules { prefixes: read::prefixes(&read::typed(data, &name)?, active, status)? }
         }
-        names::MAP_POD_STATE => Contents::PodState { states: read::state_rows(&read::states(&read::by_id(map_id)?)?) },
-        names::MAP_CONNTRACK => Contents::Conntrack { flows: read::flows(&read::by_id(map_id)?, status)? },
-        names::MAP_FRAGMENTS => Contents::Fragments { datagrams: read::fragments(&read::by_id(map_id)?, status)? },
-        names::MAP_COUNTERS => Contents::Counters { counters: read::pod_counters(&read::by_id(map_id)?)? },
+        names::MAP_POD_STATE => {
+            Contents::PodState { states: read::state_rows(&read::states(&read::typed(data, &name)?)?) }
+        }
+        names::MAP_CONNTRACK => Contents::Conntrack { flows: read::flows(&read::typed(data, &name)?, status)? },
+        names::MAP_FRAGMENTS => Contents::Fragments { datagrams: read::fragments(&read::typed(data, &name)?, status)? },
+        names::MAP_COUNTERS => Contents::Counters { counters: read::pod_counters(&read::typed(data, &name)?)? },
         // Maps the object adds that we do not decode (say, `.rodata`).
         other => return Err(CliError::BadArgument(format!("map {map_id} ({other}) holds no per-pod state to decode"))),
     };

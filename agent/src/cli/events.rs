@@ -160,7 +160,7 @@ pub fn render(l: &FlowLine) -> String {
     let src = super::read::socket(l.src_ip, l.src_port);
     let dst = super::read::socket(l.dst_ip, l.dst_port);
     let policy = match (&l.policy, l.rule) {
-        (Some(p), Some(r)) => format!("{p} {}[{r}]", l.direction),
+        (Some(p), Some(r)) => crate::decode::rule_label(p, &l.direction, r),
         (Some(p), None) => p.clone(),
         _ => "-".into(),
     };

@@ -86,17 +86,20 @@ pub struct FragmentRow {
     pub policy: String,
 }
 
-/// Opens map `id` from the kernel as a `T`.
-pub fn by_id<T: TryFrom<Map, Error = aya::maps::MapError>>(id: u32) -> Result<T, CliError> {
-    let what = format!("map {id}");
-    let data = MapData::from_id(id).map_err(|e| match e {
+/// Opens map `id` from the kernel.
+pub fn by_id(id: u32) -> Result<MapData, CliError> {
+    MapData::from_id(id).map_err(|e| match e {
         aya::maps::MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
             CliError::NotFound(format!("no map with id {id}"))
         }
-        e => CliError::kernel(&what, &e),
-    })?;
-    let map = Map::from_map_data(data).map_err(|e| CliError::kernel(&what, &e))?;
-    T::try_from(map).map_err(|e| CliError::kernel(&what, &e))
+        e => CliError::kernel(format!("map {id}"), &e),
+    })
+}
+
+/// An opened map as a `T`; `what` names it in errors.
+pub fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(data: MapData, what: &str) -> Result<T, CliError> {
+    let map = Map::from_map_data(data).map_err(|e| CliError::kernel(what, &e))?;
+    T::try_from(map).map_err(|e| CliError::kernel(what, &e))
 }
 
 /// Opens `pod`'s pinned map `name` as a `T`.

@@ -73,7 +73,7 @@ pub fn parse_protocol(spec: &str) -> Result<(u8, Option<u16>), CliError> {
         None => (spec, None),
     };
     let protocol = decode::protocol_number(name).ok_or_else(|| bad(format!("unknown protocol {name:?}")))?;
-    match (decode::has_ports(protocol), port) {
+    match (na_common::protocol::has_ports(protocol), port) {
         (true, Some(port)) => {
             Ok((protocol, Some(port.parse().map_err(|_| bad(format!("{port:?} is not a port number")))?)))
         }
