@@ -62,6 +62,11 @@ pub struct Args {
     /// How often idle conntrack entries are reclaimed.
     #[arg(long, value_parser = humantime_secs, default_value = "60", env = "NA_CONNTRACK_SWEEP_INTERVAL")]
     pub conntrack_sweep_interval: Duration,
+    /// Flows each pod's conntrack table holds. A full table tracks no new
+    /// flow (and evicts none); its memory follows what it holds, plus 16
+    /// bytes per slot of hash buckets.
+    #[arg(long, default_value_t = na_common::conntrack::DEFAULT_FLOWS_PER_POD, env = "NA_CONNTRACK_FLOWS_PER_POD")]
+    pub conntrack_flows_per_pod: u32,
     /// Written after every reconcile: the attached pods and what each rule id
     /// in the maps stands for (`na-cli` reads it), and what is applied.
     #[arg(long, default_value = DEFAULT_STATUS_FILE, env = "NA_STATUS_FILE")]

@@ -187,21 +187,23 @@ impl Reconciler {
     }
 
     /// Removes the pins of pods that a previous agent loaded and that are no
-    /// longer here. Call after the first full sync.
+    /// longer here, and programs of other versions. Call after the first
+    /// full sync: by then every pod kept runs this agent's programs.
     pub fn remove_orphans(&mut self, report: &mut SyncReport) {
-        let keep: BTreeSet<String> = self
-            .attached()
-            .chain(self.pending.iter().map(|k| PodId::new(&k.namespace, &k.name)))
-            .map(|id| id.to_string())
-            .collect();
-        let Ok(pinned) = crate::cli::loaded::read(self.datapath.layout()) else { return };
-        let orphans: BTreeSet<String> = pinned.into_iter().map(|p| p.pod_id).filter(|id| !keep.contains(id)).collect();
-        for id in orphans {
-            let pod = PodId::from_raw(id.clone());
+        let keep: BTreeSet<PodId> =
+            self.attached().chain(self.pending.iter().map(|k| PodId::new(&k.namespace, &k.name))).collect();
+        let pinned = match crate::datapath::inventory::pinned_pods(self.datapath.layout()) {
+            Ok(pinned) => pinned,
+            Err(e) => return report.errors.push(format!("reading pinned pods: {e}")),
+        };
+        for pod in pinned.into_iter().filter(|id| !keep.contains(id)) {
             match self.datapath.detach_pod(&pod, None) {
-                Ok(()) => report.detached.push(id),
-                Err(e) => report.errors.push(format!("orphaned pod state {id}: {e}")),
+                Ok(()) => report.detached.push(pod.to_string()),
+                Err(e) => report.errors.push(format!("orphaned pod state {pod}: {e}")),
             }
+        }
+        if let Err(e) = self.datapath.remove_stale_programs() {
+            report.errors.push(format!("removing programs of older versions: {e}"));
         }
     }
 }

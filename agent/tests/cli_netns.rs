@@ -177,10 +177,19 @@ fn na_cli_explains_what_the_agent_loaded() {
             format!("{}/128 []", b.ip6),
         ]
     );
-    let state: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_c", "pod_state_map").to_string()]);
-    let na_agent::cli::dump::Contents::PodState { states } = &state.contents else { panic!("{state:?}") };
-    let modes: Vec<(&str, &str)> = states.iter().map(|s| (s.direction.as_str(), s.mode.as_str())).collect();
+    // The node's pod table: every pod's record, named from the status file.
+    let state: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_c", "pod_table").to_string()]);
+    assert_eq!(state.pod_id, "node");
+    let na_agent::cli::dump::Contents::PodTable { pods } = &state.contents else { panic!("{state:?}") };
+    let c_row = pods.iter().find(|p| p.pod_id.as_deref() == Some("x_c")).unwrap_or_else(|| panic!("{pods:?}"));
+    let modes: Vec<(&str, &str)> = c_row.states.iter().map(|s| (s.direction.as_str(), s.mode.as_str())).collect();
     assert_eq!(modes, vec![("ingress", "default-allow"), ("egress", "policies-applied")]);
+    assert_eq!(pods.len(), 3, "one record per pod: {pods:?}");
+    // Every pod's attachments run the same two programs.
+    let prog_ids: std::collections::BTreeSet<(String, u32)> =
+        loaded.iter().map(|p| (p.direction.clone(), p.prog_id)).collect();
+    assert_eq!(prog_ids.len(), 2, "one program per direction for the node: {loaded:?}");
+    assert!(loaded.iter().all(|p| p.pin_path.contains("/links/")), "{loaded:?}");
     let flows: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_a", "conntrack_map").to_string()]);
     let na_agent::cli::dump::Contents::Conntrack { flows } = &flows.contents else { panic!("{flows:?}") };
     assert!(
@@ -189,7 +198,9 @@ fn na_cli_explains_what_the_agent_loaded() {
     );
     assert!(flows.iter().all(|f| f.idle_secs < 600.0 && f.timeout_secs > 0));
     let counters: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_a", "counters").to_string()]);
-    let na_agent::cli::dump::Contents::Counters { counters } = &counters.contents else { panic!("{counters:?}") };
+    let na_agent::cli::dump::Contents::Counters { pods } = &counters.contents else { panic!("{counters:?}") };
+    let a_row = pods.iter().find(|p| p.pod_id.as_deref() == Some("x_a")).unwrap_or_else(|| panic!("{pods:?}"));
+    let counters = &a_row.counters;
     assert!(counters.ingress_allowed.packets > 0 && counters.ingress_denied.packets > 0, "{counters:?}");
     let table = cli.text(&["ebpf", "dump-maps", &map_id("x_c", "egress_map").to_string()]);
     assert!(table.contains("deny (except hole)") && table.contains("(active)"), "{table}");

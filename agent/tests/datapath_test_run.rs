@@ -20,6 +20,7 @@ use na_common::{
     policy::PortRule,
     protocol::{ICMP, ICMPV6, SCTP, TCP, UDP},
 };
+use na_harness::Node;
 use support::PinRoot;
 
 const OK: u32 = 0;
@@ -32,22 +33,54 @@ const OTHER4: Ipv4Addr = Ipv4Addr::new(10, 7, 7, 7);
 const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
-/// A loaded (unattached) pod with fixed rules, and its two programs.
+/// The node's programs with pods registered under the veths of a private
+/// namespace (unattached: packets are handed to the programs directly,
+/// with the veth's ifindex in the context, as TC would).
 struct Pod {
-    ingress: SchedClassifier,
-    egress: SchedClassifier,
+    ingress: Prog,
+    egress: Prog,
     layout: PinLayout,
     id: PodId,
+    /// Another pod with other rules, on its own veth.
+    other: u32,
+    /// A veth with no pod registered.
+    unknown: u32,
+    _node: Node,
     _root: PinRoot,
 }
 
-fn pod() -> Pod {
-    pod_logging(KernelLogLevel::Off)
+/// One of the node's programs, run as if on veth `ifindex`.
+struct Prog {
+    prog: SchedClassifier,
+    pin: std::path::PathBuf,
+    ifindex: u32,
 }
 
-fn pod_logging(level: KernelLogLevel) -> Pod {
+impl Prog {
+    /// The same program, on another veth.
+    fn on(&self, ifindex: u32) -> Prog {
+        Prog { prog: SchedClassifier::from_pin(&self.pin).unwrap(), pin: self.pin.clone(), ifindex }
+    }
+}
+
+fn pod() -> Pod {
+    pod_with(KernelLogLevel::Off, false)
+}
+
+fn pod_with(level: KernelLogLevel, strict: bool) -> Pod {
     let root = PinRoot::new();
-    let dp = Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap().with_log_level(level);
+    let node = Node::new().unwrap();
+    for veth in ["tr-pod", "tr-other", "tr-unknown"] {
+        let peer = format!("{veth}-p");
+        let args = ["-n", node.netns().name(), "link", "add", veth, "type", "veth", "peer", "name", &peer];
+        assert!(std::process::Command::new("ip").args(args).status().unwrap().success());
+    }
+    // This test's thread lives in the node from now on: the kernel resolves a
+    // test run's ifindex there.
+    nix::sched::setns(node.netns().open().unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
+    let dp =
+        Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap().with_log_level(level).with_strict(strict);
     let id = PodId::new("t", "pod");
     let net = |ip: IpAddr| IpNet::from(ip);
     let ingress = DirectionRules {
@@ -60,21 +93,44 @@ fn pod_logging(level: KernelLogLevel) -> Pod {
         ]
         .into(),
     };
-    dp.load_pod(&id, &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
+    dp.load_pod(&id, index("tr-pod"), &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
+    // The other pod admits only OTHER4, and only on TCP/85.
+    let other = DirectionRules {
+        mode: Mode::PoliciesApplied,
+        entries: [(net(OTHER4.into()), vec![PortRule::ports(9, TCP, 85, 85)])].into(),
+    };
+    dp.load_pod(
+        &PodId::new("t", "other"),
+        index("tr-other"),
+        &PodRules { ingress: other, egress: DirectionRules::default() },
+    )
+    .unwrap();
     let layout = dp.layout().clone();
+    let version = dp.programs().unwrap().as_ref().unwrap().version().to_owned();
+    let prog = |name: &str| {
+        let pin = layout.programs_dir().join(format!("{name}_{version}"));
+        Prog { prog: SchedClassifier::from_pin(&pin).unwrap(), pin, ifindex: index("tr-pod") }
+    };
     Pod {
-        ingress: SchedClassifier::from_pin(layout.program(&id, PROG_INGRESS)).unwrap(),
-        egress: SchedClassifier::from_pin(layout.program(&id, PROG_EGRESS)).unwrap(),
+        ingress: prog(PROG_INGRESS),
+        egress: prog(PROG_EGRESS),
         layout,
         id,
+        other: index("tr-other"),
+        unknown: index("tr-unknown"),
+        _node: node,
         _root: root,
     }
 }
 
-fn run(prog: &SchedClassifier, packet: &[u8]) -> u32 {
+fn run(prog: &Prog, packet: &[u8]) -> u32 {
     let mut out = vec![0u8; packet.len() + 256];
-    let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..TestRunOptions::new() };
-    prog.test_run(opts).expect("test run").return_value
+    // `struct __sk_buff` up to `ifindex` (offset 40): the veth the packet is on.
+    let mut ctx = [0u8; 44];
+    ctx[40..].copy_from_slice(&prog.ifindex.to_ne_bytes());
+    let opts =
+        TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+    prog.prog.test_run(opts).expect("test run").return_value
 }
 
 // ---- packet builders -------------------------------------------------------
@@ -376,7 +432,7 @@ fn verdicts_are_counted_and_logged_with_their_rule() {
 fn verifier_statistics() {
     let p = pod();
     for (name, prog) in [(PROG_INGRESS, &p.ingress), (PROG_EGRESS, &p.egress)] {
-        let info = prog.info().unwrap();
+        let info = prog.prog.info().unwrap();
         let xlated = info.size_translated().unwrap_or(0) / 8;
         let verified = info.verified_instruction_count().unwrap_or(0);
         println!("{name}: {xlated} instructions, {verified} processed by the verifier");
@@ -400,9 +456,10 @@ impl log::Log for Capture {
 }
 
 fn kernel_log_after_a_denial(level: KernelLogLevel) -> Vec<String> {
-    let p = pod_logging(level);
+    let p = pod_with(level, false);
     let capture: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
-    let mut logger = aya_log::EbpfLogger::init_from_id_with_logger(p.ingress.info().unwrap().id(), capture).unwrap();
+    let mut logger =
+        aya_log::EbpfLogger::init_from_id_with_logger(p.ingress.prog.info().unwrap().id(), capture).unwrap();
     assert_eq!(run(&p.ingress, &v4(OTHER4, TCP, 85)), SHOT);
     logger.flush();
     capture.0.lock().unwrap().clone()
@@ -413,4 +470,40 @@ fn kernel_log_is_off_by_default_and_speaks_when_asked() {
     assert!(kernel_log_after_a_denial(KernelLogLevel::Off).is_empty());
     let lines = kernel_log_after_a_denial(KernelLogLevel::Debug);
     assert!(lines.iter().any(|l| l.contains("port 85 denied")), "{lines:?}");
+}
+
+#[test]
+fn each_veth_is_judged_by_its_own_pods_maps_only() {
+    let p = pod();
+    let other = p.ingress.on(p.other);
+    // PEER4 may reach the pod, OTHER4 the other pod: never the reverse.
+    assert_eq!(run(&p.ingress, &v4(PEER4, TCP, 85)), OK);
+    assert_eq!(run(&other, &v4(PEER4, TCP, 85)), SHOT, "the pod's rule must not open the other pod");
+    assert_eq!(run(&other, &v4(OTHER4, TCP, 85)), OK);
+    assert_eq!(run(&p.ingress, &v4(OTHER4, TCP, 85)), SHOT, "the other pod's rule must not open the pod");
+    // A flow tracked on one veth is not tracked on another: the PEER4 flow
+    // the pod admitted (and tracked) is still judged afresh on the other.
+    assert_eq!(run(&p.ingress, &v4(PEER4, TCP, 85)), OK);
+    assert_eq!(run(&other, &v4(PEER4, TCP, 85)), SHOT);
+    // Counters are the veth's own.
+    let c = na_agent::datapath::pod_counters(&p.layout, &p.id).unwrap();
+    assert_eq!((c.ingress_allowed.packets, c.ingress_denied.packets), (2, 1));
+    let o = na_agent::datapath::pod_counters(&p.layout, &PodId::new("t", "other")).unwrap();
+    assert_eq!((o.ingress_allowed.packets, o.ingress_denied.packets), (1, 2));
+}
+
+#[test]
+fn a_veth_without_a_pod_passes_in_standard_mode_and_drops_in_strict_mode() {
+    let standard = pod();
+    assert_eq!(run(&standard.ingress.on(standard.unknown), &v4(OTHER4, TCP, 22)), OK);
+    assert_eq!(run(&standard.egress.on(standard.unknown), &v4(OTHER4, TCP, 22)), OK);
+    let strict = pod_with(KernelLogLevel::Off, true);
+    assert_eq!(run(&strict.ingress.on(strict.unknown), &v4(OTHER4, TCP, 22)), SHOT);
+    assert_eq!(run(&strict.egress.on(strict.unknown), &v4(OTHER4, TCP, 22)), SHOT);
+    // Registered pods are judged by their rules in both.
+    assert_eq!(run(&strict.ingress, &v4(PEER4, TCP, 85)), OK);
+    // Counted, under the slot of veths without a pod.
+    let tables = na_agent::datapath::NodeTables::open(&strict.layout).unwrap();
+    let unknown = na_agent::datapath::counters(&tables.counters(na_common::pod_state::UNKNOWN_POD).unwrap());
+    assert_eq!((unknown.ingress_denied.packets, unknown.egress_denied.packets), (1, 1));
 }

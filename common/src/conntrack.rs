@@ -1,8 +1,15 @@
-//! `conntrack_map`: per-pod LRU hash of flows the pod's policy admitted, so
+//! `conntrack_map`: per-pod hash of flows the pod's policy admitted, so
 //! replies pass and established flows skip the rule lookup.
+//!
+//! Each pod's table is an inner map of the node-wide `conntrack_maps`, keyed
+//! by the pod's host veth ifindex, so one pod's flood of flows can only fill
+//! its own table. Tables are not preallocated: an idle pod costs its hash
+//! buckets, a busy one what it tracks. A full table admits no new flow to
+//! tracking (the packet is still judged by the rules, and so are its
+//! replies); it never evicts a live flow.
 
-/// Capacity of each pod's conntrack table.
-pub const MAX_FLOWS: u32 = 16_384;
+/// Flows a pod's table holds unless the agent is told otherwise.
+pub const DEFAULT_FLOWS_PER_POD: u32 = 8_192;
 
 /// A flow in the orientation of its first packet.
 #[repr(C)]
@@ -108,11 +115,14 @@ pub struct FlowState {
 /// `frag_map`: fragments after the first carry no ports, so the first
 /// fragment's verdict is remembered for the rest of its datagram.
 pub mod fragments {
-    /// Capacity of each pod's fragment table (LRU).
-    pub const MAX_DATAGRAMS: u32 = 1024;
+    /// Capacity of the node's fragment table (LRU, shared by every pod: a
+    /// datagram whose entry is evicted loses its later fragments, never a
+    /// verdict it did not earn).
+    pub const MAX_DATAGRAMS: u32 = 8192;
 }
 
-/// A fragmented datagram: addresses, protocol and IP identification.
+/// A fragmented datagram on one pod's veth: addresses, protocol and IP
+/// identification.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
@@ -123,4 +133,6 @@ pub struct FragKey {
     pub protocol: u8,
     pub family: u8,
     pub _pad: [u8; 2],
+    /// The pod's host veth: the table is shared by every pod.
+    pub ifindex: u32,
 }

@@ -6,7 +6,9 @@ use crate::{conntrack::*, events::*, pod_state::*, policy::*};
 
 #[test]
 fn lpm_key_layout() {
-    assert_eq!(size_of::<LpmKeyData>(), 18);
+    assert_eq!(size_of::<LpmKeyData>(), 20);
+    // The trie stores the value right after the key (prefix length + data).
+    assert_eq!((4 + size_of::<LpmKeyData>()) % core::mem::align_of::<RuleSet>(), 0);
     assert_eq!(offset_of!(LpmKeyData, set), 0);
     assert_eq!(offset_of!(LpmKeyData, family), 1);
     assert_eq!(offset_of!(LpmKeyData, addr), 2);
@@ -51,11 +53,19 @@ fn conntrack_layout() {
     assert_eq!(offset_of!(FlowState, generation), 12);
     assert_eq!(offset_of!(FlowState, direction), 16);
     assert_eq!(offset_of!(FlowState, tcp_state), 17);
-    assert_eq!(size_of::<FragKey>(), 40);
+    assert_eq!(size_of::<FragKey>(), 44);
     assert_eq!(offset_of!(FragKey, id), 32);
     assert_eq!(offset_of!(FragKey, protocol), 36);
+    assert_eq!(offset_of!(FragKey, ifindex), 40);
     assert_eq!(size_of::<Counter>(), 16);
     assert_eq!(counter_index(1, 1), 3);
+}
+
+#[test]
+fn pod_record_layout() {
+    assert_eq!(size_of::<PodRecord>(), 16);
+    assert_eq!(offset_of!(PodRecord, states), 0);
+    assert_eq!(size_of::<PodCounterSlots>(), 16 * COUNTERS as usize);
 }
 
 #[test]

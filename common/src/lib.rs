@@ -64,6 +64,8 @@ user_pod!(
     policy::PortRule,
     policy::RuleSet,
     pod_state::PodState,
+    pod_state::PodRecord,
+    pod_state::PodCounterSlots,
     conntrack::FlowKey,
     conntrack::FlowState,
     conntrack::FragKey,

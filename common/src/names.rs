@@ -1,31 +1,50 @@
 //! Names shared by the ELF object, the loader and `na-cli`.
+//!
+//! Kernel object names hold at most 15 bytes.
 
 /// Program judging traffic into the pod.
 pub const PROG_INGRESS: &str = "handle_ingress";
 /// Program judging traffic out of the pod.
 pub const PROG_EGRESS: &str = "handle_egress";
 
-/// Per-pod LPM trie of allowed peers for traffic into the pod.
+/// A pod's LPM trie of allowed peers for traffic into the pod (inner map).
 pub const MAP_INGRESS: &str = "ingress_map";
-/// Per-pod LPM trie of allowed peers for traffic out of the pod.
+/// A pod's LPM trie of allowed peers for traffic out of the pod (inner map).
 pub const MAP_EGRESS: &str = "egress_map";
-/// Per-pod isolation state, one entry per direction.
-pub const MAP_POD_STATE: &str = "pod_state_map";
-/// Per-pod connection tracking table.
+/// A pod's connection tracking table (inner map).
 pub const MAP_CONNTRACK: &str = "conntrack_map";
-/// Per-pod verdicts of first fragments, for the fragments that follow.
-pub const MAP_FRAGMENTS: &str = "frag_map";
-/// Per-pod, per-CPU allow/deny packet and byte counters.
-pub const MAP_COUNTERS: &str = "counters";
-/// Ring buffer shared by every pod's programs, carrying verdict events.
-pub const MAP_EVENTS: &str = "policy_events";
-
 /// Maps each pod owns, in the order `na-cli` lists them.
-pub const POD_MAPS: [&str; 6] = [MAP_INGRESS, MAP_EGRESS, MAP_POD_STATE, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_COUNTERS];
-/// aya-log's ring of kernel log records, shared like the events.
+pub const POD_MAPS: [&str; 3] = [MAP_INGRESS, MAP_EGRESS, MAP_CONNTRACK];
+
+/// ifindex -> the pod's isolation state per direction.
+pub const MAP_POD_TABLE: &str = "pod_table";
+/// ifindex -> the pod's ingress trie.
+pub const MAP_INGRESS_TRIES: &str = "ingress_tries";
+/// ifindex -> the pod's egress trie.
+pub const MAP_EGRESS_TRIES: &str = "egress_tries";
+/// ifindex -> the pod's conntrack table.
+pub const MAP_CONNTRACK_TABLES: &str = "conntrack_maps";
+/// Verdicts of first fragments, for the fragments that follow (all pods).
+pub const MAP_FRAGMENTS: &str = "frag_map";
+/// ifindex -> per-CPU allow/deny packet and byte counters.
+pub const MAP_COUNTERS: &str = "counters";
+/// Ring buffer of verdict events.
+pub const MAP_EVENTS: &str = "policy_events";
+/// aya-log's ring of kernel log records.
 pub const MAP_LOGS: &str = "AYA_LOGS";
 /// aya-log's load-time level global (0 off, 1 error .. 5 trace).
 pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
-/// Maps every pod's programs share.
-pub const GLOBAL_MAPS: [&str; 2] = [MAP_EVENTS, MAP_LOGS];
+/// Maps of the node's one program pair, pinned once and shared by every pod.
+pub const GLOBAL_MAPS: [&str; 8] = [
+    MAP_POD_TABLE,
+    MAP_INGRESS_TRIES,
+    MAP_EGRESS_TRIES,
+    MAP_CONNTRACK_TABLES,
+    MAP_FRAGMENTS,
+    MAP_COUNTERS,
+    MAP_EVENTS,
+    MAP_LOGS,
+];
+/// The shared maps that are streams, read with `na-cli events`, not dumped.
+pub const RING_MAPS: [&str; 2] = [MAP_EVENTS, MAP_LOGS];

@@ -1,25 +1,33 @@
-//! `pod_state_map`: an array indexed by [`crate::direction`] saying how the pod
-//! is isolated in that direction and which rule set is live.
+//! `pod_table`: the node's pods, keyed by the ifindex of their host veth.
+//!
+//! The programs are loaded once per node and attached to every pod's veth;
+//! each packet finds its pod here by `skb->ifindex`. A record says, per
+//! direction, how the pod is isolated and which rule set of its tries is
+//! live. The table is not preallocated, so an update replaces the record
+//! whole (RCU): a packet sees the old record or the new one, never a mix.
 
-/// The pod is isolated but its policies are not known yet (strict mode, or a
-/// map that was never written): only the trie's host entries admit traffic.
-/// Zero, so an unwritten entry fails closed.
+/// The pod is isolated but its policies are not known yet (strict mode):
+/// only the trie's host entries admit traffic. Zero, so a zeroed state fails
+/// closed.
 pub const DEFAULT_DENY: u8 = 0;
 /// No policy isolates the pod in this direction: everything passes.
 pub const DEFAULT_ALLOW: u8 = 1;
 /// Policies isolate the pod: the trie decides, a miss is denied.
 pub const POLICIES_APPLIED: u8 = 2;
 
+/// How many pods one node's tables hold (a veth beyond it cannot be enforced
+/// and the agent reports it).
+pub const MAX_PODS: u32 = 4096;
+
 /// Bit of [`PodState::state`] holding the active rule set; the bits below it
 /// hold the mode.
 const SET_BIT: u8 = 0x10;
 
+/// One direction of a pod.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodState {
-    /// Mode and active rule set in one byte: a map update may copy the value
-    /// byte by byte, and a packet must never see the new mode with the old
-    /// set or the reverse.
+    /// Mode and active rule set in one byte.
     pub state: u8,
     pub _pad: [u8; 3],
     /// Bumped by the agent on every write; conntrack entries admitted under an
@@ -43,4 +51,31 @@ impl PodState {
     pub const fn active_set(&self) -> u8 {
         (self.state & SET_BIT != 0) as u8
     }
+}
+
+/// Value of `pod_table`: both directions, indexed by [`crate::direction`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodRecord {
+    pub states: [PodState; 2],
+}
+
+/// What the programs do on a veth that carries them but has no pod record
+/// (a pod being removed, or a table the agent could not write): pass in
+/// standard mode, drop in strict mode. Counted under [`UNKNOWN_POD`].
+pub mod unknown_pod {
+    /// Name of the load-time global: 0 passes, 1 drops.
+    pub const GLOBAL_DENY: &str = "UNKNOWN_POD_DENY";
+}
+
+/// Key of `counters` under which packets of veths without a pod record are
+/// counted (no interface has ifindex 0).
+pub const UNKNOWN_POD: u32 = 0;
+
+/// Value of `counters`: a pod's per-CPU packet and byte counts, indexed by
+/// [`crate::events::counter_index`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodCounterSlots {
+    pub slots: [crate::events::Counter; crate::events::COUNTERS as usize],
 }

@@ -1,9 +1,11 @@
 //! The LPM tries `ingress_map` / `egress_map`: which peers may reach which ports.
 //!
-//! One trie per direction holds both address families and two rule sets: the
-//! key starts with the set index and the family, so a policy change is written
-//! into the inactive set and becomes visible at once when the pod state flips
-//! its active set (see [`crate::pod_state::PodState::active_set`]).
+//! Each pod has one trie per direction, an inner map of the node-wide
+//! `ingress_tries` / `egress_tries` (keyed by the pod's host veth ifindex).
+//! A trie holds both address families and two rule sets: the key starts with
+//! the set index and the family, so a policy change is written into the
+//! inactive set and becomes visible at once when the pod record flips its
+//! active set (see [`crate::pod_state::PodState::active_set`]).
 
 /// How many (protocol, port range) rules one prefix can hold. The agent refuses
 /// to write more instead of truncating.
@@ -38,12 +40,15 @@ pub struct LpmKeyData {
     pub family: u8,
     /// Address in network byte order; IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
+    /// Never part of a prefix; keeps the value behind the key 4-byte aligned
+    /// in the kernel's trie node.
+    pub _pad: [u8; 2],
 }
 
 impl LpmKeyData {
     /// Key data and full LPM prefix length for `addr/prefix_len` in `set`.
     pub const fn new(set: u8, family: u8, addr: [u8; 16], prefix_len: u32) -> (Self, u32) {
-        (Self { set, family, addr }, KEY_HEADER_BITS + prefix_len)
+        (Self { set, family, addr, _pad: [0; 2] }, KEY_HEADER_BITS + prefix_len)
     }
 }
 

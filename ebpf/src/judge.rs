@@ -1,5 +1,6 @@
 //! The verdict for one packet.
 //!
+//! The pod is the one whose host veth the packet is on (`skb->ifindex`).
 //! Order: link traffic passes; fragments after the first follow their first
 //! fragment; ICMP errors about a tracked flow pass; tracked flows pass (judged
 //! again when the pod's policy generation moved on, and cut if no longer
@@ -16,7 +17,7 @@ use na_common::{
     decision::{self, Decision, Query},
     direction,
     events::{PolicyEvent, counter_index, tier, verdict},
-    pod_state::{self, PodState},
+    pod_state::{self, PodRecord, PodState, UNKNOWN_POD},
     policy::POLICY_ID_NONE,
     protocol,
 };
@@ -25,8 +26,8 @@ use aya_log_ebpf::debug;
 
 use crate::{
     maps::{
-        CONNTRACK, COUNTER_MAP, EGRESS_MAP, FRAGMENTS, INGRESS_MAP, POD_STATE, POLICY_EVENTS, TIMEOUT_OTHER_NS,
-        TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_UDP_NS,
+        CONNTRACK_TABLES, COUNTER_MAP, Conntrack, EGRESS_TRIES, FRAGMENTS, INGRESS_TRIES, POD_TABLE, POLICY_EVENTS,
+        TIMEOUT_OTHER_NS, TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_UDP_NS, UNKNOWN_POD_DENY,
     },
     packet::{self, Fragment, Packet, Parsed},
 };
@@ -37,76 +38,149 @@ const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 
+/// The pod a packet belongs to, as the programs see it.
+struct Pod<'a> {
+    ifindex: u32,
+    record: PodRecord,
+    /// `None` only if the agent failed to give the pod a table; nothing is
+    /// tracked then, and every packet is judged by the rules.
+    conntrack: Option<&'a Conntrack>,
+}
+
+impl Pod<'_> {
+    fn state(&self, dir: u32) -> PodState {
+        self.record.states[(dir & 1) as usize]
+    }
+}
+
 pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
-    let Some(state) = pod_state(dir) else {
-        return TC_ACT_SHOT;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(record) = pod_record(ifindex) else {
+        let action = if UNKNOWN_POD_DENY.load() != 0 { TC_ACT_SHOT } else { TC_ACT_OK };
+        count(ctx, UNKNOWN_POD, dir, action);
+        return action;
     };
+    // SAFETY: the table is not preallocated, so the inner map a lookup
+    // returns stays valid for this run even if the agent replaces it.
+    let pod = Pod { ifindex, record, conntrack: unsafe { CONNTRACK_TABLES.get(&ifindex) } };
+    let state = pod.state(dir);
     let action = match packet::parse(ctx) {
         Parsed::NotIp | Parsed::Neighbour => TC_ACT_OK,
         Parsed::Malformed if state.mode() == pod_state::DEFAULT_ALLOW => TC_ACT_OK,
-        Parsed::Malformed => {
-            debug!(ctx, "dir {}: malformed IP packet dropped", dir);
-            // Nothing about it can be trusted, so the event carries no addresses.
-            let unknown = packet::unparsed();
-            emit(ctx, &unknown, dir, &Decision { allowed: false, tier: tier::MALFORMED, policy_id: POLICY_ID_NONE });
-            TC_ACT_SHOT
+        Parsed::Malformed => malformed(ctx, dir),
+        // Checked here, not in `judge_ip`: parsing the quoted packet takes
+        // a deep frame of its own.
+        Parsed::Ip(packet)
+            if packet.icmp_error_at.is_some_and(|off| icmp_error_is_tracked(ctx, &pod, packet.family, off)) =>
+        {
+            TC_ACT_OK
         }
-        Parsed::Ip(packet) => judge_ip(ctx, dir, &state, &packet),
+        Parsed::Ip(packet) => judge_ip(ctx, dir, &pod, &packet),
     };
-    count(ctx, dir, action);
+    count(ctx, ifindex, dir, action);
     action
 }
 
+// The verifier caps the stack of the deepest call chain at 512 bytes, so
+// what only some packets need lives in frames of its own.
 #[inline(never)]
-fn judge_ip(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32 {
-    if let Fragment::Later(id) = packet.fragment
-        && FRAGMENTS.get_ptr(frag_key(packet, id)).is_some()
-    {
-        return TC_ACT_OK;
-    }
-    if let Some(off) = packet.icmp_error_at
-        && icmp_error_is_tracked(ctx, packet.family, off)
-    {
-        return TC_ACT_OK;
-    }
-    if !matches!(packet.fragment, Fragment::Later(_))
-        && let Some(action) = conntrack_verdict(ctx, dir, packet)
-    {
-        return action;
-    }
-    evaluate(ctx, dir, state, packet)
+fn malformed(ctx: &TcContext, dir: u32) -> i32 {
+    debug!(ctx, "dir {}: malformed IP packet dropped", dir);
+    // Nothing about it can be trusted, so the event carries no addresses.
+    let unknown = packet::unparsed();
+    emit(ctx, &unknown, dir, &Decision { allowed: false, tier: tier::MALFORMED, policy_id: POLICY_ID_NONE });
+    TC_ACT_SHOT
 }
 
-/// The verdict for a packet of a tracked flow (either orientation), if any.
 #[inline(never)]
-fn conntrack_verdict(ctx: &TcContext, dir: u32, packet: &Packet) -> Option<i32> {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let flow = flow_key(ctx, packet);
-    let mut hit = tracked(&flow, now, packet.tcp_flags);
-    if matches!(hit, Tracked::Miss) {
-        hit = tracked(&flow.reversed(), now, packet.tcp_flags);
+fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
+    if let Fragment::Later(id) = packet.fragment
+        && FRAGMENTS.get_ptr(frag_key(pod.ifindex, packet, id)).is_some()
+    {
+        return TC_ACT_OK;
     }
-    match hit {
-        Tracked::Pass(policy_id) => {
-            remember_first_fragment(packet, policy_id);
-            Some(TC_ACT_OK)
+    if !matches!(packet.fragment, Fragment::Later(_)) {
+        match conntrack_verdict(ctx, dir, pod, packet) {
+            Tracked::Pass => return TC_ACT_OK,
+            Tracked::Revoked => {
+                emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE });
+                return TC_ACT_SHOT;
+            }
+            Tracked::Miss => {}
         }
-        Tracked::Revoked => {
+    }
+    // Events are sent from here, not from the callees: their frames and
+    // `emit`'s would add up past the verifier's 512-byte stack cap.
+    let decision = evaluate(ctx, dir, pod, packet);
+    emit(ctx, packet, dir, &decision);
+    if decision.allowed { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+enum Tracked {
+    /// Not tracked (or expired).
+    Miss,
+    /// Tracked and still allowed.
+    Pass,
+    /// Tracked, but the current policy no longer allows it: entry removed.
+    Revoked,
+}
+
+/// The verdict for a packet of a tracked flow (either orientation), if any:
+/// judged again when its direction's policy changed since it was admitted,
+/// and cut if no longer allowed.
+#[inline(never)]
+fn conntrack_verdict(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
+    let Some(table) = pod.conntrack else { return Tracked::Miss };
+    let mut key = flow_key(pod.ifindex, packet);
+    let entry = match tracked(table, &key) {
+        Some(entry) => entry,
+        None => {
+            key = key.reversed();
+            match tracked(table, &key) {
+                Some(entry) => entry,
+                None => return Tracked::Miss,
+            }
+        }
+    };
+    // SAFETY: the pointer is to a live map value.
+    let entry = unsafe { &mut *entry };
+    let flow_dir = u32::from(entry.direction);
+    let state = pod.state(flow_dir);
+    if state.generation != entry.generation {
+        let peer = if flow_dir == direction::INGRESS { key.src_addr } else { key.dst_addr };
+        let port = protocol::has_ports(key.protocol).then_some(key.dst_port);
+        let decision =
+            decide(pod.ifindex, &state, flow_dir, &Query { family: key.family, peer, protocol: key.protocol, port });
+        if !decision.allowed {
+            let _ = table.remove(key);
             debug!(ctx, "dir {}: tracked flow from port {} no longer allowed", dir, packet.src_port);
-            emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE });
-            Some(TC_ACT_SHOT)
+            return Tracked::Revoked;
         }
-        Tracked::Miss => None,
+        entry.generation = state.generation;
+        entry.policy_id = decision.policy_id;
     }
+    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        entry.tcp_state = tcp_state::CLOSING;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        entry.last_seen_ns = now;
+    }
+    remember_first_fragment(pod.ifindex, packet, entry.policy_id);
+    Tracked::Pass
 }
 
 /// Judges an untracked packet by the pod state and rules; tracks it if allowed.
 #[inline(never)]
-fn evaluate(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32 {
+fn evaluate(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> Decision {
+    let state = pod.state(dir);
     let peer = if dir == direction::INGRESS { packet.src_addr } else { packet.dst_addr };
-    let decision =
-        decide(state, dir, &Query { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port });
-    emit(ctx, packet, dir, &decision);
+    let decision = decide(
+        pod.ifindex,
+        &state,
+        dir,
+        &Query { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port },
+    );
     if !decision.allowed {
         debug!(
             ctx,
@@ -116,7 +190,7 @@ fn evaluate(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32
             packet.dst_port.unwrap_or(0),
             decision.tier
         );
-        return TC_ACT_SHOT;
+        return decision;
     }
     if !matches!(packet.fragment, Fragment::Later(_)) {
         let tcp = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 { tcp_state::CLOSING } else { tcp_state::OPEN };
@@ -128,79 +202,62 @@ fn evaluate(ctx: &TcContext, dir: u32, state: &PodState, packet: &Packet) -> i32
             tcp_state: tcp,
             _pad: [0; 6],
         };
-        // A full table evicts its least recently used flow; failing to insert
-        // only means the next packet is judged again.
-        let _ = CONNTRACK.insert(flow_key(ctx, packet), entry, 0);
-        remember_first_fragment(packet, decision.policy_id);
+        // A full table tracks nothing new (and evicts nothing live): the
+        // flow's next packets are judged by the rules again.
+        if let Some(table) = pod.conntrack {
+            let _ = table.insert(flow_key(pod.ifindex, packet), entry, 0);
+        }
+        remember_first_fragment(pod.ifindex, packet, decision.policy_id);
     }
-    TC_ACT_OK
+    decision
 }
 
 /// Whether the packet an ICMP error at `off` is about belongs to a tracked flow.
 #[inline(never)]
-fn icmp_error_is_tracked(ctx: &TcContext, family: u8, off: usize) -> bool {
+fn icmp_error_is_tracked(ctx: &TcContext, pod: &Pod, family: u8, off: usize) -> bool {
+    let Some(table) = pod.conntrack else { return false };
     let Some(inner) = packet::parse_embedded(ctx, family, off) else { return false };
-    let key = flow_key(ctx, &inner);
-    CONNTRACK.get_ptr(key).is_some() || CONNTRACK.get_ptr(key.reversed()).is_some()
+    tracked_either_way(table, pod.ifindex, &inner)
 }
 
-/// The pod state of `dir`, read in one load so mode, set and generation
-/// belong together.
-fn pod_state(dir: u32) -> Option<PodState> {
-    let ptr = POD_STATE.get_ptr(dir)?;
-    // SAFETY: array values are 8-byte aligned and PodState is 8 plain bytes.
-    Some(unsafe { core::mem::transmute::<u64, PodState>(core::ptr::read_volatile(ptr.cast::<u64>())) })
-}
-
+/// Whether `packet`'s flow is tracked in either orientation; a frame of its
+/// own so its keys are not on the stack while the quote is parsed.
 #[inline(never)]
-fn decide(state: &PodState, dir: u32, query: &Query) -> Decision {
-    let trie = if dir == direction::INGRESS { &INGRESS_MAP } else { &EGRESS_MAP };
-    decision::decide(state, query, |data, prefix_len| trie.get(Key::new(prefix_len, data)))
+fn tracked_either_way(table: &Conntrack, ifindex: u32, packet: &Packet) -> bool {
+    let key = flow_key(ifindex, packet);
+    table.get_ptr(key).is_some() || table.get_ptr(key.reversed()).is_some()
 }
 
-enum Tracked {
-    Miss,
-    /// Tracked and still allowed, by this rule.
-    Pass(u32),
-    /// Tracked, but the current policy no longer allows it: entry removed.
-    Revoked,
+/// The pod's record, copied once so both directions' mode, set and
+/// generation belong together.
+fn pod_record(ifindex: u32) -> Option<PodRecord> {
+    let ptr = POD_TABLE.get_ptr(ifindex)?;
+    // SAFETY: a live map value; records are replaced whole, never written in place.
+    Some(unsafe { *ptr })
 }
 
-/// Looks `key` up in conntrack, expiring it when idle too long and judging it
-/// again when its direction's policy changed since it was admitted.
+// Inlined into its two callers, one level less for the verifier's stack cap.
+#[inline(always)]
+fn decide(ifindex: u32, state: &PodState, dir: u32, query: &Query) -> Decision {
+    let tries = if dir == direction::INGRESS { &INGRESS_TRIES } else { &EGRESS_TRIES };
+    // SAFETY: the outer map is not preallocated (see `pod`), and trie values
+    // are only read.
+    decision::decide(state, query, |data, prefix_len| unsafe { tries.get_value(&ifindex, &Key::new(prefix_len, data)) })
+}
+
+/// The entry of `key`, unless it is missing or idle past its timeout (then
+/// it is removed: the programs never refresh an expired flow).
 #[inline(never)]
-fn tracked(key: &FlowKey, now: u64, tcp_flags: u8) -> Tracked {
-    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
-        return Tracked::Miss;
-    };
+fn tracked(table: &Conntrack, key: &FlowKey) -> Option<*mut FlowState> {
+    let entry = table.get_ptr_mut(key)?;
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the pointer is to a live map value.
-    let entry = unsafe { &mut *entry };
-    if now.saturating_sub(entry.last_seen_ns) > idle_timeout(key.protocol, entry.tcp_state) {
-        let _ = CONNTRACK.remove(key);
-        return Tracked::Miss;
+    let flow = unsafe { &*entry };
+    if now.saturating_sub(flow.last_seen_ns) > idle_timeout(key.protocol, flow.tcp_state) {
+        let _ = table.remove(key);
+        return None;
     }
-    let dir = u32::from(entry.direction);
-    let Some(state) = pod_state(dir) else {
-        return Tracked::Miss;
-    };
-    if state.generation != entry.generation {
-        let peer = if dir == direction::INGRESS { key.src_addr } else { key.dst_addr };
-        let port = protocol::has_ports(key.protocol).then_some(key.dst_port);
-        let decision = decide(&state, dir, &Query { family: key.family, peer, protocol: key.protocol, port });
-        if !decision.allowed {
-            let _ = CONNTRACK.remove(key);
-            return Tracked::Revoked;
-        }
-        entry.generation = state.generation;
-        entry.policy_id = decision.policy_id;
-    }
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        entry.tcp_state = tcp_state::CLOSING;
-    }
-    if now.saturating_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-        entry.last_seen_ns = now;
-    }
-    Tracked::Pass(entry.policy_id)
+    Some(entry)
 }
 
 fn idle_timeout(proto: u8, state: u8) -> u64 {
@@ -213,13 +270,13 @@ fn idle_timeout(proto: u8, state: u8) -> u64 {
 }
 
 #[inline(never)]
-fn remember_first_fragment(packet: &Packet, policy_id: u32) {
+fn remember_first_fragment(ifindex: u32, packet: &Packet, policy_id: u32) {
     if let Fragment::First(id) = packet.fragment {
-        let _ = FRAGMENTS.insert(frag_key(packet, id), policy_id, 0);
+        let _ = FRAGMENTS.insert(frag_key(ifindex, packet, id), policy_id, 0);
     }
 }
 
-fn frag_key(packet: &Packet, id: u32) -> FragKey {
+fn frag_key(ifindex: u32, packet: &Packet, id: u32) -> FragKey {
     FragKey {
         src_addr: packet.src_addr,
         dst_addr: packet.dst_addr,
@@ -227,10 +284,11 @@ fn frag_key(packet: &Packet, id: u32) -> FragKey {
         protocol: packet.protocol,
         family: packet.family,
         _pad: [0; 2],
+        ifindex,
     }
 }
 
-fn flow_key(ctx: &TcContext, packet: &Packet) -> FlowKey {
+fn flow_key(ifindex: u32, packet: &Packet) -> FlowKey {
     FlowKey {
         src_addr: packet.src_addr,
         dst_addr: packet.dst_addr,
@@ -239,17 +297,19 @@ fn flow_key(ctx: &TcContext, packet: &Packet) -> FlowKey {
         protocol: packet.protocol,
         family: packet.family,
         _pad: [0; 2],
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        ifindex,
     }
 }
 
-fn count(ctx: &TcContext, dir: u32, action: i32) {
+fn count(ctx: &TcContext, ifindex: u32, dir: u32, action: i32) {
     let v = if action == TC_ACT_OK { verdict::ALLOW } else { verdict::DENY };
-    if let Some(c) = COUNTER_MAP.get_ptr_mut(counter_index(dir, v)) {
+    if let Some(c) = COUNTER_MAP.get_ptr_mut(ifindex) {
         // SAFETY: per-CPU value, only this CPU writes it.
-        let c = unsafe { &mut *c };
-        c.packets += 1;
-        c.bytes += u64::from(ctx.len());
+        let slots = unsafe { &mut (*c).slots };
+        if let Some(c) = slots.get_mut(counter_index(dir, v) as usize) {
+            c.packets += 1;
+            c.bytes += u64::from(ctx.len());
+        }
     }
 }
 

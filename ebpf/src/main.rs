@@ -1,8 +1,9 @@
-//! NetworkPolicy enforcement on a pod's host-side veth.
+//! NetworkPolicy enforcement on pods' host-side veths.
 //!
-//! Each pod gets its own instance of this object: `handle_ingress` sits on the
-//! veth's egress hook (traffic towards the pod), `handle_egress` on its ingress
-//! hook (traffic from the pod). Both share the pod's maps.
+//! A node loads this object once and attaches the same two programs to every
+//! pod's veth: `handle_ingress` on the veth's egress hook (traffic towards the
+//! pod), `handle_egress` on its ingress hook (traffic from the pod). Each
+//! packet finds its pod's state by the veth's ifindex (see `maps`).
 #![no_std]
 #![no_main]
 

@@ -1,38 +1,55 @@
-//! The maps of one pod's program pair (see `na_common::names`) and the
-//! load-time settings.
+//! The node's maps (see `na_common::names`) and the load-time settings.
+//!
+//! One program pair serves every pod: the pod is found by the ifindex of the
+//! host veth the packet is on, in `pod_table`, and its own tries and
+//! conntrack table are inner maps of the `*_tries` / `conntrack_maps` maps of
+//! maps, under the same key. Maps holding pod pointers or records are not
+//! preallocated, so a replaced or removed entry is freed only after every
+//! program run that could still see it (RCU).
 use aya_ebpf::{
     Global,
-    macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{self, HashOfMaps},
+    macros::{btf_map, map},
+    maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf},
 };
 use na_common::{
-    conntrack::{FlowKey, FlowState, FragKey, MAX_FLOWS, fragments, timeout},
-    direction,
-    events::{COUNTERS, Counter, RING_BYTES},
-    pod_state::PodState,
+    conntrack::{DEFAULT_FLOWS_PER_POD, FlowKey, FlowState, FragKey, fragments, timeout},
+    events::RING_BYTES,
+    pod_state::{MAX_PODS, PodCounterSlots, PodRecord},
     policy::{LpmKeyData, MAX_PREFIXES, RuleSet},
 };
 
-#[map(name = "ingress_map")]
-pub static INGRESS_MAP: LpmTrie<LpmKeyData, RuleSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+const PODS: usize = MAX_PODS as usize;
 
-#[map(name = "egress_map")]
-pub static EGRESS_MAP: LpmTrie<LpmKeyData, RuleSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+/// A pod's trie; the template every inner trie must match (type, key and
+/// value size, flags).
+pub type Trie = btf_maps::LpmTrie<LpmKeyData, RuleSet, { MAX_PREFIXES as usize }, NO_PREALLOC>;
+/// A pod's conntrack table; its capacity is the pod's, set by the agent.
+pub type Conntrack = btf_maps::HashMap<FlowKey, FlowState, { DEFAULT_FLOWS_PER_POD as usize }, NO_PREALLOC>;
 
-#[map(name = "pod_state_map")]
-pub static POD_STATE: Array<PodState> = Array::with_max_entries(direction::COUNT, 0);
+#[map(name = "pod_table")]
+pub static POD_TABLE: HashMap<u32, PodRecord> = HashMap::with_max_entries(MAX_PODS, BPF_F_NO_PREALLOC);
 
-#[map(name = "conntrack_map")]
-pub static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[btf_map(name = "ingress_tries")]
+pub static INGRESS_TRIES: HashOfMaps<u32, Trie, PODS, NO_PREALLOC> = HashOfMaps::new();
 
-/// First fragments' verdicts, by datagram: value is the admitting rule id.
+#[btf_map(name = "egress_tries")]
+pub static EGRESS_TRIES: HashOfMaps<u32, Trie, PODS, NO_PREALLOC> = HashOfMaps::new();
+
+#[btf_map(name = "conntrack_maps")]
+pub static CONNTRACK_TABLES: HashOfMaps<u32, Conntrack, PODS, NO_PREALLOC> = HashOfMaps::new();
+
+/// First fragments' verdicts, by datagram and veth: value is the admitting rule id.
 #[map(name = "frag_map")]
 pub static FRAGMENTS: LruHashMap<FragKey, u32> = LruHashMap::with_max_entries(fragments::MAX_DATAGRAMS, 0);
 
+/// Per pod; the agent creates each pod's entry, the programs only add to it.
 #[map(name = "counters")]
-pub static COUNTER_MAP: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS, 0);
+pub static COUNTER_MAP: PerCpuHashMap<u32, PodCounterSlots> =
+    PerCpuHashMap::with_max_entries(MAX_PODS + 1, BPF_F_NO_PREALLOC);
 
-/// Shared by every pod: the agent pins it once and points each load at the pin.
 #[map(name = "policy_events")]
 pub static POLICY_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
@@ -46,3 +63,6 @@ pub static TIMEOUT_TCP_CLOSING_NS: Global<u64> = Global::new(timeout::TCP_CLOSIN
 pub static TIMEOUT_UDP_NS: Global<u64> = Global::new(timeout::UDP_SECS * NS);
 #[unsafe(no_mangle)]
 pub static TIMEOUT_OTHER_NS: Global<u64> = Global::new(timeout::OTHER_SECS * NS);
+/// `na_common::pod_state::unknown_pod`: 1 in strict mode.
+#[unsafe(no_mangle)]
+pub static UNKNOWN_POD_DENY: Global<u8> = Global::new(0);

@@ -13,7 +13,7 @@ use na_agent::{
     pod_id::PodId,
 };
 use na_common::{
-    conntrack::{FlowKey, FlowState, MAX_FLOWS},
+    conntrack::{FlowKey, FlowState},
     names,
 };
 use na_harness::synthetic::{self, NAMESPACES, PODS_PER_NAMESPACE, POLICIES_PER_NAMESPACE, Placement};
@@ -91,7 +91,7 @@ pub fn run(full: bool) -> Result<Figures> {
     agent.kill();
 
     let (swept, seconds) = sweep_full_table(&env, &local[0])?;
-    f.insert("conntrack_capacity_per_pod".into(), json!(MAX_FLOWS));
+    f.insert("conntrack_capacity_per_pod".into(), json!(env.dp.flows_per_pod()));
     f.insert("sweep_entries_per_s".into(), json!(stats::round(swept as f64 / seconds, 0)));
     Ok(f)
 }
@@ -142,7 +142,7 @@ fn sweep_full_table(env: &Env, (ns, name): &(String, String)) -> Result<(usize, 
     let pod = PodId::new(ns, name);
     let path = env.root().join("maps").join(pod.pin_name(names::MAP_CONNTRACK));
     let mut table: HashMap<MapData, FlowKey, FlowState> = open_pinned(&path)?;
-    for i in 0..MAX_FLOWS {
+    for i in 0..env.dp.flows_per_pod() {
         let mut key =
             FlowKey { protocol: na_common::protocol::ICMP, family: na_common::family::IPV4, ..Default::default() };
         key.src_addr[..4].copy_from_slice(&i.to_be_bytes());

@@ -22,7 +22,6 @@ use na_agent::{
     config::{Args, EnforcingMode, LogFormat},
     datapath::{Datapath, KernelLogLevel, Timeouts},
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
-    pod_id::PodId,
     reconcile::{Reconciler, SyncReport},
     source::{
         self,
@@ -67,7 +66,9 @@ async fn main() -> Result<()> {
     let datapath = Datapath::new(PinLayout::new(&args.bpffs_root), args.attach_mode)
         .context("preparing bpffs")?
         .with_timeouts(Timeouts::default())
-        .with_log_level(args.ebpf_log_level);
+        .with_log_level(args.ebpf_log_level)
+        .with_strict(args.enforcing_mode == EnforcingMode::Strict)
+        .with_flows_per_pod(args.conntrack_flows_per_pod);
     let compiler = Compiler::new(CompileOptions {
         node_name: args.node_name.clone(),
         node_ips: args.node_ips.clone(),
@@ -164,9 +165,9 @@ async fn main() -> Result<()> {
         if flows.is_some() && ring.is_none() {
             ring = open_ring(reconciler.datapath().layout(), &events_lock);
         }
-        if kernel_log_wanted && let Some(pod) = reconciler.attached().next() {
+        if kernel_log_wanted && reconciler.attached().next().is_some() {
             kernel_log_wanted = false;
-            kernel_log = open_kernel_log(&reconciler, &pod);
+            kernel_log = open_kernel_log(reconciler.datapath());
         }
         tokio::select! {
             Ok(()) = readable(kernel_log.as_mut()) => {
@@ -278,15 +279,15 @@ async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&mut AsyncFd<T>>) -> std::
 }
 
 /// The kernel log buffer (`--ebpf-log-level`), forwarded into our own logs.
-/// It is shared by every program and found through one of them, so it opens
-/// once the first pod is loaded.
-fn open_kernel_log(reconciler: &Reconciler, pod: &PodId) -> Option<AsyncFd<EbpfLogger<KernelLog>>> {
-    let pin = reconciler.datapath().layout().program(pod, na_common::names::PROG_INGRESS);
-    let id =
-        aya::programs::ProgramInfo::from_pin(pin).map_err(|e| warn!(%pod, "opening the kernel log: {e}")).ok()?.id();
-    let logger = EbpfLogger::init_from_id_with_logger(id, KernelLog)
-        .map_err(|e| warn!(%pod, "opening the kernel log: {e}"))
+/// It is found through the programs, so it opens once they are attached.
+fn open_kernel_log(datapath: &Datapath) -> Option<AsyncFd<EbpfLogger<KernelLog>>> {
+    let id = datapath
+        .programs()
+        .and_then(|p| p.as_ref().expect("loaded").ingress_id())
+        .map_err(|e| warn!("opening the kernel log: {e}"))
         .ok()?;
+    let logger =
+        EbpfLogger::init_from_id_with_logger(id, KernelLog).map_err(|e| warn!("opening the kernel log: {e}")).ok()?;
     // SAFETY: the logger owns its ring's fd and keeps it open, unchanged, for
     // as long as the AsyncFd owns the logger.
     unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }.ok()

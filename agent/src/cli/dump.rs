@@ -1,20 +1,24 @@
-//! `na-cli ebpf dump-maps <map-id>`: any of a pod's maps, decoded by its kind.
+//! `na-cli ebpf dump-maps <map-id>`: any of a pod's maps, or the node's pod
+//! table, counters and fragments, decoded by its kind.
 use std::fmt::Write as _;
 
 use na_common::{direction, names};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CliError, Sources, loaded,
+    CliError, Sources,
     read::{self, FlowRow, FragmentRow, PrefixRow, StateRow},
 };
-use crate::{datapath::PodCounters, pod_id::PodId};
+use crate::{
+    datapath::{NodeTables, PodCounters, counters, inventory},
+    pod_id::PodId,
+};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct MapDump {
     pub map_id: u32,
     pub name: String,
-    /// The pod id owning the map.
+    /// The pod id owning the map; `node` for the shared ones.
     pub pod_id: String,
     pub contents: Contents,
 }
@@ -23,48 +27,102 @@ pub struct MapDump {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Contents {
     Rules { prefixes: Vec<PrefixRow> },
-    PodState { states: Vec<StateRow> },
+    PodTable { pods: Vec<PodTableRow> },
     Conntrack { flows: Vec<FlowRow> },
     Fragments { datagrams: Vec<FragmentRow> },
-    Counters { counters: PodCounters },
+    Counters { pods: Vec<PodCountersRow> },
 }
+
+/// A veth's record in the pod table.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodTableRow {
+    pub ifindex: u32,
+    /// From the status file, when it lists the veth.
+    pub pod_id: Option<String>,
+    pub states: Vec<StateRow>,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodCountersRow {
+    /// 0 counts packets on veths without a pod record.
+    pub ifindex: u32,
+    pub pod_id: Option<String>,
+    pub counters: PodCounters,
+}
+
+/// Label for the node's shared maps.
+const NODE: &str = "node";
 
 pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, CliError> {
     let data = read::by_id(map_id)?;
     let info = data.info().map_err(|e| CliError::kernel(format!("map {map_id}"), &e))?;
     let name = info.name_as_str().unwrap_or_default().to_owned();
-    if names::GLOBAL_MAPS.contains(&name.as_str()) {
+    if names::RING_MAPS.contains(&name.as_str()) {
         return Err(CliError::BadArgument(format!(
             "map {map_id} ({name}) is a ring buffer shared by every pod: follow it with `na-cli events`"
         )));
     }
-    let owner = loaded::read(&sources.layout)?
-        .into_iter()
-        .find(|p| p.maps.iter().any(|m| m.id == map_id))
-        .map(|p| p.pod_id)
-        .ok_or_else(|| {
-            CliError::NotFound(format!(
-                "map {map_id} ({name}) is not one of the agent's pod maps; `na-cli ebpf maps` lists them"
-            ))
-        })?;
+    let attachments = inventory::attachments(&sources.layout)?;
+    let owner = attachments
+        .iter()
+        .find(|p| {
+            p.maps
+                .iter()
+                .take(names::POD_MAPS.len())
+                .any(|m| m.id == map_id && names::POD_MAPS.contains(&m.name.as_str()))
+        })
+        .map(|p| p.pod_id.clone());
+    let shared = attachments.iter().any(|p| p.maps.iter().any(|m| m.id == map_id));
+    let owner = match owner {
+        Some(owner) => owner,
+        None if shared || names::GLOBAL_MAPS.contains(&name.as_str()) => NODE.to_owned(),
+        None => {
+            return Err(CliError::NotFound(format!(
+                "map {map_id} ({name}) is not one of the agent's maps; `na-cli ebpf maps` lists them"
+            )));
+        }
+    };
     let status = sources.status_if_any();
     let status = status.as_ref();
+    let pod_of =
+        |ifindex: u32| status.and_then(|s| s.pods.iter().find(|p| p.ifindex == ifindex)).map(|p| p.pod_id.clone());
     let contents = match name.as_str() {
-        names::MAP_INGRESS | names::MAP_EGRESS => {
+        names::MAP_INGRESS | names::MAP_EGRESS if owner != NODE => {
             let dir = if name == names::MAP_INGRESS { direction::INGRESS } else { direction::EGRESS };
             let pod = PodId::from_raw(owner.clone());
-            let states = read::states(&read::pinned(&sources.layout, &pod, names::MAP_POD_STATE)?)?;
-            let active = Some(states[dir as usize].active_set());
+            let active = read::states(&sources.layout, &pod).ok().map(|s| s[dir as usize].active_set());
             Contents::Rules { prefixes: read::prefixes(&read::typed(data, &name)?, active, status)? }
         }
-        names::MAP_POD_STATE => {
-            Contents::PodState { states: read::state_rows(&read::states(&read::typed(data, &name)?)?) }
+        names::MAP_POD_TABLE => Contents::PodTable {
+            pods: read::pod_table(&read::typed(data, &name)?)?
+                .into_iter()
+                .map(|(ifindex, states)| PodTableRow {
+                    ifindex,
+                    pod_id: pod_of(ifindex),
+                    states: read::state_rows(&states),
+                })
+                .collect(),
+        },
+        names::MAP_CONNTRACK if owner != NODE => {
+            Contents::Conntrack { flows: read::flows(&read::typed(data, &name)?, status)? }
         }
-        names::MAP_CONNTRACK => Contents::Conntrack { flows: read::flows(&read::typed(data, &name)?, status)? },
         names::MAP_FRAGMENTS => Contents::Fragments { datagrams: read::fragments(&read::typed(data, &name)?, status)? },
-        names::MAP_COUNTERS => Contents::Counters { counters: read::pod_counters(&read::typed(data, &name)?)? },
-        // Maps the object adds that we do not decode (say, `.rodata`).
-        other => return Err(CliError::BadArgument(format!("map {map_id} ({other}) holds no per-pod state to decode"))),
+        names::MAP_COUNTERS => {
+            let tables = NodeTables::open(&sources.layout).map_err(|e| CliError::kernel(&name, &e))?;
+            let mut pods = Vec::new();
+            for ifindex in std::iter::once(na_common::pod_state::UNKNOWN_POD).chain(tables.ifindexes()) {
+                if let Ok(values) = tables.counters(ifindex) {
+                    pods.push(PodCountersRow { ifindex, pod_id: pod_of(ifindex), counters: counters(&values) });
+                }
+            }
+            Contents::Counters { pods }
+        }
+        // The maps of maps, and maps the object adds that we do not decode (say, `.rodata`).
+        other => {
+            return Err(CliError::BadArgument(format!(
+                "map {map_id} ({other}) holds no state to decode here; dump a pod's own maps (`na-cli pod` lists them)"
+            )));
+        }
     };
     Ok(MapDump { map_id, name, pod_id: owner, contents })
 }
@@ -74,10 +132,30 @@ pub fn render(d: &MapDump) -> String {
     let _ = writeln!(s, "Map ID : {}  Name : {}  Pod Identifier : {}", d.map_id, d.name, d.pod_id);
     s.push_str(&match &d.contents {
         Contents::Rules { prefixes } => read::prefix_rows_table(prefixes),
-        Contents::PodState { states } => read::state_rows_table(states),
+        Contents::PodTable { pods } => pods
+            .iter()
+            .map(|p| {
+                format!(
+                    "ifindex {} ({})\n{}",
+                    p.ifindex,
+                    p.pod_id.as_deref().unwrap_or("?"),
+                    read::state_rows_table(&p.states)
+                )
+            })
+            .collect(),
         Contents::Conntrack { flows } => read::flow_rows_table(flows),
         Contents::Fragments { datagrams } => read::fragment_rows_table(datagrams),
-        Contents::Counters { counters } => read::counters_table(counters),
+        Contents::Counters { pods } => pods
+            .iter()
+            .map(|p| {
+                let who = if p.ifindex == 0 {
+                    "veths without a pod record".to_owned()
+                } else {
+                    p.pod_id.clone().unwrap_or_else(|| "?".into())
+                };
+                format!("ifindex {} ({who})\n{}", p.ifindex, read::counters_table(&p.counters))
+            })
+            .collect(),
     });
     s
 }

@@ -8,7 +8,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use super::{CliError, SEPARATOR, loaded};
+use super::{CliError, SEPARATOR};
 use crate::bpffs::PinLayout;
 
 #[derive(Debug, Serialize)]
@@ -33,7 +33,7 @@ pub struct MapRow {
 
 /// Program and map ids reachable from the programs pinned under `layout`.
 fn ours(layout: &PinLayout) -> Result<(BTreeSet<u32>, BTreeSet<u32>), CliError> {
-    let progs = loaded::read(layout)?;
+    let progs = crate::datapath::inventory::attachments(layout)?;
     let maps = progs.iter().flat_map(|p| p.maps.iter().map(|m| m.id)).collect();
     Ok((progs.iter().map(|p| p.prog_id).collect(), maps))
 }

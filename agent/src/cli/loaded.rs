@@ -1,73 +1,9 @@
-//! `na-cli ebpf loaded-ebpfdata`: every pinned program with its pod, direction
-//! and maps.
+//! `na-cli ebpf loaded-ebpfdata`: every pod attachment with its direction,
+//! the node's program and the maps it reaches.
 use std::fmt::Write as _;
 
-use aya::{maps::MapInfo, programs::ProgramInfo};
-use na_common::names::{PROG_EGRESS, PROG_INGRESS};
-use serde::{Deserialize, Serialize};
-
-use super::{CliError, SEPARATOR};
-use crate::{
-    bpffs::{PinLayout, is_bpffs},
-    pod_id::PodId,
-};
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LoadedProgram {
-    pub pin_path: String,
-    pub pod_id: String,
-    pub direction: String,
-    pub prog_id: u32,
-    pub maps: Vec<MapRef>,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MapRef {
-    pub name: String,
-    pub id: u32,
-}
-
-/// Reads every program pinned under `layout`, sorted by pod and direction.
-pub fn read(layout: &PinLayout) -> Result<Vec<LoadedProgram>, CliError> {
-    let dir = layout.programs_dir();
-    if !is_bpffs(layout.root()) {
-        return Err(CliError::NoBpffs(layout.root().display().to_string()));
-    }
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(CliError::Read { path: dir.display().to_string(), source }),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| CliError::Read { path: dir.display().to_string(), source })?;
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some((pod, prog)) = PodId::parse_pin_name(&file_name) else { continue };
-        let direction = match prog {
-            PROG_INGRESS => "ingress",
-            PROG_EGRESS => "egress",
-            _ => continue,
-        };
-        let info = ProgramInfo::from_pin(entry.path()).map_err(|e| CliError::Kernel(format!("{file_name}: {e}")))?;
-        let map_ids = info.map_ids().map_err(|e| CliError::Kernel(e.to_string()))?.unwrap_or_default();
-        let maps = map_ids
-            .into_iter()
-            .map(|id| MapRef {
-                name: MapInfo::from_id(id).ok().and_then(|m| m.name_as_str().map(str::to_owned)).unwrap_or_default(),
-                id,
-            })
-            .collect();
-        out.push(LoadedProgram {
-            pin_path: entry.path().display().to_string(),
-            pod_id: pod.to_string(),
-            direction: direction.to_owned(),
-            prog_id: info.id(),
-            maps,
-        });
-    }
-    out.sort_by(|a, b| (&a.pod_id, &a.direction).cmp(&(&b.pod_id, &b.direction)));
-    Ok(out)
-}
+use super::SEPARATOR;
+pub use crate::datapath::inventory::{MapRef, PodAttachment as LoadedProgram, attachments as read};
 
 /// The listing in the style of `aws-eks-na-cli ebpf loaded-ebpfdata`.
 pub fn render(programs: &[LoadedProgram]) -> String {
@@ -96,13 +32,13 @@ mod tests {
     #[test]
     fn renders_like_the_aws_tool() {
         let p = LoadedProgram {
-            pin_path: "/sys/fs/bpf/netpol/programs/x_a_handle_ingress".into(),
+            pin_path: "/sys/fs/bpf/netpol/links/x_a_handle_ingress".into(),
             pod_id: "x_a".into(),
             direction: "ingress".into(),
             prog_id: 42,
             maps: vec![MapRef { name: "ingress_map".into(), id: 7 }],
         };
-        let want = "PinPath:  /sys/fs/bpf/netpol/programs/x_a_handle_ingress\n\
+        let want = "PinPath:  /sys/fs/bpf/netpol/links/x_a_handle_ingress\n\
                     Pod Identifier : x_a  Direction : ingress\n\
                     Prog ID:  42\n\
                     Associated Maps -> \n\

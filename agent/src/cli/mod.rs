@@ -36,6 +36,16 @@ pub enum CliError {
     Kernel(String),
 }
 
+impl From<crate::datapath::inventory::InventoryError> for CliError {
+    fn from(e: crate::datapath::inventory::InventoryError) -> Self {
+        use crate::datapath::inventory::InventoryError as E;
+        match e {
+            E::NoBpffs(root) => Self::NoBpffs(root),
+            E::Read { path, source } => Self::Read { path, source },
+        }
+    }
+}
+
 impl CliError {
     /// A failed kernel call on `what`, told apart when it is a permission problem.
     pub fn kernel(what: impl std::fmt::Display, e: &(dyn std::error::Error + 'static)) -> Self {

@@ -7,7 +7,7 @@ use na_common::{direction, names};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CliError, Sources, loaded,
+    CliError, Sources,
     read::{self, FlowRow},
 };
 use crate::{datapath::PodCounters, pod_id::PodId, status::Status};
@@ -75,7 +75,7 @@ pub fn resolve(sources: &Sources, which: &str) -> Result<(PodId, Option<Status>)
 
 pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
     let (id, status) = resolve(sources, which)?;
-    let programs: Vec<ProgramRef> = loaded::read(&sources.layout)?
+    let programs: Vec<ProgramRef> = crate::datapath::inventory::attachments(&sources.layout)?
         .into_iter()
         .filter(|p| p.pod_id == id.as_str())
         .map(|p| ProgramRef { direction: p.direction, prog_id: p.prog_id })
@@ -86,7 +86,7 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
     let status = status.as_ref();
     let entry = status.and_then(|s| s.pod_by_id(id.as_str()));
     let layout = &sources.layout;
-    let states = read::states(&read::pinned(layout, &id, names::MAP_POD_STATE)?)?;
+    let states = read::states(layout, &id)?;
     let mut directions = Vec::new();
     for (dir, map) in [(direction::INGRESS, names::MAP_INGRESS), (direction::EGRESS, names::MAP_EGRESS)] {
         let state = states[dir as usize];
@@ -121,7 +121,7 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
         veth: entry.map(|p| p.veth.clone()),
         programs,
         directions,
-        counters: read::pod_counters(&read::pinned(layout, &id, names::MAP_COUNTERS)?)?,
+        counters: read::pod_counters(layout, &id)?,
         flows: read::flows(&read::pinned(layout, &id, names::MAP_CONNTRACK)?, status)?,
     })
 }

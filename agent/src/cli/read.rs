@@ -2,31 +2,27 @@
 //! ours), decoded with the ABI types the programs use.
 use std::net::IpAddr;
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData};
 use ipnet::IpNet;
 use na_common::{
     conntrack::{FlowKey, FlowState, FragKey, tcp_state},
     direction,
-    events::Counter,
-    pod_state::PodState,
-    policy::{LpmKeyData, RuleSet},
+    pod_state::{PodRecord, PodState},
 };
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
 use crate::{
     bpffs::PinLayout,
-    datapath::{PodCounters, Timeouts, counters, ktime_now_ns},
+    datapath::{NodeTables, PodCounters, Timeouts, ktime_now_ns, pod_ifindexes},
     decode,
     pod_id::PodId,
     status::Status,
 };
 
-pub type Trie = LpmTrie<MapData, LpmKeyData, RuleSet>;
-pub type States = Array<MapData, PodState>;
+pub use crate::datapath::Trie;
 pub type Conntrack = HashMap<MapData, FlowKey, FlowState>;
 pub type Fragments = HashMap<MapData, FragKey, u32>;
-pub type Counters = PerCpuArray<MapData, Counter>;
 
 /// One prefix of a policy trie with the rules it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,10 +108,32 @@ pub fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
     crate::datapath::open_pinned(&path).map_err(|e| CliError::kernel(path.display(), &e))
 }
 
-/// Both directions' states, indexed by [`direction`].
-pub fn states(map: &States) -> Result<[PodState; 2], CliError> {
-    let get = |dir: u32| map.get(&dir, 0).map_err(|e| CliError::kernel("pod_state_map", &e));
-    Ok([get(direction::INGRESS)?, get(direction::EGRESS)?])
+/// The ifindex the node's tables know `pod` by.
+pub fn ifindex(layout: &PinLayout, pod: &PodId) -> Result<u32, CliError> {
+    let found = pod_ifindexes(layout, pod).map_err(|e| CliError::kernel(format!("pod {pod}"), &e))?;
+    found
+        .first()
+        .copied()
+        .ok_or_else(|| CliError::NotFound(format!("pod {pod} has maps but no entry in the pod table")))
+}
+
+/// Both directions' states of `pod`, indexed by [`direction`].
+pub fn states(layout: &PinLayout, pod: &PodId) -> Result<[PodState; 2], CliError> {
+    let ifindex = ifindex(layout, pod)?;
+    let tables = NodeTables::open(layout).map_err(|e| CliError::kernel("pod_table", &e))?;
+    let record: PodRecord = tables.pods.get(&ifindex, 0).map_err(|e| CliError::kernel("pod_table", &e))?;
+    Ok(record.states)
+}
+
+/// The pod table: every veth's record, by ifindex.
+pub fn pod_table(map: &crate::datapath::PodTable) -> Result<Vec<(u32, [PodState; 2])>, CliError> {
+    let mut rows: Vec<(u32, [PodState; 2])> = Vec::new();
+    for entry in map.iter() {
+        let (ifindex, record) = entry.map_err(|e| CliError::kernel("pod_table", &e))?;
+        rows.push((ifindex, record.states));
+    }
+    rows.sort_by_key(|r| r.0);
+    Ok(rows)
 }
 
 pub fn state_rows(states: &[PodState; 2]) -> Vec<StateRow> {
@@ -195,8 +213,8 @@ pub fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<Fragmen
     Ok(rows)
 }
 
-pub fn pod_counters(map: &Counters) -> Result<PodCounters, CliError> {
-    counters(map).map_err(|e| CliError::kernel("counters", &e))
+pub fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, CliError> {
+    crate::datapath::pod_counters(layout, pod).map_err(|e| CliError::kernel("counters", &e))
 }
 
 pub fn prefix_rows_table(rows: &[PrefixRow]) -> String {

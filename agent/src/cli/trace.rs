@@ -124,7 +124,7 @@ fn judge(
     packet: &Packet,
 ) -> Result<Side, CliError> {
     let layout = &sources.layout;
-    let state = read::states(&read::pinned(layout, id, names::MAP_POD_STATE)?)?[dir as usize];
+    let state = read::states(layout, id)?[dir as usize];
     let trie_name = if dir == direction::INGRESS { names::MAP_INGRESS } else { names::MAP_EGRESS };
     let trie: read::Trie = read::pinned(layout, id, trie_name)?;
     let (family, peer_bytes) = decode::abi_addr(peer);

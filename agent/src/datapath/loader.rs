@@ -1,22 +1,29 @@
-//! Loading, attaching, pinning and removing one pod's program pair and maps.
-use std::{path::PathBuf, time::Duration};
+//! The agent's handle on the datapath: the node's program pair, loaded once,
+//! and each pod's maps, attachments and rules.
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use aya::{
-    EbpfLoader,
-    programs::{ProgramError, SchedClassifier},
+    maps::{Map, MapData, MapError},
+    programs::ProgramError,
 };
 use na_common::{
-    conntrack::{TimeoutClass, timeout, timeout_globals},
-    names::{GLOBAL_LOG_LEVEL, GLOBAL_MAPS, POD_MAPS},
+    conntrack::{DEFAULT_FLOWS_PER_POD, TimeoutClass, timeout, timeout_globals},
+    names::{MAP_CONNTRACK, MAP_EGRESS, MAP_INGRESS, POD_MAPS},
 };
 use thiserror::Error;
 
 use na_policy::PodRules;
 
 use super::{
-    AttachMode, OBJECT, PROGRAMS,
+    AttachMode, PROGRAMS,
     attach::{self, remove_pin},
+    programs::Programs,
     rules::{PodMaps, RulesError},
+    tables::{self, InnerMaps, NodeTables},
 };
 use crate::{
     bpffs::{BpffsError, PinLayout},
@@ -27,8 +34,8 @@ use crate::{
 pub enum DatapathError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
-    #[error("loading the eBPF object for pod {0}: {1}")]
-    Load(PodId, #[source] Box<aya::EbpfError>),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error(transparent)]
@@ -41,6 +48,8 @@ pub enum DatapathError {
     Detach(String, String),
     #[error("pin {0}: {1}")]
     Pin(PathBuf, String),
+    #[error("no interface {0} in this network namespace")]
+    NoInterface(String),
     #[error(transparent)]
     Rules(#[from] RulesError),
 }
@@ -78,7 +87,7 @@ impl Timeouts {
     }
 
     /// (object global, nanoseconds) pairs.
-    fn globals(&self) -> [(&'static str, u64); 4] {
+    pub(super) fn globals(&self) -> [(&'static str, u64); 4] {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         [
             (timeout_globals::TCP_ESTABLISHED, ns(self.tcp_established)),
@@ -89,13 +98,24 @@ impl Timeouts {
     }
 }
 
-/// The agent's handle on bpffs: loads and removes pods' datapaths.
+/// Everything baked into the programs at load time (their version).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub timeouts: Timeouts,
+    pub log_level: KernelLogLevel,
+    /// Strict mode: a veth carrying our programs without a pod record drops.
+    pub strict: bool,
+}
+
+/// The agent's handle on the datapath.
 #[derive(Clone, Debug)]
 pub struct Datapath {
     layout: PinLayout,
     attach_mode: AttachMode,
-    timeouts: Timeouts,
-    log_level: KernelLogLevel,
+    settings: Settings,
+    flows_per_pod: u32,
+    /// Loaded on first use, once per handle (and so per agent).
+    programs: Arc<Mutex<Option<Programs>>>,
 }
 
 /// How much the programs log through aya-log (the agent forwards it to its own log).
@@ -116,16 +136,40 @@ impl Datapath {
     /// Prepares `layout` (mounting bpffs if needed).
     pub fn new(layout: PinLayout, attach_mode: AttachMode) -> Result<Self, DatapathError> {
         layout.prepare()?;
-        Ok(Self { layout, attach_mode, timeouts: Timeouts::default(), log_level: KernelLogLevel::Off })
+        Ok(Self {
+            layout,
+            attach_mode,
+            settings: Settings::default(),
+            flows_per_pod: DEFAULT_FLOWS_PER_POD,
+            programs: Arc::default(),
+        })
     }
 
-    pub fn with_log_level(mut self, level: KernelLogLevel) -> Self {
-        self.log_level = level;
+    pub fn with_log_level(self, log_level: KernelLogLevel) -> Self {
+        let settings = Settings { log_level, ..self.settings };
+        self.with_settings(settings)
+    }
+
+    pub fn with_timeouts(self, timeouts: Timeouts) -> Self {
+        let settings = Settings { timeouts, ..self.settings };
+        self.with_settings(settings)
+    }
+
+    pub fn with_strict(self, strict: bool) -> Self {
+        let settings = Settings { strict, ..self.settings };
+        self.with_settings(settings)
+    }
+
+    /// Capacity of the conntrack table of each pod attached from now on.
+    pub fn with_flows_per_pod(mut self, flows: u32) -> Self {
+        self.flows_per_pod = flows;
         self
     }
 
-    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
-        self.timeouts = timeouts;
+    /// Other settings mean other programs: the handle loads them afresh.
+    fn with_settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self.programs = Arc::default();
         self
     }
 
@@ -133,57 +177,118 @@ impl Datapath {
         &self.layout
     }
 
-    /// Loads `pod`'s programs with its pinned maps (created on first use,
-    /// reused afterwards), writes `rules` and only then attaches them to
-    /// `ifname`, so no packet passes before the pod's state is in place. A pod
-    /// that already has programs gets the new ones swapped in atomically.
+    pub fn flows_per_pod(&self) -> u32 {
+        self.flows_per_pod
+    }
+
+    /// The node's programs, adopted from their pins or loaded now.
+    pub fn programs(&self) -> Result<MutexGuard<'_, Option<Programs>>, DatapathError> {
+        let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        if programs.is_none() {
+            let loaded = Programs::load_or_adopt(&self.layout, &self.settings)?;
+            NodeTables::open(&self.layout)?.ensure_counters(na_common::pod_state::UNKNOWN_POD)?;
+            *programs = Some(loaded);
+        }
+        Ok(programs)
+    }
+
+    /// Creates (or reuses, when pinned) `pod`'s maps, points the node's
+    /// tables at them under `ifname`'s ifindex, writes `rules` and only then
+    /// attaches the node's programs to `ifname`, so no packet passes before
+    /// the pod's state is in place. A pod already attached keeps its maps
+    /// (conntrack included) and gets its programs swapped atomically.
     pub fn attach_pod(&self, pod: &PodId, ifname: &str, rules: &PodRules) -> Result<PodMaps, DatapathError> {
-        let maps = self.load_pod(pod, rules)?;
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
+        let maps = self.load_pod(pod, ifindex, rules)?;
+        let mut programs = self.programs()?;
+        let programs = programs.as_mut().expect("loaded above");
         for (name, _, hook) in PROGRAMS {
-            let mut prog = SchedClassifier::from_pin(self.layout.program(pod, name))?;
-            attach::attach_or_replace(&mut prog, ifname, hook, self.attach_mode, &self.layout.link(pod, name))?;
+            attach::attach_or_replace(
+                programs.get_mut(name),
+                ifname,
+                hook,
+                self.attach_mode,
+                &self.layout.link(pod, name),
+            )?;
         }
         Ok(maps)
     }
 
-    /// Loads and pins `pod`'s programs and maps and writes `rules`, without
-    /// attaching anything.
-    pub fn load_pod(&self, pod: &PodId, rules: &PodRules) -> Result<PodMaps, DatapathError> {
-        let pins: Vec<(&str, PathBuf)> = POD_MAPS
-            .iter()
-            .map(|m| (*m, self.layout.map(pod, m)))
-            .chain(GLOBAL_MAPS.iter().map(|m| (*m, self.layout.global_map(m))))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
+    /// Creates or reuses `pod`'s maps, registers them under `ifindex` and
+    /// writes `rules`, without attaching anything.
+    pub fn load_pod(&self, pod: &PodId, ifindex: u32, rules: &PodRules) -> Result<PodMaps, DatapathError> {
+        // The node's tables are created (and pinned) with the programs.
+        drop(self.programs()?);
+        let ingress = self.pod_map(pod, MAP_INGRESS, || tables::create_trie(MAP_INGRESS))?;
+        let egress = self.pod_map(pod, MAP_EGRESS, || tables::create_trie(MAP_EGRESS))?;
+        let conntrack =
+            self.pod_map(pod, MAP_CONNTRACK, || tables::create_conntrack(MAP_CONNTRACK, self.flows_per_pod))?;
+        let mut tables = NodeTables::open(&self.layout)?;
+        // A veth recreated under the pod leaves its maps known by the old
+        // ifindex; that key now belongs to no pod of ours.
+        let trie_id = ingress.info().map_err(|e| RulesError::Map { op: "read", map: "ingress_map", source: e })?.id();
+        let previous: Option<na_common::pod_state::PodRecord> = tables
+            .ifindexes_of(trie_id)
+            .into_iter()
+            .filter(|i| *i != ifindex)
+            .map(|stale| {
+                let record = tables.pods.get(&stale, 0).ok();
+                tables.forget(stale).map(|()| record)
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .next();
+        tables.register(ifindex, &InnerMaps { ingress: &ingress, egress: &egress, conntrack: &conntrack })?;
+        if let Some(record) = previous
+            && tables.pods.get(&ifindex, 0).is_err()
+        {
+            // Continue the sets and generations the tries were written with.
+            tables.pods.insert(ifindex, record, 0).map_err(|e| RulesError::Map {
+                op: "write",
+                map: "pod_table",
+                source: e,
+            })?;
         }
-        let globals = self.timeouts.globals();
-        for (name, value) in &globals {
-            loader.override_global(name, value, true);
-        }
-        let level = self.log_level as u8;
-        loader.override_global(GLOBAL_LOG_LEVEL, &level, true);
-        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(pod.clone(), Box::new(e)))?;
-        let mut maps = PodMaps::open(&self.layout, pod)?;
+        let typed = |data: MapData, name: &'static str| -> Result<super::rules::Trie, DatapathError> {
+            let map = Map::from_map_data(data).map_err(|e| RulesError::Map { op: "open", map: name, source: e })?;
+            Ok(map.try_into().map_err(|e: MapError| RulesError::Map { op: "open", map: name, source: e })?)
+        };
+        let mut maps = PodMaps::new(typed(ingress, MAP_INGRESS)?, typed(egress, MAP_EGRESS)?, tables.pods, ifindex);
         maps.apply(rules)?;
-        for (name, _, _) in PROGRAMS {
-            let prog: &mut SchedClassifier =
-                ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?.try_into()?;
-            prog.load()?;
-            let pin = self.layout.program(pod, name);
-            remove_pin(&pin)?;
-            prog.pin(&pin).map_err(|e| DatapathError::Pin(pin.clone(), e.to_string()))?;
-        }
         Ok(maps)
     }
 
-    /// Detaches `pod`'s programs from `ifname` (if it still exists) and
-    /// removes every pin of the pod.
+    /// The pod's map `name` from its pin, or made by `create` and pinned.
+    fn pod_map(
+        &self,
+        pod: &PodId,
+        name: &str,
+        create: impl FnOnce() -> Result<MapData, RulesError>,
+    ) -> Result<MapData, DatapathError> {
+        let pin = self.layout.map(pod, name);
+        if let Ok(map) = MapData::from_pin(&pin) {
+            return Ok(map);
+        }
+        let map = create()?;
+        map.pin(&pin).map_err(|e| DatapathError::Pin(pin.clone(), e.to_string()))?;
+        Ok(map)
+    }
+
+    /// Detaches the programs from `pod`'s veth `ifname` (if it still exists),
+    /// removes its entries from the node's tables and every pin of the pod.
     pub fn detach_pod(&self, pod: &PodId, ifname: Option<&str>) -> Result<(), DatapathError> {
         for (name, _, hook) in PROGRAMS {
             attach::detach(ifname, name, hook, &self.layout.link(pod, name))?;
-            remove_pin(&self.layout.program(pod, name))?;
+        }
+        if let Ok(trie) = MapData::from_pin(self.layout.map(pod, MAP_INGRESS))
+            && let Ok(info) = trie.info()
+            && let Ok(mut tables) = NodeTables::open(&self.layout)
+        {
+            for ifindex in tables.ifindexes_of(info.id()) {
+                tables.forget(ifindex)?;
+            }
         }
         for map in POD_MAPS {
             remove_pin(&self.layout.map(pod, map))?;
@@ -193,11 +298,12 @@ impl Datapath {
 
     /// Removes `pod`'s conntrack entries idle past their timeout; returns how many.
     pub fn sweep_conntrack(&self, pod: &PodId) -> Result<usize, DatapathError> {
-        Ok(super::sweep::sweep(&self.layout, pod, &self.timeouts)?)
+        Ok(super::sweep::sweep(&self.layout, pod, &self.settings.timeouts)?)
     }
 
-    /// Opens the pinned policy maps of a loaded pod.
-    pub fn pod_maps(&self, pod: &PodId) -> Result<PodMaps, DatapathError> {
-        Ok(PodMaps::open(&self.layout, pod)?)
+    /// Removes the pins of program versions other than this agent's.
+    pub fn remove_stale_programs(&self) -> Result<usize, DatapathError> {
+        let programs = self.programs()?;
+        programs.as_ref().expect("loaded").remove_stale(&self.layout)
     }
 }

@@ -1,24 +1,29 @@
-//! The kernel side seen from userspace: loading a pod's program pair and maps,
-//! attaching them to its veth, writing its rules, and taking it all down.
+//! The kernel side seen from userspace: the node's program pair, each pod's
+//! maps and attachments, writing rules, reading what is pinned.
 
 mod attach;
+pub mod inventory;
 mod loader;
+mod programs;
 mod rules;
 mod stats;
 mod sweep;
+mod tables;
 
 pub use attach::AttachMode;
-pub use loader::{Datapath, DatapathError, KernelLogLevel, Timeouts};
+pub use loader::{Datapath, DatapathError, KernelLogLevel, Settings, Timeouts};
 pub use na_policy::{DirectionRules, Mode, PodRules};
-pub use rules::{PodMaps, RulesError, open_pinned};
+pub use programs::{Origin, Programs};
+pub use rules::{PodMaps, PodTable, RulesError, Trie, open_pinned};
 pub use stats::{PodCounters, Totals, counters, pod_counters};
 pub use sweep::ktime_now_ns;
+pub use tables::{NodeTables, pod_ifindexes};
 
 /// The eBPF object built from the `na-ebpf` crate by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf"));
 
-/// The two programs of a pod, with the direction each judges and the TC hook
-/// of the host veth it sits on.
+/// The two programs, with the direction each judges and the TC hook of the
+/// host veth it sits on.
 pub const PROGRAMS: [(&str, u32, aya::programs::TcAttachType); 2] = [
     (na_common::names::PROG_INGRESS, na_common::direction::INGRESS, aya::programs::TcAttachType::Egress),
     (na_common::names::PROG_EGRESS, na_common::direction::EGRESS, aya::programs::TcAttachType::Ingress),

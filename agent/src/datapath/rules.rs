@@ -1,27 +1,26 @@
 //! Writing a pod's desired policy state into its maps.
 //!
-//! Each direction's trie holds two rule sets; the pod state names the live
-//! one. A write fills the idle set, then flips the state (one map update, so
-//! every packet sees either the old rules or the new ones, never a mix).
+//! Each direction's trie holds two rule sets; the pod's record in the pod
+//! table names the live one. A write fills the idle sets, then replaces the
+//! record (one map update, so every packet sees either the old rules or the
+//! new ones, never a mix).
 //!
 //! The set that just went idle is not cleared at once: a packet that read the
-//! state just before the flip still looks its peer up in that set. It is
+//! record just before the flip still looks its peer up in that set. It is
 //! cleared by the next write, once [`GRACE`] has passed since the flip.
 use std::{
     path::Path,
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
 use na_common::{
-    pod_state::{self, PodState},
+    pod_state::{self, PodRecord, PodState},
     policy::{LpmKeyData, MAX_RULES_PER_PREFIX, RuleSet},
 };
 use na_policy::{DirectionRules, Mode, PodRules};
 use thiserror::Error;
-
-use crate::{bpffs::PinLayout, pod_id::PodId};
 
 #[derive(Debug, Error)]
 pub enum RulesError {
@@ -31,6 +30,8 @@ pub enum RulesError {
     TooManyRules { direction: &'static str, prefix: IpNet, count: usize },
     #[error("opening pinned map {path}: {source}")]
     Open { path: String, source: MapError },
+    #[error("creating map {name}: {source}")]
+    Create { name: String, source: MapError },
     #[error("{op} {map}: {source}")]
     Map { op: &'static str, map: &'static str, source: MapError },
 }
@@ -43,31 +44,37 @@ fn raw_mode(mode: Mode) -> u8 {
     }
 }
 
-type Trie = LpmTrie<MapData, LpmKeyData, RuleSet>;
+pub type Trie = LpmTrie<MapData, LpmKeyData, RuleSet>;
+pub type PodTable = HashMap<MapData, u32, PodRecord>;
 
-/// A pod's pinned policy maps, opened for writing.
 /// How long a program run can still be using a set after the flip away from
 /// it. Programs run to completion in microseconds; this is generous.
 pub const GRACE: Duration = Duration::from_millis(10);
 
+/// A pod's tries and its record in the pod table, opened for writing.
 pub struct PodMaps {
     ingress: Trie,
     egress: Trie,
-    state: Array<MapData, PodState>,
-    /// When this handle last flipped each direction (`None`: not since opened,
-    /// so another writer may just have).
-    flipped: [Option<Instant>; 2],
+    pods: PodTable,
+    ifindex: u32,
+    /// When this handle last flipped (`None`: not since opened, so another
+    /// writer may just have).
+    flipped: Option<Instant>,
 }
 
 impl PodMaps {
-    pub fn open(layout: &PinLayout, pod: &PodId) -> Result<Self, RulesError> {
-        use na_common::names::{MAP_EGRESS, MAP_INGRESS, MAP_POD_STATE};
-        Ok(Self {
-            ingress: open_pinned(&layout.map(pod, MAP_INGRESS))?,
-            egress: open_pinned(&layout.map(pod, MAP_EGRESS))?,
-            state: open_pinned(&layout.map(pod, MAP_POD_STATE))?,
-            flipped: [None; 2],
-        })
+    pub fn new(ingress: Trie, egress: Trie, pods: PodTable, ifindex: u32) -> Self {
+        Self { ingress, egress, pods, ifindex, flipped: None }
+    }
+
+    /// The host veth the pod's record is keyed by.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The pod's record as the programs see it now (`None`: none written).
+    pub fn record(&self) -> Option<PodRecord> {
+        self.pods.get(&self.ifindex, 0).ok()
     }
 
     /// Makes the maps say `rules`; see the module documentation for why no
@@ -77,24 +84,29 @@ impl PodMaps {
         for (name, dir) in [("ingress", &rules.ingress), ("egress", &rules.egress)] {
             check_capacity(name, dir)?;
         }
-        self.flipped[INGRESS as usize] =
-            Some(apply_direction(&mut self.ingress, &mut self.state, INGRESS, &rules.ingress, self.flipped[0])?);
-        self.flipped[EGRESS as usize] =
-            Some(apply_direction(&mut self.egress, &mut self.state, EGRESS, &rules.egress, self.flipped[1])?);
+        let current = self.record().unwrap_or_default();
+        let mut next = current;
+        for (trie, dir, wanted) in
+            [(&mut self.ingress, INGRESS, &rules.ingress), (&mut self.egress, EGRESS, &rules.egress)]
+        {
+            let now = current.states[dir as usize];
+            let set = now.active_set() ^ 1;
+            fill_idle_set(trie, set, wanted, self.flipped)?;
+            next.states[dir as usize] = PodState::new(raw_mode(wanted.mode), set, now.generation.wrapping_add(1));
+        }
+        self.pods.insert(self.ifindex, next, 0).map_err(map_err("write", "pod_table"))?;
+        self.flipped = Some(Instant::now());
         Ok(())
     }
 }
 
-/// Writes one direction; returns when it flipped.
-fn apply_direction(
+/// Writes `rules` into the idle set `next_set` of one direction's trie.
+fn fill_idle_set(
     trie: &mut Trie,
-    states: &mut Array<MapData, PodState>,
-    dir: u32,
+    next_set: u8,
     rules: &DirectionRules,
     last_flip: Option<Instant>,
-) -> Result<Instant, RulesError> {
-    let current = states.get(&dir, 0).map_err(map_err("read", "pod_state_map"))?;
-    let next_set = current.active_set() ^ 1;
+) -> Result<(), RulesError> {
     // The idle set still holds the rules live before the last flip.
     if has_set(trie, next_set) {
         let since = last_flip.map_or(Duration::ZERO, |t| t.elapsed());
@@ -106,9 +118,7 @@ fn apply_direction(
         value.rules[..port_rules.len()].copy_from_slice(port_rules);
         trie.insert(&lpm_key(next_set, prefix), value, 0).map_err(map_err("insert into", "policy trie"))?;
     }
-    let next = PodState::new(raw_mode(rules.mode), next_set, current.generation.wrapping_add(1));
-    states.set(dir, next, 0).map_err(map_err("write", "pod_state_map"))?;
-    Ok(Instant::now())
+    Ok(())
 }
 
 fn has_set(trie: &Trie, set: u8) -> bool {
@@ -144,7 +154,7 @@ pub fn open_pinned<T: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<T, 
     T::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)
 }
 
-fn map_err(op: &'static str, map: &'static str) -> impl Fn(MapError) -> RulesError {
+pub(super) fn map_err(op: &'static str, map: &'static str) -> impl Fn(MapError) -> RulesError {
     move |source| RulesError::Map { op, map, source }
 }
 

@@ -1,13 +1,16 @@
-//! Reading what a pod's programs counted.
-use aya::maps::{MapData, PerCpuArray};
+//! Reading what the programs counted for a pod.
+use aya::maps::PerCpuValues;
 use na_common::{
     direction,
-    events::{Counter, counter_index, verdict},
-    names::MAP_COUNTERS,
+    events::{counter_index, verdict},
+    pod_state::PodCounterSlots,
 };
 use serde::{Deserialize, Serialize};
 
-use super::rules::{RulesError, open_pinned};
+use super::{
+    rules::RulesError,
+    tables::{NodeTables, pod_ifindexes},
+};
 use crate::{bpffs::PinLayout, pod_id::PodId};
 
 /// Packets and bytes a pod's programs allowed and denied, summed over CPUs.
@@ -25,27 +28,28 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-/// Reads `pod`'s pinned counters.
+/// Reads `pod`'s counters (zero when it is not registered).
 pub fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, RulesError> {
-    counters(&open_pinned(&layout.map(pod, MAP_COUNTERS))?)
+    let tables = NodeTables::open(layout)?;
+    match pod_ifindexes(layout, pod)?.first() {
+        Some(ifindex) => Ok(counters(&tables.counters(*ifindex)?)),
+        None => Ok(PodCounters::default()),
+    }
 }
 
-/// Reads a `counters` map.
-pub fn counters(map: &PerCpuArray<MapData, Counter>) -> Result<PodCounters, RulesError> {
-    let total = |dir: u32, v: u8| -> Result<Totals, RulesError> {
-        let values = map.get(&counter_index(dir, v), 0).map_err(|source| RulesError::Map {
-            op: "read",
-            map: "counters",
-            source,
-        })?;
-        Ok(values
-            .iter()
-            .fold(Totals::default(), |t, c| Totals { packets: t.packets + c.packets, bytes: t.bytes + c.bytes }))
+/// Sums one pod's per-CPU counter slots.
+pub fn counters(values: &PerCpuValues<PodCounterSlots>) -> PodCounters {
+    let total = |dir: u32, v: u8| -> Totals {
+        let slot = counter_index(dir, v) as usize;
+        values.iter().fold(Totals::default(), |t, c| Totals {
+            packets: t.packets + c.slots[slot].packets,
+            bytes: t.bytes + c.slots[slot].bytes,
+        })
     };
-    Ok(PodCounters {
-        ingress_allowed: total(direction::INGRESS, verdict::ALLOW)?,
-        ingress_denied: total(direction::INGRESS, verdict::DENY)?,
-        egress_allowed: total(direction::EGRESS, verdict::ALLOW)?,
-        egress_denied: total(direction::EGRESS, verdict::DENY)?,
-    })
+    PodCounters {
+        ingress_allowed: total(direction::INGRESS, verdict::ALLOW),
+        ingress_denied: total(direction::INGRESS, verdict::DENY),
+        egress_allowed: total(direction::EGRESS, verdict::ALLOW),
+        egress_denied: total(direction::EGRESS, verdict::DENY),
+    }
 }

@@ -1,0 +1,134 @@
+//! What is pinned under the agent's root, and for which pod: the reader the
+//! reconciler (orphans) and `na-cli` (listings) share.
+use std::{collections::BTreeSet, path::Path};
+
+use aya::{
+    maps::{MapData, MapInfo},
+    programs::{
+        ProgramInfo,
+        links::{FdLink, PinnedLink},
+    },
+};
+use na_common::names::{GLOBAL_MAPS, POD_MAPS, PROG_EGRESS, PROG_INGRESS};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{
+    bpffs::{PinLayout, is_bpffs},
+    pod_id::PodId,
+};
+
+#[derive(Debug, Error)]
+pub enum InventoryError {
+    #[error("{0} is not on a bpf filesystem: is the agent installed on this node? (--bpffs-root)")]
+    NoBpffs(String),
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+}
+
+/// One pod's program in one direction, as `loaded-ebpfdata` lists it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodAttachment {
+    /// The pod's pinned TCX link, or (netlink filters have no pin) its trie.
+    pub pin_path: String,
+    pub pod_id: String,
+    pub direction: String,
+    /// The program the link runs, else the node's current one; 0 if none.
+    pub prog_id: u32,
+    /// The pod's own maps, then the node's shared ones.
+    pub maps: Vec<MapRef>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapRef {
+    pub name: String,
+    pub id: u32,
+}
+
+/// Pods with anything pinned: maps or links.
+pub fn pinned_pods(layout: &PinLayout) -> Result<BTreeSet<PodId>, InventoryError> {
+    let mut pods = BTreeSet::new();
+    for dir in [layout.maps_dir(), layout.links_dir()] {
+        for name in file_names(layout, &dir)? {
+            if let Some((pod, object)) = PodId::parse_pin_name(&name)
+                && (POD_MAPS.contains(&object) || object == PROG_INGRESS || object == PROG_EGRESS)
+            {
+                pods.insert(pod);
+            }
+        }
+    }
+    Ok(pods)
+}
+
+/// Every pod attachment under `layout`, sorted by pod and direction.
+pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryError> {
+    let shared: Vec<MapRef> = GLOBAL_MAPS.iter().filter_map(|m| map_ref(&layout.global_map(m))).collect();
+    let current = current_programs(layout)?;
+    let mut out = Vec::new();
+    for pod in pinned_pods(layout)? {
+        let own: Vec<MapRef> = POD_MAPS.iter().filter_map(|m| map_ref(&layout.map(&pod, m))).collect();
+        for (prog, direction) in [(PROG_INGRESS, "ingress"), (PROG_EGRESS, "egress")] {
+            let link_pin = layout.link(&pod, prog);
+            let linked = PinnedLink::from_pin(&link_pin).ok().and_then(|l| FdLink::from(l).info().ok());
+            let pin_path = if linked.is_some() || link_pin.exists() {
+                link_pin
+            } else {
+                layout.map(&pod, na_common::names::MAP_INGRESS)
+            };
+            let prog_id = linked.map(|l| l.program_id()).or_else(|| current.get(prog).copied()).unwrap_or(0);
+            let maps = own.iter().chain(&shared).map(|m| MapRef { name: m.name.clone(), id: m.id }).collect();
+            out.push(PodAttachment {
+                pin_path: pin_path.display().to_string(),
+                pod_id: pod.to_string(),
+                direction: direction.to_owned(),
+                prog_id,
+                maps,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Kernel ids of the pinned programs, by program name (the newest pin of
+/// each when an upgrade left two).
+pub fn current_programs(layout: &PinLayout) -> Result<std::collections::BTreeMap<&'static str, u32>, InventoryError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut newest = std::collections::BTreeMap::new();
+    for name in file_names(layout, &layout.programs_dir())? {
+        for prog in [PROG_INGRESS, PROG_EGRESS] {
+            if name.strip_prefix(prog).is_some_and(|v| v.starts_with('_'))
+                && let Ok(info) = ProgramInfo::from_pin(layout.programs_dir().join(&name))
+            {
+                let loaded = info.loaded_at();
+                if newest.get(prog).is_none_or(|t| loaded > *t) {
+                    newest.insert(prog, loaded);
+                    out.insert(prog, info.id());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn map_ref(pin: &Path) -> Option<MapRef> {
+    let info: MapInfo = MapData::from_pin(pin).ok()?.info().ok()?;
+    Some(MapRef { name: info.name_as_str().unwrap_or_default().to_owned(), id: info.id() })
+}
+
+/// File names in `dir`, none when it does not exist.
+fn file_names(layout: &PinLayout, dir: &Path) -> Result<Vec<String>, InventoryError> {
+    if !is_bpffs(layout.root()) {
+        return Err(InventoryError::NoBpffs(layout.root().display().to_string()));
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(InventoryError::Read { path: dir.display().to_string(), source }),
+    };
+    entries
+        .map(|e| {
+            e.map(|e| e.file_name().to_string_lossy().into_owned())
+                .map_err(|source| InventoryError::Read { path: dir.display().to_string(), source })
+        })
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! The node's one program pair: verified once per program version, adopted
+//! from its pins by every later agent.
+//!
+//! A version is a digest of the object and the load-time settings baked into
+//! it. Its programs are pinned as `programs/<name>_<version>`; an agent that
+//! finds the pins of its own version uses them without loading anything (no
+//! verification at all), and one that does not (an upgrade, or new
+//! settings) loads and verifies the object once. Pods move to the new
+//! programs as they are attached again (an atomic link update or filter
+//! replace), and [`Programs::remove_stale`] drops the old pins once none is
+//! left on them.
+use std::{path::PathBuf, time::Instant};
+
+use aya::{EbpfLoader, programs::SchedClassifier};
+use na_common::{
+    names::{GLOBAL_LOG_LEVEL, GLOBAL_MAPS},
+    pod_state::unknown_pod,
+};
+use sha1::{Digest, Sha1};
+
+use super::{DatapathError, OBJECT, PROGRAMS, Settings, attach::remove_pin};
+use crate::bpffs::PinLayout;
+
+/// Hex digits of the version digest kept in pin names.
+const VERSION_LEN: usize = 12;
+
+/// The loaded (or adopted) program pair.
+#[derive(Debug)]
+pub struct Programs {
+    ingress: SchedClassifier,
+    egress: SchedClassifier,
+    version: String,
+    /// How this agent got them.
+    pub origin: Origin,
+}
+
+/// Whether the programs were verified by this agent or adopted from pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded and verified now, in this many milliseconds.
+    Verified { millis: u128 },
+    /// Taken from the pins of an earlier agent with the same version.
+    Adopted,
+}
+
+impl Programs {
+    /// Adopts the pinned programs of this object and these settings, or
+    /// loads and pins them.
+    pub fn load_or_adopt(layout: &PinLayout, settings: &Settings) -> Result<Self, DatapathError> {
+        let version = version(settings);
+        let pin = |name: &str| layout.programs_dir().join(format!("{name}_{version}"));
+        let adopted = (|| {
+            let ingress = SchedClassifier::from_pin(pin(PROGRAMS[0].0)).ok()?;
+            let egress = SchedClassifier::from_pin(pin(PROGRAMS[1].0)).ok()?;
+            Some((ingress, egress))
+        })();
+        if let Some((ingress, egress)) = adopted {
+            return Ok(Self { ingress, egress, version, origin: Origin::Adopted });
+        }
+        let started = Instant::now();
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&str, PathBuf)> = GLOBAL_MAPS.iter().map(|m| (*m, layout.global_map(m))).collect();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let globals = settings.timeouts.globals();
+        for (name, value) in &globals {
+            loader.override_global(name, value, true);
+        }
+        let level = settings.log_level as u8;
+        loader.override_global(GLOBAL_LOG_LEVEL, &level, true);
+        let deny_unknown = u8::from(settings.strict);
+        loader.override_global(unknown_pod::GLOBAL_DENY, &deny_unknown, true);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let mut take = |name: &'static str| -> Result<SchedClassifier, DatapathError> {
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?.try_into()?;
+            prog.load()?;
+            let path = pin(name);
+            remove_pin(&path)?;
+            prog.pin(&path).map_err(|e| DatapathError::Pin(path.clone(), e.to_string()))?;
+            // Owned through its pin, so it outlives the object's other parts.
+            Ok(SchedClassifier::from_pin(&path)?)
+        };
+        let ingress = take(PROGRAMS[0].0)?;
+        let egress = take(PROGRAMS[1].0)?;
+        Ok(Self { ingress, egress, version, origin: Origin::Verified { millis: started.elapsed().as_millis() } })
+    }
+
+    /// The program judging `prog_name`'s direction.
+    pub fn get_mut(&mut self, prog_name: &str) -> &mut SchedClassifier {
+        if prog_name == PROGRAMS[0].0 { &mut self.ingress } else { &mut self.egress }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Kernel id of the ingress program (the kernel log is found through it).
+    pub fn ingress_id(&self) -> Result<u32, DatapathError> {
+        Ok(self.ingress.info()?.id())
+    }
+
+    /// Removes the pins of other versions. Programs still attached somewhere
+    /// stay loaded until their last attachment moves to this version.
+    pub fn remove_stale(&self, layout: &PinLayout) -> Result<usize, DatapathError> {
+        let dir = layout.programs_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours =
+                PROGRAMS.iter().any(|(p, _, _)| name.strip_prefix(p).and_then(|v| v.strip_prefix('_')).is_some());
+            if ours && !name.ends_with(&self.version) {
+                remove_pin(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The version of the programs these settings give: the object and every
+/// value baked into it at load time.
+fn version(settings: &Settings) -> String {
+    let mut h = Sha1::new();
+    h.update(OBJECT);
+    for (name, value) in settings.timeouts.globals() {
+        h.update(name.as_bytes());
+        h.update(value.to_le_bytes());
+    }
+    h.update([settings.log_level as u8, u8::from(settings.strict)]);
+    hex::encode(h.finalize())[..VERSION_LEN].to_owned()
+}

@@ -1,0 +1,144 @@
+//! The node-wide maps that lead from a veth's ifindex to its pod: the pod
+//! table, the maps of per-pod tries and conntrack tables, the counters.
+use aya::maps::{HashMap, HashOfMaps, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use na_common::{
+    conntrack::{FlowKey, FlowState},
+    names::{MAP_CONNTRACK_TABLES, MAP_COUNTERS, MAP_EGRESS_TRIES, MAP_INGRESS_TRIES, MAP_POD_TABLE},
+    pod_state::{PodCounterSlots, PodRecord},
+    policy::{LpmKeyData, MAX_PREFIXES, RuleSet},
+};
+
+use super::rules::{RulesError, map_err, open_pinned};
+use crate::bpffs::PinLayout;
+
+/// The node's pod-lookup maps, opened from their pins.
+pub struct NodeTables {
+    pub pods: HashMap<MapData, u32, PodRecord>,
+    ingress: HashOfMaps<MapData, u32>,
+    egress: HashOfMaps<MapData, u32>,
+    conntrack: HashOfMaps<MapData, u32>,
+    counters: PerCpuHashMap<MapData, u32, PodCounterSlots>,
+}
+
+/// A pod's own maps: what the node's maps of maps point at.
+pub struct InnerMaps<'a> {
+    pub ingress: &'a MapData,
+    pub egress: &'a MapData,
+    pub conntrack: &'a MapData,
+}
+
+impl NodeTables {
+    pub fn open(layout: &PinLayout) -> Result<Self, RulesError> {
+        Ok(Self {
+            pods: open_pinned(&layout.global_map(MAP_POD_TABLE))?,
+            ingress: open_pinned(&layout.global_map(MAP_INGRESS_TRIES))?,
+            egress: open_pinned(&layout.global_map(MAP_EGRESS_TRIES))?,
+            conntrack: open_pinned(&layout.global_map(MAP_CONNTRACK_TABLES))?,
+            counters: open_pinned(&layout.global_map(MAP_COUNTERS))?,
+        })
+    }
+
+    /// Points `ifindex` at a pod's maps and gives it counters (kept if it has
+    /// them). The pod record is written separately, by the rules.
+    pub fn register(&mut self, ifindex: u32, maps: &InnerMaps) -> Result<(), RulesError> {
+        self.ingress.insert(ifindex, maps.ingress, 0).map_err(map_err("insert into", MAP_INGRESS_TRIES))?;
+        self.egress.insert(ifindex, maps.egress, 0).map_err(map_err("insert into", MAP_EGRESS_TRIES))?;
+        self.conntrack.insert(ifindex, maps.conntrack, 0).map_err(map_err("insert into", MAP_CONNTRACK_TABLES))?;
+        self.ensure_counters(ifindex)
+    }
+
+    /// Gives `ifindex` counters unless it has them (the programs only add
+    /// to existing ones).
+    pub fn ensure_counters(&mut self, ifindex: u32) -> Result<(), RulesError> {
+        if self.counters.get(&ifindex, 0).is_err() {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_err("size", MAP_COUNTERS)(MapError::IoError(e)))?;
+            let zero = PerCpuValues::try_from(vec![PodCounterSlots::default(); cpus])
+                .map_err(|e| map_err("size", MAP_COUNTERS)(MapError::IoError(e)))?;
+            self.counters.insert(ifindex, zero, 0).map_err(map_err("insert into", MAP_COUNTERS))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything keyed by `ifindex`; absent entries are fine.
+    pub fn forget(&mut self, ifindex: u32) -> Result<(), RulesError> {
+        let gone = |r: Result<(), MapError>, map: &'static str| match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(map_err("delete from", map)(e)),
+        };
+        // The record first: from then on the veth counts as no pod's.
+        gone(self.pods.remove(&ifindex), MAP_POD_TABLE)?;
+        gone(self.ingress.remove(&ifindex), MAP_INGRESS_TRIES)?;
+        gone(self.egress.remove(&ifindex), MAP_EGRESS_TRIES)?;
+        gone(self.conntrack.remove(&ifindex), MAP_CONNTRACK_TABLES)?;
+        gone(self.counters.remove(&ifindex), MAP_COUNTERS)
+    }
+
+    /// Every ifindex whose ingress trie is the map with kernel id `trie_id`.
+    pub fn ifindexes_of(&self, trie_id: u32) -> Vec<u32> {
+        let keys: Vec<u32> = self.ingress.keys().filter_map(Result::ok).collect();
+        keys.into_iter()
+            .filter(|k| {
+                let inner: Result<MapData, _> = self.ingress.get(k, 0);
+                inner.ok().and_then(|m| m.info().ok()).is_some_and(|i| i.id() == trie_id)
+            })
+            .collect()
+    }
+
+    /// Every ifindex the tables know a pod by.
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.ingress.keys().filter_map(Result::ok).collect()
+    }
+
+    /// A pod's per-CPU counters.
+    pub fn counters(&self, ifindex: u32) -> Result<PerCpuValues<PodCounterSlots>, RulesError> {
+        self.counters.get(&ifindex, 0).map_err(map_err("read", MAP_COUNTERS))
+    }
+}
+
+/// Creates a pod's trie: the same type, sizes and flags as the programs'
+/// inner-map template, as the kernel requires of an inner map.
+pub fn create_trie(name: &str) -> Result<MapData, RulesError> {
+    create(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LPM_TRIE,
+        size_of::<aya::maps::lpm_trie::Key<LpmKeyData>>(),
+        size_of::<RuleSet>(),
+        MAX_PREFIXES,
+        name,
+    )
+}
+
+/// Creates a pod's conntrack table holding up to `capacity` flows.
+pub fn create_conntrack(name: &str, capacity: u32) -> Result<MapData, RulesError> {
+    create(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH,
+        size_of::<FlowKey>(),
+        size_of::<FlowState>(),
+        capacity,
+        name,
+    )
+}
+
+fn create(
+    map_type: aya_obj::generated::bpf_map_type,
+    key: usize,
+    value: usize,
+    max_entries: u32,
+    name: &str,
+) -> Result<MapData, RulesError> {
+    // Inner maps are not preallocated: an idle pod costs next to nothing, and
+    // a replaced entry is freed only after the programs are done with it.
+    let no_prealloc = aya_obj::generated::BPF_F_NO_PREALLOC;
+    let def = aya_obj::Map::new_from_params(map_type as u32, key as u32, value as u32, max_entries, no_prealloc);
+    MapData::create(def, name, None).map_err(|source| RulesError::Create { name: name.to_owned(), source })
+}
+
+/// The ifindexes under which the node's tables know `pod` (normally one;
+/// none when it is not registered).
+pub fn pod_ifindexes(layout: &PinLayout, pod: &crate::pod_id::PodId) -> Result<Vec<u32>, RulesError> {
+    let path = layout.map(pod, na_common::names::MAP_INGRESS);
+    let trie =
+        MapData::from_pin(&path).map_err(|source| RulesError::Open { path: path.display().to_string(), source })?;
+    let id = trie.info().map_err(map_err("read", na_common::names::MAP_INGRESS))?.id();
+    Ok(NodeTables::open(layout)?.ifindexes_of(id))
+}
