@@ -41,6 +41,20 @@ pub struct Status {
     /// `stdout`, or nothing when flow logs are off.
     #[serde(default)]
     pub flow_log: Option<String>,
+    /// The node's program pair this agent runs.
+    #[serde(default)]
+    pub programs: Option<ProgramsEntry>,
+}
+
+/// The node's program pair and how the agent got it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramsEntry {
+    /// Digest of the object and its load-time settings (the pins' suffix).
+    pub version: String,
+    /// `verified` (loaded by this agent) or `adopted` (from an earlier one's pins).
+    pub origin: String,
+    /// Load and verification time, when verified.
+    pub verify_ms: Option<u64>,
 }
 
 /// A pod whose programs are attached.

@@ -142,10 +142,12 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
     // A deleted pod loses its programs and pins.
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), b2]);
     wait_until("c is detached", || status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 2));
-    let pins: Vec<String> = std::fs::read_dir(env.root().join("programs"))
-        .unwrap()
+    let pins: Vec<String> = ["maps", "links"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(env.root().join(d)).unwrap())
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
+    assert!(pins.iter().any(|p| p.starts_with("x_a_")), "{pins:?}");
     assert!(pins.iter().all(|p| !p.starts_with("x_c_")), "{pins:?}");
     assert!(echoes(&mut conn));
     drop(agent);

@@ -33,13 +33,17 @@ impl FlowKey {
     /// The key a reply packet of this flow carries.
     #[inline(always)]
     pub fn reversed(&self) -> Self {
-        Self {
-            src_addr: self.dst_addr,
-            dst_addr: self.src_addr,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-            ..*self
-        }
+        let mut key = *self;
+        key.reverse();
+        key
+    }
+
+    /// Turns this key into its reply's, in place (no second key on the
+    /// programs' small stack).
+    #[inline(always)]
+    pub fn reverse(&mut self) {
+        core::mem::swap(&mut self.src_addr, &mut self.dst_addr);
+        core::mem::swap(&mut self.src_port, &mut self.dst_port);
     }
 }
 

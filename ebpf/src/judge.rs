@@ -95,14 +95,15 @@ fn malformed(ctx: &TcContext, dir: u32) -> i32 {
 #[inline(never)]
 fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
     if let Fragment::Later(id) = packet.fragment
-        && FRAGMENTS.get_ptr(frag_key(pod.ifindex, packet, id)).is_some()
+        && first_fragment_passed(pod.ifindex, packet, id)
     {
         return TC_ACT_OK;
     }
     if !matches!(packet.fragment, Fragment::Later(_)) {
-        match conntrack_verdict(ctx, dir, pod, packet) {
+        match conntrack_verdict(pod, packet) {
             Tracked::Pass => return TC_ACT_OK,
             Tracked::Revoked => {
+                debug!(ctx, "dir {}: tracked flow from port {} no longer allowed", dir, packet.src_port);
                 emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE });
                 return TC_ACT_SHOT;
             }
@@ -111,9 +112,20 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
     }
     // Events are sent from here, not from the callees: their frames and
     // `emit`'s would add up past the verifier's 512-byte stack cap.
-    let decision = evaluate(ctx, dir, pod, packet);
+    let decision = evaluate(dir, pod, packet);
     emit(ctx, packet, dir, &decision);
-    if decision.allowed { TC_ACT_OK } else { TC_ACT_SHOT }
+    if decision.allowed {
+        return TC_ACT_OK;
+    }
+    debug!(
+        ctx,
+        "dir {}: proto {} port {} denied (tier {})",
+        dir,
+        packet.protocol,
+        packet.dst_port.unwrap_or(0),
+        decision.tier
+    );
+    TC_ACT_SHOT
 }
 
 enum Tracked {
@@ -129,13 +141,13 @@ enum Tracked {
 /// judged again when its direction's policy changed since it was admitted,
 /// and cut if no longer allowed.
 #[inline(never)]
-fn conntrack_verdict(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
+fn conntrack_verdict(pod: &Pod, packet: &Packet) -> Tracked {
     let Some(table) = pod.conntrack else { return Tracked::Miss };
     let mut key = flow_key(pod.ifindex, packet);
     let entry = match tracked(table, &key) {
         Some(entry) => entry,
         None => {
-            key = key.reversed();
+            key.reverse();
             match tracked(table, &key) {
                 Some(entry) => entry,
                 None => return Tracked::Miss,
@@ -153,7 +165,6 @@ fn conntrack_verdict(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> T
             decide(pod.ifindex, &state, flow_dir, &Query { family: key.family, peer, protocol: key.protocol, port });
         if !decision.allowed {
             let _ = table.remove(key);
-            debug!(ctx, "dir {}: tracked flow from port {} no longer allowed", dir, packet.src_port);
             return Tracked::Revoked;
         }
         entry.generation = state.generation;
@@ -172,7 +183,7 @@ fn conntrack_verdict(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> T
 
 /// Judges an untracked packet by the pod state and rules; tracks it if allowed.
 #[inline(never)]
-fn evaluate(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> Decision {
+fn evaluate(dir: u32, pod: &Pod, packet: &Packet) -> Decision {
     let state = pod.state(dir);
     let peer = if dir == direction::INGRESS { packet.src_addr } else { packet.dst_addr };
     let decision = decide(
@@ -182,14 +193,6 @@ fn evaluate(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> Decision {
         &Query { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port },
     );
     if !decision.allowed {
-        debug!(
-            ctx,
-            "dir {}: proto {} port {} denied (tier {})",
-            dir,
-            packet.protocol,
-            packet.dst_port.unwrap_or(0),
-            decision.tier
-        );
         return decision;
     }
     if !matches!(packet.fragment, Fragment::Later(_)) {
@@ -236,8 +239,7 @@ fn pod_record(ifindex: u32) -> Option<PodRecord> {
     Some(unsafe { *ptr })
 }
 
-// Inlined into its two callers, one level less for the verifier's stack cap.
-#[inline(always)]
+#[inline(never)]
 fn decide(ifindex: u32, state: &PodState, dir: u32, query: &Query) -> Decision {
     let tries = if dir == direction::INGRESS { &INGRESS_TRIES } else { &EGRESS_TRIES };
     // SAFETY: the outer map is not preallocated (see `pod`), and trie values
@@ -267,6 +269,12 @@ fn idle_timeout(proto: u8, state: u8) -> u64 {
         TimeoutClass::Udp => TIMEOUT_UDP_NS.load(),
         TimeoutClass::Other => TIMEOUT_OTHER_NS.load(),
     }
+}
+
+/// Whether the first fragment of this later fragment's datagram passed.
+#[inline(never)]
+fn first_fragment_passed(ifindex: u32, packet: &Packet, id: u32) -> bool {
+    FRAGMENTS.get_ptr(frag_key(ifindex, packet, id)).is_some()
 }
 
 #[inline(never)]

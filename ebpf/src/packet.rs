@@ -65,12 +65,11 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     let Ok(ethertype) = ctx.load::<u16>(12) else {
         return Parsed::NotIp;
     };
-    let parsed = match u16::from_be(ethertype) {
+    match u16::from_be(ethertype) {
         ETH_P_IP => parse_ipv4(ctx, ETH_HLEN),
         ETH_P_IPV6 => parse_ipv6(ctx, ETH_HLEN),
-        _ => return Parsed::NotIp,
-    };
-    parsed.unwrap_or(Parsed::Malformed)
+        _ => Parsed::NotIp,
+    }
 }
 
 /// Parses the IP header embedded in an ICMP error at `off` (the packet the
@@ -78,13 +77,26 @@ pub fn parse(ctx: &TcContext) -> Parsed {
 pub fn parse_embedded(ctx: &TcContext, family: u8, off: usize) -> Option<Packet> {
     let parsed = if family == family::IPV4 { parse_ipv4(ctx, off) } else { parse_ipv6(ctx, off) };
     match parsed {
-        Ok(Parsed::Ip(p)) => Some(p),
+        Parsed::Ip(p) => Some(p),
         _ => None,
     }
 }
 
+// The two parsers return the result whole, errors included, so that the
+// caller's frame (the deepest call chain's first) holds one packet, not a
+// `Result` and a copy.
 #[inline(never)]
-fn parse_ipv4(ctx: &TcContext, off: usize) -> Result<Parsed, ()> {
+fn parse_ipv4(ctx: &TcContext, off: usize) -> Parsed {
+    try_ipv4(ctx, off).unwrap_or(Parsed::Malformed)
+}
+
+#[inline(never)]
+fn parse_ipv6(ctx: &TcContext, off: usize) -> Parsed {
+    try_ipv6(ctx, off).unwrap_or(Parsed::Malformed)
+}
+
+#[inline(always)]
+fn try_ipv4(ctx: &TcContext, off: usize) -> Result<Parsed, ()> {
     let version_ihl: u8 = ctx.load(off).map_err(drop)?;
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HLEN {
@@ -110,8 +122,8 @@ fn parse_ipv4(ctx: &TcContext, off: usize) -> Result<Parsed, ()> {
     Ok(Parsed::Ip(packet))
 }
 
-#[inline(never)]
-fn parse_ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, ()> {
+#[inline(always)]
+fn try_ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, ()> {
     let version: u8 = ctx.load(off).map_err(drop)?;
     if version >> 4 != 6 {
         return Err(());

@@ -75,6 +75,10 @@ async fn main() -> Result<()> {
         allow_node: !args.no_allow_node,
         strict: args.enforcing_mode == EnforcingMode::Strict,
     });
+    // Before any pod: adopting the pinned programs costs nothing, verifying
+    // new ones (an upgrade) is paid once here.
+    let programs = datapath.programs_entry().context("loading the programs")?;
+    info!(version = %programs.version, origin = %programs.origin, verify_ms = ?programs.verify_ms, "programs ready");
     let mut reconciler = Reconciler::new(compiler, datapath, args.veth_prefix.clone());
 
     // Exactly one source feeds the reconciler; the other channel stays closed.
@@ -112,6 +116,7 @@ async fn main() -> Result<()> {
         flow_log: args
             .enable_policy_event_logs
             .then(|| args.flow_log_file.as_ref().map_or_else(|| "stdout".to_owned(), |p| p.display().to_string())),
+        programs: Some(programs),
         ..Default::default()
     };
     let events_lock = status::events_lock_path(&args.status_file);

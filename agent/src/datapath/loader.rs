@@ -192,6 +192,17 @@ impl Datapath {
         Ok(programs)
     }
 
+    /// The programs' version and how this handle got them, for the status file.
+    pub fn programs_entry(&self) -> Result<crate::status::ProgramsEntry, DatapathError> {
+        let programs = self.programs()?;
+        let programs = programs.as_ref().expect("loaded");
+        let (origin, verify_ms) = match programs.origin {
+            super::Origin::Verified { millis } => ("verified", Some(u64::try_from(millis).unwrap_or(u64::MAX))),
+            super::Origin::Adopted => ("adopted", None),
+        };
+        Ok(crate::status::ProgramsEntry { version: programs.version().to_owned(), origin: origin.into(), verify_ms })
+    }
+
     /// Creates (or reuses, when pinned) `pod`'s maps, points the node's
     /// tables at them under `ifname`'s ifindex, writes `rules` and only then
     /// attaches the node's programs to `ifname`, so no packet passes before
