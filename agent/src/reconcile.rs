@@ -12,12 +12,25 @@ use crate::{
     veth::host_veth_name,
 };
 
+/// How many pods are attached at once: each attachment mostly waits for
+/// RCU grace periods, and concurrent waits overlap.
+const PARALLEL_ATTACHES: usize = 16;
+
 /// A pod whose programs are attached.
 struct Attached {
     uid: String,
     veth: String,
     ifindex: u32,
     maps: PodMaps,
+    rules: PodRules,
+}
+
+/// A pod to attach: its veth is there, its rules compiled.
+struct NewPod {
+    key: ObjectRef,
+    uid: String,
+    veth: String,
+    ifindex: u32,
     rules: PodRules,
 }
 
@@ -116,16 +129,55 @@ impl Reconciler {
             self.detach(&key, &mut report);
         }
         let compiled = self.compiler.compile(&present);
+        let mut new = Vec::new();
         for (key, rules) in compiled {
             match rules {
-                Ok(rules) => self.converge(key, rules, &mut report),
+                Ok(rules) => new.extend(self.converge(key, rules, &mut report)),
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
+        self.attach_all(new, &mut report);
         report
     }
 
-    fn converge(&mut self, key: ObjectRef, rules: PodRules, report: &mut SyncReport) {
+    /// Attaches pods found ready by [`Self::converge`], several at a time.
+    fn attach_all(&mut self, new: Vec<NewPod>, report: &mut SyncReport) {
+        for batch in new.chunks(PARALLEL_ATTACHES) {
+            let datapath = &self.datapath;
+            let results: Vec<_> = std::thread::scope(|s| {
+                let running: Vec<_> = batch
+                    .iter()
+                    .map(|p| {
+                        let id = PodId::new(&p.key.namespace, &p.key.name);
+                        s.spawn(move || datapath.attach_pod(&id, &p.veth, &p.rules))
+                    })
+                    .collect();
+                running.into_iter().map(|r| r.join().expect("attach thread")).collect()
+            });
+            for (p, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(maps) => {
+                        report.attached.push(p.key.to_string());
+                        let a = Attached {
+                            uid: p.uid.clone(),
+                            veth: p.veth.clone(),
+                            ifindex: p.ifindex,
+                            maps,
+                            rules: p.rules.clone(),
+                        };
+                        self.attached.insert(p.key.clone(), a);
+                    }
+                    Err(e) => {
+                        report.errors.push(format!("pod {}: {e}", p.key));
+                        self.pending.insert(p.key.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings an attached pod in line, or says what a new one needs.
+    fn converge(&mut self, key: ObjectRef, rules: PodRules, report: &mut SyncReport) -> Option<NewPod> {
         let uid = self.compiler.pod(&key).map(|p| p.uid.clone()).unwrap_or_default();
         if let Some(a) = self.attached.get_mut(&key)
             && a.uid == uid
@@ -139,7 +191,7 @@ impl Reconciler {
                     Err(e) => report.errors.push(format!("pod {key}: {e}")),
                 }
             }
-            return;
+            return None;
         }
         // A pod recreated under the same name starts from scratch: nothing of
         // the old one's state (flows, rules) may carry over.
@@ -149,19 +201,9 @@ impl Reconciler {
         let Some((veth, ifindex)) = self.find_veth(&key) else {
             report.pending.push(key.to_string());
             self.pending.insert(key);
-            return;
+            return None;
         };
-        let id = PodId::new(&key.namespace, &key.name);
-        match self.datapath.attach_pod(&id, &veth, &rules) {
-            Ok(maps) => {
-                report.attached.push(key.to_string());
-                self.attached.insert(key, Attached { uid, veth, ifindex, maps, rules });
-            }
-            Err(e) => {
-                report.errors.push(format!("pod {key}: {e}"));
-                self.pending.insert(key);
-            }
-        }
+        Some(NewPod { key, uid, veth, ifindex, rules })
     }
 
     /// The pod's host veth and its ifindex: by the CNI's name, else by the

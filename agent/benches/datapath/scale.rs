@@ -1,6 +1,7 @@
-//! Scale and memory: the agent enforcing 110 local pods of a 5,000-pod,
-//! 1,000-policy cluster; program load and attach time per pod; map memory per
-//! pod; how fast the sweeper reclaims a full conntrack table.
+//! Scale and memory: the node's one-time program verification; the agent
+//! enforcing 110 local pods of a 5,000-pod, 1,000-policy cluster; load and
+//! attach time per pod; map memory per pod and for the node; how fast the
+//! sweeper reclaims a full conntrack table.
 use std::{
     os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
@@ -9,7 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use aya::maps::{HashMap, MapData};
 use na_agent::{
-    datapath::{AttachMode, PodRules, open_pinned},
+    datapath::{AttachMode, Origin, PodRules, open_pinned},
     pod_id::PodId,
 };
 use na_common::{
@@ -47,6 +48,19 @@ pub fn run(full: bool) -> Result<Figures> {
     let mut env = Env::without_servers(AttachMode::Auto, &refs)?;
     let mut f = Figures::new();
 
+    // The one verification a node (and an upgrade) pays; every pod after it
+    // only gets maps and links.
+    {
+        let programs = env.dp.programs()?;
+        let programs = programs.as_ref().context("no programs")?;
+        let Origin::Verified { millis } = programs.origin else { bail!("fresh pin root, yet programs were adopted") };
+        f.insert("program_verify_ms".into(), json!(millis));
+        let pin = env.root().join("programs").join(format!("{}_{}", names::PROG_INGRESS, programs.version()));
+        let info = aya::programs::ProgramInfo::from_pin(&pin)?;
+        f.insert("program_verified_insns".into(), json!(info.verified_instruction_count()));
+        f.insert("program_insns".into(), json!(info.size_translated().unwrap_or(0) / 8));
+    }
+
     let mut attach_ms = Vec::new();
     for (ns, name) in local.iter().take(TIMED_ATTACHES) {
         let key = format!("{ns}/{name}");
@@ -76,6 +90,15 @@ pub fn run(full: bool) -> Result<Figures> {
     f.insert("startup_110_pods_ms".into(), json!(stats::round(t0.elapsed().as_secs_f64() * 1e3, 0)));
     let pid = agent.pid();
     f.insert("agent_startup_cpu_s".into(), json!(stats::round(cpu_seconds(pid)?, 2)));
+    // The programs verified above are this agent's version: it adopts them.
+    f.insert("startup_programs".into(), status(&status_file)["programs"]["origin"].clone());
+    let mut pods_kib = 0;
+    for (ns, name) in &local {
+        pods_kib += map_memory_kib(&env, &PodId::new(ns, name))?;
+    }
+    let shared_kib = shared_map_memory_kib(&env)?;
+    f.insert("map_memory_shared_kib".into(), json!(shared_kib));
+    f.insert("map_memory_110_pods_mib".into(), json!(stats::round((pods_kib + shared_kib) as f64 / 1024.0, 1)));
     std::thread::sleep(Duration::from_secs(2));
     f.insert("agent_rss_mib".into(), json!(stats::round(proc_status_kib(pid, "VmRSS")? / 1024.0, 1)));
     f.insert("agent_peak_rss_mib".into(), json!(stats::round(proc_status_kib(pid, "VmHWM")? / 1024.0, 1)));
@@ -118,22 +141,32 @@ fn write_cluster(env: &Env, manifests: &Manifests, local: &[(String, String)]) {
     manifests.write("policies.yaml", &policies);
 }
 
-/// Kernel memory charged to a pod's own maps (`memlock` in fdinfo).
+/// Kernel memory charged to a pod's own maps.
 fn map_memory_kib(env: &Env, pod: &PodId) -> Result<u64> {
+    let pins = names::POD_MAPS.map(|name| env.root().join("maps").join(pod.pin_name(name)));
+    Ok(memlock_bytes(&pins)? / 1024)
+}
+
+/// Kernel memory charged to the node's shared maps.
+fn shared_map_memory_kib(env: &Env) -> Result<u64> {
+    let pins = names::GLOBAL_MAPS.map(|name| env.dp.layout().global_map(name));
+    Ok(memlock_bytes(&pins)? / 1024)
+}
+
+/// Sum of `memlock` in fdinfo (the kernel's own accounting) of pinned maps.
+fn memlock_bytes(pins: &[std::path::PathBuf]) -> Result<u64> {
     let mut total = 0;
-    for name in names::POD_MAPS {
-        let path = env.root().join("maps").join(pod.pin_name(name));
-        let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    for path in pins {
+        let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
         let fd = map.fd().as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-        let memlock = info
+        total += info
             .lines()
             .find_map(|l| l.strip_prefix("memlock:"))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .context("no memlock in fdinfo")?;
-        total += memlock;
     }
-    Ok(total / 1024)
+    Ok(total)
 }
 
 /// Fills a pod's conntrack table with idle entries and times one sweep:

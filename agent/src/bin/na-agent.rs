@@ -288,7 +288,7 @@ async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&mut AsyncFd<T>>) -> std::
 fn open_kernel_log(datapath: &Datapath) -> Option<AsyncFd<EbpfLogger<KernelLog>>> {
     let id = datapath
         .programs()
-        .and_then(|p| p.as_ref().expect("loaded").ingress_id())
+        .map(|p| p.as_ref().expect("loaded").ingress_id())
         .map_err(|e| warn!("opening the kernel log: {e}"))
         .ok()?;
     let logger =

@@ -53,7 +53,15 @@ pub fn attach_or_replace(
     match mode.resolve() {
         AttachMode::Tcx => {
             let id = match PinnedLink::from_pin(link_pin) {
-                Ok(old) => prog.attach_to_link(FdLink::from(old).try_into()?)?,
+                Ok(old) => {
+                    let old = FdLink::from(old);
+                    // Already running this program (an agent restart): an
+                    // update would only cost a grace period.
+                    if old.info().is_ok_and(|l| prog.info().is_ok_and(|p| p.id() == l.program_id())) {
+                        return Ok(());
+                    }
+                    prog.attach_to_link(old.try_into()?)?
+                }
                 Err(_) => prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))?,
             };
             let link: FdLink = prog.take_link(id)?.try_into()?;

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     maps::{Map, MapData, MapError},
-    programs::ProgramError,
+    programs::{ProgramError, SchedClassifier},
 };
 use na_common::{
     conntrack::{DEFAULT_FLOWS_PER_POD, TimeoutClass, timeout, timeout_globals},
@@ -212,17 +212,25 @@ impl Datapath {
         let ifindex =
             nix::net::if_::if_nametoindex(ifname).map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
         let maps = self.load_pod(pod, ifindex, rules)?;
-        let mut programs = self.programs()?;
-        let programs = programs.as_mut().expect("loaded above");
-        for (name, _, hook) in PROGRAMS {
-            attach::attach_or_replace(
-                programs.get_mut(name),
-                ifname,
-                hook,
-                self.attach_mode,
-                &self.layout.link(pod, name),
-            )?;
-        }
+        let pins = {
+            let programs = self.programs()?;
+            let programs = programs.as_ref().expect("loaded above");
+            PROGRAMS.map(|(name, _, hook)| (programs.pin(&self.layout, name), hook, self.layout.link(pod, name)))
+        };
+        // Both hooks at once: each TCX attachment waits for an RCU grace
+        // period, and concurrent waits overlap.
+        std::thread::scope(|s| {
+            let attaching: Vec<_> = pins
+                .iter()
+                .map(|(pin, hook, link)| {
+                    s.spawn(move || {
+                        let mut prog = SchedClassifier::from_pin(pin)?;
+                        attach::attach_or_replace(&mut prog, ifname, *hook, self.attach_mode, link)
+                    })
+                })
+                .collect();
+            attaching.into_iter().try_for_each(|a| a.join().expect("attach thread"))
+        })?;
         Ok(maps)
     }
 

@@ -24,11 +24,11 @@ use crate::bpffs::PinLayout;
 /// Hex digits of the version digest kept in pin names.
 const VERSION_LEN: usize = 12;
 
-/// The loaded (or adopted) program pair.
+/// The loaded (or adopted) program pair; its pins keep it loaded.
 #[derive(Debug)]
 pub struct Programs {
-    ingress: SchedClassifier,
-    egress: SchedClassifier,
+    /// Kernel id of `handle_ingress` (the kernel log is found through it).
+    ingress_id: u32,
     version: String,
     /// How this agent got them.
     pub origin: Origin,
@@ -49,13 +49,14 @@ impl Programs {
     pub fn load_or_adopt(layout: &PinLayout, settings: &Settings) -> Result<Self, DatapathError> {
         let version = version(settings);
         let pin = |name: &str| layout.programs_dir().join(format!("{name}_{version}"));
+        // (The same path as `Programs::pin`, which needs a `Programs`.)
         let adopted = (|| {
             let ingress = SchedClassifier::from_pin(pin(PROGRAMS[0].0)).ok()?;
-            let egress = SchedClassifier::from_pin(pin(PROGRAMS[1].0)).ok()?;
-            Some((ingress, egress))
+            SchedClassifier::from_pin(pin(PROGRAMS[1].0)).ok()?;
+            ingress.info().ok().map(|i| i.id())
         })();
-        if let Some((ingress, egress)) = adopted {
-            return Ok(Self { ingress, egress, version, origin: Origin::Adopted });
+        if let Some(ingress_id) = adopted {
+            return Ok(Self { ingress_id, version, origin: Origin::Adopted });
         }
         let started = Instant::now();
         let mut loader = EbpfLoader::new();
@@ -82,14 +83,15 @@ impl Programs {
             // Owned through its pin, so it outlives the object's other parts.
             Ok(SchedClassifier::from_pin(&path)?)
         };
-        let ingress = take(PROGRAMS[0].0)?;
-        let egress = take(PROGRAMS[1].0)?;
-        Ok(Self { ingress, egress, version, origin: Origin::Verified { millis: started.elapsed().as_millis() } })
+        let ingress_id = take(PROGRAMS[0].0)?.info()?.id();
+        take(PROGRAMS[1].0)?;
+        Ok(Self { ingress_id, version, origin: Origin::Verified { millis: started.elapsed().as_millis() } })
     }
 
-    /// The program judging `prog_name`'s direction.
-    pub fn get_mut(&mut self, prog_name: &str) -> &mut SchedClassifier {
-        if prog_name == PROGRAMS[0].0 { &mut self.ingress } else { &mut self.egress }
+    /// Where `prog_name` of this version is pinned (attachments open their
+    /// own handle there, so pods can be attached concurrently).
+    pub fn pin(&self, layout: &PinLayout, prog_name: &str) -> PathBuf {
+        layout.programs_dir().join(format!("{prog_name}_{}", self.version))
     }
 
     pub fn version(&self) -> &str {
@@ -97,8 +99,8 @@ impl Programs {
     }
 
     /// Kernel id of the ingress program (the kernel log is found through it).
-    pub fn ingress_id(&self) -> Result<u32, DatapathError> {
-        Ok(self.ingress.info()?.id())
+    pub fn ingress_id(&self) -> u32 {
+        self.ingress_id
     }
 
     /// Removes the pins of other versions. Programs still attached somewhere

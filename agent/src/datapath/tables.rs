@@ -40,10 +40,28 @@ impl NodeTables {
 
     /// Points `ifindex` at a pod's maps and gives it counters (kept if it has
     /// them). The pod record is written separately, by the rules.
+    ///
+    /// Every update of a map of maps waits for an RCU grace period (the
+    /// kernel makes sure no program still sees the old inner map), some
+    /// 10-20 ms: entries that already point at the pod's maps (an agent
+    /// restart) are left alone, and the others are written concurrently so
+    /// their waits overlap.
     pub fn register(&mut self, ifindex: u32, maps: &InnerMaps) -> Result<(), RulesError> {
-        self.ingress.insert(ifindex, maps.ingress, 0).map_err(map_err("insert into", MAP_INGRESS_TRIES))?;
-        self.egress.insert(ifindex, maps.egress, 0).map_err(map_err("insert into", MAP_EGRESS_TRIES))?;
-        self.conntrack.insert(ifindex, maps.conntrack, 0).map_err(map_err("insert into", MAP_CONNTRACK_TABLES))?;
+        let outer = [
+            (&mut self.ingress, maps.ingress, MAP_INGRESS_TRIES),
+            (&mut self.egress, maps.egress, MAP_EGRESS_TRIES),
+            (&mut self.conntrack, maps.conntrack, MAP_CONNTRACK_TABLES),
+        ];
+        std::thread::scope(|s| {
+            let writes: Vec<_> = outer
+                .into_iter()
+                .filter(|(table, inner, _)| !points_at(table, ifindex, inner))
+                .map(|(table, inner, name)| {
+                    s.spawn(move || table.insert(ifindex, inner, 0).map_err(map_err("insert into", name)))
+                })
+                .collect();
+            writes.into_iter().try_for_each(|w| w.join().expect("map update thread"))
+        })?;
         self.ensure_counters(ifindex)
     }
 
@@ -93,6 +111,15 @@ impl NodeTables {
     /// A pod's per-CPU counters.
     pub fn counters(&self, ifindex: u32) -> Result<PerCpuValues<PodCounterSlots>, RulesError> {
         self.counters.get(&ifindex, 0).map_err(map_err("read", MAP_COUNTERS))
+    }
+}
+
+/// Whether `table` maps `ifindex` to the very map `inner`.
+fn points_at(table: &HashOfMaps<MapData, u32>, ifindex: u32, inner: &MapData) -> bool {
+    let current: Result<MapData, _> = table.get(&ifindex, 0);
+    match (current.and_then(|m| m.info()), inner.info()) {
+        (Ok(a), Ok(b)) => a.id() == b.id(),
+        _ => false,
     }
 }
 
