@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("iperf3", "iperf3"),
     ("iptables", "iptables"),
+    ("ipset", "ipset"),
 ];
 
 #[derive(clap::Args, Default)]

@@ -1,9 +1,18 @@
-//! Per-packet cost: TCP request/response rate and bulk throughput between two
-//! pods with (a) nothing attached, (b) our programs with an allow rule plus
-//! 1, 1,000 or 10,000 other prefixes, (c) an iptables chain with the same
-//! prefixes ahead of the allow rule. Every configuration is measured once per
-//! round, rounds interleave them, and each figure is a ratio to (a) of the
-//! same round.
+//! Per-packet cost: TCP request/response rate on one connection (`rr`), a new
+//! connection per transaction (`crr`), and bulk throughput between two pods
+//! with (a) nothing attached, (b) our programs with an allow rule plus 1,
+//! 1,000 or 10,000 other prefixes, (c) a stateless iptables chain with the
+//! same prefixes ahead of the allow rule, (d) a stateful one as kube-router
+//! and Calico's iptables mode build it (conntrack ESTABLISHED first, the
+//! prefixes in one ipset). Every configuration is measured once per round,
+//! rounds interleave them, and each figure is a ratio to (a) of the same
+//! round.
+//!
+//! The kernel's own accounting (`BPF_ENABLE_STATS`, held only while this
+//! section runs) gives our programs' nanoseconds per packet, on the
+//! established connection and under the connection-per-transaction load,
+//! next to a program that only passes packets, attached to the same hooks:
+//! the floor of any TC program.
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -15,7 +24,13 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use ipnet::IpNet;
-use na_agent::datapath::{AttachMode, DirectionRules, Mode, PodRules};
+use aya::{
+    Ebpf,
+    programs::{LinkOrder, ProgramInfo, SchedClassifier, tc::TcAttachOptions},
+    sys::{Stats, enable_stats},
+};
+use na_agent::datapath::{AttachMode, DirectionRules, Mode, PROGRAMS, PodRules};
+use na_harness::Probe;
 use na_common::policy::PortRule;
 use serde_json::json;
 
@@ -24,6 +39,9 @@ use crate::{Figures, stats, support::Env};
 const SIZES: [usize; 3] = [1, 1_000, 10_000];
 const RR_PORT: u16 = 80;
 const SINK_PORT: u16 = 5001;
+/// The connection-per-transaction responder's port (the harness servers poll
+/// for connections, which would cap that rate).
+const CRR_PORT: u16 = 5002;
 /// Bulk writes of this size.
 const CHUNK: usize = 128 * 1024;
 
@@ -32,50 +50,152 @@ pub fn run(full: bool) -> Result<Figures> {
     let mut env = Env::with_pods(AttachMode::Auto, &[("x", "client"), ("x", "server")])?;
     let (client, server) = (env.pod("x/client").ip, env.pod("x/server").ip);
     let sink = Sink::start(&env)?;
+    start_responder(&env)?;
     let node = env.node.netns().name().to_owned();
-    // config -> per-round (rr ratio, throughput ratio)
-    let mut ratios: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    // Run-time statistics are on for as long as this descriptor is open.
+    let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
+    let ours = ours_program_ids(&env)?;
+    let mut floor = Floor::load()?;
+    // config -> per-round (rr, crr, throughput) ratios
+    let mut ratios: BTreeMap<String, Vec<[f64; 3]>> = BTreeMap::new();
+    // config -> per-round (established, new-flow) nanoseconds per packet
+    let mut ns: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut baseline = Vec::new();
     for round in 0..rounds {
         eprintln!("bench: per-packet round {}/{rounds}", round + 1);
-        let none = measure(&env, &sink, window)?;
+        let none = measure(&env, &sink, window, &[])?.rates;
         baseline.push(none);
-        let mut record =
-            |name: String, m: (f64, f64)| ratios.entry(name).or_default().push((m.0 / none.0, m.1 / none.1));
+        let mut record = |name: String, m: Measured| {
+            let r = m.rates;
+            ratios.entry(name.clone()).or_default().push([r[0] / none[0], r[1] / none[1], r[2] / none[2]]);
+            if let Some(per_packet) = m.ns_per_packet {
+                ns.entry(name).or_default().push(per_packet);
+            }
+        };
         for &n in &SIZES {
             let rules = rules_with_others(client.into(), server.into(), n);
             let attached = env.attach("x/server", &rules.server).and_then(|_| env.attach("x/client", &rules.client));
             attached?;
-            let m = measure(&env, &sink, window);
+            // Enforcement is on: what the rules do not admit is dropped.
+            let enforced = !env.reaches("x/client", "x/server", Probe::tcp(81));
+            let m = measure(&env, &sink, window, &ours);
             env.detach("x/server")?;
             env.detach("x/client")?;
+            ensure!(enforced, "the programs did not enforce (TCP/81 reached the server)");
             record(format!("ours_{n}"), m?);
         }
-        for &n in &SIZES {
-            iptables_chain(&node, client.into(), server.into(), n)?;
-            let m = measure(&env, &sink, window);
-            iptables_remove(&node)?;
-            record(format!("iptables_{n}"), m?);
+        let floor_ids = floor.attach(&env)?;
+        let m = measure(&env, &sink, window, &floor_ids);
+        floor.detach();
+        record("floor".into(), m?);
+        for stateful in [false, true] {
+            for &n in &SIZES {
+                iptables_chain(&node, client.into(), server.into(), n, stateful)?;
+                let m = measure(&env, &sink, window, &[]);
+                iptables_remove(&node, stateful)?;
+                let kind = if stateful { "iptables_stateful" } else { "iptables" };
+                record(format!("{kind}_{n}"), m?);
+            }
         }
     }
     let mut f = Figures::new();
     for (name, per_round) in &ratios {
-        let rr: Vec<f64> = per_round.iter().map(|r| r.0).collect();
-        let tp: Vec<f64> = per_round.iter().map(|r| r.1).collect();
-        for (kind, v) in [("rr", &rr), ("throughput", &tp)] {
-            f.insert(format!("{kind}_ratio_{name}"), json!(stats::round(stats::median(v), 3)));
-            f.insert(format!("{kind}_ratio_{name}_min"), json!(stats::round(stats::min(v), 3)));
-            f.insert(format!("{kind}_ratio_{name}_max"), json!(stats::round(stats::max(v), 3)));
+        for (i, kind) in ["rr", "crr", "throughput"].iter().enumerate() {
+            let v: Vec<f64> = per_round.iter().map(|r| r[i]).collect();
+            f.insert(format!("{kind}_ratio_{name}"), json!(stats::round(stats::median(&v), 3)));
+            f.insert(format!("{kind}_ratio_{name}_min"), json!(stats::round(stats::min(&v), 3)));
+            f.insert(format!("{kind}_ratio_{name}_max"), json!(stats::round(stats::max(&v), 3)));
         }
     }
-    let rr: Vec<f64> = baseline.iter().map(|b| b.0).collect();
-    let tp: Vec<f64> = baseline.iter().map(|b| b.1).collect();
-    f.insert("rr_none_per_sec".into(), json!(stats::round(stats::median(&rr), 0)));
+    for (name, per_round) in &ns {
+        let est: Vec<f64> = per_round.iter().map(|r| r.0).collect();
+        let new: Vec<f64> = per_round.iter().map(|r| r.1).collect();
+        let (est_key, new_key) = match name.strip_prefix("ours_") {
+            Some(n) => (format!("ns_per_packet_established_{n}"), format!("ns_per_packet_new_flow_{n}")),
+            None => ("ns_per_packet_floor".to_owned(), "ns_per_packet_floor_new_flow".to_owned()),
+        };
+        for (key, v) in [(est_key, &est), (new_key, &new)] {
+            f.insert(format!("{key}_min"), json!(stats::round(stats::min(v), 0)));
+            f.insert(format!("{key}_max"), json!(stats::round(stats::max(v), 0)));
+            f.insert(key, json!(stats::round(stats::median(v), 0)));
+        }
+    }
+    for (i, kind) in ["rr", "crr"].iter().enumerate() {
+        let v: Vec<f64> = baseline.iter().map(|b| b[i]).collect();
+        f.insert(format!("{kind}_none_per_sec"), json!(stats::round(stats::median(&v), 0)));
+    }
+    let tp: Vec<f64> = baseline.iter().map(|b| b[2]).collect();
     f.insert("throughput_none_gbit_s".into(), json!(stats::round(stats::median(&tp) * 8.0 / 1e9, 2)));
     f.insert("per_packet_rounds".into(), json!(rounds));
     f.insert("per_packet_window_s".into(), json!(window.as_secs_f64()));
     drop(sink);
     Ok(f)
+}
+
+/// Kernel ids of the node's two programs.
+fn ours_program_ids(env: &Env) -> Result<Vec<u32>> {
+    let programs = env.dp.programs()?;
+    let programs = programs.as_ref().context("no programs")?;
+    PROGRAMS
+        .iter()
+        .map(|(name, _, _)| Ok(ProgramInfo::from_pin(programs.pin(env.dp.layout(), name))?.id()))
+        .collect()
+}
+
+/// (run time in ns, runs) of programs `ids`, summed.
+fn run_stats(ids: &[u32]) -> Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for info in aya::programs::loaded_programs() {
+        let info = info?;
+        if ids.contains(&info.id()) {
+            total.0 += info.run_time().as_nanos() as u64;
+            total.1 += info.run_count();
+        }
+    }
+    Ok(total)
+}
+
+/// The pass-everything program on both pods' veths, both hooks, as ours sit.
+struct Floor {
+    _object: Ebpf,
+    prog: SchedClassifier,
+    links: Vec<aya::programs::tc::SchedClassifierLinkId>,
+}
+
+static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf-floor"));
+
+impl Floor {
+    fn load() -> Result<Self> {
+        let mut object = Ebpf::load(FLOOR_OBJECT)?;
+        let prog: &mut SchedClassifier = object.program_mut("pass").context("no pass program")?.try_into()?;
+        prog.load()?;
+        let prog = SchedClassifier::from_program_info(prog.info()?, "pass".into())?;
+        Ok(Self { _object: object, prog, links: Vec::new() })
+    }
+
+    /// Attaches; returns the program's id.
+    fn attach(&mut self, env: &Env) -> Result<Vec<u32>> {
+        let veths = [env.pod("x/client").host_veth.clone(), env.pod("x/server").host_veth.clone()];
+        let prog = &mut self.prog;
+        let links = env.node.netns().run(|| -> Result<Vec<_>> {
+            let mut links = Vec::new();
+            for veth in &veths {
+                for (_, _, hook) in PROGRAMS {
+                    let order = TcAttachOptions::TcxOrder(LinkOrder::default());
+                    links.push(prog.attach_with_options(veth, hook, order)?);
+                }
+            }
+            Ok(links)
+        })??;
+        self.links = links;
+        Ok(vec![self.prog.info()?.id()])
+    }
+
+    fn detach(&mut self) {
+        for link in self.links.drain(..) {
+            let _ = self.prog.detach(link);
+        }
+    }
 }
 
 /// Both pods isolated: the server admits the client on TCP (RR and sink
@@ -89,7 +209,7 @@ struct BenchRules {
 fn rules_with_others(client: IpAddr, server: IpAddr, others: usize) -> BenchRules {
     let allow = vec![
         PortRule::ports(1, na_common::protocol::TCP, RR_PORT, RR_PORT),
-        PortRule::ports(1, na_common::protocol::TCP, SINK_PORT, SINK_PORT),
+        PortRule::ports(1, na_common::protocol::TCP, SINK_PORT, CRR_PORT),
     ];
     let direction = |peer: IpAddr| {
         let mut entries: BTreeMap<IpNet, Vec<PortRule>> = (0..others)
@@ -109,39 +229,94 @@ fn other_prefix(i: usize) -> IpAddr {
     IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8])
 }
 
-/// The iptables counterpart in the node's FORWARD path: `others` rules, one
-/// per prefix, that every packet walks before the rules that accept the two
-/// pods' traffic, then a drop. Stateless on purpose: the cost being compared
-/// is a rule walk per packet.
-fn iptables_chain(node: &str, client: IpAddr, server: IpAddr, others: usize) -> Result<()> {
+/// Name of the stateful variant's set of peer prefixes.
+const IPSET: &str = "NA-BENCH-PEERS";
+
+/// The iptables counterpart in the node's FORWARD path, then a drop.
+/// Stateless: `others` rules, one per prefix, that every packet walks before
+/// the rules that accept the two pods' traffic (the cost compared is a rule
+/// walk per packet). Stateful: established flows accepted first, the
+/// prefixes matched in one ipset lookup, as kube-router and Calico's
+/// iptables mode do.
+fn iptables_chain(node: &str, client: IpAddr, server: IpAddr, others: usize, stateful: bool) -> Result<()> {
     let mut rules = String::from("*filter\n:NA-BENCH - [0:0]\n-A FORWARD -j NA-BENCH\n");
-    for i in 0..others {
-        rules.push_str(&format!("-A NA-BENCH -s {}/32 -p tcp --dport 80 -j ACCEPT\n", other_prefix(i)));
+    if stateful {
+        let mut set = format!("create {IPSET} hash:net maxelem {}\n", others.max(1024) * 2);
+        for i in 0..others {
+            set.push_str(&format!("add {IPSET} {}/32\n", other_prefix(i)));
+        }
+        run_with_stdin(&["netns", "exec", node, "ipset", "restore"], &set).context("ipset (is ipset installed?)")?;
+        rules.push_str("-A NA-BENCH -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+        rules.push_str(&format!("-A NA-BENCH -m set --match-set {IPSET} src -p tcp --dport 80 -j ACCEPT\n"));
+    } else {
+        for i in 0..others {
+            rules.push_str(&format!("-A NA-BENCH -s {}/32 -p tcp --dport 80 -j ACCEPT\n", other_prefix(i)));
+        }
     }
     rules.push_str(&format!("-A NA-BENCH -s {client}/32 -d {server}/32 -p tcp -j ACCEPT\n"));
     rules.push_str(&format!("-A NA-BENCH -s {server}/32 -d {client}/32 -p tcp -j ACCEPT\n"));
     rules.push_str("-A NA-BENCH -j DROP\nCOMMIT\n");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node, "iptables-restore", "--noflush", "-w"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("running iptables-restore (is iptables installed?)")?;
-    child.stdin.take().context("stdin")?.write_all(rules.as_bytes())?;
-    ensure!(child.wait()?.success(), "iptables-restore failed");
+    run_with_stdin(&["netns", "exec", node, "iptables-restore", "--noflush", "-w"], &rules)
+        .context("iptables-restore (is iptables installed?)")
+}
+
+/// Runs `ip` with `args`, `input` on its standard input.
+fn run_with_stdin(args: &[&str], input: &str) -> Result<()> {
+    let mut child = Command::new("ip").args(args).stdin(Stdio::piped()).spawn()?;
+    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    ensure!(child.wait()?.success(), "ip {args:?} failed");
     Ok(())
 }
 
-fn iptables_remove(node: &str) -> Result<()> {
+fn iptables_remove(node: &str, stateful: bool) -> Result<()> {
     for args in [&["-D", "FORWARD", "-j", "NA-BENCH"][..], &["-F", "NA-BENCH"], &["-X", "NA-BENCH"]] {
         let ok = Command::new("ip").args(["netns", "exec", node, "iptables", "-w"]).args(args).status()?.success();
         ensure!(ok, "iptables {args:?} failed");
     }
+    if stateful {
+        let ok = Command::new("ip").args(["netns", "exec", node, "ipset", "destroy", IPSET]).status()?.success();
+        ensure!(ok, "ipset destroy failed");
+    }
     Ok(())
 }
 
-/// (transactions per second, bytes per second) from client to server.
-fn measure(env: &Env, sink: &Sink, window: Duration) -> Result<(f64, f64)> {
-    Ok((request_response(env, window)?, sink.throughput(env, window)?))
+/// One configuration's figures.
+struct Measured {
+    /// Transactions per second on one connection, transactions per second
+    /// with a connection each, bytes per second.
+    rates: [f64; 3],
+    /// Nanoseconds per program run on the established connection and under
+    /// the connection-per-transaction load, when `programs` were given.
+    ns_per_packet: Option<(f64, f64)>,
+}
+
+fn measure(env: &Env, sink: &Sink, window: Duration, programs: &[u32]) -> Result<Measured> {
+    let before = run_stats(programs)?;
+    let rr = request_response(env, window)?;
+    let between = run_stats(programs)?;
+    let crr = connect_request_response(env, window)?;
+    let after = run_stats(programs)?;
+    let per_run = |a: (u64, u64), b: (u64, u64)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64;
+    let ns_per_packet = (!programs.is_empty()).then(|| (per_run(before, between), per_run(between, after)));
+    Ok(Measured { rates: [rr, crr, sink.throughput(env, window)?], ns_per_packet })
+}
+
+/// A new connection per one-byte transaction, for `window`.
+fn connect_request_response(env: &Env, window: Duration) -> Result<f64> {
+    let to = SocketAddr::new(env.pod("x/server").ip.into(), CRR_PORT);
+    env.pod("x/client").netns().run(move || -> Result<f64> {
+        let (mut done, mut byte) = (0u64, [0u8; 1]);
+        let start = Instant::now();
+        while start.elapsed() < window {
+            let mut conn = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+            conn.set_nodelay(true)?;
+            conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+            conn.write_all(b"x")?;
+            conn.read_exact(&mut byte)?;
+            done += 1;
+        }
+        Ok(done as f64 / start.elapsed().as_secs_f64())
+    })?
 }
 
 /// One connection, one byte each way per transaction, for `window`.
@@ -159,6 +334,22 @@ fn request_response(env: &Env, window: Duration) -> Result<f64> {
         done += 1;
     }
     Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A server in the server pod answering each byte with itself, one
+/// connection at a time, blocking in `accept` (no polling delay). The thread
+/// ends with the bench process; the namespace goes with `Env`.
+fn start_responder(env: &Env) -> Result<()> {
+    let listener = env.pod("x/server").netns().run(|| TcpListener::bind(("0.0.0.0", CRR_PORT)))??;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_nodelay(true);
+            let mut byte = [0u8; 1];
+            while conn.read_exact(&mut byte).is_ok() && conn.write_all(&byte).is_ok() {}
+        }
+    });
+    Ok(())
 }
 
 /// A server in the server pod that reads connections to the end and reports

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use aya::maps::{HashMap, MapData};
 use na_agent::{
-    datapath::{AttachMode, Origin, PodRules, open_pinned},
+    datapath::{AttachMode, Datapath, Origin, PodRules, open_pinned},
     pod_id::PodId,
 };
 use na_common::{
@@ -45,7 +45,7 @@ pub fn run(full: bool) -> Result<Figures> {
     }
     let refs: Vec<(&str, &str)> = local.iter().map(|(n, p)| (n.as_str(), p.as_str())).collect();
     eprintln!("bench: scale: creating {LOCAL_PODS} pods");
-    let mut env = Env::without_servers(AttachMode::Auto, &refs)?;
+    let env = Env::without_servers(AttachMode::Auto, &refs)?;
     let mut f = Figures::new();
 
     // The one verification a node (and an upgrade) pays; every pod after it
@@ -61,19 +61,20 @@ pub fn run(full: bool) -> Result<Figures> {
         f.insert("program_insns".into(), json!(info.size_translated().unwrap_or(0) / 8));
     }
 
-    let mut attach_ms = Vec::new();
-    for (ns, name) in local.iter().take(TIMED_ATTACHES) {
-        let key = format!("{ns}/{name}");
-        let t = Instant::now();
-        env.attach(&key, &PodRules::default())?;
-        attach_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        if attach_ms.len() == 1 {
-            f.insert("map_memory_per_pod_kib".into(), json!(map_memory_kib(&env, &PodId::new(ns, name))?));
-        }
-        env.detach(&key)?;
-    }
+    let timed = &local[..TIMED_ATTACHES];
+    let pod = PodId::new(&timed[0].0, &timed[0].1);
+    let attach_ms = time_attaches(&env, &env.dp, timed, || {
+        f.insert("map_memory_per_pod_kib".into(), json!(map_memory_kib(&env, &pod)?));
+        Ok(())
+    })?;
     f.insert("load_attach_per_pod_ms".into(), json!(stats::round(stats::median(&attach_ms), 1)));
     f.insert("load_attach_per_pod_max_ms".into(), json!(stats::round(stats::max(&attach_ms), 1)));
+    // The same with clsact filters instead of TCX links: a TCX attachment
+    // waits for RCU grace periods under the RTNL lock, a filter does not.
+    let netlink = Datapath::new(env.dp.layout().clone(), AttachMode::Netlink)?;
+    let netlink_ms = time_attaches(&env, &netlink, timed, || Ok(()))?;
+    f.insert("load_attach_per_pod_netlink_ms".into(), json!(stats::round(stats::median(&netlink_ms), 1)));
+    f.insert("load_attach_per_pod_netlink_max_ms".into(), json!(stats::round(stats::max(&netlink_ms), 1)));
 
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
@@ -117,6 +118,28 @@ pub fn run(full: bool) -> Result<Figures> {
     f.insert("conntrack_capacity_per_pod".into(), json!(env.dp.flows_per_pod()));
     f.insert("sweep_entries_per_s".into(), json!(stats::round(swept as f64 / seconds, 0)));
     Ok(f)
+}
+
+/// Attaches and detaches each of `pods` with `dp`, timing the attachments
+/// (milliseconds); `first` runs while the first pod is attached.
+fn time_attaches(
+    env: &Env,
+    dp: &Datapath,
+    pods: &[(String, String)],
+    mut first: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut ms = Vec::new();
+    for (ns, name) in pods {
+        let (id, veth) = (PodId::new(ns, name), env.pod(&format!("{ns}/{name}")).host_veth.clone());
+        let t = Instant::now();
+        env.node.netns().run(|| dp.attach_pod(&id, &veth, &PodRules::default()))??;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if ms.len() == 1 {
+            first()?;
+        }
+        env.node.netns().run(|| dp.detach_pod(&id, Some(&veth)))??;
+    }
+    Ok(ms)
 }
 
 fn write_cluster(env: &Env, manifests: &Manifests, local: &[(String, String)]) {
