@@ -23,15 +23,15 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use ipnet::IpNet;
 use aya::{
     Ebpf,
     programs::{LinkOrder, ProgramInfo, SchedClassifier, tc::TcAttachOptions},
     sys::{Stats, enable_stats},
 };
+use ipnet::IpNet;
 use na_agent::datapath::{AttachMode, DirectionRules, Mode, PROGRAMS, PodRules};
-use na_harness::Probe;
 use na_common::policy::PortRule;
+use na_harness::Probe;
 use serde_json::json;
 
 use crate::{Figures, stats, support::Env};
@@ -136,10 +136,7 @@ pub fn run(full: bool) -> Result<Figures> {
 fn ours_program_ids(env: &Env) -> Result<Vec<u32>> {
     let programs = env.dp.programs()?;
     let programs = programs.as_ref().context("no programs")?;
-    PROGRAMS
-        .iter()
-        .map(|(name, _, _)| Ok(ProgramInfo::from_pin(programs.pin(env.dp.layout(), name))?.id()))
-        .collect()
+    PROGRAMS.iter().map(|(name, _, _)| Ok(ProgramInfo::from_pin(programs.pin(env.dp.layout(), name))?.id())).collect()
 }
 
 /// (run time in ns, runs) of programs `ids`, summed.
