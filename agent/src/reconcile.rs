@@ -72,11 +72,6 @@ impl Reconciler {
         self.attached.keys().map(|k| PodId::new(&k.namespace, &k.name))
     }
 
-    /// Pods with programs attached.
-    pub fn attached_pods(&self) -> impl Iterator<Item = &ObjectRef> {
-        self.attached.keys()
-    }
-
     /// Attached pods by the ifindex of their host veth (events carry it).
     pub fn pods_by_ifindex(&self) -> std::collections::HashMap<u32, ObjectRef> {
         self.attached.iter().map(|(k, a)| (a.ifindex, k.clone())).collect()

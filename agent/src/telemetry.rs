@@ -12,7 +12,10 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{bpffs::PinLayout, datapath::pod_counters, pod_id::PodId};
+use crate::{
+    bpffs::PinLayout,
+    datapath::{NodeTables, counters},
+};
 
 /// Upper bounds of the programming latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
@@ -23,7 +26,8 @@ pub struct Telemetry {
     layout: PinLayout,
     /// Set after the first full reconcile.
     pub ready: bool,
-    pub pods: Vec<ObjectRef>,
+    /// Attached pods with the ifindex their counters are kept under.
+    pub pods: Vec<(ObjectRef, u32)>,
     pub reconcile_errors: u64,
     /// Watch failures (each retried with backoff, relisting after a 410).
     pub watch_errors: u64,
@@ -74,8 +78,11 @@ impl Telemetry {
         let mut bytes = String::from(
             "# HELP na_policy_bytes_total Bytes judged by a pod's programs.\n# TYPE na_policy_bytes_total counter\n",
         );
-        for pod in &self.pods {
-            let Ok(c) = pod_counters(&self.layout, &PodId::new(&pod.namespace, &pod.name)) else { continue };
+        let tables = NodeTables::open(&self.layout).ok();
+        for (pod, ifindex) in &self.pods {
+            let Some(c) = tables.as_ref().and_then(|t| t.counters(*ifindex).ok()).map(|v| counters(&v)) else {
+                continue;
+            };
             for (direction, verdict, t) in [
                 ("ingress", "allow", c.ingress_allowed),
                 ("ingress", "deny", c.ingress_denied),

@@ -236,7 +236,7 @@ async fn main() -> Result<()> {
 /// Publishes what a sync did; `since` is when the change it applied was seen.
 fn update_telemetry(telemetry: &Mutex<Telemetry>, reconciler: &Reconciler, r: &SyncReport, since: Option<Instant>) {
     let mut t = telemetry.lock().expect("telemetry lock");
-    t.pods = reconciler.attached_pods().cloned().collect();
+    t.pods = reconciler.pods_by_ifindex().into_iter().map(|(ifindex, pod)| (pod, ifindex)).collect();
     t.reconcile_errors += r.errors.len() as u64;
     if let Some(since) = since
         && !(r.attached.is_empty() && r.updated.is_empty() && r.detached.is_empty())
