@@ -31,28 +31,38 @@ const COMPILER: (&str, &str) = (
 const DATAPATH: (&str, &str) = (
     "datapath",
     "Pods are network namespaces on a private node namespace, as in the tests. **Per packet**: one TCP connection \
-     doing 1-byte request/response for the window (`rr`), and one bulk TCP stream into a sink (`throughput`), \
+     doing 1-byte request/response for the window (`rr`), a new TCP connection per 1-byte transaction (`crr`: \
+     every first packet meets the rules and conntrack), and one bulk TCP stream into a sink (`throughput`), \
      client pod to server pod, for: nothing attached; our programs on both pods with the allow rule plus N other \
-     /32 prefixes in each trie (`ours_N`); an iptables chain in the node's FORWARD path with N non-matching \
-     rules, one per prefix, ahead of the accept rules and a final drop (`iptables_N`, stateless, so every packet \
-     walks the chain: the cost of one rule per prefix). Configurations are interleaved within each round; each \
-     figure is the median over rounds of the ratio to the same round's no-program run, min and max beside it. \
+     /32 prefixes in each trie (`ours_N`, checked to be enforcing: TCP/81 must be dropped); an iptables chain in \
+     the node's FORWARD path with N non-matching rules, one per prefix, ahead of the accept rules and a final \
+     drop (`iptables_N`, stateless, so every packet walks the chain); the same made stateful as kube-router and \
+     Calico's iptables mode build it, conntrack ESTABLISHED accepted first and the N prefixes in one ipset \
+     (`iptables_stateful_N`); a program that only passes packets, on the same four hooks as ours (`floor`). \
+     Configurations are interleaved within each round; each ratio is the median over rounds of the ratio to the \
+     same round's no-program run, min and max beside it. `ns_per_packet_*` is the kernel's own account of our \
+     programs' run time per run (`BPF_ENABLE_STATS`, on only while the section runs) during `rr` (established) \
+     and `crr` (new flows), next to the floor program's in the same rounds: no wall-clock noise in it. \
      **Time to enforce** (agent in local mode, which waits 20 ms for a burst of file writes to settle): \
      `policy_to_enforced`: the policy admitting the client is removed or restored, until a fresh connection \
      from the client sees the change (10 ms attempts; a block must be seen 3 times in a row); \
      `pod_to_enforced`: a new pod's manifest lands (its veth exists) until its closed-ingress policy holds; \
      `relabel_1000_pods_ms`: a namespace label change that adds or removes 1,000 peer pods (2,000 prefixes) \
-     from the server's rules, until the agent reports that revision applied. **Scale**: the agent enforcing 110 \
-     local pods of the 5,000-pod, 1,000-policy synthetic cluster (the compiler's): time and CPU to attach all, \
-     RSS after, idle CPU; load and attach time per pod (20 pods, before the agent starts); kernel memory of one \
-     pod's maps (`memlock`); sweeper rate on a full conntrack table.",
+     from the server's rules, until the agent reports that revision applied. **Scale**: the node's one-time \
+     program verification (`program_verify_ms`, instructions the verifier processed); load and attach time per \
+     pod (20 pods, before the agent starts; TCX links, then clsact filters as `_netlink`); the agent enforcing \
+     110 local pods of the 5,000-pod, 1,000-policy synthetic cluster (the compiler's), adopting the programs \
+     verified before (a restart, or any start after the first): time and CPU to attach all, RSS after, idle \
+     CPU; kernel memory (`memlock`) of one pod's maps, of the node's shared maps, and of everything with 110 \
+     pods; sweeper rate on a full conntrack table. Figures marked (configured) are settings, not measurements.",
 );
 
 pub fn run(options: &Options) -> Result<()> {
     setup::run_all()?;
     let path = workspace_root().join("bench/results.json");
-    let mut results: BTreeMap<String, Value> =
-        std::fs::read_to_string(&path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    // Only what this run measured: a section that failed says so, it does
+    // not leave an older run's figures under this run's machine line.
+    let mut results: BTreeMap<String, Value> = BTreeMap::new();
     results.extend(bench("na-policy", COMPILER.0, &[])?);
     let full: &[&str] = if options.full { &["--full"] } else { &[] };
     results.extend(bench("na-agent", DATAPATH.0, full)?);
@@ -133,40 +143,83 @@ fn report(results: &BTreeMap<String, Value>) -> String {
     s.push_str("| figure | value | min | max |\n|---|---|---|---|\n");
     let spread = |k: &str, suffix: &str| results.get(&format!("{k}{suffix}")).map_or(String::new(), Value::to_string);
     for key in DATAPATH_KEYS {
-        let _ = writeln!(s, "| `{key}` | {} | {} | {} |", figure(key), spread(key, "_min"), spread(key, "_max"));
+        let configured = if CONFIGURED.contains(key) { " (configured)" } else { "" };
+        let _ = writeln!(
+            s,
+            "| `{key}`{configured} | {} | {} | {} |",
+            figure(key),
+            spread(key, "_min"),
+            spread(key, "_max")
+        );
     }
     s.push_str("\nEvery other figure the run recorded (samples, baselines, spreads) is in `bench/results.json`.\n");
     s
 }
 
+/// Figures that are settings the run used, not measurements.
+const CONFIGURED: &[&str] = &["conntrack_capacity_per_pod"];
+
 /// The datapath figures the report tables, in order.
 const DATAPATH_KEYS: &[&str] = &[
+    "ns_per_packet_floor",
+    "ns_per_packet_established_1",
+    "ns_per_packet_established_1000",
+    "ns_per_packet_established_10000",
+    "ns_per_packet_floor_new_flow",
+    "ns_per_packet_new_flow_1",
+    "ns_per_packet_new_flow_1000",
+    "ns_per_packet_new_flow_10000",
     "rr_none_per_sec",
+    "rr_ratio_floor",
     "rr_ratio_ours_1",
     "rr_ratio_ours_1000",
     "rr_ratio_ours_10000",
     "rr_ratio_iptables_1",
     "rr_ratio_iptables_1000",
     "rr_ratio_iptables_10000",
+    "rr_ratio_iptables_stateful_1",
+    "rr_ratio_iptables_stateful_1000",
+    "rr_ratio_iptables_stateful_10000",
+    "crr_none_per_sec",
+    "crr_ratio_floor",
+    "crr_ratio_ours_1",
+    "crr_ratio_ours_1000",
+    "crr_ratio_ours_10000",
+    "crr_ratio_iptables_1",
+    "crr_ratio_iptables_1000",
+    "crr_ratio_iptables_10000",
+    "crr_ratio_iptables_stateful_1",
+    "crr_ratio_iptables_stateful_1000",
+    "crr_ratio_iptables_stateful_10000",
     "throughput_none_gbit_s",
+    "throughput_ratio_floor",
     "throughput_ratio_ours_1",
     "throughput_ratio_ours_1000",
     "throughput_ratio_ours_10000",
     "throughput_ratio_iptables_1",
     "throughput_ratio_iptables_1000",
     "throughput_ratio_iptables_10000",
+    "throughput_ratio_iptables_stateful_1",
+    "throughput_ratio_iptables_stateful_1000",
+    "throughput_ratio_iptables_stateful_10000",
     "policy_to_enforced_p50_ms",
     "policy_to_enforced_p99_ms",
     "pod_to_enforced_p50_ms",
     "pod_to_enforced_p99_ms",
     "relabel_1000_pods_ms",
+    "program_verify_ms",
+    "program_verified_insns",
     "load_attach_per_pod_ms",
+    "load_attach_per_pod_netlink_ms",
     "startup_110_pods_ms",
+    "startup_programs",
     "agent_startup_cpu_s",
     "agent_rss_mib",
     "agent_peak_rss_mib",
     "agent_idle_cpu_percent",
     "map_memory_per_pod_kib",
+    "map_memory_shared_kib",
+    "map_memory_110_pods_mib",
     "conntrack_capacity_per_pod",
     "sweep_entries_per_s",
 ];
