@@ -15,6 +15,7 @@ use na_agent::{
     pod_id::PodId,
 };
 use na_common::{
+    conntrack::{DEFAULT_FLOWS_PER_POD, FlowKey, FlowState},
     events::{PolicyEvent, tier, verdict},
     names::{PROG_EGRESS, PROG_INGRESS},
     policy::PortRule,
@@ -64,10 +65,10 @@ impl Prog {
 }
 
 fn pod() -> Pod {
-    pod_with(KernelLogLevel::Off, false)
+    pod_with(KernelLogLevel::Off, false, DEFAULT_FLOWS_PER_POD)
 }
 
-fn pod_with(level: KernelLogLevel, strict: bool) -> Pod {
+fn pod_with(level: KernelLogLevel, strict: bool, flows_per_pod: u32) -> Pod {
     let root = PinRoot::new();
     let node = Node::new().unwrap();
     for veth in ["tr-pod", "tr-other", "tr-unknown"] {
@@ -79,8 +80,11 @@ fn pod_with(level: KernelLogLevel, strict: bool) -> Pod {
     // test run's ifindex there.
     nix::sched::setns(node.netns().open().unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
-    let dp =
-        Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap().with_log_level(level).with_strict(strict);
+    let dp = Datapath::new(PinLayout::new(&root.0), AttachMode::Auto)
+        .unwrap()
+        .with_log_level(level)
+        .with_strict(strict)
+        .with_flows_per_pod(flows_per_pod);
     let id = PodId::new("t", "pod");
     let net = |ip: IpAddr| IpNet::from(ip);
     let ingress = DirectionRules {
@@ -94,17 +98,14 @@ fn pod_with(level: KernelLogLevel, strict: bool) -> Pod {
         .into(),
     };
     dp.load_pod(&id, index("tr-pod"), &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
-    // The other pod admits only OTHER4, and only on TCP/85.
+    // The other pod admits only OTHER4, and only on TCP/85; it may send
+    // nothing but replies to what it admitted (egress isolated, no rule).
     let other = DirectionRules {
         mode: Mode::PoliciesApplied,
         entries: [(net(OTHER4.into()), vec![PortRule::ports(9, TCP, 85, 85)])].into(),
     };
-    dp.load_pod(
-        &PodId::new("t", "other"),
-        index("tr-other"),
-        &PodRules { ingress: other, egress: DirectionRules::default() },
-    )
-    .unwrap();
+    let closed = DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() };
+    dp.load_pod(&PodId::new("t", "other"), index("tr-other"), &PodRules { ingress: other, egress: closed }).unwrap();
     let layout = dp.layout().clone();
     let version = dp.programs().unwrap().as_ref().unwrap().version().to_owned();
     let prog = |name: &str| {
@@ -456,7 +457,7 @@ impl log::Log for Capture {
 }
 
 fn kernel_log_after_a_denial(level: KernelLogLevel) -> Vec<String> {
-    let p = pod_with(level, false);
+    let p = pod_with(level, false, DEFAULT_FLOWS_PER_POD);
     let capture: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
     let mut logger =
         aya_log::EbpfLogger::init_from_id_with_logger(p.ingress.prog.info().unwrap().id(), capture).unwrap();
@@ -497,7 +498,7 @@ fn a_veth_without_a_pod_passes_in_standard_mode_and_drops_in_strict_mode() {
     let standard = pod();
     assert_eq!(run(&standard.ingress.on(standard.unknown), &v4(OTHER4, TCP, 22)), OK);
     assert_eq!(run(&standard.egress.on(standard.unknown), &v4(OTHER4, TCP, 22)), OK);
-    let strict = pod_with(KernelLogLevel::Off, true);
+    let strict = pod_with(KernelLogLevel::Off, true, DEFAULT_FLOWS_PER_POD);
     assert_eq!(run(&strict.ingress.on(strict.unknown), &v4(OTHER4, TCP, 22)), SHOT);
     assert_eq!(run(&strict.egress.on(strict.unknown), &v4(OTHER4, TCP, 22)), SHOT);
     // Registered pods are judged by their rules in both.
@@ -506,4 +507,38 @@ fn a_veth_without_a_pod_passes_in_standard_mode_and_drops_in_strict_mode() {
     let tables = na_agent::datapath::NodeTables::open(&strict.layout).unwrap();
     let unknown = na_agent::datapath::counters(&tables.counters(na_common::pod_state::UNKNOWN_POD).unwrap());
     assert_eq!((unknown.ingress_denied.packets, unknown.egress_denied.packets), (1, 1));
+}
+
+#[test]
+fn a_flood_of_flows_fills_only_its_own_pods_table_and_evicts_nothing_live() {
+    const CAPACITY: u32 = 16;
+    let p = pod_with(KernelLogLevel::Off, false, CAPACITY);
+    let other_in = p.ingress.on(p.other);
+    let other_out = p.egress.on(p.other);
+    // The other pod's replies pass only as part of a tracked flow.
+    let reply = V4::new(POD4, OTHER4, TCP).packet(&l4(TCP, 85, 40000));
+    assert_eq!(run(&other_out, &reply), SHOT, "nothing tracked yet");
+    assert_eq!(run(&other_in, &v4(OTHER4, TCP, 85)), OK);
+    assert_eq!(run(&other_out, &reply), OK, "the reply of the tracked flow");
+    // The pod's own first flow, also tracked.
+    assert_eq!(run(&p.ingress, &v4(PEER4, TCP, 85)), OK);
+    // A flood of new allowed flows into the pod: far more than its table holds.
+    for sport in 0..(CAPACITY as u16 * 4) {
+        let syn = V4::new(PEER4, POD4, TCP).packet(&l4(TCP, 20000 + sport, 85));
+        assert_eq!(run(&p.ingress, &syn), OK, "allowed by the rules, tracked or not");
+    }
+    // Nothing live was evicted: the other pod's flow and the pod's first one.
+    assert_eq!(run(&other_out, &reply), OK, "another pod's flow survives the flood");
+    // And the other pod still has room for new flows.
+    let later_reply = V4::new(POD4, OTHER4, TCP).packet(&l4(TCP, 85, 40001));
+    let later = V4::new(OTHER4, POD4, TCP).packet(&l4(TCP, 40001, 85));
+    assert_eq!(run(&other_in, &later), OK);
+    assert_eq!(run(&other_out, &later_reply), OK, "another pod's new flow is tracked despite the flood");
+    let table: aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowState> =
+        na_agent::datapath::open_pinned(&p.layout.map(&p.id, na_common::names::MAP_CONNTRACK)).unwrap();
+    assert_eq!(table.keys().count(), CAPACITY as usize, "the pod's table is full at its own capacity");
+    assert!(
+        table.keys().filter_map(Result::ok).any(|k| k.src_port == 40000 && k.src_addr[..4] == PEER4.octets()),
+        "the pod's own first flow is still tracked"
+    );
 }
