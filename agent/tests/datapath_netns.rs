@@ -165,3 +165,39 @@ fn strict_default_deny_keeps_the_node_and_is_per_direction() {
     let from_node = Probe::tcp(80).run_in(env.node.netns(), env.pod("x/a").ip.into()).unwrap();
     assert!(from_node, "the node (kubelet probes) still reaches the pod");
 }
+
+#[test]
+fn pods_come_and_go_while_others_carry_traffic() {
+    use std::{
+        net::{SocketAddr, TcpStream},
+        time::Duration,
+    };
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let b = host(&env, "x/b");
+    env.attach(
+        "x/a",
+        &PodRules { ingress: isolated([(b, vec![PortRule::ports(1, TCP, 80, 80)])]), ..Default::default() },
+    )
+    .unwrap();
+    let to_a = SocketAddr::new(env.pod("x/a").ip.into(), 80);
+    let mut conn =
+        env.pod("x/b").netns().run(move || TcpStream::connect_timeout(&to_a, Duration::from_secs(1))).unwrap().unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(support::agent::echoes(&mut conn));
+    let c_ifindex =
+        env.node.netns().run(|| nix::net::if_::if_nametoindex(env.pod("x/c").host_veth.as_str())).unwrap().unwrap();
+    let layout = env.dp.layout().clone();
+    let tables = || na_agent::datapath::NodeTables::open(&layout).unwrap().ifindexes();
+    for round in 0..3 {
+        assert!(env.reaches("x/b", "x/c", Probe::tcp(80)), "round {round}: c open before it is attached");
+        env.attach("x/c", &PodRules { ingress: isolated([]), ..Default::default() }).unwrap();
+        assert!(!env.reaches("x/b", "x/c", Probe::tcp(80)), "round {round}: c enforced once attached");
+        assert!(tables().contains(&c_ifindex));
+        assert!(support::agent::echoes(&mut conn), "round {round}: b's flow to a lives on");
+        assert!(!env.reaches("x/c", "x/a", Probe::tcp(80)), "round {round}: a's policy still holds");
+        env.detach("x/c").unwrap();
+        assert!(!tables().contains(&c_ifindex), "round {round}: c's entries are gone with it");
+        assert!(support::agent::echoes(&mut conn), "round {round}: b's flow to a lives on");
+        assert!(env.reaches("x/b", "x/a", Probe::tcp(80)));
+    }
+}
