@@ -6,8 +6,7 @@ mod support;
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
+    net::TcpStream,
 };
 
 use na_agent::datapath::AttachMode;
@@ -73,14 +72,7 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
     assert!(metrics.contains("na_policy_programming_seconds_count 2"), "two policy changes: {metrics}");
 
     // A long-lived connection across an agent crash and restart.
-    let a_addr = SocketAddr::new(env.pod("x/a").ip.into(), 80);
-    let mut conn = env
-        .pod("x/b")
-        .netns()
-        .run(move || TcpStream::connect_timeout(&a_addr, Duration::from_secs(1)))
-        .unwrap()
-        .unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut conn = env.connect("x/b", "x/a", 80);
     assert!(echoes(&mut conn));
     agent.kill();
     assert!(echoes(&mut conn), "the flow lives on with the agent dead");

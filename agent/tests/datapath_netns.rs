@@ -168,10 +168,6 @@ fn strict_default_deny_keeps_the_node_and_is_per_direction() {
 
 #[test]
 fn pods_come_and_go_while_others_carry_traffic() {
-    use std::{
-        net::{SocketAddr, TcpStream},
-        time::Duration,
-    };
     let mut env = Env::new(AttachMode::Auto).unwrap();
     let b = host(&env, "x/b");
     env.attach(
@@ -179,10 +175,7 @@ fn pods_come_and_go_while_others_carry_traffic() {
         &PodRules { ingress: isolated([(b, vec![PortRule::ports(1, TCP, 80, 80)])]), ..Default::default() },
     )
     .unwrap();
-    let to_a = SocketAddr::new(env.pod("x/a").ip.into(), 80);
-    let mut conn =
-        env.pod("x/b").netns().run(move || TcpStream::connect_timeout(&to_a, Duration::from_secs(1))).unwrap().unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut conn = env.connect("x/b", "x/a", 80);
     assert!(support::agent::echoes(&mut conn));
     let c_ifindex =
         env.node.netns().run(|| nix::net::if_::if_nametoindex(env.pod("x/c").host_veth.as_str())).unwrap().unwrap();

@@ -116,16 +116,9 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     assert_eq!(our_program_ids().difference(&ours_before).count(), 2, "two programs loaded for three pods");
     assert!(env.reaches("x/b", "x/a", Probe::tcp(80)) && !env.reaches("x/c", "x/a", Probe::tcp(80)));
 
-    // A connection whose packets into a pass only as a tracked flow... and a
-    // prober that must never get from c into a.
-    let a_addr = SocketAddr::new(env.pod("x/a").ip.into(), 80);
-    let mut conn = env
-        .pod("x/b")
-        .netns()
-        .run(move || TcpStream::connect_timeout(&a_addr, Duration::from_secs(1)))
-        .unwrap()
-        .unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    // A long-lived connection from b to a that must outlive restart and
+    // upgrade, and a prober that must never get from c into a meanwhile.
+    let mut conn = env.connect("x/b", "x/a", 80);
     assert!(echoes(&mut conn));
     let watch = DenialWatch::start(&env);
 

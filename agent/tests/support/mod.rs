@@ -124,6 +124,20 @@ impl Env {
         probe.run(self.pod(from), family.of(self.pod(to))).expect("probe ran")
     }
 
+    /// A TCP connection from `from` to `to`'s `port` (IPv4) that gives up on
+    /// a read after 500 ms, for flows that must outlive what a test does.
+    pub fn connect(&self, from: &str, to: &str, port: u16) -> std::net::TcpStream {
+        let addr = std::net::SocketAddr::new(self.pod(to).ip.into(), port);
+        let conn = self
+            .pod(from)
+            .netns()
+            .run(move || std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)))
+            .expect("entering the pod")
+            .expect("connecting");
+        conn.set_read_timeout(Some(std::time::Duration::from_millis(500))).expect("a read timeout");
+        conn
+    }
+
     pub fn root(&self) -> &PathBuf {
         &self.root.0
     }
