@@ -194,3 +194,15 @@ fn pods_come_and_go_while_others_carry_traffic() {
         assert!(env.reaches("x/b", "x/a", Probe::tcp(80)));
     }
 }
+
+#[test]
+fn a_refused_probe_is_an_error_not_a_denial() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let a = IpAddr::V4(env.pod("x/a").ip);
+    // Nothing listens on port 9: the kernel refuses, no policy is involved.
+    for probe in [Probe::tcp(9), Probe::udp(9)] {
+        let result = probe.run(env.pod("x/b"), a);
+        assert!(result.as_ref().is_err_and(|e| e.to_string().contains("refused")), "{probe}: {result:?}");
+    }
+    assert!(env.reaches("x/b", "x/a", Probe::tcp(80)));
+}

@@ -1,5 +1,5 @@
 use std::{
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
@@ -45,6 +45,11 @@ impl Probe {
 
     /// Whether a request from `from` to `to` gets its answer back: the full
     /// round trip, so a dropped reply counts as denied.
+    ///
+    /// Only silence is a denial (policy drops packets; it never refuses).
+    /// A refused connection, an unreachable network or a wrong answer is an
+    /// error: a dead server or broken routing must fail the test that meets
+    /// it, not pass every cell that expects a denial.
     pub fn run(&self, from: &Pod, to: IpAddr) -> Result<bool> {
         self.run_in(from.netns(), to)
     }
@@ -53,7 +58,14 @@ impl Probe {
     pub fn run_in(&self, from: &crate::NetNs, to: IpAddr) -> Result<bool> {
         let addr = SocketAddr::new(to, self.port);
         let proto = self.proto;
-        from.run(move || exchange(proto, addr).unwrap_or(false))
+        match from.run(move || exchange(proto, addr))? {
+            Ok(echoed) => {
+                anyhow::ensure!(echoed, "{self} to {addr}: answered with something else than the echo");
+                Ok(true)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => Ok(false),
+            Err(e) => anyhow::bail!("{self} to {addr}: {e} (a denial is silence, not an error)"),
+        }
     }
 }
 
@@ -71,8 +83,10 @@ fn exchange(proto: Proto, addr: SocketAddr) -> std::io::Result<bool> {
             let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
             let s = UdpSocket::bind(bind)?;
             s.set_read_timeout(Some(PROBE_TIMEOUT))?;
-            s.send_to(b"ping", addr)?;
-            let (n, _) = s.recv_from(&mut buf)?;
+            // Connected, so an ICMP port unreachable surfaces as "refused".
+            s.connect(addr)?;
+            s.send(b"ping")?;
+            let n = s.recv(&mut buf)?;
             Ok(&buf[..n] == b"ping")
         }
     }
