@@ -30,7 +30,6 @@ struct NewPod {
     key: ObjectRef,
     uid: String,
     veth: String,
-    ifindex: u32,
     rules: PodRules,
 }
 
@@ -136,6 +135,12 @@ impl Reconciler {
     }
 
     /// Attaches pods found ready by [`Self::converge`], several at a time.
+    ///
+    /// Concurrency note: each attachment also forgets the ifindexes its own
+    /// maps were known by before (a recreated veth), after checking they
+    /// still point at them; a pod of the same batch that takes such a freed
+    /// ifindex between the check and the removal would lose its entries.
+    /// That needs the kernel to reuse an ifindex within milliseconds.
     fn attach_all(&mut self, new: Vec<NewPod>, report: &mut SyncReport) {
         for batch in new.chunks(PARALLEL_ATTACHES) {
             let datapath = &self.datapath;
@@ -153,10 +158,12 @@ impl Reconciler {
                 match result {
                     Ok(maps) => {
                         report.attached.push(p.key.to_string());
+                        // The ifindex the maps were registered under (the
+                        // veth's at attach time), which events and counters carry.
                         let a = Attached {
                             uid: p.uid.clone(),
                             veth: p.veth.clone(),
-                            ifindex: p.ifindex,
+                            ifindex: maps.ifindex(),
                             maps,
                             rules: p.rules.clone(),
                         };
@@ -193,12 +200,12 @@ impl Reconciler {
         if self.attached.contains_key(&key) {
             self.detach(&key, report);
         }
-        let Some((veth, ifindex)) = self.find_veth(&key) else {
+        let Some((veth, _)) = self.find_veth(&key) else {
             report.pending.push(key.to_string());
             self.pending.insert(key);
             return None;
         };
-        Some(NewPod { key, uid, veth, ifindex, rules })
+        Some(NewPod { key, uid, veth, rules })
     }
 
     /// The pod's host veth and its ifindex: by the CNI's name, else by the

@@ -206,3 +206,25 @@ fn a_refused_probe_is_an_error_not_a_denial() {
     }
     assert!(env.reaches("x/b", "x/a", Probe::tcp(80)));
 }
+
+#[test]
+fn a_recreated_veth_is_enforced_on_its_new_device() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let rules = PodRules { ingress: isolated([]), ..Default::default() };
+    env.attach("x/a", &rules).unwrap();
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
+    let index = |env: &Env| {
+        env.node.netns().run(|| nix::net::if_::if_nametoindex(env.pod("x/a").host_veth.as_str())).unwrap().unwrap()
+    };
+    let old = index(&env);
+    // The sandbox is recreated: same name and addresses, a new device. Its
+    // pinned link now belongs to a device that is gone.
+    env.node.recreate_veth("x/a").unwrap();
+    let new = index(&env);
+    assert_ne!(old, new);
+    assert!(env.reaches("x/b", "x/a", Probe::tcp(80)), "nothing on the new device yet");
+    env.attach("x/a", &rules).unwrap();
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "enforced on the new device");
+    let known = na_agent::datapath::NodeTables::open(env.dp.layout()).unwrap().ifindexes();
+    assert!(known.contains(&new) && !known.contains(&old), "{known:?}");
+}

@@ -3,8 +3,9 @@
 //! The programs are loaded once per node and attached to every pod's veth;
 //! each packet finds its pod here by `skb->ifindex`. A record says, per
 //! direction, how the pod is isolated and which rule set of its tries is
-//! live. The table is not preallocated, so an update replaces the record
-//! whole (RCU): a packet sees the old record or the new one, never a mix.
+//! live. The table is not preallocated, so an update installs a new element
+//! instead of writing over the one a program may be reading; the programs
+//! copy the record at once, and each direction's state is one 8-byte word.
 
 /// The pod is isolated but its policies are not known yet (strict mode):
 /// only the trie's host entries admit traffic. Zero, so a zeroed state fails

@@ -43,26 +43,38 @@ impl AttachMode {
 /// Attaches `prog` on `ifname`'s `hook`, atomically replacing what a previous
 /// load attached there (the pinned TCX link at `link_pin`, or our netlink
 /// filter), never detaching first.
+///
+/// `same_device`: the pinned link, if any, was made for this very device.
+/// When it was not (the veth was recreated, so the link is defunct or on
+/// another device), a new link is made and the old one dropped after.
 pub fn attach_or_replace(
     prog: &mut SchedClassifier,
     ifname: &str,
     hook: TcAttachType,
     mode: AttachMode,
     link_pin: &Path,
+    same_device: bool,
 ) -> Result<(), DatapathError> {
     match mode.resolve() {
         AttachMode::Tcx => {
+            let fresh = |prog: &mut SchedClassifier| {
+                prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            };
             let id = match PinnedLink::from_pin(link_pin) {
-                Ok(old) => {
+                Ok(old) if same_device => {
                     let old = FdLink::from(old);
                     // Already running this program (an agent restart): an
                     // update would only cost a grace period.
                     if old.info().is_ok_and(|l| prog.info().is_ok_and(|p| p.id() == l.program_id())) {
                         return Ok(());
                     }
-                    prog.attach_to_link(old.try_into()?)?
+                    match prog.attach_to_link(old.try_into()?) {
+                        Ok(id) => id,
+                        // The link outlived its device after all.
+                        Err(_) => fresh(prog)?,
+                    }
                 }
-                Err(_) => prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))?,
+                _ => fresh(prog)?,
             };
             let link: FdLink = prog.take_link(id)?.try_into()?;
             remove_pin(link_pin)?;

@@ -211,7 +211,7 @@ impl Datapath {
     pub fn attach_pod(&self, pod: &PodId, ifname: &str, rules: &PodRules) -> Result<PodMaps, DatapathError> {
         let ifindex =
             nix::net::if_::if_nametoindex(ifname).map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
-        let maps = self.load_pod(pod, ifindex, rules)?;
+        let (maps, same_device) = self.register_pod(pod, ifindex, rules)?;
         let pins = {
             let programs = self.programs()?;
             let programs = programs.as_ref().expect("loaded above");
@@ -225,7 +225,7 @@ impl Datapath {
                 .map(|(pin, hook, link)| {
                     s.spawn(move || {
                         let mut prog = SchedClassifier::from_pin(pin)?;
-                        attach::attach_or_replace(&mut prog, ifname, *hook, self.attach_mode, link)
+                        attach::attach_or_replace(&mut prog, ifname, *hook, self.attach_mode, link, same_device)
                     })
                 })
                 .collect();
@@ -237,6 +237,12 @@ impl Datapath {
     /// Creates or reuses `pod`'s maps, registers them under `ifindex` and
     /// writes `rules`, without attaching anything.
     pub fn load_pod(&self, pod: &PodId, ifindex: u32, rules: &PodRules) -> Result<PodMaps, DatapathError> {
+        Ok(self.register_pod(pod, ifindex, rules)?.0)
+    }
+
+    /// [`Self::load_pod`], also saying whether the pod was registered under
+    /// this ifindex already (so its pinned links belong to this device).
+    fn register_pod(&self, pod: &PodId, ifindex: u32, rules: &PodRules) -> Result<(PodMaps, bool), DatapathError> {
         // The node's tables are created (and pinned) with the programs.
         drop(self.programs()?);
         let ingress = self.pod_map(pod, MAP_INGRESS, || tables::create_trie(MAP_INGRESS))?;
@@ -244,6 +250,7 @@ impl Datapath {
         let conntrack =
             self.pod_map(pod, MAP_CONNTRACK, || tables::create_conntrack(MAP_CONNTRACK, self.flows_per_pod))?;
         let mut tables = NodeTables::open(&self.layout)?;
+        let same_device = tables.has_trie(ifindex, &ingress);
         // A veth recreated under the pod leaves its maps known by the old
         // ifindex; that key now belongs to no pod of ours.
         let trie_id = ingress.info().map_err(|e| RulesError::Map { op: "read", map: "ingress_map", source: e })?.id();
@@ -252,6 +259,12 @@ impl Datapath {
             .into_iter()
             .filter(|i| *i != ifindex)
             .map(|stale| {
+                // Checked again: another pod attached meanwhile may have
+                // taken the freed ifindex (a narrow window remains; see the
+                // concurrency note in `Reconciler::attach_all`).
+                if !tables.has_trie(stale, &ingress) {
+                    return Ok(None);
+                }
                 let record = tables.pods.get(&stale, 0).ok();
                 tables.forget(stale).map(|()| record)
             })
@@ -276,7 +289,7 @@ impl Datapath {
         };
         let mut maps = PodMaps::new(typed(ingress, MAP_INGRESS)?, typed(egress, MAP_EGRESS)?, tables.pods, ifindex);
         maps.apply(rules)?;
-        Ok(maps)
+        Ok((maps, same_device))
     }
 
     /// The pod's map `name` from its pin, or made by `create` and pinned.

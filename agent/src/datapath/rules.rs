@@ -73,8 +73,12 @@ impl PodMaps {
     }
 
     /// The pod's record as the programs see it now (`None`: none written).
-    pub fn record(&self) -> Option<PodRecord> {
-        self.pods.get(&self.ifindex, 0).ok()
+    pub fn record(&self) -> Result<Option<PodRecord>, RulesError> {
+        match self.pods.get(&self.ifindex, 0) {
+            Ok(record) => Ok(Some(record)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("read", "pod_table")(e)),
+        }
     }
 
     /// Makes the maps say `rules`; see the module documentation for why no
@@ -84,7 +88,14 @@ impl PodMaps {
         for (name, dir) in [("ingress", &rules.ingress), ("egress", &rules.egress)] {
             check_capacity(name, dir)?;
         }
-        let current = self.record().unwrap_or_default();
+        // A first record starts its generations from the clock: a pinned
+        // conntrack table reused without its record (a lost record) holds
+        // flows stamped with older generations, and none of them may match
+        // by chance and skip being judged again.
+        let current = self.record()?.unwrap_or_else(|| {
+            let start = (super::ktime_now_ns() / 1_000_000) as u32 | 1;
+            PodRecord { states: [PodState::new(pod_state::DEFAULT_DENY, 0, start); 2] }
+        });
         let mut next = current;
         for (trie, dir, wanted) in
             [(&mut self.ingress, INGRESS, &rules.ingress), (&mut self.egress, EGRESS, &rules.egress)]

@@ -77,6 +77,12 @@ impl NodeTables {
         Ok(())
     }
 
+    /// Whether `ifindex`'s ingress trie is the map `trie`: the pod was
+    /// registered under this very veth before.
+    pub fn has_trie(&self, ifindex: u32, trie: &MapData) -> bool {
+        points_at(&self.ingress, ifindex, trie)
+    }
+
     /// Removes everything keyed by `ifindex`; absent entries are fine.
     pub fn forget(&mut self, ifindex: u32) -> Result<(), RulesError> {
         let gone = |r: Result<(), MapError>, map: &'static str| match r {

@@ -94,22 +94,36 @@ impl Node {
     ) -> Result<&Pod> {
         let host_veth = host_veth.to_owned();
         let ns = NetNs::create(format!("{}-{}-{}", self.tag, namespace, name))?;
+        self.wire(&ns, ip_addr, ip6, &host_veth)?;
+        self.pods.push(Pod { namespace: namespace.into(), name: name.into(), ip: ip_addr, ip6, host_veth, ns });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Deletes pod `key`'s veth pair and makes it again, addresses and names
+    /// unchanged, as a CNI does for a recreated sandbox: the host side gets a
+    /// new ifindex.
+    pub fn recreate_veth(&self, key: &str) -> Result<()> {
+        let pod = self.pod(key).with_context(|| format!("no pod {key}"))?;
+        ip(&["-n", self.ns.name(), "link", "del", &pod.host_veth])?;
+        self.wire(&pod.ns, pod.ip, pod.ip6, &pod.host_veth)
+    }
+
+    /// A veth pair from the node to `ns`, routed both ways for both families.
+    fn wire(&self, ns: &NetNs, ip_addr: Ipv4Addr, ip6: Ipv6Addr, host_veth: &str) -> Result<()> {
         let (n, p) = (self.ns.name(), ns.name());
-        ip(&["-n", n, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", p])?;
-        ip(&["-n", n, "link", "set", &host_veth, "up"])?;
-        ip(&["-n", n, "route", "add", &format!("{ip_addr}/32"), "dev", &host_veth, "scope", "link"])?;
-        let host_mac = mac_address(n, &host_veth)?;
+        ip(&["-n", n, "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", p])?;
+        ip(&["-n", n, "link", "set", host_veth, "up"])?;
+        ip(&["-n", n, "route", "add", &format!("{ip_addr}/32"), "dev", host_veth, "scope", "link"])?;
+        let host_mac = mac_address(n, host_veth)?;
         ip(&["-n", p, "addr", "add", &format!("{ip_addr}/32"), "dev", "eth0"])?;
         ip(&["-n", p, "link", "set", "eth0", "up"])?;
         ip(&["-n", p, "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
         ip(&["-n", p, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
         ip(&["-n", p, "neigh", "add", GATEWAY_V4, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-        ip(&["-n", n, "-6", "route", "add", &format!("{ip6}/128"), "dev", &host_veth])?;
+        ip(&["-n", n, "-6", "route", "add", &format!("{ip6}/128"), "dev", host_veth])?;
         ip(&["-n", p, "-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
         ip(&["-n", p, "-6", "neigh", "add", GATEWAY_V6, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-        ip(&["-n", p, "-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])?;
-        self.pods.push(Pod { namespace: namespace.into(), name: name.into(), ip: ip_addr, ip6, host_veth, ns });
-        Ok(self.pods.last().expect("just pushed"))
+        ip(&["-n", p, "-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])
     }
 }
 
