@@ -7,6 +7,8 @@ use std::{
 use nix::{mount::MsFlags, sys::statfs};
 use thiserror::Error;
 
+use na_common::names::{PROG_EGRESS, PROG_INGRESS};
+
 use crate::pod_id::PodId;
 
 /// Where a node usually has bpffs mounted.
@@ -25,7 +27,7 @@ pub enum BpffsError {
 }
 
 /// The pin directories under one root:
-/// `programs/<pod>_<prog>`, `maps/<pod>_<map>`, `maps/global_<map>`, `links/<pod>_<prog>`.
+/// `programs/<prog>_<version>`, `maps/<pod>_<map>`, `maps/global_<map>`, `links/<pod>_<prog>`.
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     root: PathBuf,
@@ -52,8 +54,16 @@ impl PinLayout {
         self.root.join("links")
     }
 
-    pub fn program(&self, pod: &PodId, prog: &str) -> PathBuf {
-        self.programs_dir().join(pod.pin_name(prog))
+    /// The node's program `prog` of one version.
+    pub fn program(&self, prog: &str, version: &str) -> PathBuf {
+        self.programs_dir().join(format!("{prog}_{version}"))
+    }
+
+    /// The program name and version of a pin in [`Self::programs_dir`].
+    pub fn parse_program_pin(file_name: &str) -> Option<(&'static str, &str)> {
+        [PROG_INGRESS, PROG_EGRESS]
+            .into_iter()
+            .find_map(|prog| Some((prog, file_name.strip_prefix(prog)?.strip_prefix('_')?)))
     }
 
     pub fn map(&self, pod: &PodId, map: &str) -> PathBuf {

@@ -109,7 +109,7 @@ fn pod_with(level: KernelLogLevel, strict: bool, flows_per_pod: u32) -> Pod {
     let layout = dp.layout().clone();
     let version = dp.programs().unwrap().as_ref().unwrap().version().to_owned();
     let prog = |name: &str| {
-        let pin = layout.programs_dir().join(format!("{name}_{version}"));
+        let pin = layout.program(name, &version);
         Prog { prog: SchedClassifier::from_pin(&pin).unwrap(), pin, ifindex: index("tr-pod") }
     };
     Pod {

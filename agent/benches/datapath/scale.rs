@@ -55,7 +55,7 @@ pub fn run(full: bool) -> Result<Figures> {
         let programs = programs.as_ref().context("no programs")?;
         let Origin::Verified { millis } = programs.origin else { bail!("fresh pin root, yet programs were adopted") };
         f.insert("program_verify_ms".into(), json!(millis));
-        let pin = env.root().join("programs").join(format!("{}_{}", names::PROG_INGRESS, programs.version()));
+        let pin = programs.pin(env.dp.layout(), names::PROG_INGRESS);
         let info = aya::programs::ProgramInfo::from_pin(&pin)?;
         f.insert("program_verified_insns".into(), json!(info.verified_instruction_count()));
         f.insert("program_insns".into(), json!(info.size_translated().unwrap_or(0) / 8));

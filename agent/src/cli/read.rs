@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::CliError;
 use crate::{
     bpffs::PinLayout,
-    datapath::{NodeTables, PodCounters, Timeouts, ktime_now_ns, pod_ifindexes},
+    datapath::{NodeTables, PodCounters, Timeouts, ktime_now_ns},
     decode,
     pod_id::PodId,
     status::Status,
@@ -108,19 +108,13 @@ pub fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
     crate::datapath::open_pinned(&path).map_err(|e| CliError::kernel(path.display(), &e))
 }
 
-/// The ifindex the node's tables know `pod` by.
-pub fn ifindex(layout: &PinLayout, pod: &PodId) -> Result<u32, CliError> {
-    let found = pod_ifindexes(layout, pod).map_err(|e| CliError::kernel(format!("pod {pod}"), &e))?;
-    found
-        .first()
-        .copied()
-        .ok_or_else(|| CliError::NotFound(format!("pod {pod} has maps but no entry in the pod table")))
-}
-
 /// Both directions' states of `pod`, indexed by [`direction`].
 pub fn states(layout: &PinLayout, pod: &PodId) -> Result<[PodState; 2], CliError> {
-    let ifindex = ifindex(layout, pod)?;
     let tables = NodeTables::open(layout).map_err(|e| CliError::kernel("pod_table", &e))?;
+    let found = tables.ifindexes_of_pod(layout, pod).map_err(|e| CliError::kernel(format!("pod {pod}"), &e))?;
+    let ifindex = *found
+        .first()
+        .ok_or_else(|| CliError::NotFound(format!("pod {pod} has maps but no entry in the pod table")))?;
     let record: PodRecord = tables.pods.get(&ifindex, 0).map_err(|e| CliError::kernel("pod_table", &e))?;
     Ok(record.states)
 }

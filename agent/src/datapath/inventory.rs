@@ -95,15 +95,13 @@ pub fn current_programs(layout: &PinLayout) -> Result<std::collections::BTreeMap
     let mut out = std::collections::BTreeMap::new();
     let mut newest = std::collections::BTreeMap::new();
     for name in file_names(layout, &layout.programs_dir())? {
-        for prog in [PROG_INGRESS, PROG_EGRESS] {
-            if name.strip_prefix(prog).is_some_and(|v| v.starts_with('_'))
-                && let Ok(info) = ProgramInfo::from_pin(layout.programs_dir().join(&name))
-            {
-                let loaded = info.loaded_at();
-                if newest.get(prog).is_none_or(|t| loaded > *t) {
-                    newest.insert(prog, loaded);
-                    out.insert(prog, info.id());
-                }
+        if let Some((prog, version)) = PinLayout::parse_program_pin(&name)
+            && let Ok(info) = ProgramInfo::from_pin(layout.program(prog, version))
+        {
+            let loaded = info.loaded_at();
+            if newest.get(prog).is_none_or(|t| loaded > *t) {
+                newest.insert(prog, loaded);
+                out.insert(prog, info.id());
             }
         }
     }

@@ -253,25 +253,16 @@ impl Datapath {
         let same_device = tables.has_trie(ifindex, &ingress);
         // A veth recreated under the pod leaves its maps known by the old
         // ifindex; that key now belongs to no pod of ours.
-        let trie_id = ingress.info().map_err(|e| RulesError::Map { op: "read", map: "ingress_map", source: e })?.id();
-        let previous: Option<na_common::pod_state::PodRecord> = tables
-            .ifindexes_of(trie_id)
-            .into_iter()
-            .filter(|i| *i != ifindex)
-            .map(|stale| {
-                // Checked again: another pod attached meanwhile may have
-                // taken the freed ifindex (a narrow window remains; see the
-                // concurrency note in `Reconciler::attach_all`).
-                if !tables.has_trie(stale, &ingress) {
-                    return Ok(None);
-                }
-                let record = tables.pods.get(&stale, 0).ok();
-                tables.forget(stale).map(|()| record)
-            })
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .next();
+        let mut previous = None;
+        for stale in tables.ifindexes_of(&ingress).into_iter().filter(|i| *i != ifindex) {
+            // Checked again: another pod attached meanwhile may have taken
+            // the freed ifindex (a narrow window remains; see the
+            // concurrency note in `Reconciler::attach_all`).
+            if tables.has_trie(stale, &ingress) {
+                previous = previous.or(tables.pods.get(&stale, 0).ok());
+                tables.forget(stale)?;
+            }
+        }
         tables.register(ifindex, &InnerMaps { ingress: &ingress, egress: &egress, conntrack: &conntrack })?;
         if let Some(record) = previous
             && tables.pods.get(&ifindex, 0).is_err()
@@ -315,10 +306,9 @@ impl Datapath {
             attach::detach(ifname, name, hook, &self.layout.link(pod, name))?;
         }
         if let Ok(trie) = MapData::from_pin(self.layout.map(pod, MAP_INGRESS))
-            && let Ok(info) = trie.info()
             && let Ok(mut tables) = NodeTables::open(&self.layout)
         {
-            for ifindex in tables.ifindexes_of(info.id()) {
+            for ifindex in tables.ifindexes_of(&trie) {
                 tables.forget(ifindex)?;
             }
         }

@@ -17,7 +17,7 @@ pub use programs::{Origin, Programs};
 pub use rules::{PodMaps, PodTable, RulesError, Trie, open_pinned};
 pub use stats::{PodCounters, Totals, counters, pod_counters};
 pub use sweep::ktime_now_ns;
-pub use tables::{NodeTables, pod_ifindexes};
+pub use tables::NodeTables;
 
 /// The eBPF object built from the `na-ebpf` crate by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf"));

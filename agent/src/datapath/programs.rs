@@ -48,8 +48,7 @@ impl Programs {
     /// loads and pins them.
     pub fn load_or_adopt(layout: &PinLayout, settings: &Settings) -> Result<Self, DatapathError> {
         let version = version(settings);
-        let pin = |name: &str| layout.programs_dir().join(format!("{name}_{version}"));
-        // (The same path as `Programs::pin`, which needs a `Programs`.)
+        let pin = |name: &str| layout.program(name, &version);
         let adopted = (|| {
             let ingress = SchedClassifier::from_pin(pin(PROGRAMS[0].0)).ok()?;
             SchedClassifier::from_pin(pin(PROGRAMS[1].0)).ok()?;
@@ -91,7 +90,7 @@ impl Programs {
     /// Where `prog_name` of this version is pinned (attachments open their
     /// own handle there, so pods can be attached concurrently).
     pub fn pin(&self, layout: &PinLayout, prog_name: &str) -> PathBuf {
-        layout.programs_dir().join(format!("{prog_name}_{}", self.version))
+        layout.program(prog_name, &self.version)
     }
 
     pub fn version(&self) -> &str {
@@ -111,9 +110,7 @@ impl Programs {
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ours =
-                PROGRAMS.iter().any(|(p, _, _)| name.strip_prefix(p).and_then(|v| v.strip_prefix('_')).is_some());
-            if ours && !name.ends_with(&self.version) {
+            if PinLayout::parse_program_pin(&name).is_some_and(|(_, version)| version != self.version) {
                 remove_pin(&entry.path())?;
                 removed += 1;
             }

@@ -7,10 +7,7 @@ use na_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
-    rules::RulesError,
-    tables::{NodeTables, pod_ifindexes},
-};
+use super::{rules::RulesError, tables::NodeTables};
 use crate::{bpffs::PinLayout, pod_id::PodId};
 
 /// Packets and bytes a pod's programs allowed and denied, summed over CPUs.
@@ -31,7 +28,7 @@ pub struct Totals {
 /// Reads `pod`'s counters (zero when it is not registered).
 pub fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, RulesError> {
     let tables = NodeTables::open(layout)?;
-    match pod_ifindexes(layout, pod)?.first() {
+    match tables.ifindexes_of_pod(layout, pod)?.first() {
         Some(ifindex) => Ok(counters(&tables.counters(*ifindex)?)),
         None => Ok(PodCounters::default()),
     }

@@ -98,15 +98,18 @@ impl NodeTables {
         gone(self.counters.remove(&ifindex), MAP_COUNTERS)
     }
 
-    /// Every ifindex whose ingress trie is the map with kernel id `trie_id`.
-    pub fn ifindexes_of(&self, trie_id: u32) -> Vec<u32> {
-        let keys: Vec<u32> = self.ingress.keys().filter_map(Result::ok).collect();
-        keys.into_iter()
-            .filter(|k| {
-                let inner: Result<MapData, _> = self.ingress.get(k, 0);
-                inner.ok().and_then(|m| m.info().ok()).is_some_and(|i| i.id() == trie_id)
-            })
-            .collect()
+    /// Every ifindex whose ingress trie is the map `trie`.
+    pub fn ifindexes_of(&self, trie: &MapData) -> Vec<u32> {
+        self.ifindexes().into_iter().filter(|k| self.has_trie(*k, trie)).collect()
+    }
+
+    /// The ifindexes under which the tables know `pod` (normally one; none
+    /// when it is not registered), found by its pinned trie.
+    pub fn ifindexes_of_pod(&self, layout: &PinLayout, pod: &crate::pod_id::PodId) -> Result<Vec<u32>, RulesError> {
+        let path = layout.map(pod, na_common::names::MAP_INGRESS);
+        let trie =
+            MapData::from_pin(&path).map_err(|source| RulesError::Open { path: path.display().to_string(), source })?;
+        Ok(self.ifindexes_of(&trie))
     }
 
     /// Every ifindex the tables know a pod by.
@@ -164,14 +167,4 @@ fn create(
     let no_prealloc = aya_obj::generated::BPF_F_NO_PREALLOC;
     let def = aya_obj::Map::new_from_params(map_type as u32, key as u32, value as u32, max_entries, no_prealloc);
     MapData::create(def, name, None).map_err(|source| RulesError::Create { name: name.to_owned(), source })
-}
-
-/// The ifindexes under which the node's tables know `pod` (normally one;
-/// none when it is not registered).
-pub fn pod_ifindexes(layout: &PinLayout, pod: &crate::pod_id::PodId) -> Result<Vec<u32>, RulesError> {
-    let path = layout.map(pod, na_common::names::MAP_INGRESS);
-    let trie =
-        MapData::from_pin(&path).map_err(|source| RulesError::Open { path: path.display().to_string(), source })?;
-    let id = trie.info().map_err(map_err("read", na_common::names::MAP_INGRESS))?.id();
-    Ok(NodeTables::open(layout)?.ifindexes_of(id))
 }
