@@ -17,7 +17,7 @@ use clap::Parser;
 use na_harness::Probe;
 
 use crate::{
-    case::{Case, ProbeSpec},
+    case::{Case, Expect, ProbeSpec, Verdict},
     model::Family,
     table::{Outcome, Run, Table},
     world::World,
@@ -120,6 +120,7 @@ fn run(args: &Args) -> Result<bool> {
 /// against its truth table.
 fn run_case(world: &mut World, case: &Case, family: Family, tries: u32) -> Result<()> {
     world.reset()?;
+    baseline(world, case, family, tries)?;
     for (i, step) in case.steps.iter().enumerate() {
         world.apply(step, family).with_context(|| format!("step {}", i + 1))?;
         for &spec in &step.probes {
@@ -129,6 +130,31 @@ fn run_case(world: &mut World, case: &Case, family: Family, tries: u32) -> Resul
             if !table::differences(&expected, &observed).is_empty() {
                 bail!("step {}, {spec}: connectivity differs\n{}", i + 1, table::mismatch(&expected, &observed));
             }
+        }
+    }
+    Ok(())
+}
+
+/// With no policy every pod reaches every other on every probe the case
+/// uses: otherwise a dead server or broken routing would pass every cell the
+/// case expects to be denied.
+fn baseline(world: &World, case: &Case, family: Family, tries: u32) -> Result<()> {
+    let mut probes: Vec<ProbeSpec> = Vec::new();
+    for &spec in case.steps.iter().flat_map(|s| &s.probes) {
+        if !probes.contains(&spec) {
+            probes.push(spec);
+        }
+    }
+    let open = Expect { default: Verdict::Allow, rules: Vec::new() };
+    for spec in probes {
+        let ProbeSpec::Run(probe) = spec else { bail!("{spec} cannot be probed here") };
+        let expected = model::expected(&open, spec);
+        let observed = observe(world, probe, family, &expected, tries)?;
+        if !table::differences(&expected, &observed).is_empty() {
+            bail!(
+                "model broken: with no policy, {spec} does not connect everywhere\n{}",
+                table::mismatch(&expected, &observed)
+            );
         }
     }
     Ok(())
