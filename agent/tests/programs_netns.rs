@@ -7,7 +7,8 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    net::{SocketAddr, TcpStream},
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -15,13 +16,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::loaded_programs;
-use na_agent::{bpffs::PinLayout, datapath::AttachMode, datapath::inventory};
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+use na_agent::{bpffs::PinLayout, datapath::AttachMode, datapath::inventory, pod_id::PodId};
+use na_common::{
+    conntrack::{FlowKey, FlowState},
+    names::MAP_CONNTRACK,
+};
 use na_harness::Probe;
 use serde_json::json;
 use support::{
     Env,
-    agent::{Agent, Manifests, echoes, pod, policy, status, wait_until},
+    agent::{Agent, Manifests, pod, policy, status, wait_until},
 };
 
 /// Kernel ids of every program named like ours, node-wide.
@@ -39,6 +50,55 @@ fn attachments(layout: &PinLayout) -> (BTreeSet<(String, String, u32)>, BTreeSet
     let progs = all.iter().map(|a| (a.pod_id.clone(), a.direction.clone(), a.prog_id)).collect();
     let maps = all.iter().flat_map(|a| a.maps.iter().take(3).map(|m| m.id)).collect();
     (progs, maps)
+}
+
+/// Kernel ids of the pods' pinned TCX links.
+fn link_ids(layout: &PinLayout) -> BTreeSet<u32> {
+    inventory::attachments(layout)
+        .unwrap()
+        .iter()
+        .filter(|a| a.pin_path.starts_with(layout.links_dir().to_str().unwrap()))
+        .map(|a| FdLink::from(PinnedLink::from_pin(&a.pin_path).unwrap()).info().unwrap().id())
+        .collect()
+}
+
+/// A port no echo server holds.
+const PUSH_PORT: u16 = 9000;
+
+/// A TCP connection from b to a over which a speaks unprompted. a's egress
+/// and b's ingress are closed by policy, so a's packets pass only as the
+/// tracked flow's replies: a conntrack table lost on the way cuts it, which
+/// an echo (b speaking first, re-admitted by its rule) would not show.
+struct Push {
+    server: TcpStream,
+    client: TcpStream,
+}
+
+impl Push {
+    fn open(env: &Env) -> Self {
+        let listener =
+            env.pod("x/a").netns().run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PUSH_PORT))).unwrap().unwrap();
+        let client = env.connect("x/b", "x/a", PUSH_PORT);
+        let (server, _) = listener.accept().unwrap();
+        Self { server, client }
+    }
+
+    /// Whether a byte from a reaches b (in half a second).
+    fn arrives(&mut self) -> bool {
+        let mut byte = [0u8];
+        self.server.write_all(b"!").is_ok() && self.client.read_exact(&mut byte).is_ok()
+    }
+}
+
+/// Empties a pod's conntrack table, as an agent that lost it would.
+fn wipe_conntrack(layout: &PinLayout, pod: &str) {
+    let (ns, name) = pod.split_once('/').unwrap();
+    let data = MapData::from_pin(layout.map(&PodId::new(ns, name), MAP_CONNTRACK)).unwrap();
+    let mut table: HashMap<MapData, FlowKey, FlowState> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    let keys: Vec<FlowKey> = table.keys().map(Result::unwrap).collect();
+    for key in keys {
+        table.remove(&key).unwrap();
+    }
 }
 
 /// Probes `c -> a` on TCP/80 (denied by policy) until stopped, counting
@@ -96,12 +156,19 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     manifests.write("ns.yaml", &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})]);
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
     manifests.write(
-        "a-from-b.yaml",
-        &[policy(
-            "a-from-b",
-            json!({"podSelector": {"matchLabels": {"app": "a"}},
-                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
-        )],
+        "policies.yaml",
+        &[
+            policy(
+                "a-from-b",
+                json!({"podSelector": {"matchLabels": {"app": "a"}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
+            ),
+            policy("a-sends-nothing", json!({"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Egress"]})),
+            policy(
+                "b-admits-nothing",
+                json!({"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]}),
+            ),
+        ],
     );
     let attached = || status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3);
     let programs = || status(&status_file)["programs"].clone();
@@ -118,8 +185,10 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
 
     // A long-lived connection from b to a that must outlive restart and
     // upgrade, and a prober that must never get from c into a meanwhile.
-    let mut conn = env.connect("x/b", "x/a", 80);
-    assert!(echoes(&mut conn));
+    let mut push = Push::open(&env);
+    assert!(push.arrives());
+    let links = link_ids(&layout);
+    assert_eq!(links.len(), 6, "a TCX link per pod and direction: {links:?}");
     let watch = DenialWatch::start(&env);
 
     // Restart: nothing is loaded, nothing changes hands.
@@ -131,7 +200,8 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     assert_eq!(programs()["origin"], "adopted");
     assert_eq!(our_program_ids(), loaded_before_restart, "a restart loads (and verifies) no program");
     assert_eq!(attachments(&layout), (progs.clone(), maps.clone()), "same programs and maps for every pod");
-    assert!(echoes(&mut conn), "the flow lives across the restart");
+    assert_eq!(link_ids(&layout), links, "same links");
+    assert!(push.arrives(), "the flow lives across the restart");
 
     // Upgrade: other programs (here: other load-time settings, so another
     // version) are verified once and swapped into every pod's attachment.
@@ -153,11 +223,89 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
         .filter(|n| !n.ends_with(programs()["version"].as_str().unwrap()))
         .collect();
     assert!(stale.is_empty(), "the old version's pins are gone: {stale:?}");
-    assert!(echoes(&mut conn), "the flow lives across the upgrade");
+    assert_eq!(link_ids(&layout), links, "the links were updated in place, never replaced");
+    assert!(push.arrives(), "the flow lives across the upgrade");
 
     let (leaks, probes) = watch.finish();
     assert!(probes > 10, "the prober ran ({probes} probes)");
     assert_eq!(leaks, 0, "c reached a {leaks} times in {probes} probes across restart and upgrade");
     assert!(env.reaches("x/b", "x/a", Probe::tcp(80)) && !env.reaches("x/c", "x/a", Probe::tcp(80)));
+    // The flow held only by its tracked state: without it, it is cut.
+    wipe_conntrack(&layout, "x/a");
+    wipe_conntrack(&layout, "x/b");
+    assert!(!push.arrives(), "a's replies pass only through conntrack");
+    drop(agent);
+}
+
+/// Ifindex of each attached pod, from the agent's status file.
+fn ifindexes(status_file: &std::path::PathBuf) -> std::collections::BTreeMap<String, u32> {
+    status(status_file)["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                format!("{}/{}", p["namespace"].as_str().unwrap(), p["name"].as_str().unwrap()),
+                p["ifindex"].as_u64().unwrap() as u32,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_forgets_pods_deleted_and_renews_pods_recreated_while_it_was_down() {
+    let env = Env::with_pods(AttachMode::Auto, &[("x", "a"), ("x", "b"), ("x", "c"), ("x", "d")]).unwrap();
+    let layout = PinLayout::new(env.root());
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    let tcp80 = Probe::tcp(80);
+    // Unenforced, everyone reaches b: a denial later is the policy's.
+    assert!(env.reaches("x/a", "x/b", tcp80) && env.reaches("x/d", "x/b", tcp80));
+    manifests.write("ns.yaml", &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})]);
+    let d = pod(&env, "x/d", "d");
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c"), d.clone()]);
+    manifests.write(
+        "b-from-a.yaml",
+        &[policy(
+            "b-from-a",
+            json!({"podSelector": {"matchLabels": {"app": "b"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}]}]}),
+        )],
+    );
+    let agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("all four pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 4)
+    });
+    assert!(env.reaches("x/a", "x/b", tcp80) && !env.reaches("x/d", "x/b", tcp80));
+    let before = ifindexes(&status_file);
+    let conntrack_of_b =
+        || MapData::from_pin(layout.map(&PodId::new("x", "b"), MAP_CONNTRACK)).unwrap().info().unwrap().id();
+    let old_flows = conntrack_of_b();
+
+    // While the agent is down, c is deleted (its veth with it) and b's
+    // sandbox is recreated: a new veth, a new uid, the same name and IPs.
+    agent.kill();
+    std::fs::remove_file(&status_file).unwrap();
+    env.node.delete_veth("x/c").unwrap();
+    env.node.recreate_veth("x/b").unwrap();
+    let mut b2 = pod(&env, "x/b", "b");
+    b2["metadata"]["uid"] = json!("uid-x/b-recreated");
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), b2, d]);
+
+    let agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("a, d and the new b are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let after = ifindexes(&status_file);
+    assert_ne!(after["x/b"], before["x/b"], "b is known by its new veth");
+    assert_eq!(after["x/a"], before["x/a"]);
+    assert!(env.reaches("x/a", "x/b", tcp80) && !env.reaches("x/d", "x/b", tcp80), "the new b is enforced");
+    let pods: BTreeSet<String> =
+        inventory::pinned_pods(&layout).unwrap().iter().map(|p| p.as_str().to_owned()).collect();
+    assert_eq!(pods, ["x_a", "x_b", "x_d"].map(String::from).into(), "c's pins are gone");
+    let tables = na_agent::datapath::NodeTables::open(&layout).unwrap();
+    let known: BTreeSet<u32> = tables.ifindexes().into_iter().collect();
+    assert_eq!(known, BTreeSet::from([after["x/a"], after["x/b"], after["x/d"]]), "the dead veths' entries are gone");
+    assert_ne!(conntrack_of_b(), old_flows, "no flow of the old sandbox is tracked for the new one");
     drop(agent);
 }

@@ -247,14 +247,21 @@ impl Datapath {
         drop(self.programs()?);
         let ingress = self.pod_map(pod, MAP_INGRESS, || tables::create_trie(MAP_INGRESS))?;
         let egress = self.pod_map(pod, MAP_EGRESS, || tables::create_trie(MAP_EGRESS))?;
-        let conntrack =
-            self.pod_map(pod, MAP_CONNTRACK, || tables::create_conntrack(MAP_CONNTRACK, self.flows_per_pod))?;
         let mut tables = NodeTables::open(&self.layout)?;
         let same_device = tables.has_trie(ifindex, &ingress);
         // A veth recreated under the pod leaves its maps known by the old
         // ifindex; that key now belongs to no pod of ours.
+        let stale: Vec<u32> = tables.ifindexes_of(&ingress).into_iter().filter(|i| *i != ifindex).collect();
+        // A new veth is a new sandbox (a new network namespace, perhaps a
+        // new pod under the same name while no agent watched): no flow of
+        // the old one can be alive, and none may be admitted as if it were.
+        if !stale.is_empty() {
+            remove_pin(&self.layout.map(pod, MAP_CONNTRACK))?;
+        }
+        let conntrack =
+            self.pod_map(pod, MAP_CONNTRACK, || tables::create_conntrack(MAP_CONNTRACK, self.flows_per_pod))?;
         let mut previous = None;
-        for stale in tables.ifindexes_of(&ingress).into_iter().filter(|i| *i != ifindex) {
+        for stale in stale {
             // Checked again: another pod attached meanwhile may have taken
             // the freed ifindex (a narrow window remains; see the
             // concurrency note in `Reconciler::attach_all`).

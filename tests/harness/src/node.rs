@@ -103,9 +103,16 @@ impl Node {
     /// unchanged, as a CNI does for a recreated sandbox: the host side gets a
     /// new ifindex.
     pub fn recreate_veth(&self, key: &str) -> Result<()> {
+        self.delete_veth(key)?;
         let pod = self.pod(key).with_context(|| format!("no pod {key}"))?;
-        ip(&["-n", self.ns.name(), "link", "del", &pod.host_veth])?;
         self.wire(&pod.ns, pod.ip, pod.ip6, &pod.host_veth)
+    }
+
+    /// Deletes pod `key`'s veth pair, as a CNI DEL does; the pod stays listed
+    /// but can no longer be reached.
+    pub fn delete_veth(&self, key: &str) -> Result<()> {
+        let pod = self.pod(key).with_context(|| format!("no pod {key}"))?;
+        ip(&["-n", self.ns.name(), "link", "del", &pod.host_veth])
     }
 
     /// A veth pair from the node to `ns`, routed both ways for both families.
