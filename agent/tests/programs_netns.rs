@@ -8,7 +8,7 @@ mod support;
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -23,10 +23,17 @@ use aya::{
         loaded_programs,
     },
 };
-use na_agent::{bpffs::PinLayout, datapath::AttachMode, datapath::inventory, pod_id::PodId};
+use ipnet::IpNet;
+use na_agent::{
+    bpffs::PinLayout,
+    datapath::{AttachMode, DirectionRules, KernelLogLevel, Mode, PodRules, inventory},
+    pod_id::PodId,
+};
 use na_common::{
     conntrack::{FlowKey, FlowState},
     names::MAP_CONNTRACK,
+    policy::PortRule,
+    protocol::TCP,
 };
 use na_harness::Probe;
 use serde_json::json;
@@ -101,44 +108,51 @@ fn wipe_conntrack(layout: &PinLayout, pod: &str) {
     }
 }
 
-/// Probes `c -> a` on TCP/80 (denied by policy) until stopped, counting
-/// connections that got through. Bounded: at most 2 minutes.
-struct DenialWatch {
+/// Opens new TCP connections `from -> to` port 80 until stopped, counting
+/// those whose outcome is not `expect` (connected, or timed out). Bounded: at
+/// most 2 minutes.
+struct Watch {
     stop: Arc<AtomicBool>,
-    leaks: Arc<AtomicU32>,
+    wrong: Arc<AtomicU32>,
     probes: Arc<AtomicU32>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl DenialWatch {
-    fn start(env: &Env) -> Self {
+impl Watch {
+    fn start(env: &Env, from: &str, to: &str, expect: bool) -> Self {
         let stop: Arc<AtomicBool> = Arc::default();
-        let (leaks, probes): (Arc<AtomicU32>, Arc<AtomicU32>) = Default::default();
-        let c = env.pod("x/c").netns().open().unwrap();
-        let a = SocketAddr::new(env.pod("x/a").ip.into(), 80);
-        let (s, l, p) = (Arc::clone(&stop), Arc::clone(&leaks), Arc::clone(&probes));
+        let (wrong, probes): (Arc<AtomicU32>, Arc<AtomicU32>) = Default::default();
+        let from = env.pod(from).netns().open().unwrap();
+        let to = SocketAddr::new(env.pod(to).ip.into(), 80);
+        // A leak connects at once; an allowed connection gets time for a busy machine.
+        let timeout = Duration::from_millis(if expect { 1000 } else { 100 });
+        let (s, w, p) = (Arc::clone(&stop), Arc::clone(&wrong), Arc::clone(&probes));
         let thread = std::thread::spawn(move || {
-            nix::sched::setns(c, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            nix::sched::setns(from, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let deadline = Instant::now() + Duration::from_secs(120);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if TcpStream::connect_timeout(&a, Duration::from_millis(100)).is_ok() {
-                    l.fetch_add(1, Ordering::Relaxed);
+                let connected = TcpStream::connect_timeout(&to, timeout).is_ok();
+                if connected != expect {
+                    w.fetch_add(1, Ordering::Relaxed);
                 }
                 p.fetch_add(1, Ordering::Relaxed);
+                if expect {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         });
-        Self { stop, leaks, probes, thread: Some(thread) }
+        Self { stop, wrong, probes, thread: Some(thread) }
     }
 
-    /// (leaks, probes).
+    /// (wrong outcomes, probes).
     fn finish(mut self) -> (u32, u32) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
-        (self.leaks.load(Ordering::Relaxed), self.probes.load(Ordering::Relaxed))
+        (self.wrong.load(Ordering::Relaxed), self.probes.load(Ordering::Relaxed))
     }
 }
 
-impl Drop for DenialWatch {
+impl Drop for Watch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -189,7 +203,7 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     assert!(push.arrives());
     let links = link_ids(&layout);
     assert_eq!(links.len(), 6, "a TCX link per pod and direction: {links:?}");
-    let watch = DenialWatch::start(&env);
+    let watch = Watch::start(&env, "x/c", "x/a", false);
 
     // Restart: nothing is loaded, nothing changes hands.
     agent.kill();
@@ -308,4 +322,44 @@ fn a_restart_forgets_pods_deleted_and_renews_pods_recreated_while_it_was_down() 
     assert_eq!(known, BTreeSet::from([after["x/a"], after["x/b"], after["x/d"]]), "the dead veths' entries are gone");
     assert_ne!(conntrack_of_b(), old_flows, "no flow of the old sandbox is tracked for the new one");
     drop(agent);
+}
+
+#[test]
+fn programs_swapped_in_a_loop_never_let_a_packet_through_or_drop_one() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let b = IpNet::from(IpAddr::V4(env.pod("x/b").ip));
+    let rules = PodRules {
+        ingress: DirectionRules {
+            mode: Mode::PoliciesApplied,
+            entries: [(b, vec![PortRule::ports(1, TCP, 80, 80)])].into_iter().collect(),
+        },
+        egress: DirectionRules::default(),
+    };
+    assert!(env.reaches("x/c", "x/a", Probe::tcp(80)), "baseline: nothing attached yet");
+    env.attach("x/a", &rules).unwrap();
+    assert!(env.reaches("x/b", "x/a", Probe::tcp(80)) && !env.reaches("x/c", "x/a", Probe::tcp(80)));
+    // Two versions of the programs (another load-time setting), both kept
+    // pinned, so each swap after the first two is a link update, not a load.
+    let versions = [env.dp.clone().with_log_level(KernelLogLevel::Error), env.dp.clone()];
+    let (id, veth) = (PodId::new("x", "a"), env.pod("x/a").host_veth.clone());
+    let programs =
+        || inventory::attachments(env.dp.layout()).unwrap().iter().map(|a| a.prog_id).collect::<BTreeSet<_>>();
+    let first = programs();
+    let (leaks, refusals) = (Watch::start(&env, "x/c", "x/a", false), Watch::start(&env, "x/b", "x/a", true));
+    const SWAPS: usize = 40;
+    let mut seen = BTreeSet::new();
+    for i in 0..SWAPS {
+        let dp = &versions[i % 2];
+        env.node.netns().run(|| dp.attach_pod(&id, &veth, &rules)).unwrap().unwrap();
+        seen.insert(programs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let (leaked, denials) = leaks.finish();
+    let (refused, allowed) = refusals.finish();
+    println!("{SWAPS} swaps under {denials} denied and {allowed} allowed probes");
+    assert_eq!(seen.len(), 2, "the pod alternated between two program pairs: {seen:?}");
+    assert!(seen.contains(&first));
+    assert!(denials > 20 && allowed > 20, "too little overlap: {denials} denied, {allowed} allowed probes");
+    assert_eq!(leaked, 0, "c reached a {leaked} times in {denials} probes while programs were swapped");
+    assert_eq!(refused, 0, "b failed to reach a {refused} times in {allowed} probes while programs were swapped");
 }
