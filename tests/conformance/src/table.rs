@@ -54,11 +54,17 @@ pub struct Run {
     pub time: Duration,
 }
 
+/// What a pass means, for readers of the report.
+const HOW_JUDGED: &str = "Each case and family starts with every pod reaching every other on each probe the case uses, with no \
+policy (else it fails as a broken model). A probe is denied only when it times out; a refused or unreachable probe \
+fails the case. A connection where a denial is expected fails at once; only timeouts where a connection is expected \
+are probed again (up to three tries).";
+
 /// The Markdown report: one row per case and family.
 pub fn report(runs: &[Run]) -> String {
     let (passed, failed, skipped) = summary(runs);
     let mut out = format!(
-        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n| case | family | result | time |\n|---|---|---|---|\n"
+        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n{HOW_JUDGED}\n\n| case | family | result | time |\n|---|---|---|---|\n"
     );
     for r in runs {
         let result = match &r.outcome {
