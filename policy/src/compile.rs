@@ -83,13 +83,15 @@ impl Compiler {
         self.pods.get(key)
     }
 
-    /// Pods this node enforces: scheduled here and not hostNetwork.
+    /// Pods this node enforces: scheduled here, not hostNetwork and not
+    /// finished. A finished pod's veth is gone and its address may already be
+    /// another pod's: the agent must not look for its veth by that address.
     pub fn local_pods(&self) -> impl Iterator<Item = &PodInfo> {
         self.pods.values().filter(|p| self.is_local(p))
     }
 
     fn is_local(&self, p: &PodInfo) -> bool {
-        !p.host_network && p.node_name.as_deref() == Some(self.options.node_name.as_str())
+        !p.host_network && !p.terminal && p.node_name.as_deref() == Some(self.options.node_name.as_str())
     }
 
     /// Local pods whose rules may have changed since the last call (some may

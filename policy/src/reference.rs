@@ -25,6 +25,20 @@ pub struct World<'a> {
     pub namespaces: &'a [Namespace],
     /// Addresses always allowed into pods (the node's).
     pub node_ips: &'a [IpAddr],
+    /// Strict enforcing mode (the AWS agent's `NETWORK_POLICY_ENFORCING_MODE`):
+    /// a direction no policy isolates is isolated anyway, by no rule, so only
+    /// the node may reach the pod.
+    pub strict: bool,
+}
+
+/// Whether the agent on `node` enforces `pod`'s policies: the pod runs there
+/// in a network namespace of its own (a hostNetwork pod shares the node's and
+/// has no veth) and has not finished (a Succeeded or Failed pod's sandbox is
+/// gone and its address may already be another pod's). Its addresses need not
+/// be known: its veth exists before its status shows them.
+pub fn is_local(pod: &Pod, node: &str) -> bool {
+    let spec = pod.spec.as_ref();
+    spec.and_then(|s| s.node_name.as_deref()) == Some(node) && !is_host_network(pod) && !is_terminal(pod)
 }
 
 /// Whether `target` accepts (ingress) or may send (egress) a packet whose other
@@ -42,7 +56,7 @@ pub fn allows(w: &World, target: &Pod, dir: Direction, peer: IpAddr, protocol: u
             selector_matches(spec.pod_selector.as_ref(), &target_labels) && applies_to(p, dir)
         })
         .collect();
-    if selecting.is_empty() {
+    if selecting.is_empty() && !w.strict {
         return true;
     }
     if dir == Direction::Ingress && w.node_ips.contains(&peer) {
@@ -115,15 +129,21 @@ fn dir_name(dir: Direction) -> &'static str {
 /// The running, non-hostNetwork pod that has `ip`.
 fn pod_with_ip<'a>(w: &World<'a>, ip: IpAddr) -> Option<&'a Pod> {
     w.pods.iter().find(|p| {
-        let spec_ok = !p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-        let status = p.status.as_ref();
-        let phase_ok = !matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-        let has_ip = status.is_some_and(|s| {
+        let has_ip = p.status.as_ref().is_some_and(|s| {
             s.pod_ip.as_deref().and_then(|i| i.parse().ok()) == Some(ip)
                 || s.pod_ips.iter().flatten().any(|i| i.ip.parse().ok() == Some(ip))
         });
-        spec_ok && phase_ok && has_ip
+        !is_host_network(p) && !is_terminal(p) && has_ip
     })
+}
+
+fn is_host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)
+}
+
+/// Succeeded or Failed.
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 fn namespace_labels(w: &World, name: &str) -> BTreeMap<String, String> {

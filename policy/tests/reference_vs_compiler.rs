@@ -1,15 +1,24 @@
-//! Random clusters and packets: what the compiled entries admit (judged the
-//! way the kernel judges them) must be exactly what the reference evaluator
-//! derives from the objects.
-use std::net::IpAddr;
+//! Random clusters, random changes to them and random packets, in standard
+//! and strict mode. Fed to the compiler and synced as the agent does, after
+//! every batch of changes the pods holding compiled rules must be exactly the
+//! local pods, and what their entries admit (judged the way the kernel judges
+//! them) exactly what the reference evaluator derives from the objects.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
 };
 use na_common::protocol::{ICMP, SCTP, TCP, UDP};
-use na_policy::{CompileOptions, Compiler, Direction, lpm, reference};
-use proptest::{prelude::*, sample::subsequence};
+use na_policy::{CompileOptions, Compiler, Direction, ObjectRef, PodRules, lpm, reference};
+use proptest::{
+    prelude::*,
+    sample::{Index, subsequence},
+    test_runner::FileFailurePersistence,
+};
 use serde_json::{Value, json};
 
 const NODE: &str = "node-1";
@@ -17,6 +26,10 @@ const NODE_IP: &str = "192.0.2.1";
 const KEYS: [&str; 3] = ["app", "tier", "team"];
 const VALUES: [&str; 2] = ["a", "b"];
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// Pods live in slots: a slot holds one pod at a time, so no two pods share an
+/// address.
+const POD_SLOTS: usize = 6;
+const POLICY_NAMES: usize = 5;
 
 fn labels() -> impl Strategy<Value = Value> {
     proptest::collection::btree_map(prop::sample::select(KEYS.to_vec()), prop::sample::select(VALUES.to_vec()), 0..3)
@@ -106,7 +119,25 @@ fn policy(i: usize) -> impl Strategy<Value = Value> {
         })
 }
 
-fn pod(i: usize) -> impl Strategy<Value = Value> {
+/// A slot's addresses: none yet, or its primary or alternate IPv4 address,
+/// with its IPv6 address of the same kind or without.
+fn addresses(slot: usize, variant: u8) -> Vec<String> {
+    let n = slot + 1 + if variant >= 3 { 8 } else { 0 };
+    match variant {
+        0 => vec![],
+        1 | 3 => vec![format!("10.0.0.{n}")],
+        _ => vec![format!("10.0.0.{n}"), format!("fd00::{n:x}")],
+    }
+}
+
+const ADDRESS_VARIANTS: u8 = 5;
+
+fn set_addresses(status: &mut Value, ips: &[String]) {
+    status["podIP"] = json!(ips.first());
+    status["podIPs"] = ips.iter().map(|ip| json!({"ip": ip})).collect();
+}
+
+fn pod(slot: usize) -> impl Strategy<Value = Value> {
     let named = subsequence(
         vec![
             json!({"name": "http", "containerPort": 80}),
@@ -118,91 +149,265 @@ fn pod(i: usize) -> impl Strategy<Value = Value> {
     )
     .prop_filter("one port per name", |ports| {
         let names: Vec<&str> = ports.iter().map(|p| p["name"].as_str().unwrap()).collect();
-        names.iter().collect::<std::collections::BTreeSet<_>>().len() == names.len()
+        names.iter().collect::<BTreeSet<_>>().len() == names.len()
     });
-    (prop::sample::select(NAMESPACES.to_vec()), labels(), any::<bool>(), any::<bool>(), 0..20u8, named).prop_map(
-        move |(ns, labels, local, dual, special, ports)| {
+    (prop::sample::select(NAMESPACES.to_vec()), labels(), any::<bool>(), 0..ADDRESS_VARIANTS, 0..20u8, named).prop_map(
+        move |(ns, labels, local, variant, special, ports)| {
             let host = special == 0;
             let done = special == 1;
-            let v4 = if host { NODE_IP.to_owned() } else { format!("10.0.0.{}", i + 1) };
-            let mut ips = vec![json!({"ip": v4})];
-            if dual && !host {
-                ips.push(json!({"ip": format!("fd00::{}", i + 1)}));
-            }
+            let ips = if host { vec![NODE_IP.to_owned()] } else { addresses(slot, variant) };
+            let mut status = json!({"phase": if done { "Succeeded" } else { "Running" }});
+            set_addresses(&mut status, &ips);
             json!({
-                "metadata": {"name": format!("p{i}"), "namespace": ns, "labels": labels},
+                "metadata": {"name": format!("p{slot}"), "namespace": ns, "labels": labels},
                 "spec": {"nodeName": if local { NODE } else { "node-2" }, "hostNetwork": host,
                          "containers": [{"name": "c", "ports": ports}]},
-                "status": {"phase": if done { "Succeeded" } else { "Running" }, "podIP": v4, "podIPs": ips}
+                "status": status
             })
         },
     )
 }
 
-fn world() -> impl Strategy<Value = (Vec<Value>, Vec<Value>, Vec<Value>)> {
-    let namespaces = proptest::collection::vec(labels(), 3).prop_map(|ls| {
-        NAMESPACES.iter().zip(ls).map(|(n, l)| json!({"metadata": {"name": n, "labels": l}})).collect::<Vec<_>>()
+/// One change the API server reports. Those naming an empty slot or no
+/// policy change nothing.
+#[derive(Clone, Debug)]
+enum Change {
+    /// Creates or replaces the slot's pod (deleting the old one if the new one
+    /// is another object: in another namespace).
+    Pod(usize, Value),
+    RelabelPod(usize, Value),
+    /// Sets the pod's addresses to one of [`addresses`].
+    Readdress(usize, u8),
+    DeletePod(usize),
+    /// Creates or relabels a namespace; `None` deletes it.
+    Namespace(usize, Option<Value>),
+    /// Creates or replaces a policy.
+    Policy(Value),
+    DeletePolicy(Index),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        (0..POD_SLOTS).prop_flat_map(|i| pod(i).prop_map(move |p| Change::Pod(i, p))),
+        (0..POD_SLOTS, labels()).prop_map(|(i, l)| Change::RelabelPod(i, l)),
+        (0..POD_SLOTS, 0..ADDRESS_VARIANTS).prop_map(|(i, v)| Change::Readdress(i, v)),
+        (0..POD_SLOTS).prop_map(Change::DeletePod),
+        (0..NAMESPACES.len(), prop::option::of(labels())).prop_map(|(i, l)| Change::Namespace(i, l)),
+        (0..POLICY_NAMES).prop_flat_map(|i| policy(i).prop_map(Change::Policy)),
+        any::<Index>().prop_map(Change::DeletePolicy),
+    ]
+}
+
+/// The initial cluster as a list of changes (policies first, so that pods and
+/// namespaces arrive as updates to them), then batches of changes, each
+/// followed by a sync as the agent does after reading what is queued.
+fn history() -> impl Strategy<Value = (Vec<Change>, Vec<Vec<Change>>)> {
+    let policies = (0..=POLICY_NAMES).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
+    let pods = (1..=POD_SLOTS).prop_flat_map(|n| (0..n).map(|i| pod(i).prop_map(move |p| (i, p))).collect::<Vec<_>>());
+    let namespaces = proptest::collection::vec(prop::option::of(labels()), NAMESPACES.len());
+    let initial = (policies, pods, namespaces).prop_map(|(policies, pods, namespaces)| {
+        let policies = policies.into_iter().map(Change::Policy);
+        let pods = pods.into_iter().map(|(i, p)| Change::Pod(i, p));
+        let namespaces =
+            namespaces.into_iter().enumerate().filter(|(_, l)| l.is_some()).map(|(i, l)| Change::Namespace(i, l));
+        policies.chain(pods).chain(namespaces).collect()
     });
-    let pods = (1..6usize).prop_flat_map(|n| (0..n).map(pod).collect::<Vec<_>>());
-    let policies = (0..5usize).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
-    (namespaces, pods, policies)
+    (initial, proptest::collection::vec(proptest::collection::vec(change(), 1..4), 0..5))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(v: Vec<Value>) -> Vec<T> {
-    v.into_iter().map(|v| serde_json::from_value(v).expect("generated objects are valid")).collect()
+fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value(v.clone()).expect("generated objects are valid")
 }
 
-const PEERS: [&str; 16] = [
-    "10.0.0.1",
-    "10.0.0.2",
-    "10.0.0.3",
-    "10.0.0.4",
-    "10.0.0.5",
-    "10.0.0.6",
-    "10.0.0.200",
-    "8.8.8.8",
-    NODE_IP,
-    "192.0.2.77",
-    "fd00::1",
-    "fd00::2",
-    "fd00::3",
-    "fd00::5",
-    "fd00::200",
-    "2001:db8::1",
-];
+fn key_of(v: &Value) -> ObjectRef {
+    ObjectRef::new(v["metadata"]["namespace"].as_str().unwrap(), v["metadata"]["name"].as_str().unwrap())
+}
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+/// The objects as the API server holds them: what the reference judges.
+#[derive(Default)]
+struct Cluster {
+    namespaces: BTreeMap<usize, Value>,
+    pods: BTreeMap<usize, Value>,
+    policies: BTreeMap<ObjectRef, Value>,
+    /// Every address a pod has had: rules may not outlive a pod's address.
+    pod_addresses: BTreeSet<IpAddr>,
+}
 
-    #[test]
-    fn compiled_entries_agree_with_the_reference((namespaces, pods, policies) in world()) {
-        let namespaces: Vec<Namespace> = from_json(namespaces);
-        let pods: Vec<Pod> = from_json(pods);
-        let policies: Vec<NetworkPolicy> = from_json(policies);
-        let node_ips: Vec<IpAddr> = vec![NODE_IP.parse().unwrap()];
-        let mut compiler = Compiler::new(CompileOptions { node_name: NODE.into(), node_ips: node_ips.clone(), allow_node: true, strict: false });
-        // Objects arrive in any order; apply policies first to exercise updates.
-        for p in &policies { compiler.upsert_policy(p).expect("generated policies are valid"); }
-        for p in &pods { compiler.upsert_pod(p); }
-        for n in &namespaces { compiler.upsert_namespace(n); }
-        let compiled = compiler.compile_all();
-        let w = reference::World { policies: &policies, pods: &pods, namespaces: &namespaces, node_ips: &node_ips };
-        for target in &pods {
-            let key = na_policy::ObjectRef::of(&target.metadata).unwrap();
-            let Some(rules) = compiled.get(&key) else { continue };
-            let rules = rules.as_ref().expect("small inputs fit the maps");
-            for dir in Direction::BOTH {
-                for peer in PEERS {
-                    let peer: IpAddr = peer.parse().unwrap();
-                    for (proto, port) in [(TCP, Some(80)), (TCP, Some(81)), (TCP, Some(8080)), (UDP, Some(53)),
-                                          (UDP, Some(80)), (SCTP, Some(81)), (TCP, Some(82)), (ICMP, None)] {
-                        let emulated = lpm::judge(rules.direction(dir), peer, proto, port).is_some();
-                        let expected = reference::allows(&w, target, dir, peer, proto, port);
-                        prop_assert_eq!(emulated, expected,
-                            "target {} {} peer {} proto {} port {:?}\nentries: {:#?}", key, dir, peer, proto, port, rules.direction(dir));
-                    }
+impl Cluster {
+    /// Records `change` and feeds it to the compiler as the agent's watch does.
+    fn apply(&mut self, change: Change, compiler: &mut Compiler) {
+        match change {
+            Change::Pod(slot, pod) => self.put_pod(slot, pod, compiler),
+            Change::RelabelPod(slot, labels) => {
+                if let Some(mut pod) = self.pods.get(&slot).cloned() {
+                    pod["metadata"]["labels"] = labels;
+                    self.put_pod(slot, pod, compiler);
                 }
             }
+            Change::Readdress(slot, variant) => {
+                if let Some(mut pod) = self.pods.get(&slot).cloned() {
+                    set_addresses(&mut pod["status"], &addresses(slot, variant));
+                    self.put_pod(slot, pod, compiler);
+                }
+            }
+            Change::DeletePod(slot) => {
+                if let Some(old) = self.pods.remove(&slot) {
+                    compiler.remove_pod(&key_of(&old));
+                }
+            }
+            Change::Namespace(i, Some(labels)) => {
+                let ns = json!({"metadata": {"name": NAMESPACES[i], "labels": labels}});
+                compiler.upsert_namespace(&from_json(&ns));
+                self.namespaces.insert(i, ns);
+            }
+            Change::Namespace(i, None) => {
+                if self.namespaces.remove(&i).is_some() {
+                    compiler.remove_namespace(NAMESPACES[i]);
+                }
+            }
+            Change::Policy(policy) => {
+                compiler.upsert_policy(&from_json(&policy)).expect("generated policies are valid");
+                self.policies.insert(key_of(&policy), policy);
+            }
+            Change::DeletePolicy(index) => {
+                if !self.policies.is_empty() {
+                    let key = self.policies.keys().nth(index.index(self.policies.len())).unwrap().clone();
+                    compiler.remove_policy(&key);
+                    self.policies.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn put_pod(&mut self, slot: usize, pod: Value, compiler: &mut Compiler) {
+        if let Some(old) = self.pods.get(&slot)
+            && key_of(old) != key_of(&pod)
+        {
+            compiler.remove_pod(&key_of(old));
+        }
+        let typed: Pod = from_json(&pod);
+        compiler.upsert_pod(&typed);
+        let ips = typed.status.and_then(|s| s.pod_ips).into_iter().flatten();
+        self.pod_addresses.extend(ips.map(|ip| ip.ip.parse::<IpAddr>().unwrap()));
+        self.pods.insert(slot, pod);
+    }
+}
+
+/// What the agent's reconciler does after a batch of changes (`Reconciler::sync`):
+/// forgets the dirty pods that are no longer local, recompiles the others.
+fn sync(compiler: &mut Compiler, state: &mut BTreeMap<ObjectRef, PodRules>) {
+    let local: BTreeSet<ObjectRef> = compiler.local_pods().map(|p| p.key.clone()).collect();
+    let (present, gone): (Vec<ObjectRef>, Vec<ObjectRef>) =
+        compiler.take_dirty().into_iter().partition(|k| local.contains(k));
+    for key in gone {
+        state.remove(&key);
+    }
+    for (key, rules) in compiler.compile(&present) {
+        state.insert(key, rules.expect("small inputs fit the maps"));
+    }
+}
+
+/// Peers that are no pod's own address (the node's is only hostNetwork
+/// pods'), in each set of generated blocks that holds pods' addresses and
+/// outside them all.
+const OTHER_PEERS: [&str; 8] =
+    ["10.0.0.7", "10.0.0.200", "8.8.8.8", NODE_IP, "192.0.2.77", "fd00::f0", "fd00::200", "2001:db8::1"];
+
+const PROBES: [(u8, Option<u16>); 8] = [
+    (TCP, Some(80)),
+    (TCP, Some(81)),
+    (TCP, Some(8080)),
+    (UDP, Some(53)),
+    (UDP, Some(80)),
+    (SCTP, Some(81)),
+    (TCP, Some(82)),
+    (ICMP, None),
+];
+
+/// The agent's state after a sync against the cluster it was fed.
+fn check(
+    cluster: &Cluster,
+    compiler: &mut Compiler,
+    state: &BTreeMap<ObjectRef, PodRules>,
+) -> Result<(), TestCaseError> {
+    let namespaces: Vec<Namespace> = cluster.namespaces.values().map(from_json).collect();
+    let pods: Vec<Pod> = cluster.pods.values().map(from_json).collect();
+    let policies: Vec<NetworkPolicy> = cluster.policies.values().map(from_json).collect();
+    let local: Vec<(ObjectRef, &Pod)> = pods
+        .iter()
+        .filter(|p| reference::is_local(p, NODE))
+        .map(|p| (ObjectRef::of(&p.metadata).unwrap(), p))
+        .collect();
+    prop_assert_eq!(
+        state.keys().collect::<BTreeSet<_>>(),
+        local.iter().map(|(k, _)| k).collect::<BTreeSet<_>>(),
+        "pods with rules vs local pods"
+    );
+    // What incremental syncs left must be what compiling from scratch gives,
+    // also where no probe looks.
+    let fresh: BTreeMap<ObjectRef, PodRules> =
+        compiler.compile_all().into_iter().map(|(k, r)| (k, r.expect("small inputs fit the maps"))).collect();
+    prop_assert_eq!(state, &fresh, "incremental vs from-scratch rules");
+    let node_ips = &compiler.options().node_ips;
+    let w = reference::World {
+        policies: &policies,
+        pods: &pods,
+        namespaces: &namespaces,
+        node_ips,
+        strict: compiler.options().strict,
+    };
+    let others: Vec<IpAddr> = OTHER_PEERS.iter().map(|ip| ip.parse().unwrap()).collect();
+    for (key, target) in local {
+        let rules = &state[&key];
+        for dir in Direction::BOTH {
+            for &peer in cluster.pod_addresses.iter().chain(&others) {
+                for (proto, port) in PROBES {
+                    let emulated = lpm::judge(rules.direction(dir), peer, proto, port).is_some();
+                    let expected = reference::allows(&w, target, dir, peer, proto, port);
+                    prop_assert_eq!(
+                        emulated,
+                        expected,
+                        "target {} {} peer {} proto {} port {:?}\nentries: {:#?}",
+                        key,
+                        dir,
+                        peer,
+                        proto,
+                        port,
+                        rules.direction(dir)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 4_000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/proptest-regressions/reference_vs_compiler.txt"
+        )))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn incremental_rules_agree_with_the_reference(strict in any::<bool>(), (initial, batches) in history()) {
+        let mut compiler = Compiler::new(CompileOptions {
+            node_name: NODE.into(),
+            node_ips: vec![NODE_IP.parse().unwrap()],
+            allow_node: true,
+            strict,
+        });
+        let mut cluster = Cluster::default();
+        let mut state = BTreeMap::new();
+        for batch in std::iter::once(initial).chain(batches) {
+            for change in batch {
+                cluster.apply(change, &mut compiler);
+            }
+            sync(&mut compiler, &mut state);
+            check(&cluster, &mut compiler, &state)?;
         }
     }
 }

@@ -132,6 +132,17 @@ fn host_network_and_terminal_pods_are_not_peers() {
 }
 
 #[test]
+fn finished_pods_are_not_local() {
+    let mut c = compiler();
+    c.take_dirty();
+    let mut done = pod("x", "a", json!({"pod": "a"}), "10.0.0.1", NODE);
+    done.status.as_mut().unwrap().phase = Some("Failed".into());
+    c.upsert_pod(&done);
+    assert_eq!(c.take_dirty(), [ObjectRef::new("x", "a")].into(), "its rules must be removed");
+    assert_eq!(c.local_pods().map(|p| p.key.to_string()).collect::<Vec<_>>(), ["x/b"]);
+}
+
+#[test]
 fn changes_mark_exactly_the_affected_local_pods() {
     let mut c = compiler();
     c.take_dirty();
