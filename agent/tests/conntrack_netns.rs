@@ -12,11 +12,13 @@ use std::{
 use ipnet::IpNet;
 use na_agent::datapath::{AttachMode, DirectionRules, Mode, PodRules, Timeouts};
 use na_common::{
+    direction,
+    events::{tier, verdict},
     policy::PortRule,
     protocol::{TCP, UDP},
 };
-use na_harness::Pod;
-use support::Env;
+use na_harness::{Pod, Probe};
+use support::{Env, Events};
 
 const WAIT: Duration = Duration::from_millis(400);
 
@@ -61,8 +63,11 @@ fn established_flow_survives_an_update_that_allows_it_and_is_cut_by_one_that_doe
     // would legitimately open the flow again from a's side.
     let egress = || isolated(vec![(c, vec![PortRule::ports(3, UDP, 53, 53)])]);
     let mut maps = env.attach("x/a", &PodRules { ingress: isolated(vec![allow_b.clone()]), egress: egress() }).unwrap();
+    let mut events = Events::open(env.dp.layout());
     let mut conn = connect(env.pod("x/b"), env.pod("x/a").ip.into(), 80);
     assert!(echoes(&mut conn));
+    let revoked =
+        |events: &mut Events| events.take().into_iter().filter(|e| e.tier == tier::REVOKED).collect::<Vec<_>>();
     // An unrelated change: the flow is judged again and still allowed.
     maps.apply(&PodRules {
         ingress: isolated(vec![allow_b, (c, vec![PortRule::ports(2, UDP, 81, 81)])]),
@@ -70,10 +75,23 @@ fn established_flow_survives_an_update_that_allows_it_and_is_cut_by_one_that_doe
     })
     .unwrap();
     assert!(echoes(&mut conn), "a flow the new policy still allows keeps going");
+    assert_eq!(revoked(&mut events), [], "nothing was revoked");
     // b loses its rule: the established flow is cut, not grandfathered.
     maps.apply(&PodRules { ingress: isolated(vec![(c, vec![PortRule::ports(2, UDP, 81, 81)])]), egress: egress() })
         .unwrap();
     assert!(!echoes(&mut conn), "a flow the new policy forbids is cut");
+    // Once, by b's first packet after the update; the retransmissions that
+    // follow are new flows the rules deny.
+    let cut = revoked(&mut events);
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    let (b_addr, a_addr) = (env.pod("x/b").ip.octets(), env.pod("x/a").ip.octets());
+    let local = conn.local_addr().unwrap().port();
+    assert_eq!(
+        (cut[0].verdict, u32::from(cut[0].direction), cut[0].protocol),
+        (verdict::DENY, direction::INGRESS, TCP)
+    );
+    assert_eq!((&cut[0].src_addr[..4], cut[0].src_port), (&b_addr[..], local));
+    assert_eq!((&cut[0].dst_addr[..4], cut[0].dst_port), (&a_addr[..], 80));
 }
 
 #[test]
@@ -109,6 +127,7 @@ fn no_packet_sees_a_half_written_policy() {
         ingress: isolated(vec![(b, vec![PortRule::ports(1, UDP, 80, 80), PortRule::ports(2, TCP, other, other)])]),
         ..Default::default()
     };
+    assert!(env.reaches("x/c", "x/a", Probe::udp(80)), "baseline: nothing attached yet");
     let mut maps = env.attach("x/a", &version(81)).unwrap();
     let a_addr = SocketAddr::new(env.pod("x/a").ip.into(), 80);
     let (pod_b, pod_c) = (env.pod("x/b"), env.pod("x/c"));

@@ -23,7 +23,7 @@ fn host(env: &Env, key: &str) -> IpNet {
 
 fn deny_all_ingress_drops_connect_while_egress_works(mode: AttachMode) {
     let mut env = Env::new(mode).unwrap();
-    assert!(env.reaches("x/b", "x/a", Probe::tcp(80)), "baseline: nothing attached yet");
+    env.assert_reach(Family::V4, &[("x/b", "x/a", Probe::tcp(80)), ("x/c", "x/a", Probe::udp(81))]);
     env.attach("x/a", &PodRules { ingress: isolated([]), egress: DirectionRules::default() }).unwrap();
 
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "deny-all ingress must drop TCP connect");
@@ -49,6 +49,10 @@ fn deny_all_ingress_netlink() {
 #[test]
 fn allow_rule_admits_exactly_its_peer_protocol_and_port() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.assert_reach(
+        Family::V4,
+        &[("x/b", "x/a", Probe::tcp(81)), ("x/b", "x/a", Probe::udp(80)), ("x/c", "x/a", Probe::tcp(80))],
+    );
     let b = host(&env, "x/b");
     env.attach(
         "x/a",
@@ -64,6 +68,10 @@ fn allow_rule_admits_exactly_its_peer_protocol_and_port() {
 #[test]
 fn reply_of_allowed_flow_passes_a_peer_that_denies_it() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.assert_reach(
+        Family::V4,
+        &[("x/b", "x/a", Probe::tcp(80)), ("x/a", "x/b", Probe::tcp(81)), ("x/a", "x/c", Probe::tcp(80))],
+    );
     let (a, b) = (host(&env, "x/a"), host(&env, "x/b"));
     // a may only open TCP/80 to b and accepts nothing; b accepts TCP/80 from a
     // and may open nothing. Every reply must ride on conntrack.
@@ -86,6 +94,7 @@ fn reply_of_allowed_flow_passes_a_peer_that_denies_it() {
 #[test]
 fn rules_update_in_place_and_detach_leaves_nothing() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.assert_reach(Family::V4, &[("x/c", "x/a", Probe::udp(80)), ("x/b", "x/a", Probe::udp(80))]);
     let c = host(&env, "x/c");
     let mut maps = env.attach("x/a", &PodRules { ingress: isolated([]), ..Default::default() }).unwrap();
     assert!(!env.reaches("x/c", "x/a", Probe::udp(80)));
@@ -117,7 +126,11 @@ fn host6(env: &Env, key: &str) -> IpNet {
 #[test]
 fn ipv6_is_filtered_by_the_same_programs() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
-    assert!(env.reaches_over(Family::V6, "x/b", "x/a", Probe::tcp(80)), "baseline over IPv6");
+    env.assert_reach(
+        Family::V6,
+        &[("x/b", "x/a", Probe::tcp(80)), ("x/b", "x/a", Probe::udp(80)), ("x/c", "x/a", Probe::tcp(80))],
+    );
+    env.assert_reach(Family::V4, &[("x/b", "x/a", Probe::tcp(80))]);
     let b6 = host6(&env, "x/b");
     env.attach(
         "x/a",
@@ -136,6 +149,9 @@ fn ipv6_is_filtered_by_the_same_programs() {
 #[test]
 fn more_specific_empty_entry_carves_out_an_except() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    for family in [Family::V4, Family::V6] {
+        env.assert_reach(family, &[("x/b", "x/a", Probe::tcp(80))]);
+    }
     let (b, b6) = (host(&env, "x/b"), host6(&env, "x/b"));
     let any = vec![PortRule::any(5)];
     let ingress = isolated([
@@ -154,6 +170,7 @@ fn more_specific_empty_entry_carves_out_an_except() {
 #[test]
 fn strict_default_deny_keeps_the_node_and_is_per_direction() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.assert_reach(Family::V4, &[("x/b", "x/a", Probe::tcp(80))]);
     let node = IpNet::from(IpAddr::V4(na_harness::NODE_IP));
     let ingress = DirectionRules {
         mode: Mode::DefaultDeny,
@@ -169,6 +186,7 @@ fn strict_default_deny_keeps_the_node_and_is_per_direction() {
 #[test]
 fn pods_come_and_go_while_others_carry_traffic() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.assert_reach(Family::V4, &[("x/c", "x/a", Probe::tcp(80))]);
     let b = host(&env, "x/b");
     env.attach(
         "x/a",
@@ -210,6 +228,7 @@ fn a_refused_probe_is_an_error_not_a_denial() {
 #[test]
 fn a_recreated_veth_is_enforced_on_its_new_device() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.assert_reach(Family::V4, &[("x/b", "x/a", Probe::tcp(80))]);
     let rules = PodRules { ingress: isolated([]), ..Default::default() };
     env.attach("x/a", &rules).unwrap();
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));

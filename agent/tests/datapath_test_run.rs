@@ -5,24 +5,31 @@
 //! Needs root (CAP_BPF).
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
 use ipnet::IpNet;
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, Datapath, DirectionRules, KernelLogLevel, Mode, PodRules},
+    datapath::{AttachMode, Datapath, DirectionRules, Expired, KernelLogLevel, Mode, PodRules, Timeouts, ktime_now_ns},
     pod_id::PodId,
 };
 use na_common::{
-    conntrack::{DEFAULT_FLOWS_PER_POD, FlowKey, FlowState},
-    events::{PolicyEvent, tier, verdict},
-    names::{PROG_EGRESS, PROG_INGRESS},
+    conntrack::{FlowKey, FlowState, tcp_state},
+    events::{tier, verdict},
+    names::{MAP_CONNTRACK, PROG_EGRESS, PROG_INGRESS},
     policy::PortRule,
     protocol::{ICMP, ICMPV6, SCTP, TCP, UDP},
 };
 use na_harness::Node;
-use support::PinRoot;
+use support::{Events, PinRoot};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
@@ -40,7 +47,7 @@ const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 struct Pod {
     ingress: Prog,
     egress: Prog,
-    layout: PinLayout,
+    dp: Datapath,
     id: PodId,
     /// Another pod with other rules, on its own veth.
     other: u32,
@@ -65,10 +72,11 @@ impl Prog {
 }
 
 fn pod() -> Pod {
-    pod_with(KernelLogLevel::Off, false, DEFAULT_FLOWS_PER_POD)
+    pod_with(|dp| dp)
 }
 
-fn pod_with(level: KernelLogLevel, strict: bool, flows_per_pod: u32) -> Pod {
+/// The pod, on a datapath with the settings `configure` gives it.
+fn pod_with(configure: impl FnOnce(Datapath) -> Datapath) -> Pod {
     let root = PinRoot::new();
     let node = Node::new().unwrap();
     for veth in ["tr-pod", "tr-other", "tr-unknown"] {
@@ -80,11 +88,7 @@ fn pod_with(level: KernelLogLevel, strict: bool, flows_per_pod: u32) -> Pod {
     // test run's ifindex there.
     nix::sched::setns(node.netns().open().unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
-    let dp = Datapath::new(PinLayout::new(&root.0), AttachMode::Auto)
-        .unwrap()
-        .with_log_level(level)
-        .with_strict(strict)
-        .with_flows_per_pod(flows_per_pod);
+    let dp = configure(Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap());
     let id = PodId::new("t", "pod");
     let net = |ip: IpAddr| IpNet::from(ip);
     let ingress = DirectionRules {
@@ -106,16 +110,15 @@ fn pod_with(level: KernelLogLevel, strict: bool, flows_per_pod: u32) -> Pod {
     };
     let closed = DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() };
     dp.load_pod(&PodId::new("t", "other"), index("tr-other"), &PodRules { ingress: other, egress: closed }).unwrap();
-    let layout = dp.layout().clone();
     let version = dp.programs().unwrap().as_ref().unwrap().version().to_owned();
     let prog = |name: &str| {
-        let pin = layout.program(name, &version);
+        let pin = dp.layout().program(name, &version);
         Prog { prog: SchedClassifier::from_pin(&pin).unwrap(), pin, ifindex: index("tr-pod") }
     };
     Pod {
         ingress: prog(PROG_INGRESS),
         egress: prog(PROG_EGRESS),
-        layout,
+        dp,
         id,
         other: index("tr-other"),
         unknown: index("tr-unknown"),
@@ -143,6 +146,11 @@ fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     p
 }
 
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
 /// Ports (and TCP flags) as they start every transport header we parse.
 fn l4(proto: u8, sport: u16, dport: u16) -> Vec<u8> {
     let mut h = Vec::new();
@@ -151,8 +159,14 @@ fn l4(proto: u8, sport: u16, dport: u16) -> Vec<u8> {
     h.resize(if proto == TCP { 20 } else { 8 }, 0);
     if proto == TCP {
         h[12] = 0x50;
-        h[13] = 0x02; // SYN
+        h[13] = SYN;
     }
+    h
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = l4(TCP, sport, dport);
+    h[13] = flags;
     h
 }
 
@@ -387,10 +401,7 @@ fn ipv6_fragments_follow_their_first_fragment() {
 #[test]
 fn verdicts_are_counted_and_logged_with_their_rule() {
     let p = pod();
-    let events_pin = p.layout.global_map(na_common::names::MAP_EVENTS);
-    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&events_pin).unwrap()).unwrap();
-    let mut ring = aya::maps::RingBuf::try_from(map).unwrap();
-    while ring.next().is_some() {}
+    let mut ring = Events::open(p.dp.layout());
 
     let allowed = v4(PEER4, TCP, 85);
     let denied = v4(OTHER4, TCP, 85);
@@ -400,7 +411,7 @@ fn verdicts_are_counted_and_logged_with_their_rule() {
     for _ in 0..2 {
         assert_eq!(run(&p.ingress, &denied), SHOT);
     }
-    let c = na_agent::datapath::pod_counters(&p.layout, &p.id).unwrap();
+    let c = na_agent::datapath::pod_counters(p.dp.layout(), &p.id).unwrap();
     assert_eq!((c.ingress_allowed.packets, c.ingress_denied.packets), (3, 2));
     assert_eq!(c.ingress_allowed.bytes, 3 * allowed.len() as u64);
     assert_eq!((c.egress_allowed.packets, c.egress_denied.packets), (0, 0));
@@ -411,11 +422,7 @@ fn verdicts_are_counted_and_logged_with_their_rule() {
 
     // One event for the first allowed packet (the rest ride conntrack), one per
     // denial, one for the malformed packet.
-    let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        let e: PolicyEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        events.push(e);
-    }
+    let mut events = ring.take();
     assert_eq!(events.len(), 4, "{events:?}");
     let malformed = events.pop().unwrap();
     assert_eq!((malformed.verdict, malformed.tier, malformed.family), (verdict::DENY, tier::MALFORMED, 0));
@@ -457,7 +464,7 @@ impl log::Log for Capture {
 }
 
 fn kernel_log_after_a_denial(level: KernelLogLevel) -> Vec<String> {
-    let p = pod_with(level, false, DEFAULT_FLOWS_PER_POD);
+    let p = pod_with(|dp| dp.with_log_level(level));
     let capture: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
     let mut logger =
         aya_log::EbpfLogger::init_from_id_with_logger(p.ingress.prog.info().unwrap().id(), capture).unwrap();
@@ -487,9 +494,9 @@ fn each_veth_is_judged_by_its_own_pods_maps_only() {
     assert_eq!(run(&p.ingress, &v4(PEER4, TCP, 85)), OK);
     assert_eq!(run(&other, &v4(PEER4, TCP, 85)), SHOT);
     // Counters are the veth's own.
-    let c = na_agent::datapath::pod_counters(&p.layout, &p.id).unwrap();
+    let c = na_agent::datapath::pod_counters(p.dp.layout(), &p.id).unwrap();
     assert_eq!((c.ingress_allowed.packets, c.ingress_denied.packets), (2, 1));
-    let o = na_agent::datapath::pod_counters(&p.layout, &PodId::new("t", "other")).unwrap();
+    let o = na_agent::datapath::pod_counters(p.dp.layout(), &PodId::new("t", "other")).unwrap();
     assert_eq!((o.ingress_allowed.packets, o.ingress_denied.packets), (1, 2));
 }
 
@@ -498,13 +505,13 @@ fn a_veth_without_a_pod_passes_in_standard_mode_and_drops_in_strict_mode() {
     let standard = pod();
     assert_eq!(run(&standard.ingress.on(standard.unknown), &v4(OTHER4, TCP, 22)), OK);
     assert_eq!(run(&standard.egress.on(standard.unknown), &v4(OTHER4, TCP, 22)), OK);
-    let strict = pod_with(KernelLogLevel::Off, true, DEFAULT_FLOWS_PER_POD);
+    let strict = pod_with(|dp| dp.with_strict(true));
     assert_eq!(run(&strict.ingress.on(strict.unknown), &v4(OTHER4, TCP, 22)), SHOT);
     assert_eq!(run(&strict.egress.on(strict.unknown), &v4(OTHER4, TCP, 22)), SHOT);
     // Registered pods are judged by their rules in both.
     assert_eq!(run(&strict.ingress, &v4(PEER4, TCP, 85)), OK);
     // Counted, under the slot of veths without a pod.
-    let tables = na_agent::datapath::NodeTables::open(&strict.layout).unwrap();
+    let tables = na_agent::datapath::NodeTables::open(strict.dp.layout()).unwrap();
     let unknown = na_agent::datapath::counters(&tables.counters(na_common::pod_state::UNKNOWN_POD).unwrap());
     assert_eq!((unknown.ingress_denied.packets, unknown.egress_denied.packets), (1, 1));
 }
@@ -512,7 +519,7 @@ fn a_veth_without_a_pod_passes_in_standard_mode_and_drops_in_strict_mode() {
 #[test]
 fn a_flood_of_flows_fills_only_its_own_pods_table_and_evicts_nothing_live() {
     const CAPACITY: u32 = 16;
-    let p = pod_with(KernelLogLevel::Off, false, CAPACITY);
+    let p = pod_with(|dp| dp.with_flows_per_pod(CAPACITY));
     let other_in = p.ingress.on(p.other);
     let other_out = p.egress.on(p.other);
     // The other pod's replies pass only as part of a tracked flow.
@@ -534,11 +541,140 @@ fn a_flood_of_flows_fills_only_its_own_pods_table_and_evicts_nothing_live() {
     let later = V4::new(OTHER4, POD4, TCP).packet(&l4(TCP, 40001, 85));
     assert_eq!(run(&other_in, &later), OK);
     assert_eq!(run(&other_out, &later_reply), OK, "another pod's new flow is tracked despite the flood");
-    let table: aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowState> =
-        na_agent::datapath::open_pinned(&p.layout.map(&p.id, na_common::names::MAP_CONNTRACK)).unwrap();
+    let table = conntrack(&p);
     assert_eq!(table.keys().count(), CAPACITY as usize, "the pod's table is full at its own capacity");
     assert!(
         table.keys().filter_map(Result::ok).any(|k| k.src_port == 40000 && k.src_addr[..4] == PEER4.octets()),
         "the pod's own first flow is still tracked"
     );
+}
+
+// ---- conntrack expiry --------------------------------------------------------
+
+/// Idle timeouts two seconds apart, so which one an entry gets is told from
+/// its neighbours by ageing the entry to just under and just over it.
+const TIMEOUTS: Timeouts = Timeouts {
+    other: Duration::from_secs(2),
+    tcp_closing: Duration::from_secs(4),
+    udp: Duration::from_secs(6),
+    tcp_established: Duration::from_secs(8),
+};
+const MARGIN: Duration = Duration::from_millis(500);
+
+fn conntrack(p: &Pod) -> HashMap<MapData, FlowKey, FlowState> {
+    na_agent::datapath::open_pinned(&p.dp.layout().map(&p.id, MAP_CONNTRACK)).unwrap()
+}
+
+/// The key of the pod's tracked flow of `protocol` from source port `sport`.
+fn tracked(p: &Pod, protocol: u8, sport: u16) -> FlowKey {
+    let key = conntrack(p).keys().filter_map(Result::ok).find(|k| k.protocol == protocol && k.src_port == sport);
+    key.unwrap_or_else(|| panic!("no tracked flow of protocol {protocol} from port {sport}"))
+}
+
+/// Makes `key`'s entry idle for `idle`. The programs compare the entry's
+/// stamp with their clock, so this is the wait without the waiting.
+fn age(p: &Pod, key: &FlowKey, idle: Duration) {
+    let mut table = conntrack(p);
+    let mut flow = table.get(key, 0).unwrap();
+    let idle = u64::try_from(idle.as_nanos()).unwrap();
+    flow.last_seen_ns = ktime_now_ns().checked_sub(idle).expect("up for longer than the longest timeout");
+    table.insert(key, flow, 0).unwrap();
+}
+
+/// Asserts that the peer's `reply` to the flow under `key` passes while the
+/// flow is idle for just under `timeout`, and not once it is idle for just
+/// over it (when the program also removes the entry).
+fn expires_after(p: &Pod, name: &str, key: &FlowKey, reply: &[u8], timeout: Duration) {
+    age(p, key, timeout - MARGIN);
+    assert_eq!(run(&p.ingress, reply), OK, "{name}: tracked until its timeout");
+    age(p, key, timeout + MARGIN);
+    assert_eq!(run(&p.ingress, reply), SHOT, "{name}: gone after its timeout");
+    assert!(conntrack(p).get(key, 0).is_err(), "{name}: the program removed the expired entry");
+}
+
+/// The packets that close a TCP flow, in order: (sent by the pod, flags).
+type Closing = &'static [(bool, u8)];
+
+#[test]
+fn tcp_flows_keep_the_long_timeout_until_fin_or_rst_and_the_short_one_after() {
+    let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
+    // The pod's egress is open; its ingress admits nothing from OTHER4, so
+    // the peer's packets pass only as part of a tracked flow.
+    let out = |sport, flags| V4::new(POD4, OTHER4, TCP).packet(&tcp(sport, 85, flags));
+    let back = |sport, flags| V4::new(OTHER4, POD4, TCP).packet(&tcp(85, sport, flags));
+    // (case, source port, what closes the flow)
+    let cases: [(&str, u16, Closing); 5] = [
+        ("established", 41000, &[]),
+        ("FIN from the pod, then the peer", 41001, &[(true, FIN | ACK), (false, FIN | ACK)]),
+        ("FIN from the peer, then the pod", 41002, &[(false, FIN | ACK), (true, FIN | ACK)]),
+        ("RST from the pod", 41003, &[(true, RST)]),
+        ("RST from the peer", 41004, &[(false, RST)]),
+    ];
+    for (name, sport, closing) in cases {
+        assert_eq!(run(&p.egress, &out(sport, SYN)), OK);
+        assert_eq!(run(&p.ingress, &back(sport, SYN | ACK)), OK, "{name}: the peer answers a tracked flow");
+        assert_eq!(run(&p.egress, &out(sport, ACK)), OK);
+        let key = tracked(&p, TCP, sport);
+        let state = || conntrack(&p).get(&key, 0).unwrap().tcp_state;
+        assert_eq!(state(), tcp_state::OPEN, "{name}");
+        for (by_pod, flags) in closing {
+            let (prog, packet) =
+                if *by_pod { (&p.egress, out(sport, *flags)) } else { (&p.ingress, back(sport, *flags)) };
+            assert_eq!(run(prog, &packet), OK, "{name}");
+            assert_eq!(state(), tcp_state::CLOSING, "{name}: closing from its first FIN or RST on");
+        }
+        let timeout = if closing.is_empty() { TIMEOUTS.tcp_established } else { TIMEOUTS.tcp_closing };
+        expires_after(&p, name, &key, &back(sport, ACK), timeout);
+    }
+}
+
+#[test]
+fn other_protocols_expire_after_their_own_timeouts() {
+    let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
+    const GRE: u8 = 47;
+    let echo = |kind: u8| vec![kind, 0, 0, 0, 0, 1, 0, 1];
+    // (case, protocol, source port in the key, the pod's payload, the peer's, timeout)
+    let cases = [
+        ("UDP", UDP, 42000, l4(UDP, 42000, 53), l4(UDP, 53, 42000), TIMEOUTS.udp),
+        ("SCTP", SCTP, 42001, l4(SCTP, 42001, 5000), l4(SCTP, 5000, 42001), TIMEOUTS.udp),
+        ("ICMP echo", ICMP, 0, echo(8), echo(0), TIMEOUTS.other),
+        ("GRE", GRE, 0, vec![0; 4], vec![0; 4], TIMEOUTS.other),
+    ];
+    for (name, protocol, sport, sent, answer, timeout) in cases {
+        assert_eq!(run(&p.egress, &V4::new(POD4, OTHER4, protocol).packet(&sent)), OK, "{name}");
+        let key = tracked(&p, protocol, sport);
+        expires_after(&p, name, &key, &V4::new(OTHER4, POD4, protocol).packet(&answer), timeout);
+    }
+}
+
+#[test]
+fn the_sweep_removes_expired_entries_only_and_never_one_tracked_again_since_it_read_them() {
+    let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
+    let open = |sport| V4::new(POD4, OTHER4, UDP).packet(&l4(UDP, sport, 53));
+    let reply = |sport| V4::new(OTHER4, POD4, UDP).packet(&l4(UDP, 53, sport));
+    let (live, idle, revived) = (43000, 43001, 43002);
+    for sport in [live, idle, revived] {
+        assert_eq!(run(&p.egress, &open(sport)), OK);
+        assert_eq!(run(&p.ingress, &reply(sport)), OK, "port {sport}: the peer answers a tracked flow");
+    }
+    let ports = || conntrack(&p).keys().filter_map(Result::ok).map(|k| k.src_port).collect::<BTreeSet<_>>();
+    age(&p, &tracked(&p, UDP, live), TIMEOUTS.udp - MARGIN);
+    for sport in [idle, revived] {
+        age(&p, &tracked(&p, UDP, sport), TIMEOUTS.udp + MARGIN);
+    }
+    let expired = Expired::find(p.dp.layout(), &p.id, &TIMEOUTS).unwrap();
+    let found: BTreeSet<u16> = expired.flows().iter().map(|(k, _)| k.src_port).collect();
+    assert_eq!(found, [idle, revived].into());
+    // Between the sweep's read and its removal the pod sends on `revived`
+    // again: the program drops the expired entry and tracks the flow anew,
+    // under the same key.
+    assert_eq!(run(&p.egress, &open(revived)), OK);
+    assert_eq!(expired.remove(), 1, "only the entry that was still as read");
+    assert_eq!(ports(), [live, revived].into());
+    assert_eq!(run(&p.ingress, &reply(revived)), OK, "the flow tracked again lives on");
+    assert_eq!(run(&p.ingress, &reply(idle)), SHOT, "the expired flow is gone");
+    // The agent's own sweep, with the timeouts it loaded the programs with.
+    age(&p, &tracked(&p, UDP, live), TIMEOUTS.udp + MARGIN);
+    assert_eq!(p.dp.sweep_conntrack(&p.id).unwrap(), 1);
+    assert_eq!(ports(), [revived].into());
 }

@@ -16,7 +16,7 @@ pub use na_policy::{DirectionRules, Mode, PodRules};
 pub use programs::{Origin, Programs};
 pub use rules::{PodMaps, PodTable, RulesError, Trie, open_pinned};
 pub use stats::{PodCounters, Totals, counters, pod_counters};
-pub use sweep::ktime_now_ns;
+pub use sweep::{Expired, ktime_now_ns};
 pub use tables::NodeTables;
 
 /// The eBPF object built from the `na-ebpf` crate by the build script.

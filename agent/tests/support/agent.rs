@@ -60,21 +60,41 @@ impl Agent {
     }
 
     pub fn start_with(env: &Env, manifests: &Manifests, status: &PathBuf, extra: &[&str]) -> Self {
+        Self::start_with_env(env, manifests, status, extra, &[])
+    }
+
+    /// [`Self::start_with`], with these environment variables set for the agent.
+    pub fn start_with_env(
+        env: &Env,
+        manifests: &Manifests,
+        status: &PathBuf,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Self {
         let mut args: Vec<std::ffi::OsString> = vec!["--manifests".into(), manifests.0.clone().into()];
         args.extend(extra.iter().map(Into::into));
-        Self::launch(env, status, &args)
+        Self::spawn_with_env(env, status, &Self::with_flow_log(status, &args), vars)
     }
 
     pub fn launch(env: &Env, status: &PathBuf, source: &[std::ffi::OsString]) -> Self {
+        Self::spawn(env, status, &Self::with_flow_log(status, source))
+    }
+
+    /// `source` after the flags that make the agent log every verdict beside `status`.
+    fn with_flow_log(status: &PathBuf, source: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> =
             ["--enable-policy-event-logs", "--flow-log-accept", "--flow-log-file"].map(Into::into).into();
         args.push(status.with_extension("flows").into());
         args.extend(source.iter().cloned());
-        Self::spawn(env, status, &args)
+        args
     }
 
     /// The agent with exactly these arguments besides node, bpffs and status.
     pub fn spawn(env: &Env, status: &PathBuf, args: &[std::ffi::OsString]) -> Self {
+        Self::spawn_with_env(env, status, args, &[])
+    }
+
+    fn spawn_with_env(env: &Env, status: &PathBuf, args: &[std::ffi::OsString], vars: &[(&str, &str)]) -> Self {
         // Only the network namespace: `ip netns exec` would also give the agent
         // its own mount namespace, and with it a private bpffs whose pins die
         // with the process.
@@ -88,6 +108,7 @@ impl Agent {
             .arg("--status-file")
             .arg(status)
             .args(args)
+            .envs(vars.iter().copied())
             .stdout(std::fs::File::create(status.with_extension("log")).unwrap())
             .spawn()
             .expect("starting na-agent");

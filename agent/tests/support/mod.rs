@@ -50,6 +50,27 @@ impl Drop for PinRoot {
     }
 }
 
+/// The node's verdict ring, read as the agent reads it.
+pub struct Events(aya::maps::RingBuf<aya::maps::MapData>);
+
+impl Events {
+    /// Opens the ring pinned under `layout` (it exists once programs are
+    /// loaded), skipping what is queued already.
+    pub fn open(layout: &PinLayout) -> Self {
+        let data = aya::maps::MapData::from_pin(layout.global_map(na_common::names::MAP_EVENTS)).expect("event ring");
+        let map = aya::maps::Map::from_map_data(data).expect("event ring");
+        let mut events = Self(aya::maps::RingBuf::try_from(map).expect("a ring buffer"));
+        events.take();
+        events
+    }
+
+    /// The events queued since the last call.
+    pub fn take(&mut self) -> Vec<na_common::events::PolicyEvent> {
+        std::iter::from_fn(|| self.0.next().map(|item| na_agent::flowlog::decode(&item).expect("a whole event")))
+            .collect()
+    }
+}
+
 /// Ports every pod serves, on TCP and UDP.
 pub const PORTS: [u16; 2] = [80, 81];
 
@@ -122,6 +143,18 @@ impl Env {
     /// Whether `probe` from `from` reaches `to` over `family`.
     pub fn reaches_over(&self, family: Family, from: &str, to: &str, probe: Probe) -> bool {
         probe.run(self.pod(from), family.of(self.pod(to))).expect("probe ran")
+    }
+
+    /// Asserts that each (from, to, probe) reaches over `family`: the baseline
+    /// that makes a later denial of the same probe the policy's doing, not a
+    /// broken network's.
+    pub fn assert_reach(&self, family: Family, probes: &[(&str, &str, Probe)]) {
+        for (from, to, probe) in probes {
+            assert!(
+                self.reaches_over(family, from, to, *probe),
+                "baseline: {probe} from {from} to {to} over {family:?}"
+            );
+        }
     }
 
     /// A TCP connection from `from` to `to`'s `port` (IPv4) that gives up on
