@@ -1,6 +1,6 @@
 //! `na-agent` end to end: pods in network namespaces, the cluster as a
-//! directory of manifests or behind a (fake) API server, every change checked
-//! with probes.
+//! directory of manifests (behind an API server: `kube_netns.rs`), every
+//! change checked with probes.
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
 mod support;
 
@@ -162,56 +162,5 @@ fn veths_the_cni_did_not_name_are_found_by_their_route() {
     // The programs' own log reaches the agent's.
     wait_until("the kernel's denial is in the agent log", || {
         std::fs::read_to_string(status_file.with_extension("log")).is_ok_and(|l| l.contains("denied"))
-    });
-}
-
-#[test]
-fn kubernetes_mode_follows_the_api_server() {
-    use support::fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES};
-    let env = Env::new(AttachMode::Auto).unwrap();
-    let state = Manifests::new();
-    let status_file = state.1.join("status.json");
-    let cluster = std::sync::Arc::new(std::sync::Mutex::new(Cluster::new()));
-    {
-        let mut c = cluster.lock().unwrap();
-        c.change(NAMESPACES, "ADDED", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}));
-        for (key, app) in [("x/a", "a"), ("x/b", "b"), ("x/c", "c")] {
-            c.change(PODS, "ADDED", pod(&env, key, app));
-        }
-        c.change(POLICIES, "ADDED", policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}})));
-    }
-    // The API server listens inside the node, where the agent runs.
-    let listener = env.node.netns().run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
-    let port = support::fake_apiserver::serve(listener, cluster.clone());
-    let kubeconfig = state.1.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
-             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
-    let _agent = Agent::launch(&env, &status_file, &["--kubeconfig".into(), kubeconfig.into()]);
-    wait_until("all three pods are attached", || {
-        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
-    });
-    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
-
-    cluster.lock().unwrap().change(
-        POLICIES,
-        "ADDED",
-        policy(
-            "a-from-b",
-            json!({"podSelector": {"matchLabels": {"app": "a"}},
-            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
-        ),
-    );
-    wait_until("a watched policy lets b in", || env.reaches("x/b", "x/a", Probe::tcp(80)));
-    assert!(!env.reaches("x/c", "x/a", Probe::tcp(80)));
-
-    cluster.lock().unwrap().change(PODS, "DELETED", pod(&env, "x/c", "c"));
-    wait_until("a watched deletion detaches c", || {
-        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 2)
     });
 }

@@ -1,150 +1,349 @@
-//! The Kubernetes source against an in-process fake API server that speaks
-//! real list and watch HTTP: resourceVersions, bookmarks, a 410 Gone that
-//! forces a relist, and objects deleted while no watch was looking.
+//! The agent's Kubernetes source (its kube-rs watchers) against a fake API
+//! server that answers as kube-apiserver does: paginated lists, changes
+//! pushed over held-open chunked watches, bookmarks, compaction, expired
+//! continue tokens, an API restart. Whatever happens, what the source reports
+//! must add up to exactly what the cluster holds.
 mod support;
 
 use std::{
+    collections::BTreeMap,
     net::TcpListener,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::MutexGuard,
+    time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
-    networking::v1::NetworkPolicy,
-};
 use na_agent::source::{
-    Event, Kind, Object,
-    kube::{Update, spawn},
+    Event, Kind, Object, ObjectKey,
+    kube::{Update, client, spawn},
 };
-use na_policy::{CompileOptions, Compiler};
 use serde_json::{Value, json};
-use support::fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES};
+use support::fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Request, Server, serve};
+use tokio::sync::mpsc::UnboundedReceiver;
 
-fn pod(name: &str, app: &str, ip: &str) -> Value {
+/// The longest any wait may last.
+const BOUND: Duration = Duration::from_secs(30);
+
+const COLLECTIONS: [&str; 3] = [NAMESPACES, PODS, POLICIES];
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"team": name}}})
+}
+
+fn pod(name: &str, app: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "x", "uid": format!("uid-{name}"), "labels": {"app": app}},
            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
-           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+           "status": {"phase": "Running"}})
 }
 
-fn policy() -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "x"},
-           "spec": {"podSelector": {"matchLabels": {"app": "a"}},
+fn policy(name: &str, app: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": "x"},
+           "spec": {"podSelector": {"matchLabels": {"app": app}},
                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}})
 }
 
-fn compiler() -> Compiler {
-    Compiler::new(CompileOptions { node_name: "n1".into(), ..Default::default() })
+/// Namespace x, pods x/a and x/b, policy x/p.
+fn small() -> Cluster {
+    let mut c = Cluster::new();
+    c.apply(NAMESPACES, namespace("x"));
+    c.apply(PODS, pod("a", "a"));
+    c.apply(PODS, pod("b", "b"));
+    c.apply(POLICIES, policy("p", "a"));
+    c
 }
 
-fn feed(c: &mut Compiler, obj: Object) {
-    match obj {
-        Object::Pod(p) => c.upsert_pod(&p),
-        Object::Namespace(n) => c.upsert_namespace(&n),
-        Object::NetworkPolicy(p) => c.upsert_policy(&p).unwrap(),
+/// Whether every collection at `paths` has a watch open: compacting history
+/// then sends none of them below the compaction point.
+fn watched(c: &Cluster, paths: &[&str]) -> bool {
+    paths.iter().all(|path| c.watching(path))
+}
+
+/// The resourceVersion a watch started from.
+fn from(r: &Request) -> u64 {
+    r.params["resourceVersion"].parse().unwrap()
+}
+
+/// The agent's watchers on a fake cluster, and what they reported.
+struct Watched {
+    server: Server,
+    rx: UnboundedReceiver<Update>,
+    /// The cluster as the reports so far describe it.
+    objects: BTreeMap<ObjectKey, Object>,
+    synced: BTreeMap<Kind, usize>,
+    errors: Vec<Kind>,
+    deleted: Vec<ObjectKey>,
+}
+
+impl Watched {
+    fn start(cluster: Cluster) -> Self {
+        let server = serve(TcpListener::bind("127.0.0.1:0").unwrap(), cluster);
+        let config = kube::Config::new(format!("http://127.0.0.1:{}", server.port).parse().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn(client(config).unwrap(), tx);
+        Self { server, rx, objects: BTreeMap::new(), synced: BTreeMap::new(), errors: Vec::new(), deleted: Vec::new() }
+    }
+
+    fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        self.server.cluster()
+    }
+
+    /// Takes reports until `cond` holds; fails the test after [`BOUND`].
+    async fn until(&mut self, what: &str, cond: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + BOUND;
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            // What the server saw changes without a report: look again soon.
+            if let Ok(update) = tokio::time::timeout(Duration::from_millis(20), self.rx.recv()).await {
+                self.take(update.expect("the watchers run"));
+            }
+        }
+    }
+
+    fn take(&mut self, update: Update) {
+        match update {
+            Update::Event(Event::Applied(o)) => {
+                self.objects.insert(o.key().unwrap(), o);
+            }
+            Update::Event(Event::Deleted(k)) => {
+                self.objects.remove(&k);
+                self.deleted.push(k);
+            }
+            Update::Synced(kind) => *self.synced.entry(kind).or_default() += 1,
+            Update::WatchError(kind, _) => self.errors.push(kind),
+        }
+    }
+
+    /// Whether the reports describe the cluster exactly as it is.
+    fn current(&self) -> bool {
+        let c = self.cluster();
+        let typed = |path, wrap: fn(Value) -> Object| c.objects(path).map(move |v| wrap(v.clone()));
+        let cluster: BTreeMap<ObjectKey, Object> =
+            typed(NAMESPACES, |v| Object::Namespace(Box::new(serde_json::from_value(v).unwrap())))
+                .chain(typed(PODS, |v| Object::Pod(Box::new(serde_json::from_value(v).unwrap()))))
+                .chain(typed(POLICIES, |v| Object::NetworkPolicy(Box::new(serde_json::from_value(v).unwrap()))))
+                .map(|o| (o.key().unwrap(), o))
+                .collect();
+        self.objects == cluster
+    }
+
+    fn synced(&self, kind: Kind) -> usize {
+        self.synced.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Waits for the first full list of every kind, and checks it was the
+    /// cluster whole.
+    async fn first_lists(&mut self) {
+        self.until("every kind is listed", |w| w.synced.len() == 3).await;
+        let seen: Vec<String> = self.objects.keys().map(|k| k.id.to_string()).collect();
+        assert!(self.current(), "the lists were the cluster whole; seen: {seen:?}");
+    }
+
+    /// Waits until every kind has a watch open.
+    async fn watching(&mut self) {
+        self.when("every kind has a watch open", |c| watched(c, &COLLECTIONS), |_| ()).await;
+    }
+
+    /// Makes `change` at the first moment `ready` holds, under the same lock:
+    /// a watch found open then cannot end before the change reaches it.
+    async fn when(&mut self, what: &str, ready: impl Fn(&Cluster) -> bool, change: impl FnOnce(&mut Cluster)) {
+        let change = std::cell::Cell::new(Some(change));
+        self.until(what, |w| {
+            let mut c = w.cluster();
+            let now = ready(&c);
+            if now && let Some(change) = change.take() {
+                change(&mut c);
+            }
+            now
+        })
+        .await;
+    }
+
+    /// Nothing failed and nothing was listed twice.
+    fn no_trouble(&self) {
+        assert!(self.errors.is_empty(), "watch errors: {:?}", self.errors);
+        assert!(self.synced.values().all(|&n| n == 1), "relisted: {:?}", self.synced);
+    }
+
+    /// The watchers asked for nothing the ClusterRole does not grant.
+    fn asked_only_what_rbac_grants(&self) {
+        let allowed: Vec<String> = na_agent::source::kube::watched_resources()
+            .iter()
+            .map(|(group, plural)| match group.as_str() {
+                "" => format!("/api/v1/{plural}"),
+                g => format!("/apis/{g}/v1/{plural}"),
+            })
+            .collect();
+        for r in &self.cluster().requests {
+            assert_eq!(r.method, "GET");
+            assert!(allowed.contains(&r.path), "{} is not a watched collection", r.path);
+            assert!(na_agent::source::kube::VERBS.contains(&r.verb), "{} on {}", r.verb, r.path);
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_relists_after_410_and_finds_what_vanished() {
-    let cluster = Arc::new(Mutex::new(Cluster::new()));
-    {
-        let mut c = cluster.lock().unwrap();
-        c.change(NAMESPACES, "ADDED", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}));
-        c.change(PODS, "ADDED", pod("a", "a", "10.0.0.1"));
-        c.change(PODS, "ADDED", pod("b", "b", "10.0.0.2"));
-        c.change(POLICIES, "ADDED", policy());
+async fn paginated_lists_arrive_whole_and_changes_stream_over_one_watch() {
+    let mut cluster = Cluster::new();
+    cluster.page_size = 2;
+    for ns in ["x", "y", "z"] {
+        cluster.apply(NAMESPACES, namespace(ns));
     }
-    let port = support::fake_apiserver::serve(TcpListener::bind("127.0.0.1:0").unwrap(), cluster.clone());
-    let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    spawn(client, tx);
+    for i in 0..9 {
+        cluster.apply(PODS, pod(&format!("p{i}"), "a"));
+    }
+    for i in 0..5 {
+        cluster.apply(POLICIES, policy(&format!("q{i}"), "a"));
+    }
+    let mut w = Watched::start(cluster);
+    w.first_lists().await;
+    for (path, n) in [(NAMESPACES, 3_usize), (PODS, 9), (POLICIES, 5)] {
+        let c = w.cluster();
+        let continued: Vec<bool> = c.requests_to(path, "list").map(|r| r.params.contains_key("continue")).collect();
+        assert_eq!(continued.len(), n.div_ceil(2), "{path} came in pages of two");
+        assert!(!continued[0] && continued[1..].iter().all(|&c| c), "{path}: {continued:?}");
+    }
 
-    let mut watched = compiler();
-    let mut synced = 0;
-    let mut errors = 0;
-    let mut deleted = Vec::new();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("an update in time").expect("open")
-    };
-    while synced < 3 {
-        match next().await {
-            Update::Synced(_) => synced += 1,
-            Update::Event(Event::Applied(o)) => feed(&mut watched, o),
-            other => panic!("unexpected before the first sync: {other:?}"),
+    w.watching().await;
+    let watches = |w: &Watched| COLLECTIONS.map(|path| w.cluster().requests_to(path, "watch").count());
+    assert_eq!(watches(&w), [1; 3]);
+    for i in 0..4 {
+        {
+            let mut c = w.cluster();
+            c.apply(PODS, pod(&format!("p{i}"), "b"));
+            c.apply(PODS, pod(&format!("n{i}"), "a"));
+            c.delete(PODS, &format!("x/p{}", 8 - i));
+            c.apply(POLICIES, policy(&format!("q{i}"), &format!("app{i}")));
+            c.apply(NAMESPACES, namespace(&format!("n{i}")));
         }
+        w.until("the changes arrive", Watched::current).await;
     }
-    // Live changes: c appears, a is relabelled.
-    {
-        let mut c = cluster.lock().unwrap();
-        c.change(PODS, "ADDED", pod("c", "b", "10.0.0.3"));
-        c.change(PODS, "MODIFIED", pod("a", "a", "10.0.0.11"));
-    }
-    // Namespaces saw no event since the list, yet their watch resumes from the
-    // newest resourceVersion: it followed the server's bookmarks.
-    let current = cluster.lock().unwrap().rv;
-    let bookmarked = async {
-        while !cluster.lock().unwrap().watches.iter().any(|&(p, from)| p == NAMESPACES && from >= current) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), bookmarked).await.expect("namespaces watch resumed from a bookmark");
-    // Then b is deleted while history is compacted: the next watch is told 410
-    // Gone and only a relist can show that b is gone.
-    {
-        let mut c = cluster.lock().unwrap();
-        c.collections.get_mut(PODS).unwrap().objects.remove("x/b");
-        c.rv += 1;
-        c.compacted_before = c.rv + 1;
-    }
-    let mut pod_resynced = false;
-    while !(pod_resynced && deleted.iter().any(|k: &na_agent::source::ObjectKey| k.id.name == "b")) {
-        match next().await {
-            Update::Event(Event::Applied(o)) => feed(&mut watched, o),
-            Update::Event(Event::Deleted(k)) => {
-                if k.kind == Kind::Pod {
-                    watched.remove_pod(&k.id);
-                }
-                deleted.push(k);
-            }
-            Update::Synced(Kind::Pod) => pod_resynced = true,
-            Update::Synced(_) => {}
-            Update::WatchError(..) => errors += 1,
-        }
-    }
-    assert!(errors >= 1, "the 410 surfaced as a watch error");
-    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(watches(&w), [1; 3], "every change came over the watch opened after the list");
+    w.no_trouble();
+    w.asked_only_what_rbac_grants();
+}
 
-    // The same cluster fed directly compiles to the same rules.
-    let mut direct = compiler();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_gives_410_only_below_its_point_and_the_relist_is_followed() {
+    let mut cluster = small();
+    cluster.max_watch = Some(Duration::from_millis(500));
+    let mut w = Watched::start(cluster);
+    w.first_lists().await;
+
+    // A change, then history compacted at it. Every watch resumes from the
+    // point: pods from the change, namespaces and policies from the bookmark
+    // their last watch ended with. Nothing is Gone.
+    let mut point = 0;
+    w.when(
+        "every kind has a watch open",
+        |c| watched(c, &COLLECTIONS),
+        |c| {
+            c.apply(PODS, pod("a", "a2"));
+            c.compact();
+            point = c.rv();
+        },
+    )
+    .await;
+    w.until("the change arrives", Watched::current).await;
+    w.until("every kind watches again from the compaction point", |w| {
+        let c = w.cluster();
+        COLLECTIONS.iter().all(|path| c.requests_to(path, "watch").any(|r| from(r) == point && r.code == Some(200)))
+    })
+    .await;
+    w.no_trouble();
+
+    // The next pods watch is slow to start; meanwhile b is deleted and history
+    // compacted past where that watch resumes: it is told 410 Gone, and only a
+    // relist can show that b is gone.
+    w.cluster().delay(PODS, Duration::from_secs(2));
+    w.when(
+        "a pods watch waits, the others are open",
+        |c| c.requests_to(PODS, "watch").any(|r| r.code.is_none()) && watched(c, &[NAMESPACES, POLICIES]),
+        |c| {
+            c.delete(PODS, "x/b");
+            c.compact();
+            c.delay(PODS, Duration::ZERO);
+        },
+    )
+    .await;
+    w.until("the relist finds b gone", |w| w.synced(Kind::Pod) == 2 && w.current()).await;
+    assert_eq!(w.deleted.iter().map(|k| k.id.to_string()).collect::<Vec<_>>(), ["x/b"]);
+    assert_eq!(w.errors, [Kind::Pod], "the 410 is one watch error");
+
+    // A change after the relist comes over the watch that followed it.
+    w.cluster().apply(PODS, pod("c", "c"));
+    w.until("c arrives", Watched::current).await;
+    assert_eq!(w.synced(Kind::Pod), 2, "no further relist");
+    assert_eq!(w.cluster().requests.iter().filter(|r| r.code == Some(410)).count(), 1);
+    w.asked_only_what_rbac_grants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_continue_token_means_a_full_relist() {
+    let mut cluster = Cluster::new();
+    cluster.page_size = 2;
+    cluster.apply(NAMESPACES, namespace("x"));
+    for i in 0..9 {
+        cluster.apply(PODS, pod(&format!("p{i}"), "a"));
+    }
+    cluster.apply(POLICIES, policy("p", "a"));
+    cluster.delay(PODS, Duration::from_secs(2));
+    let mut w = Watched::start(cluster);
+
+    // While the second page of pods is on its way, p0 (on the first page)
+    // is deleted, p9 created and history compacted: the page's snapshot is
+    // gone, so is its continue token.
+    w.when(
+        "the second page of pods is asked for, the other kinds are watched",
+        |c| {
+            c.requests_to(PODS, "list").any(|r| r.params.contains_key("continue") && r.code.is_none())
+                && watched(c, &[NAMESPACES, POLICIES])
+        },
+        |c| {
+            c.delete(PODS, "x/p0");
+            c.apply(PODS, pod("p9", "a"));
+            c.compact();
+            c.delay(PODS, Duration::ZERO);
+        },
+    )
+    .await;
+    // The first lists are then whole: p9 there, p0 reported gone although
+    // the first page had shown it.
+    w.first_lists().await;
+    let pages: Vec<(bool, Option<u16>)> =
+        w.cluster().requests_to(PODS, "list").map(|r| (r.params.contains_key("continue"), r.code)).collect();
+    assert_eq!(pages[..3], [(false, Some(200)), (true, Some(410)), (false, Some(200))], "a relist from the start");
+    assert_eq!(pages.len(), 2 + 5, "{pages:?}");
+    assert_eq!(w.errors, [Kind::Pod], "the expired token is one list error");
+    assert_eq!(w.synced(Kind::Pod), 1);
+    w.asked_only_what_rbac_grants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_restart_is_ridden_out_and_what_changed_meanwhile_arrives() {
+    let mut w = Watched::start(small());
+    w.first_lists().await;
+    w.watching().await;
+
+    w.cluster().set_down(true);
+    w.until("every watcher met the restart", |w| {
+        [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy].iter().all(|k| w.errors.contains(k))
+    })
+    .await;
     {
-        let c = cluster.lock().unwrap();
-        for obj in c.collections[NAMESPACES].objects.values() {
-            direct.upsert_namespace(&serde_json::from_value::<Namespace>(obj.clone()).unwrap());
-        }
-        for obj in c.collections[PODS].objects.values() {
-            direct.upsert_pod(&serde_json::from_value::<Pod>(obj.clone()).unwrap());
-        }
-        for obj in c.collections[POLICIES].objects.values() {
-            direct.upsert_policy(&serde_json::from_value::<NetworkPolicy>(obj.clone()).unwrap()).unwrap();
-        }
+        let mut c = w.cluster();
+        c.apply(PODS, pod("c", "c"));
+        c.delete(PODS, "x/b");
+        c.apply(POLICIES, policy("q", "c"));
+        c.apply(NAMESPACES, namespace("y"));
+        assert!(c.requests.iter().any(|r| r.code == Some(503)));
     }
-    // The watchers asked for nothing the ClusterRole does not grant.
-    let allowed: Vec<String> = na_agent::source::kube::watched_resources()
-        .iter()
-        .map(|(group, plural)| match group.as_str() {
-            "" => format!("/api/v1/{plural}"),
-            g => format!("/apis/{g}/v1/{plural}"),
-        })
-        .collect();
-    for (method, path, verb) in &cluster.lock().unwrap().requests {
-        assert_eq!(method, "GET");
-        assert!(allowed.contains(path), "{path} is not a watched collection");
-        assert!(na_agent::source::kube::VERBS.contains(verb), "{verb} on {path}");
-    }
-    let (w, d) = (watched.compile_all(), direct.compile_all());
-    assert_eq!(w.keys().map(ToString::to_string).collect::<Vec<_>>(), ["x/a", "x/c"]);
-    assert_eq!(w, d);
+    assert!(!w.current());
+    w.cluster().set_down(false);
+    w.until("what changed during the restart arrives", Watched::current).await;
+    // History was kept: the watches resumed where they were cut.
+    assert!(w.synced.values().all(|&n| n == 1), "relisted: {:?}", w.synced);
+
+    w.cluster().apply(PODS, pod("d", "d"));
+    w.until("a change after it arrives", Watched::current).await;
+    w.asked_only_what_rbac_grants();
 }

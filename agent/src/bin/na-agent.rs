@@ -95,7 +95,7 @@ async fn main() -> Result<()> {
                 }
                 None => kube::Config::infer().await.context("no in-cluster or kubeconfig configuration")?,
             };
-            source::kube::spawn(kube::Client::try_from(config)?, kube_tx);
+            source::kube::spawn(source::kube::client(config)?, kube_tx);
             None
         }
     };

@@ -41,6 +41,17 @@ pub fn watched_resources() -> [(String, String); 3] {
     [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>()]
 }
 
+/// A client for the watchers, without kube-rs's default retry of 503s inside
+/// the client (15 tries, sleeps doubling from 5 ms plus up to twice as much
+/// jitter: 3 to 8 minutes in all). The watchers back off and retry themselves
+/// (0.8 s doubling to 30 s); behind that retry an API outage would reach them,
+/// and `na_watch_errors_total`, only minutes later, and a sleep begun during
+/// it could keep the agent blind for minutes after the server is back.
+pub fn client(mut config: kube::Config) -> kube::Result<Client> {
+    config.default_retry = false;
+    Client::try_from(config)
+}
+
 /// Starts the three watchers; they run until `tx` is closed.
 pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
     tokio::spawn(watch(
@@ -73,6 +84,9 @@ where
             }
             Ok(watcher::Event::InitApply(o)) => {
                 let obj = wrap(o);
+                // Known at once: if this list fails part-way and the next one
+                // no longer has it, it must be reported deleted then.
+                known.extend(obj.key());
                 listed.extend(obj.key());
                 vec![Update::Event(Event::Applied(obj))]
             }

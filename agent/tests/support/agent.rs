@@ -81,7 +81,7 @@ impl Agent {
     }
 
     /// `source` after the flags that make the agent log every verdict beside `status`.
-    fn with_flow_log(status: &PathBuf, source: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
+    fn with_flow_log(status: &std::path::Path, source: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> =
             ["--enable-policy-event-logs", "--flow-log-accept", "--flow-log-file"].map(Into::into).into();
         args.push(status.with_extension("flows").into());

@@ -1,0 +1,184 @@
+//! `na-agent` in Kubernetes mode in a test node, fed by the fake API server
+//! inside the node: it follows the server, judges nothing before it has
+//! listed every kind, and keeps enforcing through an API outage.
+//! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    sync::MutexGuard,
+    time::{Duration, Instant},
+};
+
+use na_agent::datapath::AttachMode;
+use na_harness::Probe;
+use serde_json::{Value, json};
+use support::{
+    Env,
+    agent::{Agent, Manifests, pod, policy, status, wait_until},
+    fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Server, kubeconfig, serve},
+};
+
+/// The agent's default metrics and health ports, inside the node.
+const METRICS: u16 = 8162;
+const HEALTH: u16 = 8163;
+
+const TCP80: Probe = Probe::tcp(80);
+
+/// The fake API server in a test node, and where the agent's files go.
+struct Api {
+    server: Server,
+    state: Manifests,
+    status_file: PathBuf,
+}
+
+impl Api {
+    /// Serves namespace x, its pods a, b and c (labelled app: their name),
+    /// and `policies`.
+    fn new(env: &Env, policies: &[Value]) -> Self {
+        let mut c = Cluster::new();
+        c.apply(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}));
+        for app in ["a", "b", "c"] {
+            c.apply(PODS, pod(env, &format!("x/{app}"), app));
+        }
+        for p in policies {
+            c.apply(POLICIES, p.clone());
+        }
+        // Inside the node, where the agent runs.
+        let listener = env.node.netns().run(|| TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
+        let server = serve(listener, c);
+        let state = Manifests::new();
+        std::fs::write(state.1.join("kubeconfig"), kubeconfig(server.port)).unwrap();
+        let status_file = state.1.join("status.json");
+        Self { server, state, status_file }
+    }
+
+    fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        self.server.cluster()
+    }
+
+    fn agent(&self, env: &Env) -> Agent {
+        Agent::launch(env, &self.status_file, &["--kubeconfig".into(), self.state.1.join("kubeconfig").into()])
+    }
+
+    fn attached(&self) -> usize {
+        status(&self.status_file)["attached"].as_array().map_or(0, Vec::len)
+    }
+}
+
+/// `a` admits ingress only from pods labelled `app: from`.
+fn a_admits(from: &str) -> Value {
+    policy(
+        "a-ingress",
+        json!({"podSelector": {"matchLabels": {"app": "a"}},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": from}}}]}]}),
+    )
+}
+
+/// The agent's answer to GET `path` on `port` inside the node; None while
+/// nothing listens there.
+fn get(env: &Env, port: u16, path: &'static str) -> Option<String> {
+    env.node
+        .netns()
+        .run(move || {
+            let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .unwrap()
+}
+
+/// `/readyz`'s status code.
+fn readyz(env: &Env) -> Option<u16> {
+    get(env, HEALTH, "/readyz")?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn watch_errors(env: &Env) -> u64 {
+    let metrics = get(env, METRICS, "/metrics").expect("metrics served");
+    metrics.lines().find_map(|l| l.strip_prefix("na_watch_errors_total ")?.parse().ok()).expect("na_watch_errors_total")
+}
+
+#[test]
+fn kubernetes_mode_follows_the_api_server() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let api = Api::new(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    let _agent = api.agent(&env);
+    wait_until("all three pods are attached", || api.attached() == 3);
+    assert!(!env.reaches("x/b", "x/a", TCP80));
+    assert_eq!(readyz(&env), Some(200));
+
+    api.cluster().apply(POLICIES, a_admits("b"));
+    wait_until("a watched policy lets b in", || env.reaches("x/b", "x/a", TCP80));
+    assert!(!env.reaches("x/c", "x/a", TCP80));
+
+    api.cluster().delete(PODS, "x/c");
+    wait_until("a watched deletion detaches c", || api.attached() == 2);
+    assert_eq!(watch_errors(&env), 0);
+}
+
+#[test]
+fn the_first_reconcile_waits_for_every_list() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let api = Api::new(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    let agent = api.agent(&env);
+    wait_until("all three pods are attached", || api.attached() == 3);
+    // The probe reaches where nothing denies, so its silence is a denial.
+    assert!(env.reaches("x/a", "x/b", TCP80) && !env.reaches("x/b", "x/a", TCP80));
+    agent.kill();
+
+    // The next agent (an upgrade, say) finds the policies slow to list while
+    // pods and namespaces come at once. Reconciling without the policies
+    // would open a.
+    let before = api.cluster().requests.len();
+    api.cluster().delay(POLICIES, Duration::from_secs(4));
+    let _agent = api.agent(&env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_waiting = false;
+    loop {
+        assert!(Instant::now() < deadline, "the policies were never listed");
+        let ready = readyz(&env);
+        assert!(!env.reaches("x/b", "x/a", TCP80), "a was reachable before the policies were listed");
+        assert!(env.reaches("x/a", "x/b", TCP80));
+        let c = api.cluster();
+        let listed = |path| c.requests[before..].iter().any(|r| r.path == path && r.verb == "list" && r.code.is_some());
+        // Read after the probes: not listed now, not listed when they ran.
+        if listed(POLICIES) {
+            break;
+        }
+        assert_ne!(ready, Some(200), "ready before the policies were listed");
+        seen_waiting |= ready == Some(503) && listed(PODS) && listed(NAMESPACES);
+    }
+    assert!(seen_waiting, "never saw the agent up, not ready, with pods and namespaces listed");
+    wait_until("the agent is ready", || readyz(&env) == Some(200));
+    assert!(env.reaches("x/a", "x/b", TCP80) && !env.reaches("x/b", "x/a", TCP80));
+}
+
+#[test]
+fn enforcement_holds_through_an_api_outage() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let api = Api::new(&env, &[a_admits("b")]);
+    let _agent = api.agent(&env);
+    let admits = |open: &str, closed: &str| env.reaches(open, "x/a", TCP80) && !env.reaches(closed, "x/a", TCP80);
+    wait_until("b may reach a, c may not", || admits("x/b", "x/c"));
+    assert_eq!(watch_errors(&env), 0);
+
+    // The API server restarts, and while it is down a's policy is changed to
+    // admit c instead of b. The agent cannot know yet: what it enforces stays.
+    {
+        let mut c = api.cluster();
+        c.set_down(true);
+        c.apply(POLICIES, a_admits("c"));
+    }
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(4) {
+        assert!(admits("x/b", "x/c"), "enforcement changed during the outage");
+    }
+    assert!(watch_errors(&env) > 0, "the outage shows in na_watch_errors_total");
+    api.cluster().set_down(false);
+    wait_until("the change made during the outage is enforced", || admits("x/c", "x/b"));
+}
