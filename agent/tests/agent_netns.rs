@@ -31,6 +31,7 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
         status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
     });
     assert!(env.reaches("x/b", "x/a", tcp80) && env.reaches("x/c", "x/a", tcp80));
+    assert!(env.reaches("x/b", "x/a", Probe::tcp(81)), "a serves 81 too: its later denial is the policy's");
 
     manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
     wait_until("a's ingress is closed", || !env.reaches("x/b", "x/a", tcp80));
@@ -152,6 +153,7 @@ fn veths_the_cni_did_not_name_are_found_by_their_route() {
     let status_file = manifests.1.join("status.json");
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
     manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    assert!(env.reaches("x/b", "x/a", Probe::tcp(80)), "baseline: nothing attached yet");
     let _agent =
         Agent::start_with(&env, &manifests, &status_file, &["--veth-prefix", "nomatch", "--ebpf-log-level", "debug"]);
     wait_until("all three pods are attached", || {

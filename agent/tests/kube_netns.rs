@@ -106,6 +106,7 @@ fn watch_errors(env: &Env) -> u64 {
 #[test]
 fn kubernetes_mode_follows_the_api_server() {
     let env = Env::new(AttachMode::Auto).unwrap();
+    assert!(env.reaches("x/b", "x/a", TCP80) && env.reaches("x/c", "x/a", TCP80), "baseline: nothing attached yet");
     let api = Api::new(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
     let _agent = api.agent(&env);
     wait_until("all three pods are attached", || api.attached() == 3);

@@ -42,6 +42,14 @@ use support::{
     agent::{Agent, Manifests, pod, policy, status, wait_until},
 };
 
+/// Held by every test here: `our_program_ids` counts loads node-wide, so no
+/// other test of this binary may load programs meanwhile.
+static KERNEL_WIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    KERNEL_WIDE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Kernel ids of every program named like ours, node-wide.
 fn our_program_ids() -> BTreeSet<u32> {
     loaded_programs()
@@ -163,6 +171,7 @@ impl Drop for Watch {
 
 #[test]
 fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
+    let _alone = alone();
     let env = Env::new(AttachMode::Auto).unwrap();
     let layout = PinLayout::new(env.root());
     let manifests = Manifests::new();
@@ -187,6 +196,7 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     let attached = || status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3);
     let programs = || status(&status_file)["programs"].clone();
 
+    assert!(env.reaches("x/c", "x/a", Probe::tcp(80)), "baseline: nothing attached yet");
     let ours_before = our_program_ids();
     let agent = Agent::start(&env, &manifests, &status_file);
     wait_until("all three pods are attached", attached);
@@ -268,6 +278,7 @@ fn ifindexes(status_file: &std::path::PathBuf) -> std::collections::BTreeMap<Str
 
 #[test]
 fn a_restart_forgets_pods_deleted_and_renews_pods_recreated_while_it_was_down() {
+    let _alone = alone();
     let env = Env::with_pods(AttachMode::Auto, &[("x", "a"), ("x", "b"), ("x", "c"), ("x", "d")]).unwrap();
     let layout = PinLayout::new(env.root());
     let manifests = Manifests::new();
@@ -326,6 +337,7 @@ fn a_restart_forgets_pods_deleted_and_renews_pods_recreated_while_it_was_down() 
 
 #[test]
 fn programs_swapped_in_a_loop_never_let_a_packet_through_or_drop_one() {
+    let _alone = alone();
     let mut env = Env::new(AttachMode::Auto).unwrap();
     let b = IpNet::from(IpAddr::V4(env.pod("x/b").ip));
     let rules = PodRules {
