@@ -4,17 +4,12 @@
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
 mod support;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-};
-
 use na_agent::datapath::AttachMode;
 use na_harness::Probe;
 use serde_json::{Value, json};
 use support::{
     Env,
-    agent::{Agent, Manifests, echoes, pod, policy, status, wait_until},
+    agent::{Agent, Manifests, echoes, http_get, pod, policy, status, wait_until},
 };
 
 #[test]
@@ -50,18 +45,7 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(81)), "only the named port");
 
     // Metrics and readiness, from inside the node where the agent listens.
-    let get = |port: u16, path: &'static str| -> String {
-        env.node
-            .netns()
-            .run(move || {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-                let mut out = String::new();
-                s.read_to_string(&mut out).unwrap();
-                out
-            })
-            .unwrap()
-    };
+    let get = |port: u16, path: &'static str| http_get(&env, port, path).expect("the agent answers");
     assert!(get(8163, "/readyz").starts_with("HTTP/1.1 200"));
     let metrics = get(8162, "/metrics");
     assert!(metrics.contains("na_pods_enforced 3"), "{metrics}");

@@ -5,8 +5,7 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::PathBuf,
     sync::MutexGuard,
     time::{Duration, Instant},
@@ -17,7 +16,7 @@ use na_harness::Probe;
 use serde_json::{Value, json};
 use support::{
     Env,
-    agent::{Agent, Manifests, pod, policy, status, wait_until},
+    agent::{Agent, Manifests, http_get, pod, policy, status, wait_until},
     fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Server, kubeconfig, serve},
 };
 
@@ -77,29 +76,13 @@ fn a_admits(from: &str) -> Value {
     )
 }
 
-/// The agent's answer to GET `path` on `port` inside the node; None while
-/// nothing listens there.
-fn get(env: &Env, port: u16, path: &'static str) -> Option<String> {
-    env.node
-        .netns()
-        .run(move || {
-            let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        })
-        .unwrap()
-}
-
 /// `/readyz`'s status code.
 fn readyz(env: &Env) -> Option<u16> {
-    get(env, HEALTH, "/readyz")?.split_whitespace().nth(1)?.parse().ok()
+    http_get(env, HEALTH, "/readyz")?.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn watch_errors(env: &Env) -> u64 {
-    let metrics = get(env, METRICS, "/metrics").expect("metrics served");
+    let metrics = http_get(env, METRICS, "/metrics").expect("metrics served");
     metrics.lines().find_map(|l| l.strip_prefix("na_watch_errors_total ")?.parse().ok()).expect("na_watch_errors_total")
 }
 

@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData},
+    maps::{HashMap, MapData},
     programs::{
         links::{FdLink, PinnedLink},
         loaded_programs,
@@ -26,8 +26,9 @@ use aya::{
 use ipnet::IpNet;
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, DirectionRules, KernelLogLevel, Mode, PodRules, inventory},
+    datapath::{AttachMode, DirectionRules, KernelLogLevel, Mode, PodRules, inventory, open_pinned},
     pod_id::PodId,
+    status::Status,
 };
 use na_common::{
     conntrack::{FlowKey, FlowState},
@@ -108,8 +109,8 @@ impl Push {
 /// Empties a pod's conntrack table, as an agent that lost it would.
 fn wipe_conntrack(layout: &PinLayout, pod: &str) {
     let (ns, name) = pod.split_once('/').unwrap();
-    let data = MapData::from_pin(layout.map(&PodId::new(ns, name), MAP_CONNTRACK)).unwrap();
-    let mut table: HashMap<MapData, FlowKey, FlowState> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    let mut table: HashMap<MapData, FlowKey, FlowState> =
+        open_pinned(&layout.map(&PodId::new(ns, name), MAP_CONNTRACK)).unwrap();
     let keys: Vec<FlowKey> = table.keys().map(Result::unwrap).collect();
     for key in keys {
         table.remove(&key).unwrap();
@@ -262,18 +263,8 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
 }
 
 /// Ifindex of each attached pod, from the agent's status file.
-fn ifindexes(status_file: &std::path::PathBuf) -> std::collections::BTreeMap<String, u32> {
-    status(status_file)["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                format!("{}/{}", p["namespace"].as_str().unwrap(), p["name"].as_str().unwrap()),
-                p["ifindex"].as_u64().unwrap() as u32,
-            )
-        })
-        .collect()
+fn ifindexes(status_file: &std::path::Path) -> std::collections::BTreeMap<String, u32> {
+    Status::read(status_file).unwrap().pods.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.ifindex)).collect()
 }
 
 #[test]

@@ -133,6 +133,22 @@ impl Drop for Agent {
     }
 }
 
+/// The agent's answer to GET `path` on `port` inside the node; None while
+/// nothing listens there.
+pub fn http_get(env: &Env, port: u16, path: &'static str) -> Option<String> {
+    env.node
+        .netns()
+        .run(move || {
+            let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .unwrap()
+}
+
 pub fn status(path: &PathBuf) -> Value {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
 }
