@@ -76,6 +76,8 @@ pub fn tier_name(t: u8) -> &'static str {
         tier::NETWORK_POLICY => "NETWORK_POLICY",
         tier::MALFORMED => "MALFORMED",
         tier::REVOKED => "REVOKED",
+        tier::SPOOFED => "SPOOFED",
+        tier::NOT_IP => "NOT_IP",
         _ => "UNKNOWN",
     }
 }

@@ -143,9 +143,9 @@ pub fn line(
         namespace: pod.map(|p| p.namespace.clone()),
         pod: pod.map(|p| p.name.clone()),
         direction: decode::direction_name(u32::from(e.direction)).to_owned(),
-        src_ip: decode::addr(e.family, e.src_addr),
+        src_ip: decode::addr(e.family, e.src_addr.0),
         src_port: e.src_port,
-        dst_ip: decode::addr(e.family, e.dst_addr),
+        dst_ip: decode::addr(e.family, e.dst_addr.0),
         dst_port: e.dst_port,
         protocol: decode::protocol_name(e.protocol),
         verdict: if e.verdict == verdict::ALLOW { "ACCEPT" } else { "DENY" }.to_owned(),
@@ -175,8 +175,8 @@ mod tests {
         let mut dst = [0u8; 16];
         dst[..4].copy_from_slice(&[10, 0, 0, 1]);
         PolicyEvent {
-            src_addr: src,
-            dst_addr: dst,
+            src_addr: na_common::Addr(src),
+            dst_addr: na_common::Addr(dst),
             src_port: 40000,
             dst_port: 80,
             protocol: na_common::protocol::TCP,

@@ -5,7 +5,7 @@ use na_policy::{Compiler, ObjectRef, PodRules};
 use serde::Serialize;
 
 use crate::{
-    datapath::{Datapath, PodMaps},
+    datapath::{Datapath, PodAddrs, PodMaps},
     pod_id::PodId,
     source::{Event, Kind, Object},
     status::PodEntry,
@@ -23,6 +23,7 @@ struct Attached {
     ifindex: u32,
     maps: PodMaps,
     rules: PodRules,
+    addrs: PodAddrs,
 }
 
 /// A pod to attach: its veth is there, its rules compiled.
@@ -30,6 +31,7 @@ struct NewPod {
     key: ObjectRef,
     uid: String,
     veth: String,
+    addrs: PodAddrs,
     rules: PodRules,
 }
 
@@ -127,7 +129,14 @@ impl Reconciler {
         for (key, rules) in compiled {
             match rules {
                 Ok(rules) => new.extend(self.converge(key, rules, &mut report)),
-                Err(e) => report.errors.push(e.to_string()),
+                // Fails closed: what its policies isolate admits the node
+                // alone. The pod is compiled again whenever something it
+                // depends on changes.
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    let closed = self.compiler.fail_closed(&key);
+                    new.extend(self.converge(key, closed, &mut report));
+                }
             }
         }
         self.attach_all(new, &mut report);
@@ -149,7 +158,7 @@ impl Reconciler {
                     .iter()
                     .map(|p| {
                         let id = PodId::new(&p.key.namespace, &p.key.name);
-                        s.spawn(move || datapath.attach_pod(&id, &p.veth, &p.rules))
+                        s.spawn(move || datapath.attach_pod(&id, &p.veth, p.addrs, &p.rules))
                     })
                     .collect();
                 running.into_iter().map(|r| r.join().expect("attach thread")).collect()
@@ -166,6 +175,7 @@ impl Reconciler {
                             ifindex: maps.ifindex(),
                             maps,
                             rules: p.rules.clone(),
+                            addrs: p.addrs,
                         };
                         self.attached.insert(p.key.clone(), a);
                     }
@@ -181,13 +191,16 @@ impl Reconciler {
     /// Brings an attached pod in line, or says what a new one needs.
     fn converge(&mut self, key: ObjectRef, rules: PodRules, report: &mut SyncReport) -> Option<NewPod> {
         let uid = self.compiler.pod(&key).map(|p| p.uid.clone()).unwrap_or_default();
+        let addrs = PodAddrs::new(self.compiler.pod(&key).map(|p| p.ips.as_slice()).unwrap_or_default());
         if let Some(a) = self.attached.get_mut(&key)
             && a.uid == uid
         {
-            if a.rules != rules {
+            if a.rules != rules || a.addrs != addrs {
+                a.maps.set_addrs(addrs);
                 match a.maps.apply(&rules) {
                     Ok(()) => {
                         a.rules = rules;
+                        a.addrs = addrs;
                         report.updated.push(key.to_string());
                     }
                     Err(e) => report.errors.push(format!("pod {key}: {e}")),
@@ -205,7 +218,7 @@ impl Reconciler {
             self.pending.insert(key);
             return None;
         };
-        Some(NewPod { key, uid, veth, rules })
+        Some(NewPod { key, uid, veth, addrs, rules })
     }
 
     /// The pod's host veth and its ifindex: by the CNI's name, else by the

@@ -150,3 +150,70 @@ fn veths_the_cni_did_not_name_are_found_by_their_route() {
         std::fs::read_to_string(status_file.with_extension("log")).is_ok_and(|l| l.contains("denied"))
     });
 }
+
+#[test]
+fn bad_input_keeps_the_last_good_state_and_fails_closed() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    let tcp80 = Probe::tcp(80);
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
+    let a_from_b = json!({"podSelector": {"matchLabels": {"app": "a"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]});
+    manifests.write("allow.yaml", &[policy("a-from-b", a_from_b.clone())]);
+    assert!(env.reaches("x/c", "x/a", tcp80) && env.reaches("x/b", "x/c", tcp80), "baseline: nothing attached yet");
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("c is kept from a", || !env.reaches("x/c", "x/a", tcp80));
+    assert!(env.reaches("x/b", "x/a", tcp80));
+    let reported = |file: &str| {
+        status(&status_file)["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|l| l.as_str().unwrap_or("").contains(file)))
+    };
+    let unchanged = || env.reaches("x/b", "x/a", tcp80) && !env.reaches("x/c", "x/a", tcp80);
+
+    // The policy, misspelt: refused and reported, its last good version enforced.
+    let mut misspelt = policy("a-from-b", a_from_b);
+    misspelt["spec"]["ingres"] = misspelt["spec"]["ingress"].take();
+    manifests.write("allow.yaml", &[misspelt]);
+    wait_until("the misspelt policy is reported", || reported("allow.yaml"));
+    assert!(unchanged(), "the last good version of the policy holds");
+    // Broken YAML: the same.
+    manifests.write_raw("allow.yaml", "kind: [unclosed\n");
+    wait_until("the broken file is reported", || {
+        status(&status_file)["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|l| l.as_str().unwrap_or("").contains("invalid YAML")))
+    });
+    assert!(unchanged(), "the last good version of the policy holds");
+
+    // A policy that was never valid (a bad CIDR) still isolates what it
+    // selects: left out, it would leave c open.
+    let bad_cidr = json!({"podSelector": {"matchLabels": {"app": "c"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]});
+    manifests.write("c.yaml", &[policy("c-bad", bad_cidr)]);
+    wait_until("c is closed by the invalid policy", || !env.reaches("x/b", "x/c", tcp80));
+    assert!(reported("c-bad"));
+    // Rules too many for the maps: reported, and the pod fails closed.
+    assert!(env.reaches("x/a", "x/b", tcp80));
+    let ports: Vec<Value> = (0..65).map(|i| json!({"port": 1000 + 2 * i})).collect();
+    let many = json!({"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{"ports": ports}]});
+    manifests.write("b.yaml", &[policy("b-many", many)]);
+    wait_until("b is closed", || !env.reaches("x/a", "x/b", tcp80));
+    wait_until("the pod's error is reported", || reported("pod x/b"));
+
+    // Files that are not manifests are not read, and writing them does not
+    // make the agent read the directory again.
+    let generation = || status(&status_file)["generation"].as_u64().unwrap();
+    let before = generation();
+    for i in 0..20 {
+        std::fs::write(manifests.0.join("agent.log"), format!("line {i}\n")).unwrap();
+        std::fs::write(manifests.0.join(".allow.yaml.swp"), format!("{i}")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(generation(), before, "no reload for files that are not manifests");
+
+    // Removing the document is what deletes the policy.
+    std::fs::remove_file(manifests.0.join("allow.yaml")).unwrap();
+    wait_until("a is open once its policy's file is gone", || env.reaches("x/c", "x/a", tcp80));
+}

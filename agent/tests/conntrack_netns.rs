@@ -90,8 +90,8 @@ fn established_flow_survives_an_update_that_allows_it_and_is_cut_by_one_that_doe
         (cut[0].verdict, u32::from(cut[0].direction), cut[0].protocol),
         (verdict::DENY, direction::INGRESS, TCP)
     );
-    assert_eq!((&cut[0].src_addr[..4], cut[0].src_port), (&b_addr[..], local));
-    assert_eq!((&cut[0].dst_addr[..4], cut[0].dst_port), (&a_addr[..], 80));
+    assert_eq!((&cut[0].src_addr.0[..4], cut[0].src_port), (&b_addr[..], local));
+    assert_eq!((&cut[0].dst_addr.0[..4], cut[0].dst_port), (&a_addr[..], 80));
 }
 
 #[test]

@@ -18,7 +18,9 @@ use aya::{
 use ipnet::IpNet;
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, Datapath, DirectionRules, Expired, KernelLogLevel, Mode, PodRules, Timeouts, ktime_now_ns},
+    datapath::{
+        AttachMode, Datapath, DirectionRules, Expired, KernelLogLevel, Mode, PodAddrs, PodRules, Timeouts, ktime_now_ns,
+    },
     pod_id::PodId,
 };
 use na_common::{
@@ -31,13 +33,17 @@ use na_common::{
 use na_harness::Node;
 use support::{Events, PinRoot};
 
-const OK: u32 = 0;
+/// `TCX_NEXT`: passed on to whatever comes after our program.
+const OK: u32 = -1i32 as u32;
 const SHOT: u32 = 2;
 const POD4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const PEER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const EMPTY4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 const ANY4: Ipv4Addr = Ipv4Addr::new(10, 9, 1, 1);
 const OTHER4: Ipv4Addr = Ipv4Addr::new(10, 7, 7, 7);
+/// The host side of a veth: IPv6 link-local.
+const HOST_LL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+const OTHER_POD4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
 const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 
@@ -101,15 +107,9 @@ fn pod_with(configure: impl FnOnce(Datapath) -> Datapath) -> Pod {
         ]
         .into(),
     };
-    dp.load_pod(&id, index("tr-pod"), &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
-    // The other pod admits only OTHER4, and only on TCP/85; it may send
-    // nothing but replies to what it admitted (egress isolated, no rule).
-    let other = DirectionRules {
-        mode: Mode::PoliciesApplied,
-        entries: [(net(OTHER4.into()), vec![PortRule::ports(9, TCP, 85, 85)])].into(),
-    };
-    let closed = DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() };
-    dp.load_pod(&PodId::new("t", "other"), index("tr-other"), &PodRules { ingress: other, egress: closed }).unwrap();
+    let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
+    dp.load_pod(&id, index("tr-pod"), addrs, &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
+    dp.load_pod(&PodId::new("t", "other"), index("tr-other"), OTHER_ADDRS, &other_rules()).unwrap();
     let version = dp.programs().unwrap().as_ref().unwrap().version().to_owned();
     let prog = |name: &str| {
         let pin = dp.layout().program(name, &version);
@@ -125,6 +125,19 @@ fn pod_with(configure: impl FnOnce(Datapath) -> Datapath) -> Pod {
         _node: node,
         _root: root,
     }
+}
+
+/// The other pod has no IPv6 address.
+const OTHER_ADDRS: PodAddrs = PodAddrs { ipv4: Some(OTHER_POD4), ipv6: None };
+
+/// The other pod admits only OTHER4, and only on TCP/85; it may send nothing
+/// but replies to what it admitted (egress isolated, no rule).
+fn other_rules() -> PodRules {
+    let ingress = DirectionRules {
+        mode: Mode::PoliciesApplied,
+        entries: [(IpNet::from(IpAddr::from(OTHER4)), vec![PortRule::ports(9, TCP, 85, 85)])].into(),
+    };
+    PodRules { ingress, egress: DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() } }
 }
 
 fn run(prog: &Prog, packet: &[u8]) -> u32 {
@@ -233,6 +246,11 @@ fn ext8() -> Vec<u8> {
     vec![0, 0, 1, 4, 0, 0, 0, 0]
 }
 
+/// A neighbour solicitation's first bytes.
+fn ns() -> Vec<u8> {
+    vec![135, 0, 0, 0, 0, 0, 0, 0]
+}
+
 fn frag6(offset: u16, more: bool, id: u32) -> Vec<u8> {
     let mut h = vec![0, 0];
     h.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
@@ -327,23 +345,151 @@ fn ipv4_fragments_follow_their_first_fragment() {
     assert_eq!(run(&p.ingress, &later.packet(&[0; 8])), SHOT);
 }
 
+/// An ICMP destination-unreachable from `outer` about `quoted`, quoting its
+/// IP header and the first 8 bytes after it (all RFC 792 promises).
+fn unreachable(outer: &V4, quoted: &V4, sport: u16, dport: u16) -> Vec<u8> {
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    let l = &l4(quoted.proto, sport, dport)[..8];
+    icmp.extend_from_slice(&quoted.header(l.len()));
+    icmp.extend_from_slice(l);
+    outer.packet(&icmp)
+}
+
 #[test]
-fn icmp_errors_pass_only_for_tracked_flows() {
+fn icmp_errors_pass_only_about_live_flows_quoting_what_their_receiver_sent() {
     let p = pod();
-    // The pod (egress open) sends UDP to 8.8.8.8:53: now tracked.
+    let (other_in, other_out) = (p.ingress.on(p.other), p.egress.on(p.other));
     let dns = Ipv4Addr::new(8, 8, 8, 8);
-    let query = V4::new(POD4, dns, UDP).packet(&l4(UDP, 5555, 53));
-    assert_eq!(run(&p.egress, &query), OK);
-    let unreachable = |sport: u16| {
-        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-        let inner = V4::new(POD4, dns, UDP);
-        let l = l4(UDP, sport, 53);
-        icmp.extend_from_slice(&inner.header(l.len()));
-        icmp.extend_from_slice(&l);
-        V4::new(OTHER4, POD4, ICMP).packet(&icmp)
-    };
-    assert_eq!(run(&p.ingress, &unreachable(5555)), OK, "error about the tracked flow");
-    assert_eq!(run(&p.ingress, &unreachable(5556)), SHOT, "error about a flow nobody opened");
+    let router = Ipv4Addr::new(10, 99, 0, 1);
+    // The pod (egress open, nothing from 8.8.8.8 or the router admitted)
+    // sends UDP to 8.8.8.8:53 and TCP to OTHER4:85: both tracked.
+    assert_eq!(run(&p.egress, &V4::new(POD4, dns, UDP).packet(&l4(UDP, 5555, 53))), OK);
+    assert_eq!(run(&p.egress, &V4::new(POD4, OTHER4, TCP).packet(&tcp(41000, 85, SYN))), OK);
+    let arriving = |quoted: V4, sport, dport| unreachable(&V4::new(router, POD4, ICMP), &quoted, sport, dport);
+    let cases = [
+        ("from any router, quoting the pod's own packet", arriving(V4::new(POD4, dns, UDP), 5555, 53), OK),
+        ("a TCP quote of 8 bytes: ports only", arriving(V4::new(POD4, OTHER4, TCP), 41000, 85), OK),
+        ("about a flow nobody opened", arriving(V4::new(POD4, dns, UDP), 5556, 53), SHOT),
+        ("quoting a packet the pod never sent", arriving(V4::new(dns, POD4, UDP), 53, 5555), SHOT),
+    ];
+    for (name, packet, want) in cases {
+        assert_eq!(run(&p.ingress, &packet), want, "arriving: {name}");
+    }
+
+    // OTHER4 opens a flow to the other pod, which sends nothing unprompted.
+    assert_eq!(run(&other_in, &V4::new(OTHER4, OTHER_POD4, TCP).packet(&tcp(40000, 85, SYN))), OK);
+    let leaving = |to, quoted: V4, sport, dport| unreachable(&V4::new(OTHER_POD4, to, ICMP), &quoted, sport, dport);
+    let peers_packet = || V4::new(OTHER4, OTHER_POD4, TCP);
+    let cases = [
+        ("to the flow's peer, quoting its packet", leaving(OTHER4, peers_packet(), 40000, 85), OK),
+        ("to anyone else", leaving(PEER4, peers_packet(), 40000, 85), SHOT),
+        ("quoting the pod's own packet", leaving(OTHER4, V4::new(OTHER_POD4, OTHER4, TCP), 85, 40000), SHOT),
+    ];
+    for (name, packet, want) in cases {
+        assert_eq!(run(&other_out, &packet), want, "leaving: {name}");
+    }
+
+    // Judged under an older policy (the rules written again): no error
+    // passes until a packet of the flow is judged under the new one.
+    let index = p.other;
+    p.dp.load_pod(&PodId::new("t", "other"), index, OTHER_ADDRS, &other_rules()).unwrap();
+    let error = leaving(OTHER4, peers_packet(), 40000, 85);
+    assert_eq!(run(&other_out, &error), SHOT, "the flow was not judged under the current policy");
+    assert_eq!(run(&other_in, &V4::new(OTHER4, OTHER_POD4, TCP).packet(&tcp(40000, 85, ACK))), OK);
+    assert_eq!(run(&other_out, &error), OK, "judged again, and still allowed");
+
+    // Idle past its timeout, the flow is gone and so is its errors' pass.
+    age(&p, &tracked(&p, UDP, 5555), Timeouts::default().unreplied + MARGIN);
+    assert_eq!(run(&p.ingress, &arriving(V4::new(POD4, dns, UDP), 5555, 53)), SHOT, "about an expired flow");
+}
+
+#[test]
+fn a_flow_opened_on_one_hook_admits_only_its_replies_on_the_other() {
+    let p = pod();
+    // The pod opens POD4:41000 -> OTHER4:85 (egress open; nothing from
+    // OTHER4 is admitted on ingress).
+    let opened = V4::new(POD4, OTHER4, TCP).packet(&tcp(41000, 85, SYN));
+    assert_eq!(run(&p.egress, &opened), OK);
+    assert_eq!(run(&p.ingress, &V4::new(OTHER4, POD4, TCP).packet(&tcp(85, 41000, SYN | ACK))), OK, "its reply");
+    assert_eq!(run(&p.egress, &V4::new(POD4, OTHER4, TCP).packet(&tcp(41000, 85, ACK))), OK, "its continuation");
+    // The opening packet's orientation, arriving on the ingress hook, is no
+    // reply: it is judged by the rules, which do not admit it.
+    let wrong_way = V4::new(POD4, OTHER4, TCP).packet(&tcp(41000, 85, ACK));
+    assert_eq!(run(&p.ingress, &wrong_way), SHOT, "the flow's orientation on the other hook");
+}
+
+#[test]
+fn packets_leaving_a_pod_from_addresses_not_its_own_are_dropped_as_spoofed() {
+    let p = pod();
+    let mut ring = Events::open(p.dp.layout());
+    let other_out = p.egress.on(p.other);
+    let udp = l4(UDP, 40000, 53);
+    let pod_ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+    let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
+    let mld_report = [143, 0, 0, 0, 0, 0, 0, 0];
+    // The pod's egress is open: only the source decides.
+    let cases: &[(&str, &Prog, Vec<u8>, u32)] = &[
+        ("the pod's IPv4 address", &p.egress, V4::new(POD4, OTHER4, UDP).packet(&udp), OK),
+        ("its IPv6 address", &p.egress, v6_with(POD6, PEER6, 64, &[], UDP, &udp), OK),
+        ("another pod's IPv4 address", &p.egress, V4::new(PEER4, OTHER4, UDP).packet(&udp), SHOT),
+        ("another IPv6 address", &p.egress, v6_with(PEER6, POD6, 64, &[], UDP, &udp), SHOT),
+        (
+            "link-local, not neighbour discovery",
+            &p.egress,
+            v6_with(pod_ll, solicited, 1, &[], ICMPV6, &mld_report),
+            SHOT,
+        ),
+        ("link-local neighbour discovery", &p.egress, v6_with(pod_ll, solicited, 255, &[], ICMPV6, &ns()), OK),
+        (
+            "duplicate address detection",
+            &p.egress,
+            v6_with(Ipv6Addr::UNSPECIFIED, solicited, 255, &[], ICMPV6, &ns()),
+            OK,
+        ),
+        // The other pod has no IPv6 address and an isolated egress.
+        ("no IPv6 address of its own", &other_out, v6_with(POD6, PEER6, 64, &[], UDP, &udp), SHOT),
+        ("but neighbour discovery", &other_out, v6_with(pod_ll, solicited, 255, &[], ICMPV6, &ns()), OK),
+        ("to the host's link-local address", &other_out, v6_with(pod_ll, HOST_LL6, 255, &[], ICMPV6, &ns()), OK),
+        ("not to a global address", &other_out, v6_with(pod_ll, PEER6, 255, &[], ICMPV6, &ns()), SHOT),
+    ];
+    for (name, prog, packet, want) in cases {
+        assert_eq!(run(prog, packet), *want, "{name}");
+    }
+    let spoofed: Vec<_> = ring.take().into_iter().filter(|e| e.tier == tier::SPOOFED).collect();
+    assert_eq!(spoofed.len(), 4, "each spoofed packet is an event: {spoofed:?}");
+    assert!(spoofed.iter().all(|e| e.verdict == verdict::DENY && e.direction == 1));
+    assert_eq!(&spoofed[0].src_addr.0[..4], &PEER4.octets()[..], "the event carries the forged source");
+
+    // The forged packet cannot open a flow for the real peer either: PEER4
+    // may reach the pod on 80-90 only, and its packets to 22 stay denied.
+    let forged = V4::new(PEER4, POD4, TCP).packet(&tcp(40000, 22, SYN));
+    assert_eq!(run(&p.egress, &forged), SHOT);
+    assert_eq!(run(&p.ingress, &forged), SHOT, "the peer's real packet to the denied port");
+}
+
+#[test]
+fn frames_neither_ip_nor_arp_pass_only_where_the_pod_is_not_isolated() {
+    let p = pod();
+    let mut ring = Events::open(p.dp.layout());
+    let vlan = eth(0x8100, &[0, 1, 0x08, 0x00, 0x45, 0, 0, 20]);
+    let cases: &[(&str, Vec<u8>)] = &[
+        ("802.1Q", vlan.clone()),
+        ("802.1ad", eth(0x88a8, &[0, 1, 0x81, 0x00, 0, 1, 0x08, 0x00])),
+        ("PPPoE session", eth(0x8864, &[0x11, 0, 0, 1, 0, 2, 0, 0x21])),
+        ("MPLS", eth(0x8847, &[0, 0, 0x11, 64])),
+        ("unknown", eth(0x88b5, &[0; 8])),
+    ];
+    for (name, frame) in cases {
+        // The pod's ingress is isolated, its egress is not.
+        assert_eq!(run(&p.ingress, frame), SHOT, "{name} into an isolated pod");
+        assert_eq!(run(&p.egress, frame), OK, "{name} from a pod whose egress is open");
+        assert_eq!(run(&p.egress.on(p.other), frame), SHOT, "{name} from a pod whose egress is isolated");
+    }
+    let arp = eth(0x0806, &[0; 28]);
+    assert_eq!(run(&p.ingress, &arp), OK, "ARP passes");
+    assert_eq!(run(&p.egress.on(p.other), &arp), OK, "ARP passes");
+    let events = ring.take();
+    assert_eq!(events.iter().filter(|e| e.tier == tier::NOT_IP && e.verdict == verdict::DENY).count(), 10);
 }
 
 #[test]
@@ -371,7 +517,8 @@ fn ipv6_extension_headers_are_walked() {
         ),
         ("unknown peer", v6_with(Ipv6Addr::LOCALHOST, POD6, 64, &[], UDP, &udp(53)), SHOT),
         ("TCP 443", v6_with(PEER6, POD6, 64, &[], TCP, &l4(TCP, 40000, 443)), OK),
-        ("neighbour solicitation", v6_with(PEER6, POD6, 255, &[], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]), OK),
+        ("neighbour solicitation from the host", v6_with(HOST_LL6, POD6, 255, &[], ICMPV6, &ns()), OK),
+        ("neighbour solicitation from a global address", v6_with(PEER6, POD6, 255, &[], ICMPV6, &ns()), SHOT),
         (
             "NS-looking message routed from afar",
             v6_with(PEER6, POD6, 64, &[], ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]),
@@ -428,11 +575,11 @@ fn verdicts_are_counted_and_logged_with_their_rule() {
     assert_eq!((malformed.verdict, malformed.tier, malformed.family), (verdict::DENY, tier::MALFORMED, 0));
     let first = events[0];
     assert_eq!((first.verdict, first.tier, first.policy_id), (verdict::ALLOW, tier::NETWORK_POLICY, 1));
-    assert_eq!((&first.src_addr[..4], first.dst_port, first.protocol), (&PEER4.octets()[..], 85, TCP));
+    assert_eq!((&first.src_addr.0[..4], first.dst_port, first.protocol), (&PEER4.octets()[..], 85, TCP));
     assert!(
         events[1..]
             .iter()
-            .all(|e| e.verdict == verdict::DENY && e.policy_id == 0 && e.src_addr[..4] == OTHER4.octets())
+            .all(|e| e.verdict == verdict::DENY && e.policy_id == 0 && e.src_addr.0[..4] == OTHER4.octets())
     );
 }
 
@@ -523,9 +670,10 @@ fn a_flood_of_flows_fills_only_its_own_pods_table_and_evicts_nothing_live() {
     let other_in = p.ingress.on(p.other);
     let other_out = p.egress.on(p.other);
     // The other pod's replies pass only as part of a tracked flow.
-    let reply = V4::new(POD4, OTHER4, TCP).packet(&l4(TCP, 85, 40000));
+    let reply = V4::new(OTHER_POD4, OTHER4, TCP).packet(&l4(TCP, 85, 40000));
+    let first = V4::new(OTHER4, OTHER_POD4, TCP).packet(&l4(TCP, 40000, 85));
     assert_eq!(run(&other_out, &reply), SHOT, "nothing tracked yet");
-    assert_eq!(run(&other_in, &v4(OTHER4, TCP, 85)), OK);
+    assert_eq!(run(&other_in, &first), OK);
     assert_eq!(run(&other_out, &reply), OK, "the reply of the tracked flow");
     // The pod's own first flow, also tracked.
     assert_eq!(run(&p.ingress, &v4(PEER4, TCP, 85)), OK);
@@ -537,24 +685,25 @@ fn a_flood_of_flows_fills_only_its_own_pods_table_and_evicts_nothing_live() {
     // Nothing live was evicted: the other pod's flow and the pod's first one.
     assert_eq!(run(&other_out, &reply), OK, "another pod's flow survives the flood");
     // And the other pod still has room for new flows.
-    let later_reply = V4::new(POD4, OTHER4, TCP).packet(&l4(TCP, 85, 40001));
-    let later = V4::new(OTHER4, POD4, TCP).packet(&l4(TCP, 40001, 85));
+    let later_reply = V4::new(OTHER_POD4, OTHER4, TCP).packet(&l4(TCP, 85, 40001));
+    let later = V4::new(OTHER4, OTHER_POD4, TCP).packet(&l4(TCP, 40001, 85));
     assert_eq!(run(&other_in, &later), OK);
     assert_eq!(run(&other_out, &later_reply), OK, "another pod's new flow is tracked despite the flood");
     let table = conntrack(&p);
     assert_eq!(table.keys().count(), CAPACITY as usize, "the pod's table is full at its own capacity");
     assert!(
-        table.keys().filter_map(Result::ok).any(|k| k.src_port == 40000 && k.src_addr[..4] == PEER4.octets()),
+        table.keys().filter_map(Result::ok).any(|k| k.peer_port == 40000 && k.peer_addr.0[..4] == PEER4.octets()),
         "the pod's own first flow is still tracked"
     );
 }
 
 // ---- conntrack expiry --------------------------------------------------------
 
-/// Idle timeouts two seconds apart, so which one an entry gets is told from
+/// Idle timeouts at least a second apart, so which one an entry gets is told from
 /// its neighbours by ageing the entry to just under and just over it.
 const TIMEOUTS: Timeouts = Timeouts {
     other: Duration::from_secs(2),
+    unreplied: Duration::from_secs(3),
     tcp_closing: Duration::from_secs(4),
     udp: Duration::from_secs(6),
     tcp_established: Duration::from_secs(8),
@@ -565,9 +714,9 @@ fn conntrack(p: &Pod) -> HashMap<MapData, FlowKey, FlowState> {
     na_agent::datapath::open_pinned(&p.dp.layout().map(&p.id, MAP_CONNTRACK)).unwrap()
 }
 
-/// The key of the pod's tracked flow of `protocol` from source port `sport`.
+/// The key of the pod's tracked flow of `protocol` from its port `sport`.
 fn tracked(p: &Pod, protocol: u8, sport: u16) -> FlowKey {
-    let key = conntrack(p).keys().filter_map(Result::ok).find(|k| k.protocol == protocol && k.src_port == sport);
+    let key = conntrack(p).keys().filter_map(Result::ok).find(|k| k.protocol == protocol && k.pod_port == sport);
     key.unwrap_or_else(|| panic!("no tracked flow of protocol {protocol} from port {sport}"))
 }
 
@@ -641,9 +790,36 @@ fn other_protocols_expire_after_their_own_timeouts() {
         ("GRE", GRE, 0, vec![0; 4], vec![0; 4], TIMEOUTS.other),
     ];
     for (name, protocol, sport, sent, answer, timeout) in cases {
+        let answer = V4::new(OTHER4, POD4, protocol).packet(&answer);
         assert_eq!(run(&p.egress, &V4::new(POD4, OTHER4, protocol).packet(&sent)), OK, "{name}");
+        assert_eq!(run(&p.ingress, &answer), OK, "{name}: the peer answers");
         let key = tracked(&p, protocol, sport);
-        expires_after(&p, name, &key, &V4::new(OTHER4, POD4, protocol).packet(&answer), timeout);
+        expires_after(&p, name, &key, &answer, timeout);
+    }
+}
+
+#[test]
+fn flows_that_never_saw_a_reply_expire_after_the_short_unreplied_timeout() {
+    let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
+    // (case, protocol, the pod's payload, the peer's, timeout once answered)
+    let cases = [
+        ("TCP", TCP, 44000, tcp(44000, 85, SYN), tcp(85, 44000, SYN | ACK), TIMEOUTS.tcp_established),
+        ("UDP", UDP, 44001, l4(UDP, 44001, 53), l4(UDP, 53, 44001), TIMEOUTS.udp),
+    ];
+    for (name, protocol, sport, sent, answer, answered) in cases {
+        let (sent, answer) =
+            (V4::new(POD4, OTHER4, protocol).packet(&sent), V4::new(OTHER4, POD4, protocol).packet(&answer));
+        // Unanswered: the short timeout, whatever the protocol's own.
+        assert_eq!(run(&p.egress, &sent), OK, "{name}");
+        let key = tracked(&p, protocol, sport);
+        assert_eq!(conntrack(&p).get(&key, 0).unwrap().replied, 0, "{name}");
+        age(&p, &key, TIMEOUTS.unreplied + MARGIN);
+        assert_eq!(run(&p.ingress, &answer), SHOT, "{name}: an unanswered flow is gone after the unreplied timeout");
+        // Answered: the protocol's own timeout.
+        assert_eq!(run(&p.egress, &sent), OK, "{name}");
+        assert_eq!(run(&p.ingress, &answer), OK, "{name}");
+        assert_eq!(conntrack(&p).get(&key, 0).unwrap().replied, 1, "{name}: the answer marks the flow replied");
+        expires_after(&p, name, &key, &answer, answered);
     }
 }
 
@@ -657,13 +833,13 @@ fn the_sweep_removes_expired_entries_only_and_never_one_tracked_again_since_it_r
         assert_eq!(run(&p.egress, &open(sport)), OK);
         assert_eq!(run(&p.ingress, &reply(sport)), OK, "port {sport}: the peer answers a tracked flow");
     }
-    let ports = || conntrack(&p).keys().filter_map(Result::ok).map(|k| k.src_port).collect::<BTreeSet<_>>();
+    let ports = || conntrack(&p).keys().filter_map(Result::ok).map(|k| k.pod_port).collect::<BTreeSet<_>>();
     age(&p, &tracked(&p, UDP, live), TIMEOUTS.udp - MARGIN);
     for sport in [idle, revived] {
         age(&p, &tracked(&p, UDP, sport), TIMEOUTS.udp + MARGIN);
     }
     let expired = Expired::find(p.dp.layout(), &p.id, &TIMEOUTS).unwrap();
-    let found: BTreeSet<u16> = expired.flows().iter().map(|(k, _)| k.src_port).collect();
+    let found: BTreeSet<u16> = expired.flows().iter().map(|(k, _)| k.pod_port).collect();
     assert_eq!(found, [idle, revived].into());
     // Between the sweep's read and its removal the pod sends on `revived`
     // again: the program drops the expired entry and tracks the flow anew,

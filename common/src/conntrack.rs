@@ -11,40 +11,24 @@
 /// Flows a pod's table holds unless the agent is told otherwise.
 pub const DEFAULT_FLOWS_PER_POD: u32 = 8_192;
 
-/// A flow in the orientation of its first packet.
+/// A flow as seen from the pod: its own end and the peer's. A packet on the
+/// egress hook has the pod's end as its source, one on the ingress hook as its
+/// destination, so a flow's packets and their replies share one key (one
+/// lookup), and a key made from packets on one hook never matches packets of
+/// the same orientation on the other: a packet the pod forges "from" a peer
+/// cannot open a flow for that peer's real packets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
+    pub pod_addr: crate::Addr,
+    pub peer_addr: crate::Addr,
     /// Host byte order; 0 for protocols without ports.
-    pub src_port: u16,
-    pub dst_port: u16,
+    pub pod_port: u16,
+    pub peer_port: u16,
     pub protocol: u8,
     /// [`crate::family`].
     pub family: u8,
     pub _pad: [u8; 2],
-    /// The host veth the flow was seen on: a packet injected on another pod's
-    /// interface can never match or create this pod's entries.
-    pub ifindex: u32,
-}
-
-impl FlowKey {
-    /// The key a reply packet of this flow carries.
-    #[inline(always)]
-    pub fn reversed(&self) -> Self {
-        let mut key = *self;
-        key.reverse();
-        key
-    }
-
-    /// Turns this key into its reply's, in place (no second key on the
-    /// programs' small stack).
-    #[inline(always)]
-    pub fn reverse(&mut self) {
-        core::mem::swap(&mut self.src_addr, &mut self.dst_addr);
-        core::mem::swap(&mut self.src_port, &mut self.dst_port);
-    }
 }
 
 /// Whether a flow is open or winding down; decides its idle timeout.
@@ -65,6 +49,10 @@ pub mod timeout {
     pub const TCP_CLOSING_SECS: u64 = 120;
     /// A UDP or SCTP flow.
     pub const UDP_SECS: u64 = 180;
+    /// A TCP, UDP or SCTP flow that has not seen a reply yet (as Linux
+    /// conntrack's unreplied UDP timeout): an allowed peer spraying packets
+    /// that open nothing cannot fill the table for long.
+    pub const UNREPLIED_SECS: u64 = 30;
     /// Anything else (ICMP echo, other protocols).
     pub const OTHER_SECS: u64 = 30;
 }
@@ -76,14 +64,16 @@ pub enum TimeoutClass {
     TcpEstablished,
     TcpClosing,
     Udp,
+    Unreplied,
     Other,
 }
 
 impl TimeoutClass {
     #[inline(always)]
-    pub fn of(protocol: u8, state: u8) -> Self {
+    pub fn of(protocol: u8, state: u8, replied: bool) -> Self {
         match protocol {
             crate::protocol::TCP if state == tcp_state::CLOSING => Self::TcpClosing,
+            _ if !replied && crate::protocol::has_ports(protocol) => Self::Unreplied,
             crate::protocol::TCP => Self::TcpEstablished,
             crate::protocol::UDP | crate::protocol::SCTP => Self::Udp,
             _ => Self::Other,
@@ -96,6 +86,7 @@ pub mod timeout_globals {
     pub const TCP_ESTABLISHED: &str = "TIMEOUT_TCP_ESTABLISHED_NS";
     pub const TCP_CLOSING: &str = "TIMEOUT_TCP_CLOSING_NS";
     pub const UDP: &str = "TIMEOUT_UDP_NS";
+    pub const UNREPLIED: &str = "TIMEOUT_UNREPLIED_NS";
     pub const OTHER: &str = "TIMEOUT_OTHER_NS";
 }
 
@@ -109,11 +100,14 @@ pub struct FlowState {
     /// Generation of the pod state (of `direction`) the flow was last judged
     /// under; a different current generation means judge it again.
     pub generation: u32,
-    /// [`crate::direction`] of the first packet.
+    /// [`crate::direction`] of the first packet: the hook whose packets
+    /// continue the flow; packets on the other hook are its replies.
     pub direction: u8,
     /// [`tcp_state`].
     pub tcp_state: u8,
-    pub _pad: [u8; 6],
+    /// 1 once a reply passed.
+    pub replied: u8,
+    pub _pad: [u8; 5],
 }
 
 /// `frag_map`: fragments after the first carry no ports, so the first

@@ -26,7 +26,7 @@ pub struct Decision {
 pub struct Query {
     pub family: u8,
     /// The other end: the source for ingress, the destination for egress.
-    pub peer: [u8; 16],
+    pub peer: crate::Addr,
     pub protocol: u8,
     /// `None` for packets whose port cannot be trusted or that have none.
     pub port: Option<u16>,
@@ -45,7 +45,7 @@ pub fn decide<R: Borrow<RuleSet>>(
         return Decision { allowed: true, tier: tier::DEFAULT_ALLOW, policy_id: POLICY_ID_NONE };
     }
     let tier = if mode == pod_state::POLICIES_APPLIED { tier::NETWORK_POLICY } else { tier::DEFAULT_DENY };
-    let (data, prefix_len) = LpmKeyData::new(state.active_set(), query.family, query.peer, 128);
+    let (data, prefix_len) = LpmKeyData::new(state.active_set(), query.family, query.peer.0, 128);
     let policy_id = lookup(data, prefix_len)
         .and_then(|rules| rules.borrow().find(query.protocol, query.port).map(|rule| rule.policy_id));
     match policy_id {
@@ -66,7 +66,7 @@ mod tests {
     fn query(port: u16) -> Query {
         Query {
             family: family::IPV4,
-            peer: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            peer: crate::Addr([10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             protocol: protocol::TCP,
             port: Some(port),
         }

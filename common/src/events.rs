@@ -21,6 +21,11 @@ pub mod tier {
     pub const MALFORMED: u8 = 3;
     /// A tracked flow judged again after a policy change, and now denied.
     pub const REVOKED: u8 = 4;
+    /// A packet leaving the pod from an address that is not the pod's.
+    pub const SPOOFED: u8 = 5;
+    /// A frame neither IP nor ARP (VLAN-tagged, PPPoE, MPLS, unknown) from or
+    /// to a pod isolated in that direction.
+    pub const NOT_IP: u8 = 6;
 }
 
 /// `counters`: per-CPU packet and byte counts of a pod, indexed by
@@ -44,8 +49,8 @@ pub const fn counter_index(direction: u32, verdict: u8) -> u32 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyEvent {
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
+    pub src_addr: crate::Addr,
+    pub dst_addr: crate::Addr,
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: u8,

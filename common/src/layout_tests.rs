@@ -41,18 +41,18 @@ fn pod_state_layout() {
 
 #[test]
 fn conntrack_layout() {
-    assert_eq!(size_of::<FlowKey>(), 44);
-    assert_eq!(offset_of!(FlowKey, dst_addr), 16);
-    assert_eq!(offset_of!(FlowKey, src_port), 32);
-    assert_eq!(offset_of!(FlowKey, dst_port), 34);
+    assert_eq!(size_of::<FlowKey>(), 40);
+    assert_eq!(offset_of!(FlowKey, peer_addr), 16);
+    assert_eq!(offset_of!(FlowKey, pod_port), 32);
+    assert_eq!(offset_of!(FlowKey, peer_port), 34);
     assert_eq!(offset_of!(FlowKey, protocol), 36);
     assert_eq!(offset_of!(FlowKey, family), 37);
-    assert_eq!(offset_of!(FlowKey, ifindex), 40);
     assert_eq!(size_of::<FlowState>(), 24);
     assert_eq!(offset_of!(FlowState, policy_id), 8);
     assert_eq!(offset_of!(FlowState, generation), 12);
     assert_eq!(offset_of!(FlowState, direction), 16);
     assert_eq!(offset_of!(FlowState, tcp_state), 17);
+    assert_eq!(offset_of!(FlowState, replied), 18);
     assert_eq!(size_of::<FragKey>(), 44);
     assert_eq!(offset_of!(FragKey, id), 32);
     assert_eq!(offset_of!(FragKey, protocol), 36);
@@ -63,8 +63,12 @@ fn conntrack_layout() {
 
 #[test]
 fn pod_record_layout() {
-    assert_eq!(size_of::<PodRecord>(), 16);
+    assert_eq!(size_of::<PodRecord>(), 40);
     assert_eq!(offset_of!(PodRecord, states), 0);
+    assert_eq!(offset_of!(PodRecord, ipv4), 16);
+    assert_eq!(offset_of!(PodRecord, has_ipv4), 20);
+    assert_eq!(offset_of!(PodRecord, has_ipv6), 21);
+    assert_eq!(offset_of!(PodRecord, ipv6), 24);
     assert_eq!(size_of::<PodCounterSlots>(), 16 * COUNTERS as usize);
 }
 
@@ -102,4 +106,35 @@ fn port_range_edges() {
     assert!(!r.matches(crate::protocol::UDP, Some(2001)));
     assert!(!r.matches(crate::protocol::UDP, None));
     assert!(PortRule::any(1).matches(crate::protocol::ICMP, None));
+}
+
+#[test]
+fn a_pod_owns_only_its_addresses() {
+    let mut record = PodRecord { ipv4: [10, 0, 0, 1], has_ipv4: 1, ..PodRecord::default() };
+    let mut v4 = crate::Addr::default();
+    v4.0[..4].copy_from_slice(&[10, 0, 0, 1]);
+    assert!(record.owns(crate::family::IPV4, &v4));
+    v4.0[3] = 2;
+    assert!(!record.owns(crate::family::IPV4, &v4));
+    let v6 = crate::Addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert!(!record.owns(crate::family::IPV6, &v6), "no IPv6 address: nothing is the pod's");
+    record.ipv6 = v6;
+    record.has_ipv6 = 1;
+    assert!(record.owns(crate::family::IPV6, &v6));
+    let mut other = v6;
+    other.0[8] = 1;
+    assert!(!record.owns(crate::family::IPV6, &other));
+    record.has_ipv4 = 0;
+    assert!(!record.owns(crate::family::IPV4, &crate::Addr::default()), "a zeroed address is not owned by default");
+}
+
+#[test]
+fn flows_without_a_reply_get_the_short_timeout() {
+    use crate::protocol::{ICMP, TCP, UDP};
+    assert_eq!(TimeoutClass::of(TCP, tcp_state::OPEN, false), TimeoutClass::Unreplied);
+    assert_eq!(TimeoutClass::of(TCP, tcp_state::OPEN, true), TimeoutClass::TcpEstablished);
+    assert_eq!(TimeoutClass::of(TCP, tcp_state::CLOSING, false), TimeoutClass::TcpClosing);
+    assert_eq!(TimeoutClass::of(UDP, tcp_state::OPEN, false), TimeoutClass::Unreplied);
+    assert_eq!(TimeoutClass::of(UDP, tcp_state::OPEN, true), TimeoutClass::Udp);
+    assert_eq!(TimeoutClass::of(ICMP, tcp_state::OPEN, false), TimeoutClass::Other);
 }

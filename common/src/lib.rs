@@ -20,6 +20,45 @@ pub mod family {
     pub const IPV6: u8 = 6;
 }
 
+/// An address in the ABI's 16-byte form: IPv6 whole, IPv4 in the first four
+/// bytes and zeros after. Aligned to 8 so the programs copy and compare it in
+/// two words: a plain byte array is copied a byte at a time (32 instructions
+/// per copy, a third of an established packet's time) and compared by a
+/// `memcmp` call.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Addr(pub [u8; 16]);
+
+impl Addr {
+    #[inline(always)]
+    fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes, aligned to 8.
+        unsafe { *(self as *const Self).cast::<[u64; 2]>() }
+    }
+
+    #[inline(always)]
+    pub fn is_zero(&self) -> bool {
+        let w = self.words();
+        w[0] == 0 && w[1] == 0
+    }
+}
+
+impl PartialEq for Addr {
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1]
+    }
+}
+
+impl Eq for Addr {}
+
+impl core::hash::Hash for Addr {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
 /// Which side of the pod a program or map entry judges.
 pub mod direction {
     /// Traffic into the pod (`handle_ingress`, on the host veth's egress hook).

@@ -54,11 +54,33 @@ impl PodState {
     }
 }
 
-/// Value of `pod_table`: both directions, indexed by [`crate::direction`].
+/// Value of `pod_table`: both directions, indexed by [`crate::direction`],
+/// and the pod's addresses: a packet leaving the pod from any other source
+/// (IPv6 link-local only for neighbour discovery) is dropped as spoofed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodRecord {
     pub states: [PodState; 2],
+    pub ipv4: [u8; 4],
+    /// 1 when `ipv4` holds the pod's IPv4 address; a pod without one sends none.
+    pub has_ipv4: u8,
+    pub has_ipv6: u8,
+    pub _pad: [u8; 2],
+    pub ipv6: crate::Addr,
+}
+
+impl PodRecord {
+    /// Whether `addr` (in the ABI's 16-byte form) is the pod's own address of `family`.
+    #[inline(always)]
+    pub fn owns(&self, family: u8, addr: &crate::Addr) -> bool {
+        if family == crate::family::IPV4 {
+            // A word compare: byte-array equality becomes a memcmp call in BPF.
+            let a = &addr.0;
+            self.has_ipv4 != 0 && u32::from_ne_bytes([a[0], a[1], a[2], a[3]]) == u32::from_ne_bytes(self.ipv4)
+        } else {
+            self.has_ipv6 != 0 && *addr == self.ipv6
+        }
+    }
 }
 
 /// What the programs do on a veth that carries them but has no pod record

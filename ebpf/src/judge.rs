@@ -1,18 +1,25 @@
 //! The verdict for one packet.
 //!
 //! The pod is the one whose host veth the packet is on (`skb->ifindex`).
-//! Order: link traffic passes; fragments after the first follow their first
-//! fragment; ICMP errors about a tracked flow pass; tracked flows pass (judged
-//! again when the pod's policy generation moved on, and cut if no longer
-//! allowed); everything else is judged by the pod state and the rules, and
-//! tracked when allowed.
+//! Order: ARP passes, and other link traffic where the pod is not isolated in
+//! that direction; a packet leaving the pod from an address that is not the
+//! pod's is dropped; neighbour discovery between the pod and its host passes;
+//! fragments after the first follow their first fragment; an ICMP error about
+//! a live flow of the pod passes; tracked flows pass (judged again when the
+//! pod's policy generation moved on, and cut if no longer allowed);
+//! everything else is judged by the pod state and the rules, and tracked
+//! when allowed.
+//!
+//! What passes is handed on (`TCX_NEXT`) rather than accepted: a program
+//! attached after ours still sees it, and what we drop nothing can let through.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
+    helpers::bpf_ktime_get_coarse_ns,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use na_common::{
+    Addr,
     conntrack::{FlowKey, FlowState, FragKey, TimeoutClass, tcp_state},
     decision::{self, Decision, Query},
     direction,
@@ -27,11 +34,13 @@ use aya_log_ebpf::debug;
 use crate::{
     maps::{
         CONNTRACK_TABLES, COUNTER_MAP, Conntrack, EGRESS_TRIES, FRAGMENTS, INGRESS_TRIES, POD_TABLE, POLICY_EVENTS,
-        TIMEOUT_OTHER_NS, TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_UDP_NS, UNKNOWN_POD_DENY,
+        TIMEOUT_OTHER_NS, TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_UDP_NS, TIMEOUT_UNREPLIED_NS,
+        UNKNOWN_POD_DENY,
     },
     packet::{self, Fragment, Packet, Parsed},
 };
 
+const PASS: i32 = TCX_NEXT;
 /// Refreshing `last_seen` on every packet would bounce its cache line between
 /// CPUs; this granularity is far below any idle timeout.
 const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
@@ -41,7 +50,7 @@ const TCP_RST: u8 = 0x04;
 /// The pod a packet belongs to, as the programs see it.
 struct Pod<'a> {
     ifindex: u32,
-    record: PodRecord,
+    record: &'a PodRecord,
     /// `None` only if the agent failed to give the pod a table; nothing is
     /// tracked then, and every packet is judged by the rules.
     conntrack: Option<&'a Conntrack>,
@@ -55,25 +64,36 @@ impl Pod<'_> {
 
 pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(record) = pod_record(ifindex) else {
-        let action = if UNKNOWN_POD_DENY.load() != 0 { TC_ACT_SHOT } else { TC_ACT_OK };
+    let Some(record) = POD_TABLE.get_ptr(ifindex) else {
+        let action = if UNKNOWN_POD_DENY.load() != 0 { TC_ACT_SHOT } else { PASS };
         count(ctx, UNKNOWN_POD, dir, action);
         return action;
     };
+    // SAFETY: records are replaced whole (the table is not preallocated, so
+    // an update installs a new element), never written in place, and the one
+    // read here lives until this run ends: its states and addresses belong
+    // together.
+    let record = unsafe { &*record };
     // SAFETY: the table is not preallocated, so the inner map a lookup
     // returns stays valid for this run even if the agent replaces it.
     let pod = Pod { ifindex, record, conntrack: unsafe { CONNTRACK_TABLES.get(&ifindex) } };
-    let state = pod.state(dir);
+    let isolated = pod.state(dir).mode() != pod_state::DEFAULT_ALLOW;
     let action = match packet::parse(ctx) {
-        Parsed::NotIp | Parsed::Neighbour => TC_ACT_OK,
-        Parsed::Malformed if state.mode() == pod_state::DEFAULT_ALLOW => TC_ACT_OK,
-        Parsed::Malformed => malformed(ctx, dir),
+        Parsed::Arp => PASS,
+        Parsed::OtherLink if !isolated => PASS,
+        Parsed::OtherLink => unjudgeable(ctx, dir, tier::NOT_IP),
+        // A packet leaving the pod that cannot be parsed cannot have its
+        // source checked either.
+        Parsed::Malformed if !isolated && dir == direction::INGRESS => PASS,
+        Parsed::Malformed => unjudgeable(ctx, dir, tier::MALFORMED),
+        Parsed::Ip(packet) if dir == direction::EGRESS && !source_is_pods(record, &packet) => spoofed(ctx, &packet),
+        Parsed::Ip(packet) if packet.neighbour && neighbour_exempt(dir, &packet) => PASS,
         // Checked here, not in `judge_ip`: parsing the quoted packet takes
         // a deep frame of its own.
         Parsed::Ip(packet)
-            if packet.icmp_error_at.is_some_and(|off| icmp_error_is_tracked(ctx, &pod, packet.family, off)) =>
+            if packet.icmp_error_at.is_some_and(|off| icmp_error_admitted(ctx, &pod, dir, &packet, off)) =>
         {
-            TC_ACT_OK
+            PASS
         }
         Parsed::Ip(packet) => judge_ip(ctx, dir, &pod, &packet),
     };
@@ -81,27 +101,58 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     action
 }
 
+/// Whether a packet leaving the pod comes from the pod: one of its
+/// addresses, or for neighbour discovery its link-local address or none
+/// (duplicate address detection).
+fn source_is_pods(record: &PodRecord, packet: &Packet) -> bool {
+    record.owns(packet.family, &packet.src_addr)
+        || (packet.neighbour && (is_link_local(&packet.src_addr) || packet.src_addr.is_zero()))
+}
+
+/// Neighbour discovery is exempt from policy only between the pod and its
+/// host, the one neighbour a veth has: leaving the pod towards link-local or
+/// multicast addresses, entering it from link-local ones. Anything else is
+/// judged as the ICMPv6 it is.
+fn neighbour_exempt(dir: u32, packet: &Packet) -> bool {
+    if dir == direction::EGRESS {
+        is_link_local(&packet.dst_addr) || packet.dst_addr.0[0] == 0xff
+    } else {
+        is_link_local(&packet.src_addr)
+    }
+}
+
+/// fe80::/10 (only IPv6 packets are neighbour discovery).
+fn is_link_local(addr: &Addr) -> bool {
+    addr.0[0] == 0xfe && addr.0[1] & 0xc0 == 0x80
+}
+
 // The verifier caps the stack of the deepest call chain at 512 bytes, so
 // what only some packets need lives in frames of its own.
 #[inline(never)]
-fn malformed(ctx: &TcContext, dir: u32) -> i32 {
-    debug!(ctx, "dir {}: malformed IP packet dropped", dir);
+fn unjudgeable(ctx: &TcContext, dir: u32, why: u8) -> i32 {
+    debug!(ctx, "dir {}: frame dropped unjudged (tier {})", dir, why);
     // Nothing about it can be trusted, so the event carries no addresses.
     let unknown = packet::unparsed();
-    emit(ctx, &unknown, dir, &Decision { allowed: false, tier: tier::MALFORMED, policy_id: POLICY_ID_NONE });
+    emit(ctx, &unknown, dir, &Decision { allowed: false, tier: why, policy_id: POLICY_ID_NONE });
+    TC_ACT_SHOT
+}
+
+#[inline(never)]
+fn spoofed(ctx: &TcContext, packet: &Packet) -> i32 {
+    debug!(ctx, "egress: packet from an address not the pod's dropped");
+    let dir = direction::EGRESS;
+    emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::SPOOFED, policy_id: POLICY_ID_NONE });
     TC_ACT_SHOT
 }
 
 #[inline(never)]
 fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
-    if let Fragment::Later(id) = packet.fragment
-        && first_fragment_passed(pod.ifindex, packet, id)
-    {
-        return TC_ACT_OK;
+    if packet.fragment == Fragment::Later && first_fragment_passed(pod.ifindex, packet) {
+        return PASS;
     }
-    if !matches!(packet.fragment, Fragment::Later(_)) {
-        match conntrack_verdict(pod, packet) {
-            Tracked::Pass => return TC_ACT_OK,
+    if packet.fragment != Fragment::Later {
+        match conntrack_verdict(dir, pod, packet) {
+            Tracked::Pass => return PASS,
             Tracked::Revoked => {
                 debug!(ctx, "dir {}: tracked flow from port {} no longer allowed", dir, packet.src_port);
                 emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE });
@@ -115,7 +166,7 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
     let decision = evaluate(dir, pod, packet);
     emit(ctx, packet, dir, &decision);
     if decision.allowed {
-        return TC_ACT_OK;
+        return PASS;
     }
     debug!(
         ctx,
@@ -137,32 +188,21 @@ enum Tracked {
     Revoked,
 }
 
-/// The verdict for a packet of a tracked flow (either orientation), if any:
-/// judged again when its direction's policy changed since it was admitted,
+/// The verdict for a packet of a tracked flow, if any: judged again when
+/// the policy of the direction that opened it changed since it was admitted,
 /// and cut if no longer allowed.
 #[inline(never)]
-fn conntrack_verdict(pod: &Pod, packet: &Packet) -> Tracked {
+fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     let Some(table) = pod.conntrack else { return Tracked::Miss };
-    let mut key = flow_key(pod.ifindex, packet);
-    let entry = match tracked(table, &key) {
-        Some(entry) => entry,
-        None => {
-            key.reverse();
-            match tracked(table, &key) {
-                Some(entry) => entry,
-                None => return Tracked::Miss,
-            }
-        }
-    };
+    let key = flow_key(dir, packet);
+    let now = clock();
+    let Some(entry) = tracked(table, &key, now) else { return Tracked::Miss };
     // SAFETY: the pointer is to a live map value.
     let entry = unsafe { &mut *entry };
     let flow_dir = u32::from(entry.direction);
     let state = pod.state(flow_dir);
     if state.generation != entry.generation {
-        let peer = if flow_dir == direction::INGRESS { key.src_addr } else { key.dst_addr };
-        let port = protocol::has_ports(key.protocol).then_some(key.dst_port);
-        let decision =
-            decide(pod.ifindex, &state, flow_dir, &Query { family: key.family, peer, protocol: key.protocol, port });
+        let decision = decide(pod.ifindex, &state, flow_dir, &opening_query(flow_dir, &key));
         if !decision.allowed {
             let _ = table.remove(key);
             return Tracked::Revoked;
@@ -170,15 +210,28 @@ fn conntrack_verdict(pod: &Pod, packet: &Packet) -> Tracked {
         entry.generation = state.generation;
         entry.policy_id = decision.policy_id;
     }
+    if dir != flow_dir && entry.replied == 0 {
+        entry.replied = 1;
+    }
     if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         entry.tcp_state = tcp_state::CLOSING;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     if now.saturating_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
         entry.last_seen_ns = now;
     }
     remember_first_fragment(pod.ifindex, packet, entry.policy_id);
     Tracked::Pass
+}
+
+/// What the rules were asked about the flow's first packet, which `flow_dir` carried.
+fn opening_query(flow_dir: u32, key: &FlowKey) -> Query {
+    let port = if flow_dir == direction::INGRESS { key.pod_port } else { key.peer_port };
+    Query {
+        family: key.family,
+        peer: key.peer_addr,
+        protocol: key.protocol,
+        port: protocol::has_ports(key.protocol).then_some(port),
+    }
 }
 
 /// Judges an untracked packet by the pod state and rules; tracks it if allowed.
@@ -195,48 +248,53 @@ fn evaluate(dir: u32, pod: &Pod, packet: &Packet) -> Decision {
     if !decision.allowed {
         return decision;
     }
-    if !matches!(packet.fragment, Fragment::Later(_)) {
+    if packet.fragment != Fragment::Later {
         let tcp = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 { tcp_state::CLOSING } else { tcp_state::OPEN };
         let entry = FlowState {
-            last_seen_ns: unsafe { bpf_ktime_get_ns() },
+            last_seen_ns: clock(),
             policy_id: decision.policy_id,
             generation: state.generation,
             direction: dir as u8,
             tcp_state: tcp,
-            _pad: [0; 6],
+            replied: 0,
+            _pad: [0; 5],
         };
         // A full table tracks nothing new (and evicts nothing live): the
         // flow's next packets are judged by the rules again.
         if let Some(table) = pod.conntrack {
-            let _ = table.insert(flow_key(pod.ifindex, packet), entry, 0);
+            let _ = table.insert(flow_key(dir, packet), entry, 0);
         }
         remember_first_fragment(pod.ifindex, packet, decision.policy_id);
     }
     decision
 }
 
-/// Whether the packet an ICMP error at `off` is about belongs to a tracked flow.
+/// Whether an ICMP error is about a live flow of the pod, judged under the
+/// current policy, and quotes a packet the error's receiver sent: arriving at
+/// the pod (from any router on the path), a packet the pod sent; leaving it,
+/// a packet the flow's peer sent, and the error goes to that peer.
 #[inline(never)]
-fn icmp_error_is_tracked(ctx: &TcContext, pod: &Pod, family: u8, off: usize) -> bool {
+fn icmp_error_admitted(ctx: &TcContext, pod: &Pod, dir: u32, error: &Packet, off: usize) -> bool {
     let Some(table) = pod.conntrack else { return false };
-    let Some(inner) = packet::parse_embedded(ctx, family, off) else { return false };
-    tracked_either_way(table, pod.ifindex, &inner)
+    let Some(quote) = packet::parse_embedded(ctx, error.family, off) else { return false };
+    quote_is_live(table, pod, dir, error, &quote)
 }
 
-/// Whether `packet`'s flow is tracked in either orientation; a frame of its
-/// own so its keys are not on the stack while the quote is parsed.
+/// See [`icmp_error_admitted`]; a frame of its own so the key is not on the
+/// stack while the quote is parsed.
 #[inline(never)]
-fn tracked_either_way(table: &Conntrack, ifindex: u32, packet: &Packet) -> bool {
-    let key = flow_key(ifindex, packet);
-    table.get_ptr(key).is_some() || table.get_ptr(key.reversed()).is_some()
-}
-
-/// The pod's record, copied once so both directions' mode, set and
-/// generation belong together.
-fn pod_record(ifindex: u32) -> Option<PodRecord> {
-    let ptr = POD_TABLE.get_ptr(ifindex)?;
-    // SAFETY: a live map value; records are replaced whole, never written in place.
-    Some(unsafe { *ptr })
+fn quote_is_live(table: &Conntrack, pod: &Pod, dir: u32, error: &Packet, quote: &Packet) -> bool {
+    // The quoted packet travelled the other way: its key is the one it had
+    // on the other hook.
+    let quoted_on = if dir == direction::INGRESS { direction::EGRESS } else { direction::INGRESS };
+    let key = flow_key(quoted_on, quote);
+    if dir == direction::EGRESS && error.dst_addr != key.peer_addr {
+        return false;
+    }
+    let Some(entry) = tracked(table, &key, clock()) else { return false };
+    // SAFETY: the pointer is to a live map value.
+    let entry = unsafe { &*entry };
+    entry.generation == pod.state(u32::from(entry.direction)).generation
 }
 
 #[inline(never)]
@@ -247,48 +305,55 @@ fn decide(ifindex: u32, state: &PodState, dir: u32, query: &Query) -> Decision {
     decision::decide(state, query, |data, prefix_len| unsafe { tries.get_value(&ifindex, &Key::new(prefix_len, data)) })
 }
 
-/// The entry of `key`, unless it is missing or idle past its timeout (then
-/// it is removed: the programs never refresh an expired flow).
+/// The entry of `key`, unless it is missing or idle past its timeout at
+/// `now` (then it is removed: the programs never refresh an expired flow).
 #[inline(never)]
-fn tracked(table: &Conntrack, key: &FlowKey) -> Option<*mut FlowState> {
+fn tracked(table: &Conntrack, key: &FlowKey, now: u64) -> Option<*mut FlowState> {
     let entry = table.get_ptr_mut(key)?;
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the pointer is to a live map value.
     let flow = unsafe { &*entry };
-    if now.saturating_sub(flow.last_seen_ns) > idle_timeout(key.protocol, flow.tcp_state) {
+    if now.saturating_sub(flow.last_seen_ns) > idle_timeout(key.protocol, flow.tcp_state, flow.replied != 0) {
         let _ = table.remove(key);
         return None;
     }
     Some(entry)
 }
 
-fn idle_timeout(proto: u8, state: u8) -> u64 {
-    match TimeoutClass::of(proto, state) {
+/// The kernel's coarse monotonic clock: a tick's precision is plenty for
+/// idle timeouts, and it costs a load where the precise one reads the TSC.
+/// The agent's sweeper reads the same clock's precise form.
+fn clock() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+fn idle_timeout(proto: u8, state: u8, replied: bool) -> u64 {
+    match TimeoutClass::of(proto, state, replied) {
         TimeoutClass::TcpClosing => TIMEOUT_TCP_CLOSING_NS.load(),
         TimeoutClass::TcpEstablished => TIMEOUT_TCP_ESTABLISHED_NS.load(),
         TimeoutClass::Udp => TIMEOUT_UDP_NS.load(),
+        TimeoutClass::Unreplied => TIMEOUT_UNREPLIED_NS.load(),
         TimeoutClass::Other => TIMEOUT_OTHER_NS.load(),
     }
 }
 
 /// Whether the first fragment of this later fragment's datagram passed.
 #[inline(never)]
-fn first_fragment_passed(ifindex: u32, packet: &Packet, id: u32) -> bool {
-    FRAGMENTS.get_ptr(frag_key(ifindex, packet, id)).is_some()
+fn first_fragment_passed(ifindex: u32, packet: &Packet) -> bool {
+    FRAGMENTS.get_ptr(frag_key(ifindex, packet)).is_some()
 }
 
 #[inline(never)]
 fn remember_first_fragment(ifindex: u32, packet: &Packet, policy_id: u32) {
-    if let Fragment::First(id) = packet.fragment {
-        let _ = FRAGMENTS.insert(frag_key(ifindex, packet, id), policy_id, 0);
+    if packet.fragment == Fragment::First {
+        let _ = FRAGMENTS.insert(frag_key(ifindex, packet), policy_id, 0);
     }
 }
 
-fn frag_key(ifindex: u32, packet: &Packet, id: u32) -> FragKey {
+fn frag_key(ifindex: u32, packet: &Packet) -> FragKey {
     FragKey {
-        src_addr: packet.src_addr,
-        dst_addr: packet.dst_addr,
-        id,
+        src_addr: packet.src_addr.0,
+        dst_addr: packet.dst_addr.0,
+        id: packet.frag_id,
         protocol: packet.protocol,
         family: packet.family,
         _pad: [0; 2],
@@ -296,21 +361,20 @@ fn frag_key(ifindex: u32, packet: &Packet, id: u32) -> FragKey {
     }
 }
 
-fn flow_key(ifindex: u32, packet: &Packet) -> FlowKey {
-    FlowKey {
-        src_addr: packet.src_addr,
-        dst_addr: packet.dst_addr,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port.unwrap_or(0),
-        protocol: packet.protocol,
-        family: packet.family,
-        _pad: [0; 2],
-        ifindex,
-    }
+/// The flow's key as the pod sees it: on the egress hook the pod's end is the
+/// source, on the ingress hook the destination.
+fn flow_key(dir: u32, packet: &Packet) -> FlowKey {
+    let port = packet.dst_port.unwrap_or(0);
+    let (pod_addr, peer_addr, pod_port, peer_port) = if dir == direction::EGRESS {
+        (packet.src_addr, packet.dst_addr, packet.src_port, port)
+    } else {
+        (packet.dst_addr, packet.src_addr, port, packet.src_port)
+    };
+    FlowKey { pod_addr, peer_addr, pod_port, peer_port, protocol: packet.protocol, family: packet.family, _pad: [0; 2] }
 }
 
 fn count(ctx: &TcContext, ifindex: u32, dir: u32, action: i32) {
-    let v = if action == TC_ACT_OK { verdict::ALLOW } else { verdict::DENY };
+    let v = if action == TC_ACT_SHOT { verdict::DENY } else { verdict::ALLOW };
     if let Some(c) = COUNTER_MAP.get_ptr_mut(ifindex) {
         // SAFETY: per-CPU value, only this CPU writes it.
         let slots = unsafe { &mut (*c).slots };

@@ -62,6 +62,8 @@ pub static TIMEOUT_TCP_CLOSING_NS: Global<u64> = Global::new(timeout::TCP_CLOSIN
 #[unsafe(no_mangle)]
 pub static TIMEOUT_UDP_NS: Global<u64> = Global::new(timeout::UDP_SECS * NS);
 #[unsafe(no_mangle)]
+pub static TIMEOUT_UNREPLIED_NS: Global<u64> = Global::new(timeout::UNREPLIED_SECS * NS);
+#[unsafe(no_mangle)]
 pub static TIMEOUT_OTHER_NS: Global<u64> = Global::new(timeout::OTHER_SECS * NS);
 /// `na_common::pod_state::unknown_pod`: 1 in strict mode.
 #[unsafe(no_mangle)]

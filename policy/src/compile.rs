@@ -227,7 +227,13 @@ impl Compiler {
                 Ok(())
             }
             Err(e) => {
-                self.policies.remove(&key);
+                // Left out, the policy would open what it was written to
+                // close: what it selects stays isolated, granted nothing.
+                match Policy::isolating_only(np) {
+                    Some(isolating) => self.policies.insert(key.clone(), isolating),
+                    None => self.policies.remove(&key),
+                };
+                self.mark_selected_by(&key);
                 self.invalid.insert(key, e.clone());
                 Err(e)
             }
@@ -301,14 +307,7 @@ impl Compiler {
             let entries = match cached {
                 Some(entries) => entries,
                 None => {
-                    let mut grants = Vec::new();
-                    if dir == Direction::Ingress && self.options.allow_node {
-                        grants.extend(self.options.node_ips.iter().map(|ip| Grant {
-                            prefix: IpNet::from(*ip),
-                            except: Vec::new(),
-                            rules: [PortRule::any(POLICY_ID_HOST)].into(),
-                        }));
-                    }
+                    let mut grants = self.node_grants(dir);
                     for (policy, index, id, shared) in &applicable {
                         if *shared && let Some(g) = memo.grants.get(id) {
                             grants.extend_from_slice(g);
@@ -348,6 +347,41 @@ impl Compiler {
             *out.direction_mut(dir) = DirectionRules { mode, entries };
         }
         Ok(out)
+    }
+
+    /// What a pod gets whose rules cannot be compiled (too many for its
+    /// maps) and that has no earlier rules to keep: every direction its
+    /// policies isolate (every direction in strict mode) admits the node
+    /// alone, as while a pod's policies are not known yet. Failing open would
+    /// let through what its policies exist to stop.
+    pub fn fail_closed(&self, key: &ObjectRef) -> PodRules {
+        let mut out = PodRules::default();
+        let Some(target) = self.pods.get(key) else { return out };
+        for dir in Direction::BOTH {
+            let isolated = self.options.strict
+                || self
+                    .policies_in(&target.key.namespace)
+                    .any(|p| p.rules(dir).is_some() && p.pod_selector.matches(&target.labels));
+            if isolated {
+                *out.direction_mut(dir) =
+                    DirectionRules { mode: Mode::DefaultDeny, entries: lpm::build(&self.node_grants(dir)) };
+            }
+        }
+        out
+    }
+
+    /// The node's own addresses, admitted into every isolated pod when
+    /// `allow_node` (kubelet probes).
+    fn node_grants(&self, dir: Direction) -> Vec<Grant> {
+        if dir != Direction::Ingress || !self.options.allow_node {
+            return Vec::new();
+        }
+        let host = |ip: &IpAddr| Grant {
+            prefix: IpNet::from(*ip),
+            except: Vec::new(),
+            rules: [PortRule::any(POLICY_ID_HOST)].into(),
+        };
+        self.options.node_ips.iter().map(host).collect()
     }
 
     /// Policies of one namespace: keys sort by namespace first.

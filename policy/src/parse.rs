@@ -2,7 +2,7 @@
 //! invalid policy is reported with the field at fault and left out.
 use ipnet::IpNet;
 use k8s_openapi::{
-    api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec},
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use thiserror::Error;
@@ -89,17 +89,7 @@ impl Policy {
         let spec = np.spec.as_ref().ok_or_else(|| err("spec".into(), "missing".into()))?;
         let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector").map_err(|(f, r)| err(f, r))?;
 
-        let types = spec.policy_types.clone().unwrap_or_default();
-        for (i, t) in types.iter().enumerate() {
-            if t != "Ingress" && t != "Egress" {
-                return Err(err(format!("spec.policyTypes[{i}]"), format!("unknown policy type {t:?}")));
-            }
-        }
-        let (isolates_ingress, isolates_egress) = if types.is_empty() {
-            (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()))
-        } else {
-            (types.iter().any(|t| t == "Ingress"), types.iter().any(|t| t == "Egress"))
-        };
+        let (isolates_ingress, isolates_egress) = isolated_directions(spec).map_err(|(f, r)| err(f, r))?;
 
         let ingress =
             rules(spec.ingress.as_deref(), "spec.ingress", "from", |r| (r.from.as_deref(), r.ports.as_deref()))
@@ -113,6 +103,37 @@ impl Policy {
             egress: isolates_egress.then_some(egress),
         })
     }
+
+    /// What an invalid policy still says for sure: the pods it selects and
+    /// the directions it isolates, with no rules. Enforced in its place, it
+    /// fails closed: the pods it was written to isolate stay isolated and it
+    /// grants nothing. A selector that cannot be parsed selects every pod of
+    /// the namespace, unknown policy types isolate both directions. `None`
+    /// for a policy without a name (nothing can refer to it).
+    pub fn isolating_only(np: &NetworkPolicy) -> Option<Self> {
+        let key = ObjectRef::of(&np.metadata)?;
+        let spec = np.spec.as_ref();
+        let pod_selector =
+            spec.and_then(|s| selector(s.pod_selector.as_ref(), "spec.podSelector").ok()).unwrap_or_default();
+        let (ingress, egress) = spec.map_or(Ok((true, true)), isolated_directions).unwrap_or((true, true));
+        Some(Self { key, pod_selector, ingress: ingress.then(Vec::new), egress: egress.then(Vec::new) })
+    }
+}
+
+/// Whether a policy isolates (ingress, egress): as `policyTypes` says, or
+/// when it is absent, ingress always and egress if it has egress rules.
+fn isolated_directions(spec: &NetworkPolicySpec) -> Result<(bool, bool), FieldError> {
+    let types = spec.policy_types.clone().unwrap_or_default();
+    for (i, t) in types.iter().enumerate() {
+        if t != "Ingress" && t != "Egress" {
+            return Err((format!("spec.policyTypes[{i}]"), format!("unknown policy type {t:?}")));
+        }
+    }
+    Ok(if types.is_empty() {
+        (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty()))
+    } else {
+        (types.iter().any(|t| t == "Ingress"), types.iter().any(|t| t == "Egress"))
+    })
 }
 
 type FieldError = (String, String);

@@ -130,9 +130,10 @@ fn time_attaches(
 ) -> Result<Vec<f64>> {
     let mut ms = Vec::new();
     for (ns, name) in pods {
-        let (id, veth) = (PodId::new(ns, name), env.pod(&format!("{ns}/{name}")).host_veth.clone());
+        let key = format!("{ns}/{name}");
+        let (id, veth, addrs) = (PodId::new(ns, name), env.pod(&key).host_veth.clone(), env.addrs(&key));
         let t = Instant::now();
-        env.node.netns().run(|| dp.attach_pod(&id, &veth, &PodRules::default()))??;
+        env.node.netns().run(|| dp.attach_pod(&id, &veth, addrs, &PodRules::default()))??;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         if ms.len() == 1 {
             first()?;
@@ -201,7 +202,7 @@ fn sweep_full_table(env: &Env, (ns, name): &(String, String)) -> Result<(usize, 
     for i in 0..env.dp.flows_per_pod() {
         let mut key =
             FlowKey { protocol: na_common::protocol::ICMP, family: na_common::family::IPV4, ..Default::default() };
-        key.src_addr[..4].copy_from_slice(&i.to_be_bytes());
+        key.peer_addr.0[..4].copy_from_slice(&i.to_be_bytes());
         // Last seen at boot: long past the 30 s timeout of ICMP flows.
         table.insert(key, FlowState::default(), 0)?;
     }

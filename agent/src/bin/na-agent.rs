@@ -26,7 +26,7 @@ use na_agent::{
     source::{
         self,
         kube::Update,
-        manifests::{self, Snapshot},
+        manifests::{self, Loaded},
     },
     status::{self, RuleEntry, Status},
     telemetry::{self, Telemetry},
@@ -120,7 +120,7 @@ async fn main() -> Result<()> {
         ..Default::default()
     };
     let events_lock = status::events_lock_path(&args.status_file);
-    let mut snapshot = Snapshot::new();
+    let mut snapshot = Loaded::default();
     match &args.manifests {
         Some(dir) => reload(dir, &mut snapshot, &mut reconciler, &mut status),
         // Nothing is judged on a partial cluster: wait for a full list of
@@ -314,12 +314,15 @@ impl log::Log for KernelLog {
     fn flush(&self) {}
 }
 
-/// Sends a message on `tx` whenever the directory's contents change.
+/// Sends a message on `tx` whenever a manifest in the directory changes.
 fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the files raises access events: reacting to those would
-        // reload in a loop.
-        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+        // reload in a loop. So would a log file written into the directory.
+        let relevant = |e: &notify::Event| {
+            !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| manifests::is_manifest_name(p))
+        };
+        if event.is_ok_and(|e| relevant(&e)) {
             let _ = tx.send(());
         }
     })
@@ -346,21 +349,23 @@ fn apply_update(update: Update, reconciler: &mut Reconciler, status: &mut Status
 }
 
 /// Reads the directory and feeds what changed to the reconciler.
-fn reload(dir: &Path, snapshot: &mut Snapshot, reconciler: &mut Reconciler, status: &mut Status) {
-    let loaded = manifests::load_dir(dir);
+/// Reads the directory and feeds what changed to the reconciler; what could
+/// not be read keeps its last good version.
+fn reload(dir: &Path, snapshot: &mut Loaded, reconciler: &mut Reconciler, status: &mut Status) {
+    let mut loaded = manifests::keep_last_good(snapshot, manifests::load_dir(dir));
     status.errors.clear();
-    for e in loaded.errors {
-        error!("{e}");
+    for e in std::mem::take(&mut loaded.errors) {
+        error!("{e} (the object keeps its last good version, if it had one)");
         status.errors.push(e.to_string());
     }
-    for event in manifests::diff(snapshot, &loaded.objects) {
+    for event in manifests::diff(&snapshot.objects, &loaded.objects) {
         if let Err(e) = reconciler.apply(event) {
             error!("{e}");
             status.errors.push(e.to_string());
         }
     }
-    *snapshot = loaded.objects;
-    status.revision = loaded.revision;
+    status.revision = std::mem::take(&mut loaded.revision);
+    *snapshot = loaded;
     status.generation += 1;
 }
 

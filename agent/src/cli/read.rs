@@ -64,7 +64,7 @@ pub struct FlowRow {
     pub src_port: u16,
     pub dst: IpAddr,
     pub dst_port: u16,
-    /// `open` or `closing` (TCP after FIN or RST).
+    /// `unreplied` (no reply seen yet), `open`, or `closing` (TCP after FIN or RST).
     pub state: String,
     pub policy: String,
     /// Seconds since its last packet (refreshed at most every 100 ms).
@@ -175,17 +175,26 @@ pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, C
     let mut rows = Vec::new();
     for entry in map.iter() {
         let (k, v) = entry.map_err(|e| CliError::kernel("conntrack_map", &e))?;
+        let pod = (decode::addr(k.family, k.pod_addr.0), k.pod_port);
+        let peer = (decode::addr(k.family, k.peer_addr.0), k.peer_port);
+        let ((src, src_port), (dst, dst_port)) =
+            if u32::from(v.direction) == direction::EGRESS { (pod, peer) } else { (peer, pod) };
+        let state = match (v.tcp_state, v.replied) {
+            (tcp_state::CLOSING, _) => "closing",
+            (_, 0) => "unreplied",
+            _ => "open",
+        };
         rows.push(FlowRow {
             direction: decode::direction_name(u32::from(v.direction)).into(),
             protocol: decode::protocol_name(k.protocol),
-            src: decode::addr(k.family, k.src_addr),
-            src_port: k.src_port,
-            dst: decode::addr(k.family, k.dst_addr),
-            dst_port: k.dst_port,
-            state: if v.tcp_state == tcp_state::CLOSING { "closing" } else { "open" }.into(),
+            src,
+            src_port,
+            dst,
+            dst_port,
+            state: state.into(),
             policy: decode::attribution_label(v.policy_id, status),
             idle_secs: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
-            timeout_secs: timeouts.idle_timeout_ns(k.protocol, v.tcp_state) / 1_000_000_000,
+            timeout_secs: timeouts.idle_timeout_ns(k.protocol, &v) / 1_000_000_000,
         });
     }
     rows.sort_by_key(|r| (r.src, r.src_port, r.dst, r.dst_port));

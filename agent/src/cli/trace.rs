@@ -128,7 +128,7 @@ fn judge(
     let trie_name = if dir == direction::INGRESS { names::MAP_INGRESS } else { names::MAP_EGRESS };
     let trie: read::Trie = read::pinned(layout, id, trie_name)?;
     let (family, peer_bytes) = decode::abi_addr(peer);
-    let query = Query { family, peer: peer_bytes, protocol: packet.protocol, port: packet.port };
+    let query = Query { family, peer: na_common::Addr(peer_bytes), protocol: packet.protocol, port: packet.port };
     let mut failure = None;
     let decision = decide(&state, &query, |data, prefix_len| -> Option<RuleSet> {
         match trie.get(&Key::new(prefix_len, data), 0) {

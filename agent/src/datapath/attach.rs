@@ -58,7 +58,7 @@ pub fn attach_or_replace(
     match mode.resolve() {
         AttachMode::Tcx => {
             let fresh = |prog: &mut SchedClassifier| {
-                prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::first()))
             };
             let id = match PinnedLink::from_pin(link_pin) {
                 Ok(old) if same_device => {

@@ -11,7 +11,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier},
 };
 use na_common::{
-    conntrack::{DEFAULT_FLOWS_PER_POD, TimeoutClass, timeout, timeout_globals},
+    conntrack::{DEFAULT_FLOWS_PER_POD, FlowState, TimeoutClass, timeout, timeout_globals},
     names::{MAP_CONNTRACK, MAP_EGRESS, MAP_INGRESS, POD_MAPS},
 };
 use thiserror::Error;
@@ -22,7 +22,7 @@ use super::{
     AttachMode, PROGRAMS,
     attach::{self, remove_pin},
     programs::Programs,
-    rules::{PodMaps, RulesError},
+    rules::{PodAddrs, PodMaps, RulesError},
     tables::{self, InnerMaps, NodeTables},
 };
 use crate::{
@@ -60,6 +60,8 @@ pub struct Timeouts {
     pub tcp_established: Duration,
     pub tcp_closing: Duration,
     pub udp: Duration,
+    /// TCP, UDP and SCTP flows that have not seen a reply.
+    pub unreplied: Duration,
     pub other: Duration,
 }
 
@@ -69,6 +71,7 @@ impl Default for Timeouts {
             tcp_established: Duration::from_secs(timeout::TCP_ESTABLISHED_SECS),
             tcp_closing: Duration::from_secs(timeout::TCP_CLOSING_SECS),
             udp: Duration::from_secs(timeout::UDP_SECS),
+            unreplied: Duration::from_secs(timeout::UNREPLIED_SECS),
             other: Duration::from_secs(timeout::OTHER_SECS),
         }
     }
@@ -76,23 +79,25 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// The idle timeout of a flow, as the programs apply it.
-    pub fn idle_timeout_ns(&self, proto: u8, tcp_state: u8) -> u64 {
-        let d = match TimeoutClass::of(proto, tcp_state) {
+    pub fn idle_timeout_ns(&self, proto: u8, flow: &FlowState) -> u64 {
+        let d = match TimeoutClass::of(proto, flow.tcp_state, flow.replied != 0) {
             TimeoutClass::TcpClosing => self.tcp_closing,
             TimeoutClass::TcpEstablished => self.tcp_established,
             TimeoutClass::Udp => self.udp,
+            TimeoutClass::Unreplied => self.unreplied,
             TimeoutClass::Other => self.other,
         };
         u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// (object global, nanoseconds) pairs.
-    pub(super) fn globals(&self) -> [(&'static str, u64); 4] {
+    pub(super) fn globals(&self) -> [(&'static str, u64); 5] {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         [
             (timeout_globals::TCP_ESTABLISHED, ns(self.tcp_established)),
             (timeout_globals::TCP_CLOSING, ns(self.tcp_closing)),
             (timeout_globals::UDP, ns(self.udp)),
+            (timeout_globals::UNREPLIED, ns(self.unreplied)),
             (timeout_globals::OTHER, ns(self.other)),
         ]
     }
@@ -204,14 +209,21 @@ impl Datapath {
     }
 
     /// Creates (or reuses, when pinned) `pod`'s maps, points the node's
-    /// tables at them under `ifname`'s ifindex, writes `rules` and only then
+    /// tables at them under `ifname`'s ifindex, writes `rules` and the pod's
+    /// addresses (the only sources its packets may carry) and only then
     /// attaches the node's programs to `ifname`, so no packet passes before
     /// the pod's state is in place. A pod already attached keeps its maps
     /// (conntrack included) and gets its programs swapped atomically.
-    pub fn attach_pod(&self, pod: &PodId, ifname: &str, rules: &PodRules) -> Result<PodMaps, DatapathError> {
+    pub fn attach_pod(
+        &self,
+        pod: &PodId,
+        ifname: &str,
+        addrs: PodAddrs,
+        rules: &PodRules,
+    ) -> Result<PodMaps, DatapathError> {
         let ifindex =
             nix::net::if_::if_nametoindex(ifname).map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
-        let (maps, same_device) = self.register_pod(pod, ifindex, rules)?;
+        let (maps, same_device) = self.register_pod(pod, ifindex, addrs, rules)?;
         let pins = {
             let programs = self.programs()?;
             let programs = programs.as_ref().expect("loaded above");
@@ -236,13 +248,25 @@ impl Datapath {
 
     /// Creates or reuses `pod`'s maps, registers them under `ifindex` and
     /// writes `rules`, without attaching anything.
-    pub fn load_pod(&self, pod: &PodId, ifindex: u32, rules: &PodRules) -> Result<PodMaps, DatapathError> {
-        Ok(self.register_pod(pod, ifindex, rules)?.0)
+    pub fn load_pod(
+        &self,
+        pod: &PodId,
+        ifindex: u32,
+        addrs: PodAddrs,
+        rules: &PodRules,
+    ) -> Result<PodMaps, DatapathError> {
+        Ok(self.register_pod(pod, ifindex, addrs, rules)?.0)
     }
 
     /// [`Self::load_pod`], also saying whether the pod was registered under
     /// this ifindex already (so its pinned links belong to this device).
-    fn register_pod(&self, pod: &PodId, ifindex: u32, rules: &PodRules) -> Result<(PodMaps, bool), DatapathError> {
+    fn register_pod(
+        &self,
+        pod: &PodId,
+        ifindex: u32,
+        addrs: PodAddrs,
+        rules: &PodRules,
+    ) -> Result<(PodMaps, bool), DatapathError> {
         // The node's tables are created (and pinned) with the programs.
         drop(self.programs()?);
         let ingress = self.pod_map(pod, MAP_INGRESS, || tables::create_trie(MAP_INGRESS))?;
@@ -285,7 +309,8 @@ impl Datapath {
             let map = Map::from_map_data(data).map_err(|e| RulesError::Map { op: "open", map: name, source: e })?;
             Ok(map.try_into().map_err(|e: MapError| RulesError::Map { op: "open", map: name, source: e })?)
         };
-        let mut maps = PodMaps::new(typed(ingress, MAP_INGRESS)?, typed(egress, MAP_EGRESS)?, tables.pods, ifindex);
+        let mut maps =
+            PodMaps::new(typed(ingress, MAP_INGRESS)?, typed(egress, MAP_EGRESS)?, tables.pods, ifindex, addrs);
         maps.apply(rules)?;
         Ok((maps, same_device))
     }

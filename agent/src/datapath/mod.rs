@@ -14,7 +14,7 @@ pub use attach::AttachMode;
 pub use loader::{Datapath, DatapathError, KernelLogLevel, Settings, Timeouts};
 pub use na_policy::{DirectionRules, Mode, PodRules};
 pub use programs::{Origin, Programs};
-pub use rules::{PodMaps, PodTable, RulesError, Trie, open_pinned};
+pub use rules::{PodAddrs, PodMaps, PodTable, RulesError, Trie, open_pinned};
 pub use stats::{PodCounters, Totals, counters, pod_counters};
 pub use sweep::{Expired, ktime_now_ns};
 pub use tables::NodeTables;

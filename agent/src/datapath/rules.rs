@@ -9,6 +9,7 @@
 //! record just before the flip still looks its peer up in that set. It is
 //! cleared by the next write, once [`GRACE`] has passed since the flip.
 use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -51,20 +52,57 @@ pub type PodTable = HashMap<MapData, u32, PodRecord>;
 /// it. Programs run to completion in microseconds; this is generous.
 pub const GRACE: Duration = Duration::from_millis(10);
 
+/// A pod's own addresses, as its record holds them: Kubernetes gives a pod
+/// at most one per family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodAddrs {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl PodAddrs {
+    /// The first address of each family in `ips`.
+    pub fn new(ips: &[IpAddr]) -> Self {
+        Self {
+            ipv4: ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            }),
+            ipv6: ips.iter().find_map(|ip| match ip {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            }),
+        }
+    }
+
+    fn write_into(&self, record: &mut PodRecord) {
+        record.ipv4 = self.ipv4.map_or([0; 4], |a| a.octets());
+        record.has_ipv4 = u8::from(self.ipv4.is_some());
+        record.ipv6 = na_common::Addr(self.ipv6.map_or([0; 16], |a| a.octets()));
+        record.has_ipv6 = u8::from(self.ipv6.is_some());
+    }
+}
+
 /// A pod's tries and its record in the pod table, opened for writing.
 pub struct PodMaps {
     ingress: Trie,
     egress: Trie,
     pods: PodTable,
     ifindex: u32,
+    addrs: PodAddrs,
     /// When this handle last flipped (`None`: not since opened, so another
     /// writer may just have).
     flipped: Option<Instant>,
 }
 
 impl PodMaps {
-    pub fn new(ingress: Trie, egress: Trie, pods: PodTable, ifindex: u32) -> Self {
-        Self { ingress, egress, pods, ifindex, flipped: None }
+    pub fn new(ingress: Trie, egress: Trie, pods: PodTable, ifindex: u32, addrs: PodAddrs) -> Self {
+        Self { ingress, egress, pods, ifindex, addrs, flipped: None }
+    }
+
+    /// Addresses the next [`Self::apply`] writes.
+    pub fn set_addrs(&mut self, addrs: PodAddrs) {
+        self.addrs = addrs;
     }
 
     /// The host veth the pod's record is keyed by.
@@ -94,9 +132,10 @@ impl PodMaps {
         // by chance and skip being judged again.
         let current = self.record()?.unwrap_or_else(|| {
             let start = (super::ktime_now_ns() / 1_000_000) as u32 | 1;
-            PodRecord { states: [PodState::new(pod_state::DEFAULT_DENY, 0, start); 2] }
+            PodRecord { states: [PodState::new(pod_state::DEFAULT_DENY, 0, start); 2], ..PodRecord::default() }
         });
         let mut next = current;
+        self.addrs.write_into(&mut next);
         for (trie, dir, wanted) in
             [(&mut self.ingress, INGRESS, &rules.ingress), (&mut self.egress, EGRESS, &rules.egress)]
         {

@@ -41,9 +41,7 @@ impl Expired {
         let flows = table
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, flow)| {
-                now.saturating_sub(flow.last_seen_ns) > timeouts.idle_timeout_ns(key.protocol, flow.tcp_state)
-            })
+            .filter(|(key, flow)| now.saturating_sub(flow.last_seen_ns) > timeouts.idle_timeout_ns(key.protocol, flow))
             .collect();
         Ok(Self { table, flows })
     }
@@ -68,8 +66,8 @@ impl Expired {
     }
 }
 
-/// Now on the clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC), which stamps
-/// conntrack entries.
+/// Now on the clock that stamps conntrack entries (the programs read its
+/// coarse form, `bpf_ktime_get_coarse_ns`, at most a tick behind).
 pub fn ktime_now_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC).map(|t| Duration::from(t).as_nanos() as u64).unwrap_or(0)
 }

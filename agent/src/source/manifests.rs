@@ -1,7 +1,15 @@
 //! Local mode: the cluster as a directory of YAML/JSON manifests (several
-//! documents per file allowed), reloaded when the directory changes.
+//! documents per file allowed, `kind: List` too), reloaded when the
+//! directory changes.
+//!
+//! Bad input never loosens enforcement: a document that fails to parse or
+//! validate keeps its object's last good version (found by the kind and name
+//! it still names), a file that cannot be read or whose YAML breaks keeps
+//! every object of it that cannot be read any more, and a directory that
+//! cannot be read keeps everything. Only removing a document deletes its
+//! object.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -9,7 +17,7 @@ use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use thiserror::Error;
 
-use super::{Event, Object, ObjectKey};
+use super::{Event, Kind, Object, ObjectKey};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{file}: document {document}: {reason}")]
@@ -27,12 +35,46 @@ pub type Snapshot = BTreeMap<ObjectKey, Object>;
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub objects: Snapshot,
+    /// The file each object came from.
+    pub origins: BTreeMap<ObjectKey, String>,
     /// Bad documents, reported and skipped.
     pub errors: Vec<ManifestError>,
+    /// What this read could not vouch for: see [`keep_last_good`].
+    pub unreadable: Unreadable,
     /// Digest of the exact files read (names and bytes): whoever writes the
     /// directory can compute it too and so tell when the agent has applied
     /// what it wrote.
     pub revision: String,
+}
+
+/// Objects a read could not see, though they may still be there.
+#[derive(Debug, Default)]
+pub struct Unreadable {
+    /// The directory itself.
+    pub all: bool,
+    /// Files not read at all, or whose YAML broke part-way (what followed
+    /// the break is unknown).
+    pub files: BTreeSet<String>,
+    /// Objects named by documents that failed to validate.
+    pub objects: BTreeSet<ObjectKey>,
+}
+
+/// `loaded`, with the last good version (from `previous`) of every object it
+/// could not read.
+pub fn keep_last_good(previous: &Loaded, mut loaded: Loaded) -> Loaded {
+    for (key, object) in &previous.objects {
+        let origin = previous.origins.get(key);
+        let unseen = loaded.unreadable.all
+            || loaded.unreadable.objects.contains(key)
+            || origin.is_some_and(|f| loaded.unreadable.files.contains(f));
+        if unseen && !loaded.objects.contains_key(key) {
+            loaded.objects.insert(key.clone(), object.clone());
+            if let Some(origin) = origin {
+                loaded.origins.insert(key.clone(), origin.clone());
+            }
+        }
+    }
+    loaded
 }
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursing).
@@ -41,7 +83,8 @@ pub fn load_dir(dir: &Path) -> Loaded {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_manifest(p)).collect(),
         Err(e) => {
             let error = ManifestError { file: dir.display().to_string(), document: 0, reason: e.to_string() };
-            return Loaded { errors: vec![error], ..Default::default() };
+            let unreadable = Unreadable { all: true, ..Default::default() };
+            return Loaded { errors: vec![error], unreadable, ..Default::default() };
         }
     };
     files.sort();
@@ -56,9 +99,12 @@ pub fn load_dir(dir: &Path) -> Loaded {
                 digest.update(base.as_bytes());
                 digest.update((text.len() as u64).to_le_bytes());
                 digest.update(text.as_bytes());
-                parse_into(&name, &text, &mut loaded.objects, &mut loaded.errors);
+                parse_into(&name, &text, &mut loaded);
             }
-            Err(e) => loaded.errors.push(ManifestError { file: name, document: 0, reason: e.to_string() }),
+            Err(e) => {
+                loaded.unreadable.files.insert(name.clone());
+                loaded.errors.push(ManifestError { file: name, document: 0, reason: e.to_string() });
+            }
         }
     }
     loaded.revision = hex::encode(digest.finalize());
@@ -66,33 +112,79 @@ pub fn load_dir(dir: &Path) -> Loaded {
 }
 
 fn is_manifest(p: &Path) -> bool {
-    p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    p.is_file() && is_manifest_name(p)
 }
 
-/// Parses the documents of one file (JSON is YAML too).
-pub fn parse_into(file: &str, text: &str, snapshot: &mut Snapshot, errors: &mut Vec<ManifestError>) {
+/// Whether a path's name is one the agent reads: `.yaml`, `.yml` or `.json`,
+/// and not a dotfile (editors' swap and lock files, hidden drafts). Changes
+/// to any other file in the directory (a log written there) are ignored.
+pub fn is_manifest_name(p: &Path) -> bool {
+    let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    !hidden && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+}
+
+/// Parses the documents of one file (JSON is YAML too) into `loaded`.
+pub fn parse_into(file: &str, text: &str, loaded: &mut Loaded) {
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let err = |reason: String| ManifestError { file: file.to_owned(), document: i + 1, reason };
         let value = match serde_json::Value::deserialize(doc) {
             Ok(serde_json::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                errors.push(err(format!("invalid YAML: {e}")));
-                // A syntax error ends the stream: later documents cannot be trusted.
+                loaded.errors.push(err(format!("invalid YAML: {e}")));
+                // A syntax error ends the stream: later documents cannot be
+                // trusted, so whatever they held is kept as it was.
+                loaded.unreadable.files.insert(file.to_owned());
                 break;
             }
         };
-        match object(value) {
-            Ok(Some(obj)) => match obj.key() {
-                Some(key) => {
-                    snapshot.insert(key, obj);
+        let items = match list_items(&value) {
+            Some(items) => items.iter().enumerate().map(|(j, v)| (format!("items[{j}]: "), v.clone())).collect(),
+            None => vec![(String::new(), value)],
+        };
+        for (at, value) in items {
+            let named = raw_key(&value);
+            match object(value) {
+                Ok(Some(obj)) => match obj.key() {
+                    Some(key) => {
+                        loaded.origins.insert(key.clone(), file.to_owned());
+                        loaded.objects.insert(key, obj);
+                    }
+                    None => loaded.errors.push(err(format!("{at}metadata.name missing"))),
+                },
+                Ok(None) => {}
+                Err(reason) => {
+                    loaded.errors.push(err(format!("{at}{reason}")));
+                    loaded.unreadable.objects.extend(named);
                 }
-                None => errors.push(err("metadata.name missing".into())),
-            },
-            Ok(None) => {}
-            Err(reason) => errors.push(err(reason)),
+            }
         }
     }
+}
+
+/// The items of a `kind: List` document, which `kubectl get -o yaml` writes.
+fn list_items(value: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
+    let is_list = value.get("apiVersion").and_then(|v| v.as_str()) == Some("v1")
+        && value.get("kind").and_then(|k| k.as_str()) == Some("List");
+    is_list.then(|| value.get("items").and_then(|i| i.as_array())).flatten()
+}
+
+/// The object a document names by its kind and metadata, valid or not.
+fn raw_key(value: &serde_json::Value) -> Option<ObjectKey> {
+    let field = |v: &serde_json::Value, name: &str| v.get(name).and_then(|f| f.as_str()).map(str::to_owned);
+    let kind = match (field(value, "apiVersion")?.as_str(), field(value, "kind")?.as_str()) {
+        ("v1", "Pod") => Kind::Pod,
+        ("v1", "Namespace") => Kind::Namespace,
+        ("networking.k8s.io/v1", "NetworkPolicy") => Kind::NetworkPolicy,
+        _ => return None,
+    };
+    let meta = value.get("metadata")?;
+    let name = field(meta, "name")?;
+    let namespace = match kind {
+        Kind::Namespace => String::new(),
+        _ => field(meta, "namespace").unwrap_or_else(|| "default".into()),
+    };
+    Some(ObjectKey { kind, id: na_policy::ObjectRef::new(namespace, name) })
 }
 
 /// The object a document describes; `None` for kinds the agent ignores.
@@ -104,7 +196,7 @@ fn object(value: serde_json::Value) -> Result<Option<Object>, String> {
         ("v1", "Pod") => Object::Pod(Box::new(strict(&what, value)?)),
         ("v1", "Namespace") => Object::Namespace(Box::new(strict(&what, value)?)),
         ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(Box::new(strict(&what, value)?)),
-        ("v1", "List") => return Err("List documents are not supported; write one object per document".into()),
+        ("v1", "List") => return Err("a List needs an items array".into()),
         (_, "") => return Err("no kind".into()),
         _ => return Ok(None),
     };
@@ -173,9 +265,73 @@ mod tests {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {containers: []}\n";
 
     fn parse(text: &str) -> (Snapshot, Vec<ManifestError>) {
-        let (mut s, mut e) = (Snapshot::new(), Vec::new());
-        parse_into("f.yaml", text, &mut s, &mut e);
-        (s, e)
+        let loaded = load("f.yaml", text);
+        (loaded.objects, loaded.errors)
+    }
+
+    fn load(file: &str, text: &str) -> Loaded {
+        let mut loaded = Loaded::default();
+        parse_into(file, text, &mut loaded);
+        loaded
+    }
+
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
+
+    /// What the agent holds after reading `text` as f.yaml, having held
+    /// `before` from it.
+    fn reread(before: &str, text: &str) -> Snapshot {
+        keep_last_good(&load("f.yaml", before), load("f.yaml", text)).objects
+    }
+
+    #[test]
+    fn an_invalid_document_keeps_its_objects_last_good_version() {
+        let good = format!("{POD}---\n{POLICY}");
+        let both = load("f.yaml", &good).objects;
+        assert_eq!(both.len(), 2);
+        // The policy gains a misspelt field: refused, its last good version stays.
+        let held = reread(&good, &format!("{POD}---\n{}", POLICY.replace("podSelector", "podSelecter")));
+        assert_eq!(held, both);
+        // Invalid YAML in the middle: what came before it is read anew, what
+        // came after it is kept.
+        let relabelled = POD.replace("app: a", "app: b");
+        let held = reread(&good, &format!("{relabelled}---\nkind: [unclosed\n---\n{POLICY}"));
+        assert_eq!(held.len(), 2);
+        assert_eq!(held.values().next(), load("f.yaml", &relabelled).objects.values().next(), "the pod as now written");
+        // Removing a document is what deletes its object.
+        assert_eq!(reread(&good, POD).len(), 1);
+        // A file that cannot be read, or a directory, keeps everything of it.
+        let mut unreadable = Loaded::default();
+        unreadable.unreadable.files.insert("f.yaml".into());
+        assert_eq!(keep_last_good(&load("f.yaml", &good), unreadable).objects, both);
+        let gone = Loaded { unreadable: Unreadable { all: true, ..Default::default() }, ..Default::default() };
+        assert_eq!(keep_last_good(&load("f.yaml", &good), gone).objects, both);
+        // Another file's errors keep nothing of this one's.
+        let mut elsewhere = Loaded::default();
+        elsewhere.unreadable.files.insert("g.yaml".into());
+        assert!(keep_last_good(&load("f.yaml", &good), elsewhere).objects.is_empty());
+    }
+
+    #[test]
+    fn list_documents_hold_their_items() {
+        let list = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {}\n- {{apiVersion: v1, kind: Pod, metadata: {{name: b}}, spec: {{containers: 7}}}}\n",
+            r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {}}}"#
+        );
+        let loaded = load("f.yaml", &list);
+        assert_eq!(loaded.objects.keys().map(|k| k.kind).collect::<Vec<_>>(), [Kind::NetworkPolicy]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert!(loaded.errors[0].reason.starts_with("items[1]: v1 Pod:"), "{}", loaded.errors[0]);
+        assert_eq!(loaded.unreadable.objects.len(), 1, "the bad item still names its object");
+    }
+
+    #[test]
+    fn only_visible_yaml_and_json_files_are_manifests() {
+        for name in ["a.yaml", "a.yml", "a.json", "dir/b.yaml"] {
+            assert!(is_manifest_name(Path::new(name)), "{name}");
+        }
+        for name in ["agent.log", ".a.yaml", ".#a.yaml", "a.yaml~", "a.yaml.swp", "4913", ".a.yaml.swp"] {
+            assert!(!is_manifest_name(Path::new(name)), "{name}");
+        }
     }
 
     #[test]

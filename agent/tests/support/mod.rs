@@ -14,7 +14,7 @@ use std::{
 use anyhow::Result;
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, Datapath, PodMaps, PodRules},
+    datapath::{AttachMode, Datapath, PodAddrs, PodMaps, PodRules},
     pod_id::PodId,
     veth::{DEFAULT_PREFIX, host_veth_name},
 };
@@ -114,12 +114,18 @@ impl Env {
         self.node.pod(key).unwrap_or_else(|| panic!("no pod {key}"))
     }
 
+    /// `key`'s addresses, as the datapath is told them.
+    pub fn addrs(&self, key: &str) -> PodAddrs {
+        let pod = self.pod(key);
+        PodAddrs { ipv4: Some(pod.ip), ipv6: Some(pod.ip6) }
+    }
+
     /// Loads and attaches `key`'s programs with `rules`, inside the node.
     pub fn attach(&mut self, key: &str, rules: &PodRules) -> Result<PodMaps> {
         let pod = self.pod(key);
         let (id, veth) = (PodId::new(&pod.namespace, &pod.name), pod.host_veth.clone());
-        let dp = &self.dp;
-        let maps = self.node.netns().run(|| dp.attach_pod(&id, &veth, rules))??;
+        let (dp, addrs) = (&self.dp, self.addrs(key));
+        let maps = self.node.netns().run(|| dp.attach_pod(&id, &veth, addrs, rules))??;
         self.attached.push((id, veth));
         Ok(maps)
     }

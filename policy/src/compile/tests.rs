@@ -184,17 +184,55 @@ fn over_capacity_is_an_error_for_that_pod_only() {
     assert!(matches!(err, CompileError::TooManyRules { count: 65, .. }), "{err}");
     assert!(err.to_string().contains("pod x/a"), "{err}");
     assert!(out[&ObjectRef::new("x", "b")].is_ok());
+    // What the pod gets instead: its isolated direction admits the node alone.
+    let closed = c.fail_closed(&ObjectRef::new("x", "a"));
+    assert_eq!(closed.ingress.mode, Mode::DefaultDeny);
+    assert_eq!(judge(&closed.ingress, ip("10.0.0.2"), TCP, Some(1000)), None);
+    assert_eq!(judge(&closed.ingress, ip("192.0.2.1"), TCP, Some(10250)), Some(POLICY_ID_HOST));
+    assert_eq!(closed.egress, DirectionRules::default(), "egress is not isolated: it stays open");
 }
 
 #[test]
-fn invalid_policy_is_skipped_and_reported() {
+fn an_invalid_policy_isolates_what_it_selects_and_grants_nothing() {
     let mut c = compiler();
-    let bad = policy("x", "bad", json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "nope"}}]}]}));
-    assert!(c.upsert_policy(&bad).is_err());
-    c.upsert_policy(&policy("x", "good", json!({"podSelector": {"matchLabels": {"pod": "b"}}}))).unwrap();
+    let bad = policy(
+        "x",
+        "bad",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "nope"}}]}]}),
+    );
+    let err = c.upsert_policy(&bad).unwrap_err();
+    assert_eq!(err.field, "spec.ingress[0].from[0].ipBlock.cidr");
     assert_eq!(c.invalid_policies().count(), 1);
-    assert_eq!(rules(&mut c, "x", "a"), PodRules::default());
+    let a = rules(&mut c, "x", "a");
+    assert_eq!(a.ingress.mode, Mode::PoliciesApplied, "left out, the policy would leave a open");
+    assert_eq!(judge(&a.ingress, ip("10.0.0.2"), TCP, Some(80)), None);
+    assert_eq!(judge(&a.ingress, ip("192.0.2.1"), TCP, Some(10250)), Some(POLICY_ID_HOST));
+    assert_eq!(a.egress.mode, Mode::DefaultAllow, "it never isolated egress");
+    assert_eq!(rules(&mut c, "x", "b"), PodRules::default(), "it never selected b");
+    // Grants of valid policies still apply beside it.
+    c.upsert_policy(&policy(
+        "x",
+        "from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    ))
+    .unwrap();
+    assert!(judge(&rules(&mut c, "x", "a").ingress, ip("10.0.0.2"), TCP, Some(80)).is_some());
+    // Fixed, it is an ordinary policy again.
+    c.upsert_policy(&policy("x", "bad", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{}]})))
+        .unwrap();
+    assert_eq!(c.invalid_policies().count(), 0);
+    assert!(judge(&rules(&mut c, "x", "a").ingress, ip("10.9.9.9"), TCP, Some(80)).is_some());
+    // What cannot be read of it is read as closing more, never less: a bad
+    // selector selects the whole namespace, an unknown type isolates both ways.
+    let bad_selector = json!({"podSelector": {"matchExpressions": [{"key": "k", "operator": "Near"}]}});
+    assert!(c.upsert_policy(&policy("x", "bad", bad_selector)).is_err());
     assert_eq!(rules(&mut c, "x", "b").ingress.mode, Mode::PoliciesApplied);
+    let bad_type = json!({"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Sideways"]});
+    assert!(c.upsert_policy(&policy("x", "bad", bad_type)).is_err());
+    let b = rules(&mut c, "x", "b");
+    assert_eq!((b.ingress.mode, b.egress.mode), (Mode::PoliciesApplied, Mode::PoliciesApplied));
+    c.remove_policy(&ObjectRef::new("x", "bad"));
+    assert_eq!(rules(&mut c, "x", "b"), PodRules::default());
 }
 
 #[test]
