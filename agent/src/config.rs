@@ -92,12 +92,51 @@ pub struct Args {
     /// Rotated flow log files kept.
     #[arg(long, default_value_t = 5, env = "NA_FLOW_LOG_KEEP")]
     pub flow_log_keep: usize,
-    /// Prometheus metrics (`/metrics`).
-    #[arg(long, default_value = "127.0.0.1:8162", env = "NA_METRICS_ADDR")]
-    pub metrics_addr: SocketAddr,
-    /// Health endpoints (`/healthz`, and `/readyz` once the first reconcile is done).
-    #[arg(long, default_value = "127.0.0.1:8163", env = "NA_HEALTH_ADDR")]
-    pub health_addr: SocketAddr,
+    /// Prometheus metrics (`/metrics`): `ADDRESS:PORT`, or `node:PORT` for
+    /// the first `--node-ip` (never all interfaces unless asked: on a
+    /// host-network pod that is every network the node is on).
+    #[arg(long, default_value = "127.0.0.1:8162", env = "NA_METRICS_ADDR", value_parser = ListenAddr::parse)]
+    pub metrics_addr: ListenAddr,
+    /// Health endpoints (`/healthz`, and `/readyz` once the first reconcile
+    /// is done), in the same form.
+    #[arg(long, default_value = "127.0.0.1:8163", env = "NA_HEALTH_ADDR", value_parser = ListenAddr::parse)]
+    pub health_addr: ListenAddr,
+}
+
+/// Where an endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    At(SocketAddr),
+    /// The node's first address (`--node-ip`), on this port.
+    Node(u16),
+}
+
+impl ListenAddr {
+    /// `192.0.2.1:8162`, `[fd00::1]:8162`, `fd00::1:8162` (as a downward-API
+    /// address followed by a port comes out), or `node:8162`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse() {
+            return Ok(Self::At(addr));
+        }
+        let bad = || format!("{s:?} is not ADDRESS:PORT or node:PORT");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        match host {
+            "node" => Ok(Self::Node(port)),
+            ip => ip.parse::<IpAddr>().map(|ip| Self::At(SocketAddr::new(ip, port))).map_err(|_| bad()),
+        }
+    }
+
+    /// The socket address, given the node's addresses.
+    pub fn resolve(&self, node_ips: &[IpAddr]) -> Result<SocketAddr, String> {
+        match self {
+            Self::At(addr) => Ok(*addr),
+            Self::Node(port) => node_ips
+                .first()
+                .map(|ip| SocketAddr::new(*ip, *port))
+                .ok_or_else(|| "node:PORT needs the node's address (--node-ip / NODE_IP)".into()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,4 +158,24 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
         .filter(|v| *v > 0.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_in_every_form_a_deployment_writes() {
+        let at = |s: &str| ListenAddr::At(s.parse().unwrap());
+        assert_eq!(ListenAddr::parse("127.0.0.1:8163"), Ok(at("127.0.0.1:8163")));
+        assert_eq!(ListenAddr::parse("[fd00::1]:8162"), Ok(at("[fd00::1]:8162")));
+        assert_eq!(ListenAddr::parse("fd00::1:8162"), Ok(at("[fd00::1]:8162")), "an address, then its port");
+        assert_eq!(ListenAddr::parse("node:8162"), Ok(ListenAddr::Node(8162)));
+        for bad in ["node", "8162", "node:http", "example.com:80", "10.0.0.1:70000"] {
+            assert!(ListenAddr::parse(bad).is_err(), "{bad}");
+        }
+        let node: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
+        assert_eq!(ListenAddr::Node(8162).resolve(&node), Ok("10.0.0.1:8162".parse().unwrap()));
+        assert!(ListenAddr::Node(8162).resolve(&[]).is_err(), "node:PORT without the node's address");
+    }
 }

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 /// Where the agent writes it and `na-cli` reads it unless told otherwise.
 pub const DEFAULT_STATUS_FILE: &str = "/run/na-agent/status.json";
 
+/// Errors the status file keeps at most.
+pub const MAX_ERRORS: usize = 100;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The node the agent runs for.
@@ -29,7 +32,8 @@ pub struct Status {
     pub attached: Vec<String>,
     /// Local pods waiting for their veth.
     pub pending: Vec<String>,
-    /// What could not be applied, with why.
+    /// What could not be applied, with why: each message once, the latest
+    /// [`MAX_ERRORS`] (a long-running agent in cluster mode never clears it).
     pub errors: Vec<String>,
     /// The attached pods.
     #[serde(default)]
@@ -88,6 +92,18 @@ impl Status {
     }
 
     /// Writes whole then renames, so a reader never sees half a file.
+    /// Adds `error` unless it is already listed, dropping the oldest beyond
+    /// [`MAX_ERRORS`].
+    pub fn record_error(&mut self, error: String) {
+        if self.errors.contains(&error) {
+            return;
+        }
+        if self.errors.len() >= MAX_ERRORS {
+            self.errors.remove(0);
+        }
+        self.errors.push(error);
+    }
+
     pub fn write(&self, path: &Path) -> io::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -144,6 +160,20 @@ pub fn try_lock(path: &Path) -> io::Result<Option<std::fs::File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_kept_once_each_and_bounded() {
+        let mut status = Status::default();
+        for round in 0..3 {
+            for i in 0..MAX_ERRORS + 20 {
+                status.record_error(format!("error {i} (round {round})"));
+                status.record_error(format!("error {i} (round {round})"));
+            }
+        }
+        assert_eq!(status.errors.len(), MAX_ERRORS);
+        assert_eq!(status.errors.last().unwrap(), &format!("error {} (round 2)", MAX_ERRORS + 19));
+        assert_eq!(status.errors[0], "error 20 (round 2)", "the oldest go first");
+    }
 
     #[test]
     fn round_trips_and_finds_by_address_and_id() {

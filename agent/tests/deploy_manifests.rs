@@ -171,6 +171,20 @@ fn every_setting_the_daemon_set_gives_is_one_the_agent_accepts() {
         |name: &str| agent.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).unwrap().container_port;
     assert!(env["NA_HEALTH_ADDR"].ends_with(&format!(":{}", port("health"))));
     assert!(env["NA_METRICS_ADDR"].ends_with(&format!(":{}", port("metrics"))));
+    // Nothing listens on every interface of the node; health only on
+    // loopback, which is where the probes go.
+    let flat: String = resolved.split_whitespace().collect();
+    assert!(flat.contains("health_addr:At(127.0.0.1:8163,)"), "{resolved}");
+    assert!(flat.contains("metrics_addr:Node(8162,)"), "{resolved}");
+    assert!(!env["NA_METRICS_ADDR"].starts_with("0.0.0.0") && !env["NA_METRICS_ADDR"].starts_with("[::]"));
+    for probe in [&agent.liveness_probe, &agent.readiness_probe] {
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).unwrap();
+        assert_eq!(get.host.as_deref(), Some("127.0.0.1"), "a probe must go where health listens");
+    }
+    // The status file is on the node, where na-cli reads it.
+    let run = pod.volumes.iter().flatten().find(|v| v.name == "run").unwrap();
+    assert_eq!(run.host_path.as_ref().map(|h| h.path.as_str()), Some("/run/na-agent"));
+    assert!(env["NA_STATUS_FILE"].starts_with("/run/na-agent/"));
     let annotations =
         o.daemon_sets[0].spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap();
     assert_eq!(annotations["prometheus.io/port"], port("metrics").to_string());

@@ -55,6 +55,9 @@ async fn main() -> Result<()> {
         LogFormat::Text => subscriber.init(),
     }
     if args.check_config {
+        for addr in [args.metrics_addr, args.health_addr] {
+            addr.resolve(&args.node_ips).map_err(anyhow::Error::msg)?;
+        }
         println!("{args:#?}");
         return Ok(());
     }
@@ -102,6 +105,7 @@ async fn main() -> Result<()> {
 
     let telemetry = Arc::new(Mutex::new(Telemetry::new(PinLayout::new(&args.bpffs_root))));
     for addr in [args.metrics_addr, args.health_addr] {
+        let addr = addr.resolve(&args.node_ips).map_err(anyhow::Error::msg)?;
         let t = telemetry.clone();
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
         tokio::spawn(async move {
@@ -337,7 +341,7 @@ fn apply_update(update: Update, reconciler: &mut Reconciler, status: &mut Status
         Update::Event(event) => {
             if let Err(e) = reconciler.apply(event) {
                 error!("{e}");
-                status.errors.push(e.to_string());
+                status.record_error(e.to_string());
             }
         }
         Update::Synced(kind) => info!(?kind, "full list received"),
@@ -356,12 +360,12 @@ fn reload(dir: &Path, snapshot: &mut Loaded, reconciler: &mut Reconciler, status
     status.errors.clear();
     for e in std::mem::take(&mut loaded.errors) {
         error!("{e} (the object keeps its last good version, if it had one)");
-        status.errors.push(e.to_string());
+        status.record_error(e.to_string());
     }
     for event in manifests::diff(&snapshot.objects, &loaded.objects) {
         if let Err(e) = reconciler.apply(event) {
             error!("{e}");
-            status.errors.push(e.to_string());
+            status.record_error(e.to_string());
         }
     }
     status.revision = std::mem::take(&mut loaded.revision);
@@ -384,7 +388,9 @@ fn report(r: &SyncReport, reconciler: &Reconciler, status: &mut Status, file: &P
     }
     status.attached = reconciler.attached().map(|id| id.to_string()).collect();
     status.pending = r.pending.clone();
-    status.errors.extend(r.errors.iter().cloned());
+    for e in &r.errors {
+        status.record_error(e.clone());
+    }
     status.pods = reconciler.pod_entries();
     let attributions = reconciler.compiler().attributions();
     // Ids only grow, so only the new ones need converting.
