@@ -7,6 +7,7 @@ pub mod config;
 pub mod datapath;
 pub mod decode;
 pub mod flowlog;
+pub mod links;
 pub mod pod_id;
 pub mod reconcile;
 pub mod source;

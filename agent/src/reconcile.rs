@@ -52,12 +52,22 @@ pub struct Reconciler {
     datapath: Datapath,
     veth_prefix: String,
     attached: BTreeMap<ObjectRef, Attached>,
+    /// Local pods whose veth is not there yet.
     pending: BTreeSet<ObjectRef>,
+    /// Pods whose attachment or rules update failed.
+    failed: BTreeSet<ObjectRef>,
 }
 
 impl Reconciler {
     pub fn new(compiler: Compiler, datapath: Datapath, veth_prefix: String) -> Self {
-        Self { compiler, datapath, veth_prefix, attached: BTreeMap::new(), pending: BTreeSet::new() }
+        Self {
+            compiler,
+            datapath,
+            veth_prefix,
+            attached: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            failed: BTreeSet::new(),
+        }
     }
 
     pub fn compiler(&self) -> &Compiler {
@@ -94,8 +104,15 @@ impl Reconciler {
             .collect()
     }
 
+    /// Whether a local pod waits for its veth: worth a sync when links or
+    /// routes change.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Whether a pod's attachment or update failed: worth a sync on a timer.
+    pub fn has_failed(&self) -> bool {
+        !self.failed.is_empty()
     }
 
     /// Feeds one change to the compiler. An invalid policy is returned as an
@@ -114,11 +131,12 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Brings every pod a change touched (and every pending pod) in line.
+    /// Brings every pod a change touched (and every pending or failed pod) in line.
     pub fn sync(&mut self) -> SyncReport {
         let mut report = SyncReport::default();
         let mut todo = self.compiler.take_dirty();
         todo.append(&mut self.pending);
+        todo.append(&mut self.failed);
         let local: BTreeSet<ObjectRef> = self.compiler.local_pods().map(|p| p.key.clone()).collect();
         let (present, gone): (Vec<ObjectRef>, Vec<ObjectRef>) = todo.into_iter().partition(|k| local.contains(k));
         for key in gone {
@@ -181,7 +199,7 @@ impl Reconciler {
                     }
                     Err(e) => {
                         report.errors.push(format!("pod {}: {e}", p.key));
-                        self.pending.insert(p.key.clone());
+                        self.failed.insert(p.key.clone());
                     }
                 }
             }
@@ -203,7 +221,10 @@ impl Reconciler {
                         a.addrs = addrs;
                         report.updated.push(key.to_string());
                     }
-                    Err(e) => report.errors.push(format!("pod {key}: {e}")),
+                    Err(e) => {
+                        report.errors.push(format!("pod {key}: {e}"));
+                        self.failed.insert(key);
+                    }
                 }
             }
             return None;
@@ -235,6 +256,7 @@ impl Reconciler {
 
     fn detach(&mut self, key: &ObjectRef, report: &mut SyncReport) {
         self.pending.remove(key);
+        self.failed.remove(key);
         let Some(a) = self.attached.remove(key) else { return };
         let id = PodId::new(&key.namespace, &key.name);
         match self.datapath.detach_pod(&id, Some(&a.veth)) {
@@ -247,8 +269,10 @@ impl Reconciler {
     /// longer here, and programs of other versions. Call after the first
     /// full sync: by then every pod kept runs this agent's programs.
     pub fn remove_orphans(&mut self, report: &mut SyncReport) {
-        let keep: BTreeSet<PodId> =
-            self.attached().chain(self.pending.iter().map(|k| PodId::new(&k.namespace, &k.name))).collect();
+        let keep: BTreeSet<PodId> = self
+            .attached()
+            .chain(self.pending.iter().chain(&self.failed).map(|k| PodId::new(&k.namespace, &k.name)))
+            .collect();
         let pinned = match crate::datapath::inventory::pinned_pods(self.datapath.layout()) {
             Ok(pinned) => pinned,
             Err(e) => return report.errors.push(format!("reading pinned pods: {e}")),

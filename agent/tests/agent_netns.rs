@@ -217,3 +217,28 @@ fn bad_input_keeps_the_last_good_state_and_fails_closed() {
     std::fs::remove_file(manifests.0.join("allow.yaml")).unwrap();
     wait_until("a is open once its policy's file is gone", || env.reaches("x/c", "x/a", tcp80));
 }
+
+#[test]
+fn a_pod_waiting_for_its_veth_costs_nothing_until_the_veth_appears() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
+    manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    // The pod is scheduled, its sandbox not wired yet.
+    env.node.delete_veth("x/a").unwrap();
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    let pending = || status(&status_file)["pending"].clone();
+    wait_until("a waits for its veth", || pending() == json!(["x/a"]));
+    // Nothing is done for it while nothing changes: the status file, written
+    // after every reconcile, stays as it is.
+    let written = || std::fs::metadata(&status_file).and_then(|m| m.modified()).unwrap();
+    let before = written();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(written(), before, "no reconcile while nothing changed");
+    // The CNI wires the pod: the agent hears of it from the kernel at once.
+    env.node.wire_veth("x/a").unwrap();
+    wait_until("a is attached", || pending() == json!([]));
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a is enforced");
+    assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
+}

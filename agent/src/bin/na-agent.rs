@@ -42,8 +42,11 @@ use tracing::{error, info, warn};
 
 /// How long a burst of file changes may last before the directory is read.
 const DEBOUNCE: Duration = Duration::from_millis(20);
-/// How often pods whose veth is missing are tried again.
-const RETRY: Duration = Duration::from_millis(250);
+/// How often pods whose attachment failed are tried again. Pods whose veth
+/// is missing are tried when links or routes change, never on a timer.
+const RETRY: Duration = Duration::from_secs(2);
+/// How long the burst of link and route changes of one pod start may last.
+const LINK_SETTLE: Duration = Duration::from_millis(2);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -167,6 +170,7 @@ async fn main() -> Result<()> {
     let mut kernel_log_wanted = args.ebpf_log_level != KernelLogLevel::Off;
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut links = na_agent::links::watch().context("subscribing to link and route changes")?;
     let mut retry = tokio::time::interval(RETRY);
     let mut sweep = tokio::time::interval(args.conntrack_sweep_interval);
     loop {
@@ -215,7 +219,16 @@ async fn main() -> Result<()> {
                 report(&r, &reconciler, &mut status, &args.status_file);
                 update_telemetry(&telemetry, &reconciler, &r, Some(since));
             }
-            _ = retry.tick(), if reconciler.has_pending() => {
+            Some(()) = links.recv() => {
+                tokio::time::sleep(LINK_SETTLE).await;
+                while links.try_recv().is_ok() {}
+                if reconciler.has_pending() {
+                    let r = reconciler.sync();
+                    report(&r, &reconciler, &mut status, &args.status_file);
+                    update_telemetry(&telemetry, &reconciler, &r, None);
+                }
+            }
+            _ = retry.tick(), if reconciler.has_failed() => {
                 let r = reconciler.sync();
                 report(&r, &reconciler, &mut status, &args.status_file);
                 update_telemetry(&telemetry, &reconciler, &r, None);

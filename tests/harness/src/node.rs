@@ -104,6 +104,11 @@ impl Node {
     /// new ifindex.
     pub fn recreate_veth(&self, key: &str) -> Result<()> {
         self.delete_veth(key)?;
+        self.wire_veth(key)
+    }
+
+    /// Wires pod `key` again after [`Self::delete_veth`], as a CNI ADD does.
+    pub fn wire_veth(&self, key: &str) -> Result<()> {
         let pod = self.pod(key).with_context(|| format!("no pod {key}"))?;
         self.wire(&pod.ns, pod.ip, pod.ip6, &pod.host_veth)
     }
