@@ -254,13 +254,35 @@ impl Reconciler {
         ips.into_iter().filter_map(crate::veth::by_route).find_map(|name| Some((name.clone(), index(&name)?)))
     }
 
+    /// Call when links changed: an attached pod whose veth is gone or was
+    /// made again (another ifindex: a new sandbox, as a CNI makes on a
+    /// sandbox restart) waits for its veth like a new pod, and is then
+    /// attached afresh (a new sandbox gets a fresh conntrack table). Returns
+    /// whether any did.
+    pub fn relink(&mut self) -> bool {
+        let moved: Vec<ObjectRef> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| nix::net::if_::if_nametoindex(a.veth.as_str()).ok() != Some(a.ifindex))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &moved {
+            self.attached.remove(key);
+            self.pending.insert(key.clone());
+        }
+        !moved.is_empty()
+    }
+
     fn detach(&mut self, key: &ObjectRef, report: &mut SyncReport) {
         self.pending.remove(key);
         self.failed.remove(key);
-        let Some(a) = self.attached.remove(key) else { return };
         let id = PodId::new(&key.namespace, &key.name);
-        match self.datapath.detach_pod(&id, Some(&a.veth)) {
-            Ok(()) => report.detached.push(key.to_string()),
+        // A pod waiting for a veth it had before (see `relink`) still has
+        // its pins.
+        let veth = self.attached.remove(key).map(|a| a.veth);
+        match self.datapath.detach_pod(&id, veth.as_deref()) {
+            Ok(()) if veth.is_some() => report.detached.push(key.to_string()),
+            Ok(()) => {}
             Err(e) => report.errors.push(format!("pod {key}: {e}")),
         }
     }

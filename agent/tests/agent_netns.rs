@@ -219,7 +219,7 @@ fn bad_input_keeps_the_last_good_state_and_fails_closed() {
 }
 
 #[test]
-fn a_pod_waiting_for_its_veth_costs_nothing_until_the_veth_appears() {
+fn veths_are_followed_as_the_kernel_reports_them_without_polling() {
     let env = Env::new(AttachMode::Auto).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
@@ -240,5 +240,18 @@ fn a_pod_waiting_for_its_veth_costs_nothing_until_the_veth_appears() {
     env.node.wire_veth("x/a").unwrap();
     wait_until("a is attached", || pending() == json!([]));
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a is enforced");
+    assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
+
+    // The sandbox is made again under the running agent (same name and
+    // addresses, a new device with nothing attached): enforced again at once,
+    // under its new ifindex.
+    let ifindex = || {
+        let pods = status(&status_file)["pods"].clone();
+        pods.as_array().unwrap().iter().find(|p| p["name"] == "a").map(|p| p["ifindex"].clone())
+    };
+    let old = ifindex();
+    env.node.recreate_veth("x/a").unwrap();
+    wait_until("a is enforced on its new veth", || ifindex() != old && pending() == json!([]));
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a is enforced on its new veth");
     assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
 }

@@ -222,7 +222,7 @@ async fn main() -> Result<()> {
             Some(()) = links.recv() => {
                 tokio::time::sleep(LINK_SETTLE).await;
                 while links.try_recv().is_ok() {}
-                if reconciler.has_pending() {
+                if reconciler.relink() || reconciler.has_pending() {
                     let r = reconciler.sync();
                     report(&r, &reconciler, &mut status, &args.status_file);
                     update_telemetry(&telemetry, &reconciler, &r, None);
