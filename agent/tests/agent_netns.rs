@@ -216,6 +216,26 @@ fn bad_input_keeps_the_last_good_state_and_fails_closed() {
     // Removing the document is what deletes the policy.
     std::fs::remove_file(manifests.0.join("allow.yaml")).unwrap();
     wait_until("a is open once its policy's file is gone", || env.reaches("x/c", "x/a", tcp80));
+
+    // A file is read once written and closed, never half-written: while a
+    // writer has written only the first of its two documents, the second's
+    // policy stays.
+    let nothing = policy("selects-nothing", json!({"podSelector": {"matchLabels": {"app": "none"}}}));
+    let deny_a = policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}));
+    manifests.write("pair.yaml", &[nothing.clone(), deny_a.clone()]);
+    wait_until("a is closed", || !env.reaches("x/c", "x/a", tcp80));
+    let mut writer = std::fs::File::create(manifests.0.join("pair.yaml")).unwrap();
+    use std::io::Write;
+    writer.write_all(serde_json::to_string(&nothing).unwrap().as_bytes()).unwrap();
+    writer.flush().unwrap();
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(!env.reaches("x/c", "x/a", tcp80), "a half-written file opened a");
+    }
+    writer.write_all(format!("\n---\n{}", serde_json::to_string(&deny_a).unwrap()).as_bytes()).unwrap();
+    drop(writer);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!env.reaches("x/c", "x/a", tcp80));
 }
 
 #[test]

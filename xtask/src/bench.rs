@@ -43,7 +43,7 @@ const DATAPATH: (&str, &str) = (
      same round's no-program run, min and max beside it. `ns_per_packet_*` is the kernel's own account of our \
      programs' run time per run (`BPF_ENABLE_STATS`, on only while the section runs) during `rr` (established) \
      and `crr` (new flows), next to the floor program's in the same rounds: no wall-clock noise in it. \
-     **Time to enforce** (agent in local mode, which waits 20 ms for a burst of file writes to settle): \
+     **Time to enforce** (agent in local mode, which reads a manifest once it is closed or renamed in, after 2 ms to coalesce a burst): \
      `policy_to_enforced`: the policy admitting the client is removed or restored, until a fresh connection \
      from the client sees the change (10 ms attempts; a block must be seen 3 times in a row); \
      `pod_to_enforced`: a new pod's manifest lands (its veth exists) until its closed-ingress policy holds; \

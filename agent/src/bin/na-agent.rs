@@ -40,8 +40,11 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-/// How long a burst of file changes may last before the directory is read.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long a burst of finished file changes may last before the directory
+/// is read (a `kubectl`-style apply of several files). Files are read only
+/// once written and closed or renamed in, never half-written, so this only
+/// coalesces.
+const DEBOUNCE: Duration = Duration::from_millis(2);
 /// How often pods whose attachment failed are tried again. Pods whose veth
 /// is missing are tried when links or routes change, never on a timer.
 const RETRY: Duration = Duration::from_secs(2);
@@ -334,10 +337,18 @@ impl log::Log for KernelLog {
 /// Sends a message on `tx` whenever a manifest in the directory changes.
 fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files raises access events: reacting to those would
-        // reload in a loop. So would a log file written into the directory.
+        // Only finished changes: a file closed after writing, renamed in or
+        // out, removed. Reading a file half-written would see a truncated
+        // document set, and reading the files raises access events of its
+        // own. Other files (a log written into the directory) do not count.
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
         let relevant = |e: &notify::Event| {
-            !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| manifests::is_manifest_name(p))
+            matches!(
+                e.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(_))
+                    | EventKind::Remove(_)
+            ) && e.paths.iter().any(|p| manifests::is_manifest_name(p))
         };
         if event.is_ok_and(|e| relevant(&e)) {
             let _ = tx.send(());
