@@ -49,14 +49,18 @@ fn write_cluster(env: &Env, manifests: &Manifests) {
     );
 }
 
+/// `na-cli` as an operator runs it on the node: in the node's network
+/// namespace, where the veths (and so the ifindexes in the maps) are.
 struct Cli<'a> {
     root: &'a Path,
     status: &'a Path,
+    node: &'a str,
 }
 
 impl Cli<'_> {
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_na-cli"));
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.node)).arg("--").arg(env!("CARGO_BIN_EXE_na-cli"));
         c.arg("--bpffs-root").arg(self.root).arg("--status-file").arg(self.status).args(args);
         c
     }
@@ -98,7 +102,8 @@ fn na_cli_explains_what_the_agent_loaded() {
     wait_until("all three pods are attached", || {
         read_status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
     });
-    let cli = Cli { root: env.root(), status: &status_file };
+    let node = env.node.netns().name();
+    let cli = Cli { root: env.root(), status: &status_file, node };
     let (a, b, c) = (env.pod("x/a"), env.pod("x/b"), env.pod("x/c"));
 
     // pod: a's ingress, grouped by policy rule, and open egress.
@@ -219,10 +224,10 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert_eq!(cli.exit_code(&["trace", "10.9.9.9", "10.9.9.8", "tcp/80"]).0, 4);
     assert_eq!(cli.exit_code(&["trace", &a.ip.to_string(), &b.ip.to_string(), "tcp"]).0, 6);
     assert_eq!(cli.exit_code(&["ebpf", "dump-maps", "4294967295"]).0, 4);
-    let (code, err) = Cli { root: Path::new("/tmp"), status: &status_file }.exit_code(&["pod", "x/a"]);
+    let (code, err) = Cli { root: Path::new("/tmp"), status: &status_file, node }.exit_code(&["pod", "x/a"]);
     assert!(code == 3 && err.contains("bpf filesystem"), "{code} {err}");
-    let (code, err) =
-        Cli { root: env.root(), status: Path::new("/nonexistent/status.json") }.exit_code(&["pod", &a.ip.to_string()]);
+    let (code, err) = Cli { root: env.root(), status: Path::new("/nonexistent/status.json"), node }
+        .exit_code(&["pod", &a.ip.to_string()]);
     assert!(code == 1 && err.contains("--status-file"), "{code} {err}");
 
     // With flow logs on, the agent owns the ring and `events` follows its file.
@@ -236,6 +241,19 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert_eq!(lines.len(), 1, "{stderr}");
     assert_eq!((lines[0].node.as_str(), lines[0].pod.as_deref()), (support::agent::NODE, Some("c")));
     assert!(stderr.contains("followed the agent's flow log"), "{stderr}");
+
+    // An attachment whose veth is gone (the agent stopped, the CNI deleted the
+    // sandbox) is flagged: nothing is enforced for that pod.
+    let loaded: Vec<LoadedProgram> = cli.json(&["ebpf", "loaded-ebpfdata"]);
+    assert!(loaded.iter().all(|p| p.device.is_some()), "{loaded:?}");
+    drop(_agent);
+    env.node.delete_veth("x/c").unwrap();
+    let loaded: Vec<LoadedProgram> = cli.json(&["ebpf", "loaded-ebpfdata"]);
+    let gone: std::collections::BTreeSet<&str> =
+        loaded.iter().filter(|p| p.device.is_none()).map(|p| p.pod_id.as_str()).collect();
+    assert_eq!(gone, std::collections::BTreeSet::from(["x_c"]));
+    let text = cli.text(&["ebpf", "loaded-ebpfdata"]);
+    assert_eq!(text.matches("Device:  gone").count(), 2, "both of c's attachments: {text}");
 }
 
 /// Runs `na-cli events -o json` with `args` while `traffic` repeats, for at

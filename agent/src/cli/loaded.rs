@@ -12,6 +12,9 @@ pub fn render(programs: &[LoadedProgram]) -> String {
         let _ = writeln!(s, "PinPath:  {}", p.pin_path);
         let _ = writeln!(s, "Pod Identifier : {}  Direction : {}", p.pod_id, p.direction);
         let _ = writeln!(s, "Prog ID:  {}", p.prog_id);
+        if p.device.is_none() {
+            let _ = writeln!(s, "Device:  gone (the pod's veth no longer exists: nothing is enforced for it)");
+        }
         let _ = writeln!(s, "Associated Maps -> ");
         for m in &p.maps {
             let _ = writeln!(s, "Map Name:  {}", m.name);
@@ -37,6 +40,7 @@ mod tests {
             direction: "ingress".into(),
             prog_id: 42,
             maps: vec![MapRef { name: "ingress_map".into(), id: 7 }],
+            device: Some("eni0123456789a".into()),
         };
         let want = "PinPath:  /sys/fs/bpf/netpol/links/x_a_handle_ingress\n\
                     Pod Identifier : x_a  Direction : ingress\n\
@@ -44,7 +48,9 @@ mod tests {
                     Associated Maps -> \n\
                     Map Name:  ingress_map\n\
                     Map ID:  7\n";
-        assert_eq!(render(&[p]), format!("{want}{SEPARATOR}\n"));
+        assert_eq!(render(std::slice::from_ref(&p)), format!("{want}{SEPARATOR}\n"));
+        let gone = LoadedProgram { device: None, ..p };
+        assert!(render(&[gone]).contains("Prog ID:  42\nDevice:  gone"), "an attachment without its device is flagged");
         assert_eq!(render(&[]), "No programs loaded\n");
     }
 }

@@ -37,6 +37,11 @@ pub struct PodAttachment {
     pub prog_id: u32,
     /// The pod's own maps, then the node's shared ones.
     pub maps: Vec<MapRef>,
+    /// The host veth the node's tables know the pod by; `None` when that
+    /// device no longer exists (or the pod is in no table): nothing is
+    /// enforced for the pod until its agent attaches it again.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,9 +69,15 @@ pub fn pinned_pods(layout: &PinLayout) -> Result<BTreeSet<PodId>, InventoryError
 pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryError> {
     let shared: Vec<MapRef> = GLOBAL_MAPS.iter().filter_map(|m| map_ref(&layout.global_map(m))).collect();
     let current = current_programs(layout)?;
+    let tables = super::NodeTables::open(layout).ok();
     let mut out = Vec::new();
     for pod in pinned_pods(layout)? {
         let own: Vec<MapRef> = POD_MAPS.iter().filter_map(|m| map_ref(&layout.map(&pod, m))).collect();
+        let device = tables.as_ref().and_then(|t| t.ifindexes_of_pod(layout, &pod).ok()).and_then(|ifindexes| {
+            // nix reports a missing index as an empty name, not an error.
+            let name = |i| nix::net::if_::if_indextoname(i).ok()?.into_string().ok().filter(|n| !n.is_empty());
+            ifindexes.into_iter().find_map(name)
+        });
         for (prog, direction) in [(PROG_INGRESS, "ingress"), (PROG_EGRESS, "egress")] {
             let link_pin = layout.link(&pod, prog);
             let linked = PinnedLink::from_pin(&link_pin).ok().and_then(|l| FdLink::from(l).info().ok());
@@ -83,6 +94,7 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
                 direction: direction.to_owned(),
                 prog_id,
                 maps,
+                device: device.clone(),
             });
         }
     }
