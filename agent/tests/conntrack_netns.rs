@@ -205,3 +205,51 @@ fn hammer(version: impl Fn(&Env, bool) -> PodRules) {
     assert_eq!(b_ok, b_total, "every packet allowed by both versions passed");
     assert_eq!(c_through, 0, "no packet allowed by neither version passed");
 }
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+/// Writes `len` bytes on `s` and reads them back from the echo server.
+fn echoes_bulk(s: &mut TcpStream, len: usize) -> bool {
+    let sent: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut back = vec![0u8; len];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (writer, reader) = (s.try_clone().unwrap(), s);
+    let writing = std::thread::spawn(move || {
+        let mut w = writer;
+        w.write_all(&sent).map(|()| sent)
+    });
+    let read = reader.read_exact(&mut back).is_ok();
+    writing.join().unwrap().is_ok_and(|sent| read && sent == back)
+}
+
+#[test]
+fn path_mtu_discovery_works_for_a_pod_isolated_both_ways() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let node = env.node.netns().name().to_owned();
+    // Jumbo frames on every veth, but 1500 on the node's route to b: a's big
+    // segments to b meet an MTU step, and only the node's "fragmentation
+    // needed" / "packet too big" tells a to send smaller ones.
+    for key in ["x/a", "x/b"] {
+        let pod = env.pod(key);
+        ip(&["-n", &node, "link", "set", &pod.host_veth, "mtu", "9001"]);
+        ip(&["-n", pod.netns().name(), "link", "set", "eth0", "mtu", "9001"]);
+    }
+    let b = {
+        let p = env.pod("x/b");
+        (p.ip, p.ip6, p.host_veth.clone())
+    };
+    ip(&["-n", &node, "route", "replace", &format!("{}/32", b.0), "dev", &b.2, "scope", "link", "mtu", "1500"]);
+    ip(&["-n", &node, "-6", "route", "replace", &format!("{}/128", b.1), "dev", &b.2, "mtu", "1500"]);
+    // a admits nothing (not even the node) and sends only to b's TCP/80: the
+    // node's ICMP errors reach it only as errors about a's own flow.
+    let to_b = vec![PortRule::ports(1, TCP, 80, 80)];
+    let egress = isolated(vec![(IpNet::from(IpAddr::V4(b.0)), to_b.clone()), (IpNet::from(IpAddr::V6(b.1)), to_b)]);
+    env.attach("x/a", &PodRules { ingress: isolated(vec![]), egress }).unwrap();
+    for to in [IpAddr::V4(b.0), IpAddr::V6(b.1)] {
+        let mut conn = connect(env.pod("x/a"), to, 80);
+        assert!(echoes_bulk(&mut conn, 256 * 1024), "{to}: 256 KiB through a 1500-byte hop");
+    }
+}
