@@ -247,3 +247,65 @@ fn a_recreated_veth_is_enforced_on_its_new_device() {
     let known = na_agent::datapath::NodeTables::open(env.dp.layout()).unwrap().ifindexes();
     assert!(known.contains(&new) && !known.contains(&old), "{known:?}");
 }
+
+/// Sends one UDP datagram from inside `from` with a source address of the
+/// sender's choosing (a raw socket, as any container with NET_RAW can open).
+fn send_udp_from(from: &na_harness::Pod, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, port: u16) {
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    packet.extend_from_slice(&src.octets());
+    packet.extend_from_slice(&dst.octets());
+    packet.extend_from_slice(&40000u16.to_be_bytes());
+    packet.extend_from_slice(&port.to_be_bytes());
+    packet.extend_from_slice(&13u16.to_be_bytes());
+    packet.extend_from_slice(&[0, 0]); // no UDP checksum (allowed in IPv4)
+    packet.extend_from_slice(b"hello");
+    let len = packet.len() as u16;
+    packet[2..4].copy_from_slice(&len.to_be_bytes());
+    from.netns()
+        .run(|| {
+            // SAFETY: plain socket calls on a buffer and address that outlive them.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+                    sin_zero: [0; 8],
+                };
+                let sent = libc::sendto(
+                    fd,
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                );
+                libc::close(fd);
+                assert_eq!(sent, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_pod_cannot_send_from_another_pods_address() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let (a, b, c) = (env.pod("x/a").ip, env.pod("x/b").ip, env.pod("x/c").ip);
+    let port = 9999;
+    let receiver = env.pod("x/c").netns().run(|| std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().unwrap();
+    receiver.set_read_timeout(Some(std::time::Duration::from_millis(400))).unwrap();
+    let arrives = |env: &Env, src| {
+        send_udp_from(env.pod("x/a"), src, c, port);
+        let mut buf = [0u8; 16];
+        receiver.recv_from(&mut buf).is_ok_and(|(n, from)| &buf[..n] == b"hello" && from.ip() == IpAddr::V4(src))
+    };
+    assert!(arrives(&env, b), "baseline: nothing attached, a forged source gets through");
+    // a's policy is wide open both ways: only the source is judged.
+    env.attach("x/a", &PodRules::default()).unwrap();
+    assert!(arrives(&env, a), "from a's own address");
+    assert!(!arrives(&env, b), "from b's address");
+    assert!(!arrives(&env, std::net::Ipv4Addr::new(8, 8, 8, 8)), "from anywhere else");
+    let counters = na_agent::datapath::pod_counters(env.dp.layout(), &na_agent::pod_id::PodId::new("x", "a")).unwrap();
+    assert_eq!(counters.egress_denied.packets, 2);
+}

@@ -426,19 +426,16 @@ fn packets_leaving_a_pod_from_addresses_not_its_own_are_dropped_as_spoofed() {
     let udp = l4(UDP, 40000, 53);
     let pod_ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
     let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
-    let mld_report = [143, 0, 0, 0, 0, 0, 0, 0];
+    let (mld, mld_report) = (Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16), [143, 0, 0, 0, 0, 0, 0, 0]);
     // The pod's egress is open: only the source decides.
     let cases: &[(&str, &Prog, Vec<u8>, u32)] = &[
         ("the pod's IPv4 address", &p.egress, V4::new(POD4, OTHER4, UDP).packet(&udp), OK),
         ("its IPv6 address", &p.egress, v6_with(POD6, PEER6, 64, &[], UDP, &udp), OK),
         ("another pod's IPv4 address", &p.egress, V4::new(PEER4, OTHER4, UDP).packet(&udp), SHOT),
         ("another IPv6 address", &p.egress, v6_with(PEER6, POD6, 64, &[], UDP, &udp), SHOT),
-        (
-            "link-local, not neighbour discovery",
-            &p.egress,
-            v6_with(pod_ll, solicited, 1, &[], ICMPV6, &mld_report),
-            SHOT,
-        ),
+        ("link-local, not neighbour discovery", &p.egress, v6_with(pod_ll, solicited, 1, &[], UDP, &udp), SHOT),
+        ("link-local listener report", &p.egress, v6_with(pod_ll, mld, 1, &[], ICMPV6, &mld_report), OK),
+        ("a listener report that could be routed", &p.egress, v6_with(pod_ll, mld, 64, &[], ICMPV6, &mld_report), SHOT),
         ("link-local neighbour discovery", &p.egress, v6_with(pod_ll, solicited, 255, &[], ICMPV6, &ns()), OK),
         (
             "duplicate address detection",
@@ -456,7 +453,7 @@ fn packets_leaving_a_pod_from_addresses_not_its_own_are_dropped_as_spoofed() {
         assert_eq!(run(prog, packet), *want, "{name}");
     }
     let spoofed: Vec<_> = ring.take().into_iter().filter(|e| e.tier == tier::SPOOFED).collect();
-    assert_eq!(spoofed.len(), 4, "each spoofed packet is an event: {spoofed:?}");
+    assert_eq!(spoofed.len(), 5, "each spoofed packet is an event: {spoofed:?}");
     assert!(spoofed.iter().all(|e| e.verdict == verdict::DENY && e.direction == 1));
     assert_eq!(&spoofed[0].src_addr.0[..4], &PEER4.octets()[..], "the event carries the forged source");
 

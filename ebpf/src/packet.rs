@@ -28,6 +28,11 @@ const ND_LAST: u8 = 137;
 /// ND messages are only valid with this hop limit (RFC 4861), so they cannot
 /// have been routed from elsewhere.
 const ND_HOP_LIMIT: u8 = 255;
+/// Multicast listener discovery: query, report, done, and MLDv2 report. Sent
+/// with hop limit 1 (RFC 2710, 3810), so never routed either; every IPv6
+/// interface sends reports for its solicited-node groups.
+const MLD_TYPES: [u8; 4] = [130, 131, 132, 143];
+const MLD_HOP_LIMIT: u8 = 1;
 
 /// Whether a packet is a fragment, and which. The datagram's identification
 /// is kept beside it ([`Packet::frag_id`]), not in it: an enum whose `No`
@@ -46,7 +51,8 @@ pub enum Fragment {
 
 /// What the datapath needs to know about one IP packet.
 pub struct Packet {
-    /// An ICMPv6 neighbour discovery message with hop limit 255 (so not
+    /// An ICMPv6 neighbour discovery message with hop limit 255, or a
+    /// multicast listener discovery one with hop limit 1 (so not
     /// routed): exempt from policy between the pod and its host only.
     pub neighbour: bool,
     pub family: u8,
@@ -208,7 +214,8 @@ fn try_ipv6(ctx: &TcContext, off: usize, depth: Depth) -> Result<Parsed, ()> {
     packet.protocol = next;
     if next == protocol::ICMPV6 && packet.fragment == Fragment::No && depth == Depth::Whole {
         let icmp_type: u8 = load(ctx, l4)?;
-        packet.neighbour = (ND_FIRST..=ND_LAST).contains(&icmp_type) && hop_limit == ND_HOP_LIMIT;
+        packet.neighbour = ((ND_FIRST..=ND_LAST).contains(&icmp_type) && hop_limit == ND_HOP_LIMIT)
+            || (MLD_TYPES.contains(&icmp_type) && hop_limit == MLD_HOP_LIMIT);
     }
     transport(ctx, &mut packet, l4, depth)?;
     Ok(Parsed::Ip(packet))
