@@ -14,12 +14,9 @@ use support::{
 
 #[test]
 fn local_mode_follows_the_manifests_and_survives_restarts() {
-    let env = Env::new(AttachMode::Auto).unwrap();
-    let manifests = Manifests::new();
-    let status_file = manifests.1.join("status.json");
+    let (env, manifests, status_file) = three_pods();
     let tcp80 = Probe::tcp(80);
     manifests.write("ns.yaml", &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})]);
-    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
 
     let agent = Agent::start(&env, &manifests, &status_file);
     wait_until("all three pods are attached", || {
@@ -130,13 +127,25 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
     drop(agent);
 }
 
-#[test]
-fn veths_the_cni_did_not_name_are_found_by_their_route() {
+/// Pods a, b and c in the manifests; the status file's path.
+fn three_pods() -> (Env, Manifests, std::path::PathBuf) {
     let env = Env::new(AttachMode::Auto).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
+    (env, manifests, status_file)
+}
+
+/// [`three_pods`], and a policy closing a's ingress.
+fn a_closed() -> (Env, Manifests, std::path::PathBuf) {
+    let (env, manifests, status_file) = three_pods();
     manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    (env, manifests, status_file)
+}
+
+#[test]
+fn veths_the_cni_did_not_name_are_found_by_their_route() {
+    let (env, manifests, status_file) = a_closed();
     assert!(env.reaches("x/b", "x/a", Probe::tcp(80)), "baseline: nothing attached yet");
     let _agent =
         Agent::start_with(&env, &manifests, &status_file, &["--veth-prefix", "nomatch", "--ebpf-log-level", "debug"]);
@@ -153,11 +162,8 @@ fn veths_the_cni_did_not_name_are_found_by_their_route() {
 
 #[test]
 fn bad_input_keeps_the_last_good_state_and_fails_closed() {
-    let env = Env::new(AttachMode::Auto).unwrap();
-    let manifests = Manifests::new();
-    let status_file = manifests.1.join("status.json");
+    let (env, manifests, status_file) = three_pods();
     let tcp80 = Probe::tcp(80);
-    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
     let a_from_b = json!({"podSelector": {"matchLabels": {"app": "a"}},
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]});
     manifests.write("allow.yaml", &[policy("a-from-b", a_from_b.clone())]);
@@ -240,11 +246,7 @@ fn bad_input_keeps_the_last_good_state_and_fails_closed() {
 
 #[test]
 fn veths_are_followed_as_the_kernel_reports_them_without_polling() {
-    let env = Env::new(AttachMode::Auto).unwrap();
-    let manifests = Manifests::new();
-    let status_file = manifests.1.join("status.json");
-    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
-    manifests.write("deny.yaml", &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    let (env, manifests, status_file) = a_closed();
     // The pod is scheduled, its sandbox not wired yet.
     env.node.delete_veth("x/a").unwrap();
     let _agent = Agent::start(&env, &manifests, &status_file);
