@@ -309,3 +309,37 @@ fn a_pod_cannot_send_from_another_pods_address() {
     let counters = na_agent::datapath::pod_counters(env.dp.layout(), &na_agent::pod_id::PodId::new("x", "a")).unwrap();
     assert_eq!(counters.egress_denied.packets, 2);
 }
+
+#[test]
+fn the_node_keeps_resolving_an_isolated_pods_ipv6_address() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let node = env.node.netns().name().to_owned();
+    let (veth, ip6) = (env.pod("x/a").host_veth.clone(), env.pod("x/a").ip6.to_string());
+    // a admits only the node's TCP/80 and sends nothing unprompted: the
+    // node's solicitations in and a's advertisements out pass as neighbour
+    // discovery between the pod and its host, not by any rule.
+    let from_node = [(IpNet::from(IpAddr::V6(na_harness::NODE_IP6)), vec![PortRule::ports(1, TCP, 80, 80)])];
+    env.attach("x/a", &PodRules { ingress: isolated(from_node), egress: isolated([]) }).unwrap();
+    let neigh = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(["-n", &node, "-6", "neigh"]).args(args).output().unwrap();
+        assert!(out.status.success(), "ip neigh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let state = || neigh(&["show", &ip6, "dev", &veth]);
+    for round in 0..3 {
+        // Resolution from scratch: a multicast solicitation, a's advertisement.
+        neigh(&["flush", "dev", &veth]);
+        let addr = std::net::SocketAddr::new(IpAddr::V6(env.pod("x/a").ip6), 80);
+        let timeout = std::time::Duration::from_millis(1500);
+        let reached =
+            env.node.netns().run(move || std::net::TcpStream::connect_timeout(&addr, timeout).is_ok()).unwrap();
+        assert!(reached, "round {round}: the node reaches a (neighbour entry: {})", state());
+        // Unreachability detection: unicast solicitations until a answers.
+        neigh(&["change", &ip6, "dev", &veth, "nud", "probe"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !state().contains("REACHABLE") {
+            assert!(std::time::Instant::now() < deadline, "round {round}: a never answered the probe: {}", state());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
