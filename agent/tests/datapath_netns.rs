@@ -261,28 +261,36 @@ fn send_udp_from(from: &na_harness::Pod, src: std::net::Ipv4Addr, dst: std::net:
     packet.extend_from_slice(b"hello");
     let len = packet.len() as u16;
     packet[2..4].copy_from_slice(&len.to_be_bytes());
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+        sin_zero: [0; 8],
+    };
+    send_raw(from, libc::AF_INET, libc::IPPROTO_RAW, &packet, || to);
+}
+
+/// Sends `bytes` from inside `from` on a raw socket of `domain` and
+/// `protocol`, as any container with NET_RAW can, to the address `to` makes
+/// (inside the pod's namespace).
+fn send_raw<A>(from: &na_harness::Pod, domain: i32, protocol: i32, bytes: &[u8], to: impl FnOnce() -> A + Send) {
     from.netns()
         .run(|| {
+            let addr = to();
             // SAFETY: plain socket calls on a buffer and address that outlive them.
             unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                let fd = libc::socket(domain, libc::SOCK_RAW, protocol);
                 assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-                let addr = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-                    sin_zero: [0; 8],
-                };
                 let sent = libc::sendto(
                     fd,
-                    packet.as_ptr().cast(),
-                    packet.len(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
                     0,
                     (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_in>() as u32,
+                    size_of::<A>() as u32,
                 );
                 libc::close(fd);
-                assert_eq!(sent, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+                assert_eq!(sent, bytes.len() as isize, "sendto: {}", std::io::Error::last_os_error());
             }
         })
         .unwrap();
@@ -342,4 +350,56 @@ fn the_node_keeps_resolving_an_isolated_pods_ipv6_address() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+}
+
+/// Sends one raw Ethernet frame of `ethertype` out of `from`'s eth0 (an
+/// AF_PACKET socket, as any container with NET_RAW can open).
+fn send_frame_from(from: &na_harness::Pod, ethertype: u16, payload: &[u8]) {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0a]);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(payload);
+    send_raw(from, libc::AF_PACKET, 0, &frame, || {
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = nix::net::if_::if_nametoindex("eth0").unwrap() as i32;
+        addr.sll_halen = 6;
+        addr
+    });
+}
+
+#[test]
+fn frames_neither_ip_nor_arp_leave_a_pod_only_where_its_egress_is_open() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let id = na_agent::pod_id::PodId::new("x", "a");
+    let counted = |env: &Env| {
+        let c = na_agent::datapath::pod_counters(env.dp.layout(), &id).unwrap();
+        (c.egress_allowed.packets, c.egress_denied.packets)
+    };
+    // A UDP datagram from a to c's port 9999, which a's egress allows.
+    let (a, c) = (env.pod("x/a").ip.octets(), env.pod("x/c").ip.octets());
+    let mut udp = vec![0x45, 0, 0, 33, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    udp.extend_from_slice(&a);
+    udp.extend_from_slice(&c);
+    udp.extend_from_slice(&[0x9c, 0x40, 0x27, 0x0f, 0, 13, 0, 0]);
+    udp.extend_from_slice(b"hello");
+    let tagged: Vec<u8> = [&[0, 1, 0x08, 0x00][..], &udp].concat();
+    let mpls: &[u8] = &[0, 0, 0x11, 64];
+    let to_c = [(IpNet::from(IpAddr::V4(env.pod("x/c").ip)), vec![PortRule::ports(1, UDP, 9999, 9999)])];
+    env.attach("x/a", &PodRules { ingress: DirectionRules::default(), egress: isolated(to_c) }).unwrap();
+    let before = counted(&env);
+    send_frame_from(env.pod("x/a"), 0x0800, &udp);
+    assert_eq!(counted(&env), (before.0 + 1, before.1), "the datagram itself passes");
+    // Tagged (the kernel strips the tag before TC sees the frame) and MPLS:
+    // neither is IP as sent, and a's egress is isolated.
+    send_frame_from(env.pod("x/a"), 0x8100, &tagged);
+    send_frame_from(env.pod("x/a"), 0x8847, mpls);
+    assert_eq!(counted(&env), (before.0 + 1, before.1 + 2), "tagged and MPLS frames are dropped");
+    // With a's egress open they pass.
+    env.attach("x/a", &PodRules::default()).unwrap();
+    let before = counted(&env);
+    send_frame_from(env.pod("x/a"), 0x8100, &tagged);
+    send_frame_from(env.pod("x/a"), 0x8847, mpls);
+    assert_eq!(counted(&env), (before.0 + 2, before.1));
 }

@@ -78,7 +78,11 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     // returns stays valid for this run even if the agent replaces it.
     let pod = Pod { ifindex, record, conntrack: unsafe { CONNTRACK_TABLES.get(&ifindex) } };
     let isolated = pod.state(dir).mode() != pod_state::DEFAULT_ALLOW;
-    let action = match packet::parse(ctx) {
+    // The kernel strips an 802.1Q/802.1ad tag into the skb before TC sees the
+    // frame: the tag shows here, not in the bytes.
+    let tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    let parsed = if tagged { Parsed::OtherLink } else { packet::parse(ctx) };
+    let action = match parsed {
         Parsed::Arp => PASS,
         Parsed::OtherLink if !isolated => PASS,
         Parsed::OtherLink => unjudgeable(ctx, dir, tier::NOT_IP),
