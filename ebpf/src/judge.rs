@@ -78,11 +78,7 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     // returns stays valid for this run even if the agent replaces it.
     let pod = Pod { ifindex, record, conntrack: unsafe { CONNTRACK_TABLES.get(&ifindex) } };
     let isolated = pod.state(dir).mode() != pod_state::DEFAULT_ALLOW;
-    // The kernel strips an 802.1Q/802.1ad tag into the skb before TC sees the
-    // frame: the tag shows here, not in the bytes.
-    let tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
-    let parsed = if tagged { Parsed::OtherLink } else { packet::parse(ctx) };
-    let action = match parsed {
+    let action = match packet::parse(ctx) {
         Parsed::Arp => PASS,
         Parsed::OtherLink if !isolated => PASS,
         Parsed::OtherLink => unjudgeable(ctx, dir, tier::NOT_IP),
@@ -144,8 +140,7 @@ fn unjudgeable(ctx: &TcContext, dir: u32, why: u8) -> i32 {
 #[inline(never)]
 fn spoofed(ctx: &TcContext, packet: &Packet) -> i32 {
     debug!(ctx, "egress: packet from an address not the pod's dropped");
-    let dir = direction::EGRESS;
-    emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::SPOOFED, policy_id: POLICY_ID_NONE });
+    emit(ctx, packet, direction::EGRESS, &Decision { allowed: false, tier: tier::SPOOFED, policy_id: POLICY_ID_NONE });
     TC_ACT_SHOT
 }
 

@@ -83,6 +83,11 @@ pub enum Parsed {
 }
 
 pub fn parse(ctx: &TcContext) -> Parsed {
+    // The kernel strips an 802.1Q/802.1ad tag into the skb before TC sees the
+    // frame: the tag shows there, not in the bytes, which hold the inner packet.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Parsed::OtherLink;
+    }
     let Ok(ethertype) = load::<u16>(ctx, 12) else {
         return Parsed::OtherLink;
     };
