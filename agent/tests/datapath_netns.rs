@@ -387,6 +387,10 @@ fn frames_neither_ip_nor_arp_leave_a_pod_only_where_its_egress_is_open() {
     let tagged: Vec<u8> = [&[0, 1, 0x08, 0x00][..], &udp].concat();
     let mpls: &[u8] = &[0, 0, 0x11, 64];
     let to_c = [(IpNet::from(IpAddr::V4(env.pod("x/c").ip)), vec![PortRule::ports(1, UDP, 9999, 9999)])];
+    // The counters count every frame a sends: IPv6 off, a sends nothing of
+    // its own (its gateway's address is resolved statically), so they count
+    // only these frames.
+    env.pod("x/a").netns().run(|| std::fs::write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1")).unwrap().unwrap();
     env.attach("x/a", &PodRules { ingress: DirectionRules::default(), egress: isolated(to_c) }).unwrap();
     let before = counted(&env);
     send_frame_from(env.pod("x/a"), 0x0800, &udp);
