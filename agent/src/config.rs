@@ -92,6 +92,16 @@ pub struct Args {
     /// Rotated flow log files kept.
     #[arg(long, default_value_t = 5, env = "NA_FLOW_LOG_KEEP")]
     pub flow_log_keep: usize,
+    /// The unix socket CNI plugins call: the VPC CNI's network-policy backend
+    /// (its default path) and `na-cni`. A pod's CNI ADD returns once its
+    /// policy is enforced.
+    #[arg(long, default_value = crate::rpc::DEFAULT_SOCKET, env = "NA_CNI_SOCKET")]
+    pub cni_socket: PathBuf,
+    /// How long a CNI ADD for a pod the agent does not know yet waits for
+    /// the API server before the pod gets its mode's default (strict:
+    /// closed; standard: open) until its object arrives.
+    #[arg(long, value_parser = humantime_secs, default_value = "2", env = "NA_CNI_SETTLE_TIMEOUT")]
+    pub cni_settle_timeout: Duration,
     /// Prometheus metrics (`/metrics`): `ADDRESS:PORT`, or `node:PORT` for
     /// the first `--node-ip` (never all interfaces unless asked: on a
     /// host-network pod that is every network the node is on).

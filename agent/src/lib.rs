@@ -3,6 +3,7 @@
 
 pub mod bpffs;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod decode;
@@ -10,6 +11,8 @@ pub mod flowlog;
 pub mod links;
 pub mod pod_id;
 pub mod reconcile;
+pub mod rpc;
+pub mod sandbox;
 pub mod source;
 pub mod status;
 pub mod telemetry;

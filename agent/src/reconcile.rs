@@ -1,12 +1,16 @@
 //! Keeps every local pod's datapath equal to what its policies compile to.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
-use na_policy::{Compiler, ObjectRef, PodRules};
+use na_policy::{CompileError, Compiler, ObjectRef, PodRules};
 use serde::Serialize;
 
 use crate::{
     datapath::{Datapath, PodAddrs, PodMaps},
     pod_id::PodId,
+    sandbox::{AddOutcome, Sandbox},
     source::{Event, Kind, Object},
     status::PodEntry,
     veth::host_veth_name,
@@ -18,6 +22,7 @@ const PARALLEL_ATTACHES: usize = 16;
 
 /// A pod whose programs are attached.
 struct Attached {
+    /// Empty while the pod is assumed (see [`Reconciler::add`]).
     uid: String,
     veth: String,
     ifindex: u32,
@@ -56,6 +61,11 @@ pub struct Reconciler {
     pending: BTreeSet<ObjectRef>,
     /// Pods whose attachment or rules update failed.
     failed: BTreeSet<ObjectRef>,
+    /// Sandboxes CNI ADDs reported, until their DEL or the pod's deletion.
+    sandboxes: BTreeMap<ObjectRef, Sandbox>,
+    /// Pods a CNI ADD asked for before the agent knew them: enforced with
+    /// their mode's default until their object arrives.
+    assumed: BTreeSet<ObjectRef>,
 }
 
 impl Reconciler {
@@ -67,6 +77,8 @@ impl Reconciler {
             attached: BTreeMap::new(),
             pending: BTreeSet::new(),
             failed: BTreeSet::new(),
+            sandboxes: BTreeMap::new(),
+            assumed: BTreeSet::new(),
         }
     }
 
@@ -97,7 +109,7 @@ impl Reconciler {
                 name: k.name.clone(),
                 pod_id: PodId::new(&k.namespace, &k.name).to_string(),
                 uid: a.uid.clone(),
-                ips: self.compiler.pod(k).map(|p| p.ips.clone()).unwrap_or_default(),
+                ips: self.ips(k),
                 veth: a.veth.clone(),
                 ifindex: a.ifindex,
             })
@@ -119,11 +131,23 @@ impl Reconciler {
     /// error (and left out); nothing else fails.
     pub fn apply(&mut self, event: Event) -> Result<(), na_policy::PolicyError> {
         match event {
-            Event::Applied(Object::Pod(p)) => self.compiler.upsert_pod(&p),
+            Event::Applied(Object::Pod(p)) => {
+                self.compiler.upsert_pod(&p);
+                if let Some(key) = ObjectRef::of(&p.metadata) {
+                    self.assumed.remove(&key);
+                    if let Some(sandbox) = self.sandboxes.get(&key) {
+                        self.compiler.set_pod_ips(&key, &sandbox.ips);
+                    }
+                }
+            }
             Event::Applied(Object::Namespace(n)) => self.compiler.upsert_namespace(&n),
             Event::Applied(Object::NetworkPolicy(p)) => return self.compiler.upsert_policy(&p),
             Event::Deleted(key) => match key.kind {
-                Kind::Pod => self.compiler.remove_pod(&key.id),
+                Kind::Pod => {
+                    self.compiler.remove_pod(&key.id);
+                    self.sandboxes.remove(&key.id);
+                    self.assumed.remove(&key.id);
+                }
                 Kind::Namespace => self.compiler.remove_namespace(&key.id.name),
                 Kind::NetworkPolicy => self.compiler.remove_policy(&key.id),
             },
@@ -137,7 +161,8 @@ impl Reconciler {
         let mut todo = self.compiler.take_dirty();
         todo.append(&mut self.pending);
         todo.append(&mut self.failed);
-        let local: BTreeSet<ObjectRef> = self.compiler.local_pods().map(|p| p.key.clone()).collect();
+        let local: BTreeSet<ObjectRef> =
+            self.compiler.local_pods().map(|p| p.key.clone()).chain(self.assumed.iter().cloned()).collect();
         let (present, gone): (Vec<ObjectRef>, Vec<ObjectRef>) = todo.into_iter().partition(|k| local.contains(k));
         for key in gone {
             self.detach(&key, &mut report);
@@ -147,6 +172,10 @@ impl Reconciler {
         for (key, rules) in compiled {
             match rules {
                 Ok(rules) => new.extend(self.converge(key, rules, &mut report)),
+                Err(CompileError::UnknownPod(_)) if self.assumed.contains(&key) => {
+                    let default = self.compiler.fail_closed(&key);
+                    new.extend(self.converge(key, default, &mut report));
+                }
                 // Fails closed: what its policies isolate admits the node
                 // alone. The pod is compiled again whenever something it
                 // depends on changes.
@@ -209,10 +238,12 @@ impl Reconciler {
     /// Brings an attached pod in line, or says what a new one needs.
     fn converge(&mut self, key: ObjectRef, rules: PodRules, report: &mut SyncReport) -> Option<NewPod> {
         let uid = self.compiler.pod(&key).map(|p| p.uid.clone()).unwrap_or_default();
-        let addrs = PodAddrs::new(self.compiler.pod(&key).map(|p| p.ips.as_slice()).unwrap_or_default());
+        let addrs = PodAddrs::new(&self.ips(&key));
+        // An assumed pod's object, once it arrives, takes over its sandbox.
         if let Some(a) = self.attached.get_mut(&key)
-            && a.uid == uid
+            && (a.uid == uid || a.uid.is_empty())
         {
+            a.uid = uid;
             if a.rules != rules || a.addrs != addrs {
                 a.maps.set_addrs(addrs);
                 match a.maps.apply(&rules) {
@@ -242,16 +273,111 @@ impl Reconciler {
         Some(NewPod { key, uid, veth, addrs, rules })
     }
 
-    /// The pod's host veth and its ifindex: by the CNI's name, else by the
-    /// host route to one of the pod's addresses.
+    /// The pod's addresses: the API server's, else its CNI's.
+    fn ips(&self, key: &ObjectRef) -> Vec<IpAddr> {
+        match self.compiler.pod(key) {
+            Some(p) if !p.ips.is_empty() => p.ips.clone(),
+            _ => self.sandboxes.get(key).map(|s| s.ips.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The pod's host veth and its ifindex: as its CNI ADD named it, else by
+    /// the VPC CNI's name, else by the host route to one of its addresses.
     fn find_veth(&self, key: &ObjectRef) -> Option<(String, u32)> {
         let index = |name: &str| nix::net::if_::if_nametoindex(name).ok();
+        let reported = self.sandboxes.get(key).and_then(|s| s.host_interface.clone());
         let named = host_veth_name(&self.veth_prefix, &key.namespace, &key.name);
-        if let Some(i) = index(&named) {
-            return Some((named, i));
+        if let Some(found) = reported.into_iter().chain([named]).find_map(|n| Some((index(&n)?, n))) {
+            return Some((found.1, found.0));
         }
-        let ips = self.compiler.pod(key).map(|p| p.ips.clone()).unwrap_or_default();
-        ips.into_iter().filter_map(crate::veth::by_route).find_map(|name| Some((name.clone(), index(&name)?)))
+        self.ips(key).into_iter().filter_map(crate::veth::by_route).find_map(|name| Some((name.clone(), index(&name)?)))
+    }
+
+    /// Whether the compiler knows the pod (from the API server or the manifests).
+    pub fn knows(&self, key: &ObjectRef) -> bool {
+        self.compiler.pod(key).is_some()
+    }
+
+    /// A CNI ADD: enforces the pod's policy on the sandbox it reports and
+    /// says whether that is done. A pod the agent does not know is
+    /// [`AddOutcome::Unknown`], unless `assume`: then it gets its mode's
+    /// default until its object arrives.
+    pub fn add(&mut self, key: &ObjectRef, sandbox: Sandbox, assume: bool) -> (AddOutcome, SyncReport) {
+        if !self.knows(key) && !assume {
+            return (AddOutcome::Unknown, SyncReport::default());
+        }
+        if !self.knows(key) {
+            self.assumed.insert(key.clone());
+        }
+        self.sandboxes.insert(key.clone(), sandbox);
+        // Without addresses its own record would take the pod's every packet
+        // for a spoof; the CNI's host routes to its veth say them.
+        if self.ips(key).is_empty()
+            && let Some((veth, _)) = self.find_veth(key)
+        {
+            self.sandboxes.get_mut(key).expect("just inserted").ips = crate::veth::routed_through(&veth);
+        }
+        let ips = self.ips(key);
+        self.compiler.set_pod_ips(key, &ips);
+        // A new sandbox of an attached pod has a new veth, which the link
+        // notification may not have reported yet.
+        self.relink();
+        self.pending.insert(key.clone());
+        let report = self.sync();
+        let outcome = match self.attached.get(key) {
+            Some(a) => AddOutcome::Enforced { ifindex: a.ifindex, assumed: self.assumed.contains(key) },
+            None => AddOutcome::Failed(self.why_not_attached(key, &report)),
+        };
+        (outcome, report)
+    }
+
+    fn why_not_attached(&self, key: &ObjectRef, report: &SyncReport) -> String {
+        let prefix = format!("pod {key}:");
+        if let Some(e) = report.errors.iter().find(|e| e.starts_with(&prefix)) {
+            return e.clone();
+        }
+        if self.pending.contains(key) {
+            return format!(
+                "pod {key}: no host interface found (not as reported, not named {}, no host route to {:?})",
+                host_veth_name(&self.veth_prefix, &key.namespace, &key.name),
+                self.ips(key)
+            );
+        }
+        match self.compiler.pod(key) {
+            Some(p) if p.host_network => format!("pod {key} uses the host's network"),
+            Some(p) if p.terminal => format!("pod {key} has finished"),
+            Some(p) => {
+                format!("pod {key} is scheduled on {:?}, not this node", p.node_name.as_deref().unwrap_or("no node"))
+            }
+            None => format!("pod {key} is not known"),
+        }
+    }
+
+    /// Whether the pod is enforced (on `host_interface`, when given): its ifindex.
+    pub fn check(&self, key: &ObjectRef, host_interface: Option<&str>) -> Result<u32, String> {
+        match self.attached.get(key) {
+            Some(a) if host_interface.is_none_or(|i| i == a.veth) => Ok(a.ifindex),
+            Some(a) => Err(format!("pod {key} is enforced on {}, not {}", a.veth, host_interface.unwrap_or_default())),
+            None => Err(format!("pod {key} is not enforced")),
+        }
+    }
+
+    /// A CNI DEL: forgets the sandbox and removes the pod's state. A DEL of
+    /// another sandbox than the last one added (an old one torn down late)
+    /// changes nothing; so does a DEL of what is already gone.
+    pub fn remove(&mut self, key: &ObjectRef, container_id: &str) -> SyncReport {
+        let mut report = SyncReport::default();
+        if let Some(s) = self.sandboxes.get(key)
+            && !container_id.is_empty()
+            && !s.container_id.is_empty()
+            && s.container_id != container_id
+        {
+            return report;
+        }
+        self.sandboxes.remove(key);
+        self.assumed.remove(key);
+        self.detach(key, &mut report);
+        report
     }
 
     /// Call when links changed: an attached pod whose veth is gone or was

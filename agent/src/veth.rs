@@ -16,30 +16,75 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
 /// The interface of the host route (/32 or /128) to `ip` in this network
 /// namespace, as CNIs install one per pod.
 pub fn by_route(ip: IpAddr) -> Option<String> {
-    match ip {
-        IpAddr::V4(_) => host_route_v4(&std::fs::read_to_string("/proc/net/route").ok()?, ip),
-        IpAddr::V6(_) => host_route_v6(&std::fs::read_to_string("/proc/net/ipv6_route").ok()?, ip),
-    }
+    host_routes(ip.is_ipv6()).into_iter().find(|(_, dest)| *dest == ip).map(|(iface, _)| iface)
+}
+
+/// The addresses host routes lead to through `iface`: a pod's, found from
+/// its veth when nothing else says them (a VPC CNI call for a pod the agent
+/// does not know yet).
+pub fn routed_through(iface: &str) -> Vec<IpAddr> {
+    // The kernel's own host routes (the local table's, shown in the IPv6
+    // table) lead to this node's addresses, never to a pod's.
+    let own = own_addresses();
+    [false, true]
+        .into_iter()
+        .flat_map(host_routes)
+        .filter(|(i, ip)| i == iface && is_pod_address(*ip) && !own.contains(ip))
+        .map(|(_, ip)| ip)
+        .collect()
+}
+
+fn own_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|a| {
+            let a = a.address?;
+            a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect()
+}
+
+/// Unicast, and not link-local: what a pod is given.
+fn is_pod_address(ip: IpAddr) -> bool {
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    !(ip.is_multicast() || ip.is_unspecified() || ip.is_loopback() || link_local)
+}
+
+/// This namespace's host routes of one family: (interface, destination).
+fn host_routes(v6: bool) -> Vec<(String, IpAddr)> {
+    let file = if v6 { "/proc/net/ipv6_route" } else { "/proc/net/route" };
+    let table = std::fs::read_to_string(file).unwrap_or_default();
+    if v6 { host_routes_v6(&table) } else { host_routes_v4(&table) }
 }
 
 /// `/proc/net/route`: interface, destination and mask as the kernel's
 /// in-memory (network order) words printed in hex.
-fn host_route_v4(table: &str, ip: IpAddr) -> Option<String> {
+fn host_routes_v4(table: &str) -> Vec<(String, IpAddr)> {
     let word = |s: &str| u32::from_str_radix(s, 16).ok().map(|w| IpAddr::from(w.to_le_bytes()));
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (iface, dest, mask) = (f.first()?, word(f.get(1)?)?, f.get(7)?);
-        (dest == ip && *mask == "FFFFFFFF").then(|| iface.to_string())
-    })
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (iface, dest, mask) = (f.first()?, word(f.get(1)?)?, f.get(7)?);
+            (*mask == "FFFFFFFF").then(|| (iface.to_string(), dest))
+        })
+        .collect()
 }
 
 /// `/proc/net/ipv6_route`: destination, prefix length, ..., interface last.
-fn host_route_v6(table: &str, ip: IpAddr) -> Option<String> {
-    table.lines().find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let dest = u128::from_str_radix(f.first()?, 16).ok().map(|d| IpAddr::from(d.to_be_bytes()))?;
-        (dest == ip && *f.get(1)? == "80").then(|| f.last().map(|i| i.to_string())).flatten()
-    })
+fn host_routes_v6(table: &str) -> Vec<(String, IpAddr)> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dest = u128::from_str_radix(f.first()?, 16).ok().map(|d| IpAddr::from(d.to_be_bytes()))?;
+            (*f.get(1)? == "80").then(|| Some((f.last()?.to_string(), dest))).flatten()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -51,13 +96,11 @@ mod tests {
         let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                   eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
                   cali7f3\t030012C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
-        assert_eq!(host_route_v4(v4, "198.18.0.3".parse().unwrap()).as_deref(), Some("cali7f3"));
-        assert_eq!(host_route_v4(v4, "198.18.0.4".parse().unwrap()), None);
-        assert_eq!(host_route_v4(v4, "0.0.0.0".parse().unwrap()), None, "only host routes");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(host_routes_v4(v4), [("cali7f3".to_string(), ip("198.18.0.3"))], "only host routes");
         let v6 = "fd180000000000000000000000000003 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001  lxc9\n\
                   fd180000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001  eth0\n";
-        assert_eq!(host_route_v6(v6, "fd18::3".parse().unwrap()).as_deref(), Some("lxc9"));
-        assert_eq!(host_route_v6(v6, "fd18::".parse().unwrap()), None, "a /64 is not a pod route");
+        assert_eq!(host_routes_v6(v6), [("lxc9".to_string(), ip("fd18::3"))], "a /64 is not a pod route");
     }
 
     #[test]

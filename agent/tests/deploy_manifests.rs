@@ -91,7 +91,7 @@ fn every_manifest_parses_strictly_and_refers_to_the_others() {
 }
 
 #[test]
-fn the_cluster_role_grants_exactly_what_the_watchers_use() {
+fn the_cluster_role_grants_exactly_what_the_agent_uses() {
     let o = load();
     let mut granted = BTreeSet::new();
     for rule in o.cluster_roles[0].rules.as_ref().unwrap() {
@@ -106,6 +106,7 @@ fn the_cluster_role_grants_exactly_what_the_watchers_use() {
     let used: BTreeSet<(String, String, String)> = kube::watched_resources()
         .into_iter()
         .flat_map(|(g, r)| kube::VERBS.map(|v| (g.clone(), r.clone(), v.to_owned())))
+        .chain(na_agent::rpc::server::FETCHES.map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned())))
         .collect();
     assert_eq!(granted, used);
 }
@@ -185,6 +186,12 @@ fn every_setting_the_daemon_set_gives_is_one_the_agent_accepts() {
     let run = pod.volumes.iter().flatten().find(|v| v.name == "run").unwrap();
     assert_eq!(run.host_path.as_ref().map(|h| h.path.as_str()), Some("/run/na-agent"));
     assert!(env["NA_STATUS_FILE"].starts_with("/run/na-agent/"));
+    // The CNI socket is on the node, where the VPC CNI and na-cni call it.
+    let socket = pod.volumes.iter().flatten().find(|v| v.name == "cni-socket").unwrap();
+    assert_eq!(socket.host_path.as_ref().map(|h| h.path.as_str()), Some("/var/run/aws-node"));
+    assert!(env["NA_CNI_SOCKET"].starts_with("/var/run/aws-node/"));
+    let mounted = agent.volume_mounts.iter().flatten().find(|m| m.name == "cni-socket").unwrap();
+    assert_eq!(mounted.mount_path, "/var/run/aws-node");
     let annotations =
         o.daemon_sets[0].spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap();
     assert_eq!(annotations["prometheus.io/port"], port("metrics").to_string());
@@ -194,15 +201,18 @@ fn every_setting_the_daemon_set_gives_is_one_the_agent_accepts() {
     let resolved = check_config(prepare.command.as_ref().unwrap(), &environment(prepare, config));
     assert!(resolved.contains("prepare_bpffs: true"), "{resolved}");
     // The installer really installs, into a directory of our own.
-    let install = inits.iter().find(|c| c.name == "install-na-cli").unwrap().command.clone().unwrap();
+    let install = inits.iter().find(|c| c.name == "install-binaries").unwrap().command.clone().unwrap();
     assert_eq!(install[..3], ["/usr/local/bin/na-cli", "install", "--dir"]);
     let dir = std::env::temp_dir().join(format!("na-deploy-install-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_na-cli")).args(&install[1..3]).arg(&dir).status().unwrap();
     let installed = Command::new(dir.join("na-cli")).arg("--version").output();
+    let plugin = Command::new(dir.join("na-cni")).env("CNI_COMMAND", "VERSION").output();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(status.success());
     assert!(installed.unwrap().status.success());
+    let plugin = plugin.unwrap();
+    assert!(String::from_utf8_lossy(&plugin.stdout).contains("\"1.0.0\""), "na-cni answers VERSION: {plugin:?}");
 }
 
 #[test]

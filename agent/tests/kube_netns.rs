@@ -11,12 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use na_agent::datapath::AttachMode;
+use na_agent::{
+    datapath::AttachMode,
+    rpc::npbackend::{EnforceNpRequest, np_backend_client::NpBackendClient},
+};
 use na_harness::Probe;
 use serde_json::{Value, json};
 use support::{
     Env,
-    agent::{Agent, Manifests, http_get, pod, policy, status, wait_until},
+    agent::{Agent, Manifests, cni_socket, http_get, pod, policy, status, wait_until},
     fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Server, kubeconfig, serve},
 };
 
@@ -165,4 +168,30 @@ fn enforcement_holds_through_an_api_outage() {
     assert!(watch_errors(&env) > 0, "the outage shows in na_watch_errors_total");
     api.cluster().set_down(false);
     wait_until("the change made during the outage is enforced", || admits("x/c", "x/b"));
+}
+
+#[test]
+fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let api = Api::new(&env, &[a_admits("c")]);
+    let a = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
+    api.cluster().delete(PODS, "x/a");
+    let _agent = api.agent(&env);
+    wait_until("b and c are attached", || api.attached() == 2);
+    // a is created while the agent's pod watch lags behind.
+    {
+        let mut c = api.cluster();
+        c.hold_watches(PODS, true);
+        c.apply(PODS, a);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut client =
+        runtime.block_on(na_agent::rpc::connect(cni_socket(&api.status_file))).map(NpBackendClient::new).unwrap();
+    let enforce = EnforceNpRequest { k8s_pod_name: "a".into(), k8s_pod_namespace: "x".into(), ..Default::default() };
+    assert!(runtime.block_on(client.enforce_np_to_pod(enforce)).unwrap().into_inner().success);
+    assert!(!env.reaches("x/b", "x/a", TCP80), "a's policy holds, not the default (open)");
+    assert!(env.reaches("x/c", "x/a", TCP80));
+    let gets: Vec<String> = api.cluster().requests.iter().filter(|r| r.verb == "get").map(|r| r.path.clone()).collect();
+    assert_eq!(gets, ["/api/v1/namespaces/x/pods/a"]);
+    api.cluster().hold_watches(PODS, false);
 }

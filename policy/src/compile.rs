@@ -152,6 +152,17 @@ impl Compiler {
         }
     }
 
+    /// Gives a known pod without addresses the ones its CNI reported: the
+    /// API server shows them only after the pod has started, and its own
+    /// record (spoofing checks) and peers' rules need them from its first
+    /// packet on.
+    pub fn set_pod_ips(&mut self, key: &ObjectRef, ips: &[IpAddr]) {
+        if let Some(p) = self.pods.get(key).filter(|p| p.ips.is_empty() && !ips.is_empty()) {
+            let info = PodInfo { ips: ips.to_vec(), ..p.clone() };
+            self.set_pod(key.clone(), Some(info));
+        }
+    }
+
     pub fn remove_pod(&mut self, key: &ObjectRef) {
         self.set_pod(key.clone(), None);
     }
@@ -354,14 +365,19 @@ impl Compiler {
     /// policies isolate (every direction in strict mode) admits the node
     /// alone, as while a pod's policies are not known yet. Failing open would
     /// let through what its policies exist to stop.
+    ///
+    /// A pod the compiler does not know (a CNI ADD ahead of the API server)
+    /// gets its mode's default: closed but for the node in strict mode, open
+    /// in standard mode.
     pub fn fail_closed(&self, key: &ObjectRef) -> PodRules {
         let mut out = PodRules::default();
-        let Some(target) = self.pods.get(key) else { return out };
+        let target = self.pods.get(key);
         for dir in Direction::BOTH {
             let isolated = self.options.strict
-                || self
-                    .policies_in(&target.key.namespace)
-                    .any(|p| p.rules(dir).is_some() && p.pod_selector.matches(&target.labels));
+                || target.is_some_and(|t| {
+                    self.policies_in(&t.key.namespace)
+                        .any(|p| p.rules(dir).is_some() && p.pod_selector.matches(&t.labels))
+                });
             if isolated {
                 *out.direction_mut(dir) =
                     DirectionRules { mode: Mode::DefaultDeny, entries: lpm::build(&self.node_grants(dir)) };

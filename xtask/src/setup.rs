@@ -11,7 +11,8 @@ const NIGHTLY: &str = "nightly";
 /// The kernel crate builds `core` from source and is linted with nightly's clippy.
 const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
 
-/// Commands the tests, demo and benchmarks call, with their Debian package.
+/// Commands (on PATH, or by absolute path) the tests, demo and benchmarks
+/// call, with their Debian package.
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
@@ -19,6 +20,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("iptables", "iptables"),
     ("ipset", "ipset"),
+    // Real CNI plugins (ptp, host-local) for the CNI tests; not on PATH.
+    ("/usr/lib/cni/ptp", "containernetworking-plugins"),
 ];
 
 #[derive(clap::Args, Default)]

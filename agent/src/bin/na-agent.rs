@@ -23,6 +23,7 @@ use na_agent::{
     datapath::{Datapath, KernelLogLevel, Timeouts},
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
     reconcile::{Reconciler, SyncReport},
+    sandbox::Request,
     source::{
         self,
         kube::Update,
@@ -93,6 +94,7 @@ async fn main() -> Result<()> {
     // Exactly one source feeds the reconciler; the other channel stays closed.
     let (tx, mut changed) = mpsc::unbounded_channel();
     let (kube_tx, mut kube_rx) = mpsc::unbounded_channel();
+    let mut client = None;
     let _watcher = match &args.manifests {
         Some(dir) => Some(watch_dir(dir, tx)?),
         None => {
@@ -104,7 +106,9 @@ async fn main() -> Result<()> {
                 }
                 None => kube::Config::infer().await.context("no in-cluster or kubeconfig configuration")?,
             };
-            source::kube::spawn(source::kube::client(config)?, kube_tx);
+            let c = source::kube::client(config)?;
+            source::kube::spawn(c.clone(), kube_tx);
+            client = Some(c);
             None
         }
     };
@@ -172,6 +176,19 @@ async fn main() -> Result<()> {
     // every turn of the loop.
     let mut kernel_log_wanted = args.ebpf_log_level != KernelLogLevel::Off;
 
+    // Only now: an ADD answered before the first reconcile would be judged
+    // on a partial picture. Until the socket exists, CNI plugins fail ADD
+    // and the runtime retries the pod.
+    let (request_tx, mut requests) = mpsc::unbounded_channel();
+    let socket = na_agent::rpc::server::bind(&args.cni_socket)
+        .with_context(|| format!("listening on {}", args.cni_socket.display()))?;
+    let settle = args.cni_settle_timeout;
+    tokio::spawn(async move {
+        if let Err(e) = na_agent::rpc::server::serve(socket, request_tx, client, settle).await {
+            error!("serving CNI calls: {e}");
+        }
+    });
+
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut links = na_agent::links::watch().context("subscribing to link and route changes")?;
     let mut retry = tokio::time::interval(RETRY);
@@ -219,6 +236,36 @@ async fn main() -> Result<()> {
                 let Some(dir) = &args.manifests else { continue };
                 reload(dir, &mut snapshot, &mut reconciler, &mut status);
                 let r = reconciler.sync();
+                report(&r, &reconciler, &mut status, &args.status_file);
+                update_telemetry(&telemetry, &reconciler, &r, Some(since));
+            }
+            Some(request) = requests.recv() => {
+                let since = Instant::now();
+                let r = match request {
+                    Request::Add { pod, sandbox, fetched, assume, reply } => {
+                        if let Some(p) = fetched {
+                            apply_update(Update::Event(source::Event::Applied(source::Object::Pod(p))), &mut reconciler, &mut status, &telemetry);
+                        }
+                        // The manifest may have been written a moment ago.
+                        if !reconciler.knows(&pod) && let Some(dir) = &args.manifests {
+                            reload(dir, &mut snapshot, &mut reconciler, &mut status);
+                        }
+                        let (outcome, r) = reconciler.add(&pod, sandbox, assume);
+                        info!(%pod, ?outcome, ms = since.elapsed().as_secs_f64() * 1e3, "CNI ADD");
+                        let _ = reply.send(outcome);
+                        r
+                    }
+                    Request::Check { pod, host_interface, reply } => {
+                        let _ = reply.send(reconciler.check(&pod, host_interface.as_deref()));
+                        continue;
+                    }
+                    Request::Del { pod, container_id, reply } => {
+                        let r = reconciler.remove(&pod, &container_id);
+                        info!(%pod, "CNI DEL");
+                        let _ = reply.send(());
+                        r
+                    }
+                };
                 report(&r, &reconciler, &mut status, &args.status_file);
                 update_telemetry(&telemetry, &reconciler, &r, Some(since));
             }

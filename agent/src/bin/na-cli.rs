@@ -68,8 +68,9 @@ enum Command {
         #[arg(long)]
         seconds: Option<f64>,
     },
-    /// Copy this binary into DIR on the node (the DaemonSet's init container
-    /// does this, so that `sudo na-cli ...` works on the node).
+    /// Copy this binary, and the `na-cni` plugin beside it, into DIR on the
+    /// node (the DaemonSet's init container does this, so that `sudo na-cli
+    /// ...` works on the node and CNI configurations can chain `na-cni`).
     Install {
         #[arg(long, default_value = "/opt/cni/bin")]
         dir: PathBuf,
@@ -159,16 +160,22 @@ fn run(cli: &Cli) -> Result<String, CliError> {
     }
 }
 
-/// Copies this executable to `dir/na-cli`, replacing an older one in a
-/// single rename so a running `na-cli` is never half-written.
+/// Copies this executable and `na-cni` (beside it) into `dir`, each
+/// replacing an older one in a single rename: a runtime calling `na-cni`
+/// never finds it half-written.
 fn install(dir: &std::path::Path) -> std::io::Result<String> {
     use std::os::unix::fs::PermissionsExt;
-    let target = dir.join("na-cli");
-    let tmp = dir.join(".na-cli.tmp");
-    std::fs::copy(std::env::current_exe()?, &tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &target)?;
-    Ok(format!("installed {}\n", target.display()))
+    let this = std::env::current_exe()?;
+    let mut out = String::new();
+    for (source, name) in [(this.clone(), "na-cli"), (this.with_file_name("na-cni"), "na-cni")] {
+        let (target, tmp) = (dir.join(name), dir.join(format!(".{name}.tmp")));
+        std::fs::copy(&source, &tmp)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("copying {}: {e}", source.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &target)?;
+        out += &format!("installed {}\n", target.display());
+    }
+    Ok(out)
 }
 
 /// `value` as a table or as JSON.

@@ -107,6 +107,8 @@ impl Agent {
             .arg(env.root())
             .arg("--status-file")
             .arg(status)
+            .arg("--cni-socket")
+            .arg(cni_socket(status))
             .args(args)
             .envs(vars.iter().copied())
             .stdout(std::fs::File::create(status.with_extension("log")).unwrap())
@@ -147,6 +149,11 @@ pub fn http_get(env: &Env, port: u16, path: &'static str) -> Option<String> {
             Some(out)
         })
         .unwrap()
+}
+
+/// The socket the agent writing `status` answers CNI calls on.
+pub fn cni_socket(status: &std::path::Path) -> PathBuf {
+    status.with_extension("sock")
 }
 
 pub fn status(path: &PathBuf) -> Value {

@@ -1,4 +1,4 @@
-//! A fake API server answering list and watch as kube-apiserver does: lists
+//! A fake API server answering get, list and watch as kube-apiserver does: lists
 //! paginated from one snapshot, with continue tokens that expire when their
 //! snapshot is compacted away; watches streamed over chunked HTTP/1.1, held
 //! open until their `timeoutSeconds` with changes pushed into them as they are
@@ -50,6 +50,9 @@ pub struct Cluster {
     stopped: bool,
     /// Open watches (by request index): where each collection's changes are pushed.
     watches: Vec<(usize, &'static str, Sender<String>)>,
+    /// Collections whose changes reach their watches only when released: a
+    /// watch lagging behind the store, as behind a busy watch cache.
+    held: BTreeMap<&'static str, Vec<String>>,
     /// Open connections, cut when the server restarts.
     connections: BTreeMap<u64, TcpStream>,
     next_connection: u64,
@@ -61,7 +64,7 @@ pub struct Cluster {
 pub struct Request {
     pub method: String,
     pub path: String,
-    /// "list" or "watch": what the agent's RBAC must grant.
+    /// "get", "list" or "watch": what the agent's RBAC must grant.
     pub verb: &'static str,
     pub params: BTreeMap<String, String>,
     /// The status answered (a watch's 410 comes in its ERROR event), set
@@ -112,6 +115,7 @@ impl Cluster {
             down: false,
             stopped: false,
             watches: Vec::new(),
+            held: BTreeMap::new(),
             connections: BTreeMap::new(),
             next_connection: 0,
             requests: Vec::new(),
@@ -146,7 +150,22 @@ impl Cluster {
             _ => c.objects.insert(key.clone(), obj),
         };
         c.history.push(Change { rv: self.rv, key, before, line: line.clone() });
-        self.watches.retain(|(_, p, tx)| *p != path || tx.send(line.clone()).is_ok());
+        match self.held.get_mut(path) {
+            Some(queue) => queue.push(line),
+            None => self.watches.retain(|(_, p, tx)| *p != path || tx.send(line.clone()).is_ok()),
+        }
+    }
+
+    /// Holds the changes of the collection at `path` back from its watches
+    /// (`true`), or sends them what was held and stops holding (`false`).
+    pub fn hold_watches(&mut self, path: &'static str, hold: bool) {
+        if hold {
+            self.held.entry(path).or_default();
+            return;
+        }
+        for line in self.held.remove(path).unwrap_or_default() {
+            self.watches.retain(|(_, p, tx)| *p != path || tx.send(line.clone()).is_ok());
+        }
     }
 
     /// The objects of the collection at `path` now.
@@ -421,8 +440,18 @@ fn answer(conn: &mut TcpStream, cluster: &Mutex<Cluster>, (method, target): (Str
         .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    // One object: /api/v1/namespaces/NS/PLURAL/NAME, read from collection
+    // /api/v1/PLURAL.
+    let one = match path.strip_prefix("/api/v1/namespaces/").map(|r| r.split('/').collect::<Vec<_>>()).as_deref() {
+        Some([ns, plural, name]) => Some((format!("/api/v1/{plural}"), format!("{ns}/{name}"))),
+        _ => None,
+    };
     let ask = parse(&params);
-    let verb = if is_watch(&params) { "watch" } else { "list" };
+    let verb = match (&one, is_watch(&params)) {
+        (Some(_), _) => "get",
+        (None, true) => "watch",
+        (None, false) => "list",
+    };
     let (index, delay) = {
         let mut c = lock(cluster);
         c.requests.push(Request { method, path: path.to_owned(), verb, params, code: None });
@@ -433,6 +462,14 @@ fn answer(conn: &mut TcpStream, cluster: &Mutex<Cluster>, (method, target): (Str
     let mut c = lock(cluster);
     let (code, body) = if c.down {
         (503, status(503, "ServiceUnavailable", "the API server is restarting"))
+    } else if let Some((collection, key)) = one {
+        match c.collections.get(collection.as_str()).map(|col| col.objects.get(&key)) {
+            _ if !c.requests[index].params.is_empty() => {
+                (400, status(400, "BadRequest", "the fake API server implements no parameters of a get"))
+            }
+            Some(Some(obj)) => (200, obj.clone()),
+            _ => (404, status(404, "NotFound", &format!("{key} not found"))),
+        }
     } else if !c.collections.contains_key(path) {
         (404, status(404, "NotFound", "the server could not find the requested resource"))
     } else {

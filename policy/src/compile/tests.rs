@@ -256,3 +256,42 @@ fn strict_mode_keeps_unisolated_directions_closed() {
     assert!(judge(&strict.egress, ip("10.0.0.2"), UDP, Some(53)).is_some());
     assert!(judge(&strict.egress, ip("10.0.0.2"), TCP, Some(80)).is_none());
 }
+
+#[test]
+fn a_pod_not_known_yet_gets_its_modes_default() {
+    let unknown = ObjectRef::new("x", "new");
+    assert_eq!(compiler().fail_closed(&unknown), PodRules::default(), "standard mode: open");
+    let mut strict = compiler();
+    strict.options.strict = true;
+    let closed = strict.fail_closed(&unknown);
+    for dir in Direction::BOTH {
+        assert_eq!(closed.direction(dir).mode, Mode::DefaultDeny, "{dir}");
+    }
+    assert_eq!(judge(&closed.ingress, ip("192.0.2.1"), TCP, Some(10250)), Some(POLICY_ID_HOST), "kubelet probes");
+    assert_eq!(judge(&closed.egress, ip("10.0.0.2"), TCP, Some(80)), None);
+}
+
+#[test]
+fn addresses_a_cni_reported_reach_the_pod_and_the_policies_naming_it() {
+    let mut c = compiler();
+    c.upsert_policy(&policy(
+        "x",
+        "from-new",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "new"}}}]}]}),
+    ))
+    .unwrap();
+    let mut new = pod("x", "new", json!({"pod": "new"}), "10.0.0.9", NODE);
+    new.status = None;
+    c.upsert_pod(&new);
+    c.take_dirty();
+    let key = ObjectRef::new("x", "new");
+    c.set_pod_ips(&key, &[ip("10.0.0.9")]);
+    assert_eq!(c.pod(&key).unwrap().ips, [ip("10.0.0.9")]);
+    assert_eq!(c.take_dirty(), [ObjectRef::new("x", "a"), key.clone()].into());
+    assert!(judge(&rules(&mut c, "x", "a").ingress, ip("10.0.0.9"), TCP, Some(80)).is_some());
+    // Only a pod without addresses takes them: these come from the API server.
+    c.upsert_pod(&pod("x", "new", json!({"pod": "new"}), "10.0.0.9", NODE));
+    c.set_pod_ips(&key, &[ip("10.0.0.10")]);
+    assert_eq!(c.pod(&key).unwrap().ips, [ip("10.0.0.9")]);
+    assert!(c.take_dirty().is_empty());
+}

@@ -117,6 +117,8 @@ impl World {
             .arg(dir.0.join("manifests"))
             .arg("--status-file")
             .arg(&status)
+            .arg("--cni-socket")
+            .arg(dir.0.join("cni.sock"))
             .arg("--bpffs-root")
             .arg(&pins.0)
             .stdout(log)

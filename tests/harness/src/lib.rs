@@ -8,6 +8,7 @@
 //! deletes every namespace it made, and with them every link and route.
 
 mod cmd;
+pub mod cni;
 mod netns;
 mod node;
 mod probe;

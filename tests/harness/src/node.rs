@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     cmd::{ip, ip_output},
+    cni::{Chain, CniError, Sandbox},
     netns::{self, NetNs},
 };
 
@@ -37,6 +38,9 @@ pub struct Pod {
     pub ip6: Ipv6Addr,
     pub host_veth: String,
     ns: NetNs,
+    /// The runtime's sandbox id and the CNI chain's result, for a pod made
+    /// through CNI.
+    cni: Option<(String, serde_json::Value)>,
 }
 
 impl Pod {
@@ -47,6 +51,14 @@ impl Pod {
     /// "namespace/name".
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The sandbox as the runtime names it to CNI plugins, and the chain's
+    /// ADD result, for a pod made through CNI.
+    pub fn sandbox(&self) -> Option<(Sandbox<'_>, &serde_json::Value)> {
+        let (container_id, result) = self.cni.as_ref()?;
+        let sandbox = Sandbox { namespace: &self.namespace, name: &self.name, container_id, netns: Some(&self.ns) };
+        Some((sandbox, result))
     }
 }
 
@@ -95,8 +107,79 @@ impl Node {
         let host_veth = host_veth.to_owned();
         let ns = NetNs::create(format!("{}-{}-{}", self.tag, namespace, name))?;
         self.wire(&ns, ip_addr, ip6, &host_veth)?;
-        self.pods.push(Pod { namespace: namespace.into(), name: name.into(), ip: ip_addr, ip6, host_veth, ns });
+        self.pods.push(Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            ip: ip_addr,
+            ip6,
+            host_veth,
+            ns,
+            cni: None,
+        });
         Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Makes pod `namespace/name` as a container runtime does: its network
+    /// namespace, then `chain`'s ADD (which must give it an address of each
+    /// family and a host-side interface). A failed ADD is followed by DEL
+    /// and the namespace's removal, as runtimes do, and returned.
+    pub fn add_pod_cni(
+        &mut self,
+        chain: &Chain,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::result::Result<&Pod, CniError>> {
+        let ns = NetNs::create(format!("{}-{}-{}", self.tag, namespace, name))?;
+        let container_id = format!("{}-{namespace}-{name}", self.tag);
+        let sandbox = Sandbox { namespace, name, container_id: &container_id, netns: Some(&ns) };
+        let result = match chain.add(&self.ns, &sandbox)? {
+            Ok(result) => result,
+            Err(e) => {
+                chain.del(&self.ns, &sandbox, None)?.map_err(|d| anyhow::anyhow!("DEL after a failed ADD: {d}"))?;
+                return Ok(Err(e));
+            }
+        };
+        let address = |v6: bool| {
+            result["ips"].as_array().into_iter().flatten().find_map(|ip| {
+                let a: std::net::IpAddr = ip["address"].as_str()?.split('/').next()?.parse().ok()?;
+                (a.is_ipv6() == v6).then_some(a)
+            })
+        };
+        let (Some(std::net::IpAddr::V4(ip_addr)), Some(std::net::IpAddr::V6(ip6))) = (address(false), address(true))
+        else {
+            anyhow::bail!("the chain gave no address of each family: {result}");
+        };
+        let host_veth = result["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i.get("sandbox").is_none())
+            .and_then(|i| i["name"].as_str())
+            .with_context(|| format!("no host interface in {result}"))?
+            .to_owned();
+        let pod = Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            ip: ip_addr,
+            ip6,
+            host_veth,
+            ns,
+            cni: Some((container_id, result)),
+        };
+        self.pods.push(pod);
+        Ok(Ok(self.pods.last().expect("just pushed")))
+    }
+
+    /// `chain`'s DEL for pod `key` (made by [`Self::add_pod_cni`]); if it
+    /// succeeds the pod is unlisted and its namespace removed.
+    pub fn del_pod_cni(&mut self, chain: &Chain, key: &str) -> Result<std::result::Result<(), CniError>> {
+        let i = self.pods.iter().position(|p| p.key() == key).with_context(|| format!("no pod {key}"))?;
+        let (sandbox, result) = self.pods[i].sandbox().with_context(|| format!("{key} was not made through CNI"))?;
+        let out = chain.del(&self.ns, &sandbox, Some(result))?;
+        if out.is_ok() {
+            self.pods.remove(i);
+        }
+        Ok(out)
     }
 
     /// Deletes pod `key`'s veth pair and makes it again, addresses and names

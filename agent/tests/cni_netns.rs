@@ -1,0 +1,202 @@
+//! Pods started through the CNI protocol, as a container runtime starts
+//! them: the real `ptp` plugin makes the veth, `na-cni` chained after it (or
+//! the VPC CNI's gRPC call) holds the ADD until the agent enforces the pod.
+//! Needs root and Debian's containernetworking-plugins (`cargo xtask setup`).
+mod support;
+
+use std::path::Path;
+
+use na_agent::{
+    bpffs::PinLayout,
+    datapath::{AttachMode, inventory::pinned_pods},
+    rpc::npbackend::{DeleteNpRequest, EnforceNpRequest, np_backend_client::NpBackendClient},
+    veth::{DEFAULT_PREFIX, host_veth_name},
+};
+use na_harness::{
+    Probe, Proto, Servers,
+    cni::{Chain, Sandbox},
+};
+use serde_json::{Value, json};
+use support::{
+    Env,
+    agent::{Agent, Manifests, NODE, binary, cni_socket, policy, status, wait_until},
+};
+
+/// `ptp`, then `na-cni` asking the agent on `socket`.
+fn chain(tag: &Path, socket: &Path, extra: Value) -> Chain {
+    let na_cni = binary("na-cni", option_env!("CARGO_BIN_EXE_na-cni"));
+    let mut conf = json!({"type": "na-cni", "socket": socket});
+    conf.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+    let tag = tag.file_name().unwrap().to_string_lossy().into_owned();
+    Chain::ptp(&tag).then(conf, na_cni.parent().unwrap())
+}
+
+/// A pod as the API server shows it while its sandbox is being made: scheduled, no address yet.
+fn starting_pod(name: &str, app: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "x", "labels": {"app": app}, "uid": format!("uid-{name}")},
+           "spec": {"nodeName": NODE, "containers": [{"name": "c"}]},
+           "status": {"phase": "Pending"}})
+}
+
+fn namespace() -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+}
+
+/// The agent in `mode` on a node without pods, `x/a` and `x/b` in its manifests.
+fn started(mode: &str) -> (Env, Manifests, std::path::PathBuf, Agent) {
+    let env = Env::with_pods(AttachMode::Auto, &[]).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    manifests.write(
+        "cluster.yaml",
+        &[
+            namespace(),
+            starting_pod("a", "a"),
+            starting_pod("b", "b"),
+            policy("b-closed", json!({"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]})),
+            policy(
+                "a-from-b",
+                json!({"podSelector": {"matchLabels": {"app": "a"}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
+            ),
+            policy("egress-open", json!({"podSelector": {}, "egress": [{}], "policyTypes": ["Egress"]})),
+        ],
+    );
+    let agent = Agent::start_with(&env, &manifests, &status_file, &["--enforcing-mode", mode]);
+    wait_until("the agent answers CNI calls", || cni_socket(&status_file).exists());
+    (env, manifests, status_file, agent)
+}
+
+fn first_packets_meet_the_policy(mode: &str) {
+    let (mut env, _manifests, status_file, _agent) = started(mode);
+    let chain = chain(&status_file, &cni_socket(&status_file), json!({}));
+    let mut servers = Servers::default();
+    let tcp80 = Probe::tcp(80);
+    let a = env.node.add_pod_cni(&chain, "x", "a").unwrap().expect("ADD of a");
+    servers.start(a, Proto::Tcp, 80).unwrap();
+    let b = env.node.add_pod_cni(&chain, "x", "b").unwrap().expect("ADD of b");
+    servers.start(b, Proto::Tcp, 80).unwrap();
+    // At once, before anything else could happen: b's first packets are judged
+    // by its policies. b is closed to a ...
+    assert!(!env.reaches("x/a", "x/b", tcp80), "{mode}: b's ingress policy holds from its start");
+    // ... and a admits b by its address, which only b's CNI result told the agent.
+    assert!(env.reaches("x/b", "x/a", tcp80), "{mode}: b is a peer from its start");
+    let pods = status(&status_file)["pods"].clone();
+    let b_entry = pods.as_array().unwrap().iter().find(|p| p["name"] == "b").cloned().unwrap_or_default();
+    assert_eq!(b_entry["veth"], env.pod("x/b").host_veth.as_str(), "{pods}");
+    assert_eq!(b_entry["ips"], json!([env.pod("x/b").ip.to_string(), env.pod("x/b").ip6.to_string()]));
+    drop(servers);
+}
+
+#[test]
+fn a_pod_started_through_cni_meets_its_policy_from_its_first_packet() {
+    first_packets_meet_the_policy("standard");
+}
+
+#[test]
+fn in_strict_mode_too() {
+    first_packets_meet_the_policy("strict");
+}
+
+#[test]
+fn add_fails_while_the_agent_is_down_unless_fail_open_is_set() {
+    let mut env = Env::with_pods(AttachMode::Auto, &[]).unwrap();
+    let dir = Manifests::new();
+    let nobody = dir.1.join("nobody.sock");
+    let strict = chain(&dir.1.join("strict"), &nobody, json!({"timeoutSeconds": 2}));
+    let e = env.node.add_pod_cni(&strict, "x", "a").unwrap().expect_err("no agent, no pod");
+    assert_eq!(e["code"], 11, "try again later: {e}");
+    assert!(e["msg"].as_str().unwrap().contains("cannot be reached"), "{e}");
+    assert!(env.node.pod("x/a").is_none());
+    let open = chain(&dir.1.join("open"), &nobody, json!({"failOpen": true}));
+    env.node.add_pod_cni(&open, "x", "a").unwrap().expect("failOpen lets the pod start");
+}
+
+#[test]
+fn del_removes_the_pods_state_twice_without_error_and_bad_input_changes_nothing() {
+    let (mut env, _manifests, status_file, _agent) = started("standard");
+    let chain = chain(&status_file, &cni_socket(&status_file), json!({}));
+    env.node.add_pod_cni(&chain, "x", "a").unwrap().expect("ADD");
+    let layout = PinLayout::new(env.root());
+    let attached = || status(&status_file)["attached"].clone();
+    wait_until("the status shows a", || attached() == json!(["x_a"]));
+    let (sandbox, result) = env.pod("x/a").sandbox().unwrap();
+    let (container_id, result) = (sandbox.container_id.to_owned(), result.clone());
+
+    // Bad input gets the spec's errors and changes nothing.
+    let call = |conf: &str| chain.exec(env.node.netns(), "na-cni", "ADD", &sandbox, conf).unwrap().unwrap_err();
+    assert_eq!(call("{not json")["code"], 6);
+    assert_eq!(call(r#"{"cniVersion":"1.0.0","name":"n","type":"na-cni","timeoutSeconds":"x"}"#)["code"], 6);
+    assert_eq!(call(r#"{"cniVersion":"0.2.0","name":"n","type":"na-cni"}"#)["code"], 1);
+    let no_prev = call(r#"{"cniVersion":"1.0.0","name":"n","type":"na-cni"}"#);
+    assert_eq!(no_prev["code"], 7, "{no_prev}");
+    let no_host_side = json!({"cniVersion": "1.0.0", "name": "n", "type": "na-cni",
+        "prevResult": {"interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}], "ips": []}});
+    assert_eq!(call(&no_host_side.to_string())["code"], 7);
+    assert_eq!(attached(), json!(["x_a"]));
+    chain.check(env.node.netns(), &sandbox, &result).unwrap().expect("CHECK: a is enforced");
+
+    env.node.del_pod_cni(&chain, "x/a").unwrap().expect("DEL");
+    wait_until("a is detached", || attached() == json!([]));
+    assert!(pinned_pods(&layout).unwrap().is_empty(), "a's maps are unpinned");
+    let gone = Sandbox { namespace: "x", name: "a", container_id: &container_id, netns: None };
+    chain.del(env.node.netns(), &gone, Some(&result)).unwrap().expect("a second DEL is not an error");
+}
+
+#[test]
+fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_default() {
+    let mut env = Env::with_pods(AttachMode::Auto, &[]).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    manifests.write("ns.yaml", &[namespace()]);
+    let _agent = Agent::start_with(&env, &manifests, &status_file, &["--enforcing-mode", "strict"]);
+    wait_until("the agent answers CNI calls", || cni_socket(&status_file).exists());
+    // Wired as the VPC CNI wires pods, the host veth named by its rule; the
+    // client is no pod of the agent's.
+    let (ip, ip6) = ("198.18.0.2".parse().unwrap(), "fd18::2".parse().unwrap());
+    env.node.add_pod("x", "new", ip, ip6, &host_veth_name(DEFAULT_PREFIX, "x", "new")).unwrap();
+    env.node.add_pod("x", "client", "198.18.0.3".parse().unwrap(), "fd18::3".parse().unwrap(), "client0").unwrap();
+    let mut servers = Servers::default();
+    servers.start(env.pod("x/new"), Proto::Tcp, 80).unwrap();
+    let tcp80 = Probe::tcp(80);
+    assert!(env.reaches("x/client", "x/new", tcp80), "nothing attached yet");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let socket = cni_socket(&status_file);
+    let mut client = runtime.block_on(na_agent::rpc::connect(socket)).map(NpBackendClient::new).unwrap();
+    let enforce = EnforceNpRequest {
+        k8s_pod_name: "new".into(),
+        k8s_pod_namespace: "x".into(),
+        network_policy_mode: "strict".into(),
+        interface_count: 1,
+    };
+    let reply = runtime.block_on(client.enforce_np_to_pod(enforce)).unwrap().into_inner();
+    assert!(reply.success);
+    assert!(!env.reaches("x/client", "x/new", tcp80), "unknown in strict mode: closed");
+
+    // Its addresses, from the host routes to its veth: its own packets are not spoofed.
+    let assumed = status(&status_file);
+    assert_eq!(assumed["pods"][0]["ips"], json!(["198.18.0.2", "fd18::2"]), "{assumed}");
+
+    // Its object arrives: its policy takes over the same attachment.
+    let ifindex = |s: &Value| s["pods"][0]["ifindex"].clone();
+    let before = ifindex(&assumed);
+    let mut new = starting_pod("new", "new");
+    new["status"] =
+        json!({"phase": "Running", "podIP": "198.18.0.2", "podIPs": [{"ip": "198.18.0.2"}, {"ip": "fd18::2"}]});
+    let open = policy("new-open", json!({"podSelector": {"matchLabels": {"app": "new"}}, "ingress": [{}]}));
+    manifests.write("new.yaml", &[new, open]);
+    wait_until("new's policy admits the client", || env.reaches("x/client", "x/new", tcp80));
+    let now = status(&status_file);
+    assert_eq!(ifindex(&now), before);
+    let log = std::fs::read_to_string(status_file.with_extension("log")).unwrap();
+    assert!(!log.contains("detached"), "adopted, never detached and attached again (a gap): {log}");
+    assert_eq!(now["pods"][0]["uid"], "uid-new");
+
+    let del = DeleteNpRequest { k8s_pod_name: "new".into(), k8s_pod_namespace: "x".into() };
+    assert!(runtime.block_on(client.delete_pod_np(del.clone())).unwrap().into_inner().success);
+    wait_until("new is detached", || status(&status_file)["attached"] == json!([]));
+    assert!(runtime.block_on(client.delete_pod_np(del)).unwrap().into_inner().success, "twice");
+    drop(servers);
+}
