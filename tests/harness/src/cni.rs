@@ -4,8 +4,11 @@
 //! plugin's result passed on) from the node's namespace.
 use std::{
     io::Write,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -27,6 +30,16 @@ pub struct Chain {
     cni_path: Vec<PathBuf>,
     /// host-local's state, removed on drop.
     ipam_dir: PathBuf,
+    /// Every plugin call so far, for timing.
+    calls: Mutex<Vec<Call>>,
+}
+
+/// One plugin call and how long it took.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub plugin: String,
+    pub command: String,
+    pub took: Duration,
 }
 
 /// Pod addresses the `ptp` chain hands out.
@@ -43,7 +56,33 @@ impl Chain {
             "type": "host-local", "dataDir": ipam_dir,
             "ranges": [[{"subnet": SUBNET_V4}], [{"subnet": SUBNET_V6}]],
             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}});
-        Self { name: "na-test".into(), plugins: vec![ptp], cni_path: vec![PLUGINS_DIR.into()], ipam_dir }
+        Self {
+            name: "na-test".into(),
+            plugins: vec![ptp],
+            cni_path: vec![PLUGINS_DIR.into()],
+            ipam_dir,
+            calls: Mutex::default(),
+        }
+    }
+
+    /// The calls made since the last time this was asked.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The IPv4 address the `ptp` chain's next ADD will give (host-local
+    /// hands them out in order after the last one it gave), while the range
+    /// has not wrapped around.
+    pub fn next_ipv4(&self) -> Result<Ipv4Addr> {
+        let last = self.ipam_dir.join(&self.name).join("last_reserved_ip.0");
+        let last: Ipv4Addr = match std::fs::read_to_string(&last) {
+            Ok(text) => text.trim().parse().with_context(|| format!("{}: {text:?}", last.display()))?,
+            // The range starts at .1, the gateway's.
+            Err(_) => return Ok(Ipv4Addr::new(10, 77, 0, 2)),
+        };
+        let next = Ipv4Addr::from(u32::from(last) + 1);
+        anyhow::ensure!(next.octets()[3] < 255, "the {SUBNET_V4} range is used up");
+        Ok(next)
     }
 
     /// Chains `plugin` (its configuration, `type` naming a binary in `dir`) after the others.
@@ -137,6 +176,7 @@ impl Chain {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
             pod.namespace, pod.name, pod.container_id
         );
+        let started = Instant::now();
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", node.name()))
             .arg("--")
@@ -156,6 +196,8 @@ impl Chain {
             .with_context(|| format!("running {}", binary.display()))?;
         child.stdin.take().expect("piped").write_all(stdin.as_bytes())?;
         let out = child.wait_with_output()?;
+        let call = Call { plugin: kind.into(), command: command.into(), took: started.elapsed() };
+        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(call);
         let text = String::from_utf8_lossy(&out.stdout);
         let parsed = if text.trim().is_empty() {
             Value::Null
