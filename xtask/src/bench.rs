@@ -52,9 +52,10 @@ const DATAPATH: (&str, &str) = (
      (100 starts through Debian's `ptp` plugin, then `na-cni`; the pod's policy closes its ingress; a client \
      floods the address the pod is about to get with UDP from before ADD, and a receiver in the pod opens when \
      ADD returns, as its first container would, and counts for 100 ms): `cni_add_*_ms`, how long na-cni's ADD \
-     takes (process start to exit: what it adds to a pod's start); `packets_before_enforcement`, datagrams \
-     counted over all starts, and `_without_cni` beside it, the same starts without na-cni (the agent finds \
-     the veth from link and route notifications, the pod's address known to it in advance). **Scale**: the node's one-time \
+     takes (process start to exit: what it adds to a pod's start), with TCX links and, as `_netlink`, clsact \
+     filters; `packets_before_enforcement`, datagrams counted over all starts, and `_without_cni` beside it, \
+     the same starts without na-cni (the agent finds the veth from link and route notifications, the pod's \
+     address known to it in advance). **Scale**: the node's one-time \
      program verification (`program_verify_ms`, instructions the verifier processed); load and attach time per \
      pod (20 pods, before the agent starts; TCX links, then clsact filters as `_netlink`); the agent enforcing \
      110 local pods of the 5,000-pod, 1,000-policy synthetic cluster (the compiler's), adopting the programs \
@@ -215,6 +216,8 @@ const DATAPATH_KEYS: &[&str] = &[
     "relabel_1000_pods_ms",
     "cni_add_p50_ms",
     "cni_add_p99_ms",
+    "cni_add_p50_ms_netlink",
+    "cni_add_p99_ms_netlink",
     "packets_before_enforcement",
     "packets_before_enforcement_without_cni",
     "program_verify_ms",

@@ -6,9 +6,10 @@
 //! ADD; a receiver in the pod opens when ADD returns, as the pod's first
 //! container would, and counts what arrives for [`WINDOW`]. The pod's
 //! policy closes its ingress, so each datagram counted passed before
-//! enforcement. Beside it, the same starts without `na-cni` (the agent
-//! finds the veth from the kernel's link and route notifications, the pod's
-//! address known to it beforehand, the most it could know).
+//! enforcement. Each configuration gets a node and an agent of its own:
+//! TCX links, clsact filters, and the same starts without `na-cni` (the
+//! agent finds the veth from the kernel's link and route notifications, the
+//! pod's address known to it beforehand, the most it could know).
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
@@ -38,59 +39,90 @@ const FLOOD_GAP: Duration = Duration::from_micros(100);
 const PORT: u16 = 9;
 
 pub fn run(_full: bool) -> Result<Figures> {
-    // 2 x 100 addresses of the /24: each start takes the next one.
-    let starts = 100;
-    let mut env = Env::with_pods(AttachMode::Auto, &[("x", "client")])?;
-    let manifests = Manifests::new();
-    let status_file = manifests.1.join("status.json");
-    let socket = cni_socket(&status_file);
-    let closed = policy("closed", json!({"podSelector": {"matchLabels": {"app": "new"}}, "policyTypes": ["Ingress"]}));
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
-    let mut objects = vec![ns, closed];
-    objects.extend((0..starts).map(|i| new_pod(&format!("hooked-{i}"), None)));
-    manifests.write("cluster.yaml", &objects);
-    let _agent = Agent::start(&env, &manifests, &status_file);
-    wait_until("the agent answers CNI calls", || socket.exists());
+    let mut f = Figures::new();
+    for (suffix, flags) in [("", &[][..]), ("_netlink", &["--attach-mode", "netlink"][..])] {
+        let (add_ms, counted) = with_hook(flags)?;
+        f.insert(format!("cni_add_p50_ms{suffix}"), json!(stats::round(stats::quantile(&add_ms, 0.5), 1)));
+        f.insert(format!("cni_add_p99_ms{suffix}"), json!(stats::round(stats::quantile(&add_ms, 0.99), 1)));
+        f.insert(format!("cni_add_max_ms{suffix}"), json!(stats::round(stats::max(&add_ms), 1)));
+        f.insert(format!("packets_before_enforcement{suffix}"), json!(counted));
+    }
+    f.insert("packets_before_enforcement_without_cni".into(), json!(without_hook()?));
+    f.insert("cni_pod_starts".into(), json!(STARTS));
+    Ok(f)
+}
 
-    let na_cni = binary("na-cni", option_env!("CARGO_BIN_EXE_na-cni"));
-    let tag = status_file.parent().and_then(|d| d.file_name()).context("a state directory")?.to_string_lossy();
-    let hooked = Chain::ptp(&format!("{tag}-hooked"))
-        .then(json!({"type": "na-cni", "socket": socket}), na_cni.parent().context("a directory")?);
-    let (mut add_ms, mut with_hook) = (Vec::new(), 0);
-    for i in 0..starts {
-        let name = format!("hooked-{i}");
-        let counted = start(&mut env, &hooked, &name, |_| Ok(()))?;
-        with_hook += counted;
-        let calls = hooked.take_calls();
-        let na_cni_add = calls.iter().find(|c| c.plugin == "na-cni" && c.command == "ADD").context("na-cni ran")?;
-        add_ms.push(na_cni_add.took.as_secs_f64() * 1e3);
-        env.node.del_pod_cni(&hooked, &format!("x/{name}"))?.map_err(|e| anyhow::anyhow!("DEL: {e}"))?;
+/// Pod starts per configuration: the /24 holds all of one.
+const STARTS: usize = 100;
+
+/// A node with a client pod, and an agent (with `flags`) whose manifests
+/// hold namespace x, the closed policy and `pods`.
+struct Node {
+    env: Env,
+    manifests: Manifests,
+    status_file: std::path::PathBuf,
+    objects: Vec<Value>,
+    _agent: Agent,
+}
+
+impl Node {
+    fn start(flags: &[&str], pods: impl Iterator<Item = Value>) -> Result<Self> {
+        let env = Env::with_pods(AttachMode::Auto, &[("x", "client")])?;
+        let manifests = Manifests::new();
+        let status_file = manifests.1.join("status.json");
+        let closed =
+            policy("closed", json!({"podSelector": {"matchLabels": {"app": "new"}}, "policyTypes": ["Ingress"]}));
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
+        let objects: Vec<Value> = [ns, closed].into_iter().chain(pods).collect();
+        manifests.write("cluster.yaml", &objects);
+        let _agent = Agent::start_with(&env, &manifests, &status_file, flags);
+        wait_until("the agent answers CNI calls", || cni_socket(&status_file).exists());
+        Ok(Self { env, manifests, status_file, objects, _agent })
     }
 
-    // Without the hook: the agent learns the pod's address beforehand.
-    let plain = Chain::ptp(&format!("{tag}-plain"));
-    let mut without_hook = 0;
-    for i in 0..starts {
-        let name = format!("plain-{i}");
-        let counted = start(&mut env, &plain, &name, |ip| {
+    fn chain(&self, plugins: &[Value]) -> Result<Chain> {
+        let na_cni = binary("na-cni", option_env!("CARGO_BIN_EXE_na-cni"));
+        let tag = self.manifests.1.file_name().context("a state directory")?.to_string_lossy();
+        let dir = na_cni.parent().context("a directory")?;
+        Ok(plugins.iter().fold(Chain::ptp(&tag), |chain, p| chain.then(p.clone(), dir)))
+    }
+}
+
+/// Starts through ptp and na-cni: na-cni's ADD times, and the datagrams counted.
+fn with_hook(flags: &[&str]) -> Result<(Vec<f64>, u64)> {
+    let mut node = Node::start(flags, (0..STARTS).map(|i| new_pod(&format!("new-{i}"), None)))?;
+    let chain = node.chain(&[json!({"type": "na-cni", "socket": cni_socket(&node.status_file)})])?;
+    let (mut add_ms, mut counted) = (Vec::new(), 0);
+    for i in 0..STARTS {
+        let name = format!("new-{i}");
+        counted += start(&mut node.env, &chain, &name, |_| Ok(()))?;
+        let calls = chain.take_calls();
+        let add = calls.iter().find(|c| c.plugin == "na-cni" && c.command == "ADD").context("na-cni ran")?;
+        add_ms.push(add.took.as_secs_f64() * 1e3);
+        node.env.node.del_pod_cni(&chain, &format!("x/{name}"))?.map_err(|e| anyhow::anyhow!("DEL: {e}"))?;
+    }
+    Ok((add_ms, counted))
+}
+
+/// Starts through ptp alone, the agent told each pod's address beforehand:
+/// the datagrams counted.
+fn without_hook() -> Result<u64> {
+    let mut node = Node::start(&[], std::iter::empty())?;
+    let chain = node.chain(&[])?;
+    let mut counted = 0;
+    for i in 0..STARTS {
+        let name = format!("new-{i}");
+        let Node { env, manifests, status_file, objects, .. } = &mut node;
+        counted += start(env, &chain, &name, |ip| {
             objects.push(new_pod(&name, Some(ip)));
-            manifests.write("cluster.yaml", &objects);
+            manifests.write("cluster.yaml", objects);
             let want = manifests::load_dir(&manifests.0).revision;
-            wait_until("the agent read the pod", || status(&status_file)["revision"] == want.as_str());
+            wait_until("the agent read the pod", || status(status_file)["revision"] == want.as_str());
             Ok(())
         })?;
-        without_hook += counted;
-        env.node.del_pod_cni(&plain, &format!("x/{name}"))?.map_err(|e| anyhow::anyhow!("DEL: {e}"))?;
+        env.node.del_pod_cni(&chain, &format!("x/{name}"))?.map_err(|e| anyhow::anyhow!("DEL: {e}"))?;
     }
-
-    let mut f = Figures::new();
-    f.insert("cni_add_p50_ms".into(), json!(stats::round(stats::quantile(&add_ms, 0.5), 1)));
-    f.insert("cni_add_p99_ms".into(), json!(stats::round(stats::quantile(&add_ms, 0.99), 1)));
-    f.insert("cni_add_max_ms".into(), json!(stats::round(stats::max(&add_ms), 1)));
-    f.insert("packets_before_enforcement".into(), json!(with_hook));
-    f.insert("packets_before_enforcement_without_cni".into(), json!(without_hook));
-    f.insert("cni_pod_starts".into(), json!(starts));
-    Ok(f)
+    Ok(counted)
 }
 
 /// A pod of the closed app as the API server shows it: without an address

@@ -210,10 +210,17 @@ impl Datapath {
 
     /// Creates (or reuses, when pinned) `pod`'s maps, points the node's
     /// tables at them under `ifname`'s ifindex, writes `rules` and the pod's
-    /// addresses (the only sources its packets may carry) and only then
-    /// attaches the node's programs to `ifname`, so no packet passes before
-    /// the pod's state is in place. A pod already attached keeps its maps
-    /// (conntrack included) and gets its programs swapped atomically.
+    /// addresses (the only sources its packets may carry), and attaches the
+    /// node's programs to `ifname`; returns once all of it is done. A pod
+    /// already attached keeps its maps (conntrack included) and gets its
+    /// programs swapped atomically.
+    ///
+    /// The attachments and the registration run at once: each waits for RCU
+    /// grace periods (a TCX attachment under the RTNL lock, an update of the
+    /// node's map-of-maps tables), and the waits overlap. Meanwhile the
+    /// programs may already see the veth without its pod: they judge it as
+    /// a veth of no pod (standard mode passes and counts, strict mode
+    /// drops), which is no more than an unattached veth lets through.
     pub fn attach_pod(
         &self,
         pod: &PodId,
@@ -223,14 +230,13 @@ impl Datapath {
     ) -> Result<PodMaps, DatapathError> {
         let ifindex =
             nix::net::if_::if_nametoindex(ifname).map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
-        let (maps, same_device) = self.register_pod(pod, ifindex, addrs, rules)?;
         let pins = {
             let programs = self.programs()?;
             let programs = programs.as_ref().expect("loaded above");
             PROGRAMS.map(|(name, _, hook)| (programs.pin(&self.layout, name), hook, self.layout.link(pod, name)))
         };
-        // Both hooks at once: each TCX attachment waits for an RCU grace
-        // period, and concurrent waits overlap.
+        // Whether the pod's pinned links (if any) belong to this device.
+        let same_device = self.registered_on(pod, ifindex);
         std::thread::scope(|s| {
             let attaching: Vec<_> = pins
                 .iter()
@@ -241,9 +247,16 @@ impl Datapath {
                     })
                 })
                 .collect();
-            attaching.into_iter().try_for_each(|a| a.join().expect("attach thread"))
-        })?;
-        Ok(maps)
+            let registered = self.register_pod(pod, ifindex, addrs, rules);
+            attaching.into_iter().try_for_each(|a| a.join().expect("attach thread"))?;
+            registered
+        })
+    }
+
+    /// Whether the node's tables know `pod` under `ifindex` already.
+    fn registered_on(&self, pod: &PodId, ifindex: u32) -> bool {
+        let Ok(trie) = MapData::from_pin(self.layout.map(pod, MAP_INGRESS)) else { return false };
+        NodeTables::open(&self.layout).is_ok_and(|tables| tables.has_trie(ifindex, &trie))
     }
 
     /// Creates or reuses `pod`'s maps, registers them under `ifindex` and
@@ -255,24 +268,21 @@ impl Datapath {
         addrs: PodAddrs,
         rules: &PodRules,
     ) -> Result<PodMaps, DatapathError> {
-        Ok(self.register_pod(pod, ifindex, addrs, rules)?.0)
+        self.register_pod(pod, ifindex, addrs, rules)
     }
 
-    /// [`Self::load_pod`], also saying whether the pod was registered under
-    /// this ifindex already (so its pinned links belong to this device).
     fn register_pod(
         &self,
         pod: &PodId,
         ifindex: u32,
         addrs: PodAddrs,
         rules: &PodRules,
-    ) -> Result<(PodMaps, bool), DatapathError> {
+    ) -> Result<PodMaps, DatapathError> {
         // The node's tables are created (and pinned) with the programs.
         drop(self.programs()?);
         let ingress = self.pod_map(pod, MAP_INGRESS, || tables::create_trie(MAP_INGRESS))?;
         let egress = self.pod_map(pod, MAP_EGRESS, || tables::create_trie(MAP_EGRESS))?;
         let mut tables = NodeTables::open(&self.layout)?;
-        let same_device = tables.has_trie(ifindex, &ingress);
         // A veth recreated under the pod leaves its maps known by the old
         // ifindex; that key now belongs to no pod of ours.
         let stale: Vec<u32> = tables.ifindexes_of(&ingress).into_iter().filter(|i| *i != ifindex).collect();
@@ -312,7 +322,7 @@ impl Datapath {
         let mut maps =
             PodMaps::new(typed(ingress, MAP_INGRESS)?, typed(egress, MAP_EGRESS)?, tables.pods, ifindex, addrs);
         maps.apply(rules)?;
-        Ok((maps, same_device))
+        Ok(maps)
     }
 
     /// The pod's map `name` from its pin, or made by `create` and pinned.
