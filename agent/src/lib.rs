@@ -5,6 +5,7 @@ pub mod bpffs;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod decode;
 pub mod flowlog;

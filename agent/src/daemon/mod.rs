@@ -1,0 +1,392 @@
+//! The node agent's life: it watches Pods, Namespaces and NetworkPolicies
+//! through the API server (`--kubeconfig`, or the in-cluster / environment
+//! configuration), or in local mode (`--manifests DIR`) reads them from a
+//! directory of manifests and follows its changes; keeps every local pod
+//! enforced; answers CNI calls; writes flow logs, metrics and its status
+//! file. Exiting (SIGTERM, SIGINT, or being killed) leaves every program
+//! attached and every map pinned, so pods stay enforced until the next
+//! agent adopts them.
+mod kernel_log;
+mod manifest_watch;
+mod ring;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use na_policy::{CompileOptions, Compiler};
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+use tracing::{error, info, warn};
+
+use crate::{
+    bpffs::PinLayout,
+    config::{Args, EnforcingMode},
+    datapath::{Datapath, KernelLogLevel, Timeouts},
+    flowlog::{self, FlowLogConfig, FlowLogger, Output},
+    reconcile::{Reconciler, SyncReport},
+    sandbox::Request,
+    source::{
+        self, Event, Object,
+        kube::Update,
+        manifests::{self, Loaded},
+    },
+    status::{self, RuleEntry, Status},
+    telemetry::{self, Telemetry},
+};
+
+/// How long a burst of finished file changes may last before the directory
+/// is read (a `kubectl`-style apply of several files). Files are read only
+/// once written and closed or renamed in, never half-written, so this only
+/// coalesces.
+const DEBOUNCE: Duration = Duration::from_millis(2);
+/// How often pods whose attachment failed are tried again. Pods whose veth
+/// is missing are tried when links or routes change, never on a timer.
+const RETRY: Duration = Duration::from_secs(2);
+/// How long the burst of link and route changes of one pod start may last.
+const LINK_SETTLE: Duration = Duration::from_millis(2);
+
+/// `--check-config`: prints the settings as resolved, or fails naming the bad one.
+pub fn check_config(args: &Args) -> Result<()> {
+    for addr in [args.metrics_addr, args.health_addr] {
+        addr.resolve(&args.node_ips).map_err(anyhow::Error::msg)?;
+    }
+    println!("{args:#?}");
+    Ok(())
+}
+
+/// `--prepare-bpffs`: mounts bpffs if missing and makes the pin directories.
+pub fn prepare_bpffs(args: &Args) -> Result<()> {
+    PinLayout::new(&args.bpffs_root).prepare().context("preparing bpffs")?;
+    info!(root = %args.bpffs_root.display(), "bpffs ready");
+    Ok(())
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> Result<()> {
+    let strict = args.enforcing_mode == EnforcingMode::Strict;
+    let datapath = Datapath::new(PinLayout::new(&args.bpffs_root), args.attach_mode)
+        .context("preparing bpffs")?
+        .with_timeouts(Timeouts::default())
+        .with_log_level(args.ebpf_log_level)
+        .with_strict(strict)
+        .with_flows_per_pod(args.conntrack_flows_per_pod);
+    let compiler = Compiler::new(CompileOptions {
+        node_name: args.node_name.clone(),
+        node_ips: args.node_ips.clone(),
+        allow_node: !args.no_allow_node,
+        strict,
+    });
+    // Before any pod: adopting the pinned programs costs nothing, verifying
+    // new ones (an upgrade) is paid once here.
+    let programs = datapath.programs_entry().context("loading the programs")?;
+    info!(version = %programs.version, origin = %programs.origin, verify_ms = ?programs.verify_ms, "programs ready");
+
+    // Exactly one source feeds the reconciler; the other channel stays closed.
+    let (tx, mut changed) = mpsc::unbounded_channel();
+    let (kube_tx, mut kube_rx) = mpsc::unbounded_channel();
+    let mut client = None;
+    let _watcher = match &args.manifests {
+        Some(dir) => Some(manifest_watch::watch(dir, tx).with_context(|| format!("watching {}", dir.display()))?),
+        None => {
+            let config = match &args.kubeconfig {
+                Some(path) => {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+                }
+                None => kube::Config::infer().await.context("no in-cluster or kubeconfig configuration")?,
+            };
+            let c = source::kube::client(config)?;
+            source::kube::spawn(c.clone(), kube_tx);
+            client = Some(c);
+            None
+        }
+    };
+
+    let telemetry = Arc::new(Mutex::new(Telemetry::new(PinLayout::new(&args.bpffs_root))));
+    for addr in [args.metrics_addr, args.health_addr] {
+        let addr = addr.resolve(&args.node_ips).map_err(anyhow::Error::msg)?;
+        let t = telemetry.clone();
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = telemetry::serve(listener, t).await {
+                error!("serving {addr}: {e}");
+            }
+        });
+    }
+
+    let status = Status {
+        node: args.node_name.clone(),
+        flow_log: args
+            .enable_policy_event_logs
+            .then(|| args.flow_log_file.as_ref().map_or_else(|| "stdout".to_owned(), |p| p.display().to_string())),
+        programs: Some(programs),
+        ..Default::default()
+    };
+    let mut node = Daemon {
+        reconciler: Reconciler::new(compiler, datapath, args.veth_prefix.clone()),
+        status,
+        status_file: args.status_file.clone(),
+        telemetry,
+        manifests: args.manifests.clone(),
+        snapshot: Loaded::default(),
+    };
+    if node.manifests.is_some() {
+        node.reload();
+    } else {
+        // Nothing is judged on a partial cluster: wait for a full list of
+        // every kind before the first reconcile.
+        let mut synced = std::collections::BTreeSet::new();
+        while synced.len() < 3 {
+            match kube_rx.recv().await.context("watchers stopped")? {
+                Update::Synced(kind) => {
+                    synced.insert(kind);
+                }
+                u => node.apply_update(u),
+            }
+        }
+    }
+    let mut first = node.reconciler.sync();
+    node.reconciler.remove_orphans(&mut first);
+    node.publish(&first, None);
+    node.telemetry.lock().expect("telemetry lock").ready = true;
+    info!(node = %args.node_name, pods = node.status.attached.len(), "first reconcile done");
+
+    let mut flows = if args.enable_policy_event_logs {
+        let out = match &args.flow_log_file {
+            Some(path) => Output::file(path.clone(), args.flow_log_max_bytes, args.flow_log_keep)
+                .with_context(|| format!("opening {}", path.display()))?,
+            None => Output::Stdout,
+        };
+        let config = FlowLogConfig { accept: args.flow_log_accept, max_per_sec: args.flow_log_max_per_sec };
+        Some(FlowLogger::new(config, args.node_name.clone(), out))
+    } else {
+        None
+    };
+    let events_lock = status::events_lock_path(&args.status_file);
+    let mut ring = None;
+    let mut kernel_log = None;
+    // One attempt, once a program exists to find the log through: a failure
+    // (say, no CAP_SYS_ADMIN to look programs up) is reported once, not on
+    // every turn of the loop.
+    let mut kernel_log_wanted = args.ebpf_log_level != KernelLogLevel::Off;
+
+    // Only now: an ADD answered before the first reconcile would be judged
+    // on a partial picture. Until the socket exists, CNI plugins fail ADD
+    // and the runtime retries the pod.
+    let (request_tx, mut requests) = mpsc::unbounded_channel();
+    let socket = crate::rpc::server::bind(&args.cni_socket)
+        .with_context(|| format!("listening on {}", args.cni_socket.display()))?;
+    let settle = args.cni_settle_timeout;
+    tokio::spawn(async move {
+        if let Err(e) = crate::rpc::server::serve(socket, request_tx, client, settle).await {
+            error!("serving CNI calls: {e}");
+        }
+    });
+
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut links = crate::links::watch().context("subscribing to link and route changes")?;
+    let mut retry = tokio::time::interval(RETRY);
+    let mut sweep = tokio::time::interval(args.conntrack_sweep_interval);
+    loop {
+        // The shared ring exists once the first pod is loaded.
+        if flows.is_some() && ring.is_none() {
+            ring = ring::open(node.reconciler.datapath().layout(), &events_lock);
+        }
+        if kernel_log_wanted && node.reconciler.attached().next().is_some() {
+            kernel_log_wanted = false;
+            kernel_log = kernel_log::open(node.reconciler.datapath());
+        }
+        tokio::select! {
+            Ok(()) = ring::readable(kernel_log.as_mut()) => {
+                if let Some(log) = kernel_log.as_mut() {
+                    log.get_mut().flush();
+                }
+            }
+            Ok(()) = ring::readable(ring.as_mut()) => {
+                if let (Some(ring), Some(flows)) = (ring.as_mut(), flows.as_mut()) {
+                    let pods = node.reconciler.pods_by_ifindex();
+                    let ring = &mut ring.get_mut().ring;
+                    while let Some(item) = ring.next() {
+                        if let Some(event) = flowlog::decode(&item) {
+                            flows.record(&event, &pods, node.reconciler.compiler().attributions());
+                        }
+                    }
+                }
+            }
+            Some(update) = kube_rx.recv() => {
+                let since = Instant::now();
+                node.apply_update(update);
+                while let Ok(update) = kube_rx.try_recv() {
+                    node.apply_update(update);
+                }
+                node.sync(Some(since));
+            }
+            Some(()) = changed.recv() => {
+                let since = Instant::now();
+                tokio::time::sleep(DEBOUNCE).await;
+                while changed.try_recv().is_ok() {}
+                node.reload();
+                node.sync(Some(since));
+            }
+            Some(request) = requests.recv() => node.answer(request),
+            Some(()) = links.recv() => {
+                tokio::time::sleep(LINK_SETTLE).await;
+                while links.try_recv().is_ok() {}
+                if node.reconciler.relink() || node.reconciler.has_pending() {
+                    node.sync(None);
+                }
+            }
+            _ = retry.tick(), if node.reconciler.has_failed() => node.sync(None),
+            _ = sweep.tick() => {
+                for pod in node.reconciler.attached().collect::<Vec<_>>() {
+                    match node.reconciler.datapath().sweep_conntrack(&pod) {
+                        Ok(0) => {}
+                        Ok(n) => info!(%pod, removed = n, "conntrack entries expired"),
+                        Err(e) => warn!(%pod, "conntrack sweep: {e}"),
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    info!("exiting; programs stay attached and pinned for the next agent");
+    Ok(())
+}
+
+/// What the loop keeps between turns.
+struct Daemon {
+    reconciler: Reconciler,
+    status: Status,
+    status_file: PathBuf,
+    telemetry: Arc<Mutex<Telemetry>>,
+    /// Local mode's directory, and what was last read from it.
+    manifests: Option<PathBuf>,
+    snapshot: Loaded,
+}
+
+impl Daemon {
+    /// Feeds one watcher report to the reconciler.
+    fn apply_update(&mut self, update: Update) {
+        match update {
+            Update::Event(event) => {
+                if let Err(e) = self.reconciler.apply(event) {
+                    error!("{e}");
+                    self.status.record_error(e.to_string());
+                }
+            }
+            Update::Synced(kind) => info!(?kind, "full list received"),
+            Update::WatchError(kind, e) => {
+                warn!(?kind, "watch failed, retrying with backoff: {e}");
+                self.telemetry.lock().expect("telemetry lock").watch_errors += 1;
+            }
+        }
+    }
+
+    /// Local mode: reads the directory and feeds what changed to the
+    /// reconciler; what could not be read keeps its last good version.
+    fn reload(&mut self) {
+        let Some(dir) = &self.manifests else { return };
+        let mut loaded = manifests::keep_last_good(&self.snapshot, manifests::load_dir(dir));
+        self.status.errors.clear();
+        for e in std::mem::take(&mut loaded.errors) {
+            error!("{e} (the object keeps its last good version, if it had one)");
+            self.status.record_error(e.to_string());
+        }
+        for event in manifests::diff(&self.snapshot.objects, &loaded.objects) {
+            if let Err(e) = self.reconciler.apply(event) {
+                error!("{e}");
+                self.status.record_error(e.to_string());
+            }
+        }
+        self.status.revision = std::mem::take(&mut loaded.revision);
+        self.snapshot = loaded;
+        self.status.generation += 1;
+    }
+
+    /// Brings the pods a change touched in line and publishes it; `since`
+    /// is when the change was seen.
+    fn sync(&mut self, since: Option<Instant>) {
+        let r = self.reconciler.sync();
+        self.publish(&r, since);
+    }
+
+    /// Answers a CNI front end's request.
+    fn answer(&mut self, request: Request) {
+        let since = Instant::now();
+        let r = match request {
+            Request::Add { pod, sandbox, fetched, assume, reply } => {
+                if let Some(p) = fetched {
+                    self.apply_update(Update::Event(Event::Applied(Object::Pod(p))));
+                }
+                // The manifest may have been written a moment ago.
+                if !self.reconciler.knows(&pod) {
+                    self.reload();
+                }
+                let (outcome, r) = self.reconciler.add(&pod, sandbox, assume);
+                info!(%pod, ?outcome, ms = since.elapsed().as_secs_f64() * 1e3, "CNI ADD");
+                let _ = reply.send(outcome);
+                r
+            }
+            Request::Check { pod, host_interface, reply } => {
+                let _ = reply.send(self.reconciler.check(&pod, host_interface.as_deref()));
+                return;
+            }
+            Request::Del { pod, container_id, reply } => {
+                let r = self.reconciler.remove(&pod, &container_id);
+                info!(%pod, "CNI DEL");
+                let _ = reply.send(());
+                r
+            }
+        };
+        self.publish(&r, Some(since));
+    }
+
+    /// Logs what a sync did, writes the status file and updates the metrics.
+    fn publish(&mut self, r: &SyncReport, since: Option<Instant>) {
+        for p in &r.attached {
+            info!(pod = %p, "attached");
+        }
+        for p in &r.updated {
+            info!(pod = %p, "rules updated");
+        }
+        for p in &r.detached {
+            info!(pod = %p, "detached");
+        }
+        for e in &r.errors {
+            error!("{e}");
+        }
+        let reconciler = &self.reconciler;
+        let status = &mut self.status;
+        status.attached = reconciler.attached().map(|id| id.to_string()).collect();
+        status.pending = r.pending.clone();
+        for e in &r.errors {
+            status.record_error(e.clone());
+        }
+        status.pods = reconciler.pod_entries();
+        let attributions = reconciler.compiler().attributions();
+        // Ids only grow, so only the new ones need converting.
+        status.rules.extend(attributions.iter().skip(status.rules.len()).map(|(id, a)| RuleEntry {
+            id,
+            policy: a.policy.to_string(),
+            direction: a.direction.to_string(),
+            rule: a.rule,
+        }));
+        if let Err(e) = status.write(&self.status_file) {
+            warn!(file = %self.status_file.display(), "writing the status file: {e}");
+        }
+
+        let mut t = self.telemetry.lock().expect("telemetry lock");
+        t.pods = reconciler.pods_by_ifindex().into_iter().map(|(ifindex, pod)| (pod, ifindex)).collect();
+        t.reconcile_errors += r.errors.len() as u64;
+        if let Some(since) = since
+            && !(r.attached.is_empty() && r.updated.is_empty() && r.detached.is_empty())
+        {
+            t.observe_programming(since.elapsed());
+        }
+    }
+}
