@@ -298,37 +298,51 @@ impl Reconciler {
         self.compiler.pod(key).is_some()
     }
 
-    /// A CNI ADD: enforces the pod's policy on the sandbox it reports and
-    /// says whether that is done. A pod the agent does not know is
-    /// [`AddOutcome::Unknown`], unless `assume`: then it gets its mode's
-    /// default until its object arrives.
-    pub fn add(&mut self, key: &ObjectRef, sandbox: Sandbox, assume: bool) -> (AddOutcome, SyncReport) {
-        if !self.knows(key) && !assume {
-            return (AddOutcome::Unknown, SyncReport::default());
+    /// CNI ADDs, all settled in one sync (pods started together attach
+    /// together): each pod's policy enforced on the sandbox its ADD reports,
+    /// and whether that is done, in the order asked. A pod the agent does
+    /// not know is [`AddOutcome::Unknown`], unless its ADD says `assume`:
+    /// then it gets its mode's default until its object arrives.
+    pub fn add_all(&mut self, adds: Vec<(ObjectRef, Sandbox, bool)>) -> (Vec<AddOutcome>, SyncReport) {
+        let mut asked = Vec::with_capacity(adds.len());
+        for (key, sandbox, assume) in adds {
+            let known = self.knows(&key);
+            if !known && !assume {
+                asked.push((key, false));
+                continue;
+            }
+            if !known {
+                self.assumed.insert(key.clone());
+            }
+            self.sandboxes.insert(key.clone(), sandbox);
+            // Without addresses its own record would take the pod's every
+            // packet for a spoof; the CNI's host routes to its veth say them.
+            if self.ips(&key).is_empty()
+                && let Some((veth, _)) = self.find_veth(&key)
+            {
+                self.sandboxes.get_mut(&key).expect("just inserted").ips = crate::veth::routed_through(&veth);
+            }
+            let ips = self.ips(&key);
+            self.compiler.set_pod_ips(&key, &ips);
+            self.pending.insert(key.clone());
+            asked.push((key, true));
         }
-        if !self.knows(key) {
-            self.assumed.insert(key.clone());
+        if asked.iter().all(|(_, settle)| !settle) {
+            return (asked.iter().map(|_| AddOutcome::Unknown).collect(), SyncReport::default());
         }
-        self.sandboxes.insert(key.clone(), sandbox);
-        // Without addresses its own record would take the pod's every packet
-        // for a spoof; the CNI's host routes to its veth say them.
-        if self.ips(key).is_empty()
-            && let Some((veth, _)) = self.find_veth(key)
-        {
-            self.sandboxes.get_mut(key).expect("just inserted").ips = crate::veth::routed_through(&veth);
-        }
-        let ips = self.ips(key);
-        self.compiler.set_pod_ips(key, &ips);
         // A new sandbox of an attached pod has a new veth, which the link
         // notification may not have reported yet.
         self.relink();
-        self.pending.insert(key.clone());
         let report = self.sync();
-        let outcome = match self.attached.get(key) {
-            Some(a) => AddOutcome::Enforced { ifindex: a.ifindex, assumed: self.assumed.contains(key) },
-            None => AddOutcome::Failed(self.why_not_attached(key, &report)),
-        };
-        (outcome, report)
+        let outcomes = asked
+            .iter()
+            .map(|(key, settled)| match self.attached.get(key) {
+                _ if !settled => AddOutcome::Unknown,
+                Some(a) => AddOutcome::Enforced { ifindex: a.ifindex, assumed: self.assumed.contains(key) },
+                None => AddOutcome::Failed(self.why_not_attached(key, &report)),
+            })
+            .collect();
+        (outcomes, report)
     }
 
     fn why_not_attached(&self, key: &ObjectRef, report: &SyncReport) -> String {

@@ -32,6 +32,8 @@ pub enum Request {
         fetched: Option<Box<Pod>>,
         /// Enforce the mode's default if the pod is still unknown.
         assume: bool,
+        /// When the call reached the agent.
+        received: std::time::Instant,
         reply: oneshot::Sender<AddOutcome>,
     },
     /// Whether the pod is enforced (on this interface, when given).

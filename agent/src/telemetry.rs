@@ -17,8 +17,62 @@ use crate::{
     datapath::{NodeTables, counters},
 };
 
-/// Upper bounds of the programming latency histogram, in seconds.
+/// Upper bounds of the latency histograms, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// A latency histogram over [`BUCKETS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (n, le) in self.buckets.iter_mut().zip(BUCKETS) {
+            if secs <= le {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (le, n) in BUCKETS.iter().zip(self.buckets) {
+            let _ = writeln!(s, "{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(s, "{name}_sum {}", self.sum);
+        let _ = writeln!(s, "{name}_count {}", self.count);
+    }
+}
+
+/// How a CNI ADD ended, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AddResult {
+    /// The pod's policy is enforced.
+    Enforced,
+    /// The pod was not known in time: its mode's default is.
+    Assumed,
+    /// Nothing could be enforced; the ADD failed.
+    Failed,
+}
+
+impl AddResult {
+    const ALL: [Self; 3] = [Self::Enforced, Self::Assumed, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Enforced => "enforced",
+            Self::Assumed => "assumed",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 /// What the agent reports; shared between its loop and the HTTP server.
 #[derive(Debug)]
@@ -31,9 +85,9 @@ pub struct Telemetry {
     pub reconcile_errors: u64,
     /// Watch failures (each retried with backoff, relisting after a 410).
     pub watch_errors: u64,
-    programming: [u64; BUCKETS.len()],
-    programming_count: u64,
-    programming_sum: f64,
+    programming: Histogram,
+    cni_add: Histogram,
+    cni_adds: [u64; AddResult::ALL.len()],
 }
 
 impl Telemetry {
@@ -44,22 +98,21 @@ impl Telemetry {
             pods: Vec::new(),
             reconcile_errors: 0,
             watch_errors: 0,
-            programming: [0; BUCKETS.len()],
-            programming_count: 0,
-            programming_sum: 0.0,
+            programming: Histogram::default(),
+            cni_add: Histogram::default(),
+            cni_adds: [0; AddResult::ALL.len()],
         }
     }
 
     /// Records the time from an object change to its maps being written.
     pub fn observe_programming(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.programming[i] += 1;
-            }
-        }
-        self.programming_count += 1;
-        self.programming_sum += secs;
+        self.programming.observe(d);
+    }
+
+    /// Records a CNI ADD: how it ended and how long the agent took to answer.
+    pub fn observe_cni_add(&mut self, result: AddResult, d: Duration) {
+        self.cni_adds[result as usize] += 1;
+        self.cni_add.observe(d);
     }
 
     /// The Prometheus text exposition.
@@ -98,14 +151,16 @@ impl Telemetry {
             }
         }
         s.push_str(&bytes);
-        s.push_str("# HELP na_policy_programming_seconds From an object change to the maps written.\n");
-        s.push_str("# TYPE na_policy_programming_seconds histogram\n");
-        for (le, n) in BUCKETS.iter().zip(self.programming) {
-            let _ = writeln!(s, "na_policy_programming_seconds_bucket{{le=\"{le}\"}} {n}");
+        let programming = "From an object change to the maps written.";
+        self.programming.render(&mut s, "na_policy_programming_seconds", programming);
+        s.push_str(
+            "# HELP na_cni_adds_total CNI ADDs answered, by how they ended.\n# TYPE na_cni_adds_total counter\n",
+        );
+        for (result, n) in AddResult::ALL.iter().zip(self.cni_adds) {
+            let _ = writeln!(s, "na_cni_adds_total{{result=\"{}\"}} {n}", result.label());
         }
-        let _ = writeln!(s, "na_policy_programming_seconds_bucket{{le=\"+Inf\"}} {}", self.programming_count);
-        let _ = writeln!(s, "na_policy_programming_seconds_sum {}", self.programming_sum);
-        let _ = writeln!(s, "na_policy_programming_seconds_count {}", self.programming_count);
+        let cni = "From a CNI ADD reaching the agent to its answer (the pod's start waits for it).";
+        self.cni_add.render(&mut s, "na_cni_add_seconds", cni);
         s
     }
 }
@@ -167,5 +222,11 @@ mod tests {
         assert!(text.contains("na_policy_programming_seconds_bucket{le=\"0.05\"} 2"), "{text}");
         assert!(text.contains("na_policy_programming_seconds_count 2"), "{text}");
         assert!(text.contains("na_pods_enforced 0"));
+        t.observe_cni_add(AddResult::Assumed, Duration::from_millis(20));
+        let text = t.render();
+        assert!(text.contains("na_cni_adds_total{result=\"assumed\"} 1"), "{text}");
+        assert!(text.contains("na_cni_adds_total{result=\"failed\"} 0"), "{text}");
+        assert!(text.contains("na_cni_add_seconds_bucket{le=\"0.01\"} 0"), "{text}");
+        assert!(text.contains("na_cni_add_seconds_bucket{le=\"0.025\"} 1"), "{text}");
     }
 }

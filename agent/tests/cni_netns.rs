@@ -19,7 +19,7 @@ use na_harness::{
 use serde_json::{Value, json};
 use support::{
     Env,
-    agent::{Agent, Manifests, NODE, binary, cni_socket, policy, status, wait_until},
+    agent::{Agent, Manifests, NODE, binary, cni_socket, http_get, policy, status, wait_until},
 };
 
 /// `ptp`, then `na-cni` asking the agent on `socket`.
@@ -86,6 +86,9 @@ fn first_packets_meet_the_policy(mode: &str) {
     let b_entry = pods.as_array().unwrap().iter().find(|p| p["name"] == "b").cloned().unwrap_or_default();
     assert_eq!(b_entry["veth"], env.pod("x/b").host_veth.as_str(), "{pods}");
     assert_eq!(b_entry["ips"], json!([env.pod("x/b").ip.to_string(), env.pod("x/b").ip6.to_string()]));
+    let metrics = http_get(&env, 8162, "/metrics").expect("metrics served");
+    assert!(metrics.contains("na_cni_adds_total{result=\"enforced\"} 2"), "{metrics}");
+    assert!(metrics.contains("na_cni_add_seconds_count 2"), "{metrics}");
     drop(servers);
 }
 
@@ -174,6 +177,8 @@ fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_de
     let reply = runtime.block_on(client.enforce_np_to_pod(enforce)).unwrap().into_inner();
     assert!(reply.success);
     assert!(!env.reaches("x/client", "x/new", tcp80), "unknown in strict mode: closed");
+    let metrics = http_get(&env, 8162, "/metrics").expect("metrics served");
+    assert!(metrics.contains("na_cni_adds_total{result=\"assumed\"} 1"), "{metrics}");
 
     // Its addresses, from the host routes to its veth: its own packets are not spoofed.
     let assumed = status(&status_file);
@@ -198,5 +203,36 @@ fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_de
     assert!(runtime.block_on(client.delete_pod_np(del.clone())).unwrap().into_inner().success);
     wait_until("new is detached", || status(&status_file)["attached"] == json!([]));
     assert!(runtime.block_on(client.delete_pod_np(del)).unwrap().into_inner().success, "twice");
+    drop(servers);
+}
+
+#[test]
+fn pods_started_together_are_each_enforced_when_their_add_returns() {
+    let mut env = Env::with_pods(AttachMode::Auto, &[("x", "client")]).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let mut objects = vec![
+        namespace(),
+        policy("closed", json!({"podSelector": {"matchLabels": {"app": "new"}}, "policyTypes": ["Ingress"]})),
+    ];
+    objects.extend(names.iter().map(|n| starting_pod(n, "new")));
+    manifests.write("cluster.yaml", &objects);
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("the agent answers CNI calls", || cni_socket(&status_file).exists());
+    let chain = chain(&status_file, &cni_socket(&status_file), json!({}));
+    let pods: Vec<(&str, &str)> = names.iter().map(|n| ("x", n.as_str())).collect();
+    for (outcome, name) in env.node.add_pods_cni(&chain, &pods).unwrap().into_iter().zip(&names) {
+        outcome.unwrap_or_else(|e| panic!("ADD of {name}: {e}"));
+    }
+    let mut servers = Servers::default();
+    for name in &names {
+        servers.start(env.pod(&format!("x/{name}")), Proto::Tcp, 80).unwrap();
+    }
+    for name in &names {
+        assert!(!env.reaches("x/client", &format!("x/{name}"), Probe::tcp(80)), "{name} is closed from its start");
+    }
+    let metrics = http_get(&env, 8162, "/metrics").expect("metrics served");
+    assert!(metrics.contains("na_cni_adds_total{result=\"enforced\"} 8"), "{metrics}");
     drop(servers);
 }

@@ -55,7 +55,8 @@ const DATAPATH: (&str, &str) = (
      takes (process start to exit: what it adds to a pod's start), with TCX links and, as `_netlink`, clsact \
      filters; `packets_before_enforcement`, datagrams counted over all starts, and `_without_cni` beside it, \
      the same starts without na-cni (the agent finds the veth from link and route notifications, the pod's \
-     address known to it in advance). **Scale**: the node's one-time \
+     address known to it in advance); `cni_add_burst_20_*`: 20 pods started at once, their ADDs concurrent \
+     (the agent settles ADDs that arrive together in one pass). **Scale**: the node's one-time \
      program verification (`program_verify_ms`, instructions the verifier processed); load and attach time per \
      pod (20 pods, before the agent starts; TCX links, then clsact filters as `_netlink`); the agent enforcing \
      110 local pods of the 5,000-pod, 1,000-policy synthetic cluster (the compiler's), adopting the programs \
@@ -218,6 +219,8 @@ const DATAPATH_KEYS: &[&str] = &[
     "cni_add_p99_ms",
     "cni_add_p50_ms_netlink",
     "cni_add_p99_ms_netlink",
+    "cni_add_burst_20_p50_ms",
+    "cni_add_burst_20_max_ms",
     "packets_before_enforcement",
     "packets_before_enforcement_without_cni",
     "program_verify_ms",

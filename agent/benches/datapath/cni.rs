@@ -48,12 +48,17 @@ pub fn run(_full: bool) -> Result<Figures> {
         f.insert(format!("packets_before_enforcement{suffix}"), json!(counted));
     }
     f.insert("packets_before_enforcement_without_cni".into(), json!(without_hook()?));
+    let burst = burst()?;
+    f.insert(format!("cni_add_burst_{BURST}_p50_ms"), json!(stats::round(stats::quantile(&burst, 0.5), 1)));
+    f.insert(format!("cni_add_burst_{BURST}_max_ms"), json!(stats::round(stats::max(&burst), 1)));
     f.insert("cni_pod_starts".into(), json!(STARTS));
     Ok(f)
 }
 
 /// Pod starts per configuration: the /24 holds all of one.
 const STARTS: usize = 100;
+/// Pods started at once (a node booting, a deployment scaled up).
+const BURST: usize = 20;
 
 /// A node with a client pod, and an agent (with `flags`) whose manifests
 /// hold namespace x, the closed policy and `pods`.
@@ -102,6 +107,23 @@ fn with_hook(flags: &[&str]) -> Result<(Vec<f64>, u64)> {
         node.env.node.del_pod_cni(&chain, &format!("x/{name}"))?.map_err(|e| anyhow::anyhow!("DEL: {e}"))?;
     }
     Ok((add_ms, counted))
+}
+
+/// [`BURST`] pods started at once, their ADDs concurrent: na-cni's ADD times.
+fn burst() -> Result<Vec<f64>> {
+    let names: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
+    let mut node = Node::start(&[], names.iter().map(|n| new_pod(n, None)))?;
+    let chain = node.chain(&[json!({"type": "na-cni", "socket": cni_socket(&node.status_file)})])?;
+    let pods: Vec<(&str, &str)> = names.iter().map(|n| ("x", n.as_str())).collect();
+    for outcome in node.env.node.add_pods_cni(&chain, &pods)? {
+        outcome.map_err(|e| anyhow::anyhow!("ADD: {e}"))?;
+    }
+    let calls = chain.take_calls();
+    Ok(calls
+        .iter()
+        .filter(|c| c.plugin == "na-cni" && c.command == "ADD")
+        .map(|c| c.took.as_secs_f64() * 1e3)
+        .collect())
 }
 
 /// Starts through ptp alone, the agent told each pod's address beforehand:

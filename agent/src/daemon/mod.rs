@@ -17,8 +17,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use na_policy::{CompileOptions, Compiler};
-use tokio::{signal::unix::SignalKind, sync::mpsc};
+use na_policy::{CompileOptions, Compiler, ObjectRef};
+use tokio::{
+    signal::unix::SignalKind,
+    sync::{mpsc, oneshot},
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -27,14 +30,14 @@ use crate::{
     datapath::{Datapath, KernelLogLevel, Timeouts},
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
     reconcile::{Reconciler, SyncReport},
-    sandbox::Request,
+    sandbox::{AddOutcome, Request, Sandbox},
     source::{
         self, Event, Object,
         kube::Update,
         manifests::{self, Loaded},
     },
     status::{self, RuleEntry, Status},
-    telemetry::{self, Telemetry},
+    telemetry::{self, AddResult, Telemetry},
 };
 
 /// How long a burst of finished file changes may last before the directory
@@ -232,7 +235,13 @@ pub async fn run(args: Args) -> Result<()> {
                 node.reload();
                 node.sync(Some(since));
             }
-            Some(request) = requests.recv() => node.answer(request),
+            Some(request) = requests.recv() => {
+                let mut batch = vec![request];
+                while let Ok(request) = requests.try_recv() {
+                    batch.push(request);
+                }
+                node.answer(batch);
+            }
             Some(()) = links.recv() => {
                 tokio::time::sleep(LINK_SETTLE).await;
                 while links.try_recv().is_ok() {}
@@ -315,35 +324,66 @@ impl Daemon {
         self.publish(&r, since);
     }
 
-    /// Answers a CNI front end's request.
-    fn answer(&mut self, request: Request) {
-        let since = Instant::now();
-        let r = match request {
-            Request::Add { pod, sandbox, fetched, assume, reply } => {
-                if let Some(p) = fetched {
-                    self.apply_update(Update::Event(Event::Applied(Object::Pod(p))));
+    /// Answers the CNI front ends' requests, in order; consecutive ADDs
+    /// (pods started together) are settled in one sync.
+    fn answer(&mut self, requests: Vec<Request>) {
+        let mut adds = Vec::new();
+        for request in requests {
+            match request {
+                Request::Add { pod, sandbox, fetched, assume, received, reply } => {
+                    if let Some(p) = fetched {
+                        self.apply_update(Update::Event(Event::Applied(Object::Pod(p))));
+                    }
+                    adds.push((pod, sandbox, assume, received, reply));
                 }
-                // The manifest may have been written a moment ago.
-                if !self.reconciler.knows(&pod) {
-                    self.reload();
+                Request::Check { pod, host_interface, reply } => {
+                    self.add_all(std::mem::take(&mut adds));
+                    let _ = reply.send(self.reconciler.check(&pod, host_interface.as_deref()));
                 }
-                let (outcome, r) = self.reconciler.add(&pod, sandbox, assume);
-                info!(%pod, ?outcome, ms = since.elapsed().as_secs_f64() * 1e3, "CNI ADD");
-                let _ = reply.send(outcome);
-                r
+                Request::Del { pod, container_id, reply } => {
+                    self.add_all(std::mem::take(&mut adds));
+                    let since = Instant::now();
+                    let r = self.reconciler.remove(&pod, &container_id);
+                    info!(%pod, "CNI DEL");
+                    let _ = reply.send(());
+                    self.publish(&r, Some(since));
+                }
             }
-            Request::Check { pod, host_interface, reply } => {
-                let _ = reply.send(self.reconciler.check(&pod, host_interface.as_deref()));
-                return;
+        }
+        self.add_all(adds);
+    }
+
+    fn add_all(&mut self, adds: Vec<(ObjectRef, Sandbox, bool, Instant, oneshot::Sender<AddOutcome>)>) {
+        if adds.is_empty() {
+            return;
+        }
+        // A manifest may have been written a moment ago.
+        if adds.iter().any(|(pod, ..)| !self.reconciler.knows(pod)) {
+            self.reload();
+        }
+        let since = adds.iter().map(|a| a.3).min();
+        let (asked, replies): (Vec<_>, Vec<_>) = adds
+            .into_iter()
+            .map(|(pod, sandbox, assume, received, reply)| ((pod, sandbox, assume), (received, reply)))
+            .unzip();
+        let pods: Vec<ObjectRef> = asked.iter().map(|(pod, ..)| pod.clone()).collect();
+        let (outcomes, r) = self.reconciler.add_all(asked);
+        for ((pod, outcome), (received, reply)) in pods.iter().zip(outcomes).zip(replies) {
+            let took = received.elapsed();
+            info!(%pod, ?outcome, ms = took.as_secs_f64() * 1e3, "CNI ADD");
+            let result = match &outcome {
+                AddOutcome::Enforced { assumed: false, .. } => Some(AddResult::Enforced),
+                AddOutcome::Enforced { assumed: true, .. } => Some(AddResult::Assumed),
+                AddOutcome::Failed(_) => Some(AddResult::Failed),
+                // Asked again once fetched or assumed.
+                AddOutcome::Unknown => None,
+            };
+            if let Some(result) = result {
+                self.telemetry.lock().expect("telemetry lock").observe_cni_add(result, took);
             }
-            Request::Del { pod, container_id, reply } => {
-                let r = self.reconciler.remove(&pod, &container_id);
-                info!(%pod, "CNI DEL");
-                let _ = reply.send(());
-                r
-            }
-        };
-        self.publish(&r, Some(since));
+            let _ = reply.send(outcome);
+        }
+        self.publish(&r, since);
     }
 
     /// Logs what a sync did, writes the status file and updates the metrics.

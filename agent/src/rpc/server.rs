@@ -89,7 +89,7 @@ impl Front {
         let deadline = Instant::now() + self.settle;
         let add = |fetched: Option<Box<Pod>>, assume: bool| {
             let (pod, sandbox) = (pod.clone(), sandbox.clone());
-            move |reply| Request::Add { pod, sandbox, fetched, assume, reply }
+            move |reply| Request::Add { pod, sandbox, fetched, assume, received: std::time::Instant::now(), reply }
         };
         let mut outcome = self.ask(add(None, false)).await?;
         if outcome == AddOutcome::Unknown {

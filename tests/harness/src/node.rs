@@ -53,6 +53,42 @@ impl Pod {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// A pod from its CNI chain's ADD `result`.
+    fn made_by_cni(
+        namespace: &str,
+        name: &str,
+        ns: NetNs,
+        container_id: String,
+        result: serde_json::Value,
+    ) -> Result<Self> {
+        let address = |v6: bool| {
+            result["ips"].as_array().into_iter().flatten().find_map(|ip| {
+                let a: std::net::IpAddr = ip["address"].as_str()?.split('/').next()?.parse().ok()?;
+                (a.is_ipv6() == v6).then_some(a)
+            })
+        };
+        let (Some(std::net::IpAddr::V4(ip)), Some(std::net::IpAddr::V6(ip6))) = (address(false), address(true)) else {
+            anyhow::bail!("the chain gave no address of each family: {result}");
+        };
+        let host_veth = result["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i.get("sandbox").is_none())
+            .and_then(|i| i["name"].as_str())
+            .with_context(|| format!("no host interface in {result}"))?
+            .to_owned();
+        Ok(Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            ip,
+            ip6,
+            host_veth,
+            ns,
+            cni: Some((container_id, result)),
+        })
+    }
+
     /// The sandbox as the runtime names it to CNI plugins, and the chain's
     /// ADD result, for a pod made through CNI.
     pub fn sandbox(&self) -> Option<(Sandbox<'_>, &serde_json::Value)> {
@@ -129,45 +165,53 @@ impl Node {
         namespace: &str,
         name: &str,
     ) -> Result<std::result::Result<&Pod, CniError>> {
-        let ns = NetNs::create(format!("{}-{}-{}", self.tag, namespace, name))?;
-        let container_id = format!("{}-{namespace}-{name}", self.tag);
-        let sandbox = Sandbox { namespace, name, container_id: &container_id, netns: Some(&ns) };
-        let result = match chain.add(&self.ns, &sandbox)? {
-            Ok(result) => result,
-            Err(e) => {
-                chain.del(&self.ns, &sandbox, None)?.map_err(|d| anyhow::anyhow!("DEL after a failed ADD: {d}"))?;
-                return Ok(Err(e));
+        let added = self.add_pods_cni(chain, &[(namespace, name)])?.pop().context("one pod asked")?;
+        Ok(added.map(|()| self.pods.last().expect("just pushed")))
+    }
+
+    /// [`Self::add_pod_cni`] for several pods at once, their ADDs running
+    /// concurrently as a runtime starting them together runs them; each
+    /// pod's outcome in order.
+    pub fn add_pods_cni(
+        &mut self,
+        chain: &Chain,
+        pods: &[(&str, &str)],
+    ) -> Result<Vec<std::result::Result<(), CniError>>> {
+        let mut made = Vec::new();
+        for (namespace, name) in pods {
+            let ns = NetNs::create(format!("{}-{}-{}", self.tag, namespace, name))?;
+            made.push((*namespace, *name, format!("{}-{namespace}-{name}", self.tag), ns));
+        }
+        let node = &self.ns;
+        let results: Vec<Result<std::result::Result<serde_json::Value, CniError>>> = std::thread::scope(|s| {
+            let adding: Vec<_> = made
+                .iter()
+                .map(|(namespace, name, container_id, ns)| {
+                    s.spawn(move || {
+                        let sandbox = Sandbox { namespace, name, container_id, netns: Some(ns) };
+                        let added = chain.add(node, &sandbox)?;
+                        if added.is_err() {
+                            chain
+                                .del(node, &sandbox, None)?
+                                .map_err(|d| anyhow::anyhow!("DEL after a failed ADD: {d}"))?;
+                        }
+                        Ok(added)
+                    })
+                })
+                .collect();
+            adding.into_iter().map(|a| a.join().expect("ADD thread")).collect()
+        });
+        let mut outcomes = Vec::new();
+        for ((namespace, name, container_id, ns), result) in made.into_iter().zip(results) {
+            match result? {
+                Ok(result) => {
+                    self.pods.push(Pod::made_by_cni(namespace, name, ns, container_id, result)?);
+                    outcomes.push(Ok(()));
+                }
+                Err(e) => outcomes.push(Err(e)),
             }
-        };
-        let address = |v6: bool| {
-            result["ips"].as_array().into_iter().flatten().find_map(|ip| {
-                let a: std::net::IpAddr = ip["address"].as_str()?.split('/').next()?.parse().ok()?;
-                (a.is_ipv6() == v6).then_some(a)
-            })
-        };
-        let (Some(std::net::IpAddr::V4(ip_addr)), Some(std::net::IpAddr::V6(ip6))) = (address(false), address(true))
-        else {
-            anyhow::bail!("the chain gave no address of each family: {result}");
-        };
-        let host_veth = result["interfaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|i| i.get("sandbox").is_none())
-            .and_then(|i| i["name"].as_str())
-            .with_context(|| format!("no host interface in {result}"))?
-            .to_owned();
-        let pod = Pod {
-            namespace: namespace.into(),
-            name: name.into(),
-            ip: ip_addr,
-            ip6,
-            host_veth,
-            ns,
-            cni: Some((container_id, result)),
-        };
-        self.pods.push(pod);
-        Ok(Ok(self.pods.last().expect("just pushed")))
+        }
+        Ok(outcomes)
     }
 
     /// `chain`'s DEL for pod `key` (made by [`Self::add_pod_cni`]); if it
