@@ -134,7 +134,12 @@ impl Reconciler {
             Event::Applied(Object::Pod(p)) => {
                 self.compiler.upsert_pod(&p);
                 if let Some(key) = ObjectRef::of(&p.metadata) {
-                    self.assumed.remove(&key);
+                    // An object that does not place the pod here (one seen
+                    // before it was scheduled) leaves a sandbox the runtime
+                    // made here assumed.
+                    if self.compiler.is_local_pod(&key) {
+                        self.assumed.remove(&key);
+                    }
                     if let Some(sandbox) = self.sandboxes.get(&key) {
                         self.compiler.set_pod_ips(&key, &sandbox.ips);
                     }
@@ -145,8 +150,14 @@ impl Reconciler {
             Event::Deleted(key) => match key.kind {
                 Kind::Pod => {
                     self.compiler.remove_pod(&key.id);
-                    self.sandboxes.remove(&key.id);
-                    self.assumed.remove(&key.id);
+                    // Watch events name pods, not incarnations: the deletion
+                    // of an older pod of the same name (a StatefulSet's, the
+                    // watch lagging) must not take the sandbox the runtime
+                    // made for the new one. Only its CNI DEL removes it;
+                    // meanwhile it is assumed.
+                    if self.sandboxes.contains_key(&key.id) {
+                        self.assumed.insert(key.id.clone());
+                    }
                 }
                 Kind::Namespace => self.compiler.remove_namespace(&key.id.name),
                 Kind::NetworkPolicy => self.compiler.remove_policy(&key.id),
@@ -173,8 +184,11 @@ impl Reconciler {
             match rules {
                 Ok(rules) => new.extend(self.converge(key, rules, &mut report)),
                 Err(CompileError::UnknownPod(_)) if self.assumed.contains(&key) => {
-                    let default = self.compiler.fail_closed(&key);
-                    new.extend(self.converge(key, default, &mut report));
+                    let rules = self.compiler.compile_unknown(&key).unwrap_or_else(|e| {
+                        report.errors.push(e.to_string());
+                        self.compiler.fail_closed(&key)
+                    });
+                    new.extend(self.converge(key, rules, &mut report));
                 }
                 // Fails closed: what its policies isolate admits the node
                 // alone. The pod is compiled again whenever something it
@@ -239,11 +253,17 @@ impl Reconciler {
     fn converge(&mut self, key: ObjectRef, rules: PodRules, report: &mut SyncReport) -> Option<NewPod> {
         let uid = self.compiler.pod(&key).map(|p| p.uid.clone()).unwrap_or_default();
         let addrs = PodAddrs::new(&self.ips(&key));
-        // An assumed pod's object, once it arrives, takes over its sandbox.
+        // A sandbox a CNI ADD reported is the pod's identity: whatever object
+        // (an assumed pod's, once it arrives; a recreated pod's, after the
+        // watch showed its predecessor) takes it over, state and all.
+        // Without one, a new uid is a new pod that starts from scratch.
+        let same_sandbox = self.sandboxes.contains_key(&key);
         if let Some(a) = self.attached.get_mut(&key)
-            && (a.uid == uid || a.uid.is_empty())
+            && (a.uid == uid || a.uid.is_empty() || same_sandbox)
         {
-            a.uid = uid;
+            if !uid.is_empty() {
+                a.uid = uid;
+            }
             if a.rules != rules || a.addrs != addrs {
                 a.maps.set_addrs(addrs);
                 match a.maps.apply(&rules) {
@@ -273,11 +293,13 @@ impl Reconciler {
         Some(NewPod { key, uid, veth, addrs, rules })
     }
 
-    /// The pod's addresses: the API server's, else its CNI's.
+    /// The pod's addresses: its current sandbox's as its CNI reported them
+    /// (the API server shows a new sandbox's only later), else the API
+    /// server's.
     fn ips(&self, key: &ObjectRef) -> Vec<IpAddr> {
-        match self.compiler.pod(key) {
-            Some(p) if !p.ips.is_empty() => p.ips.clone(),
-            _ => self.sandboxes.get(key).map(|s| s.ips.clone()).unwrap_or_default(),
+        match self.sandboxes.get(key) {
+            Some(s) if !s.ips.is_empty() => s.ips.clone(),
+            _ => self.compiler.pod(key).map(|p| p.ips.clone()).unwrap_or_default(),
         }
     }
 
@@ -293,9 +315,10 @@ impl Reconciler {
         self.ips(key).into_iter().filter_map(crate::veth::by_route).find_map(|name| Some((name.clone(), index(&name)?)))
     }
 
-    /// Whether the compiler knows the pod (from the API server or the manifests).
+    /// Whether the pod is known (from the API server or the manifests) as
+    /// one this node enforces.
     pub fn knows(&self, key: &ObjectRef) -> bool {
-        self.compiler.pod(key).is_some()
+        self.compiler.is_local_pod(key)
     }
 
     /// CNI ADDs, all settled in one sync (pods started together attach
@@ -313,6 +336,13 @@ impl Reconciler {
             }
             if !known {
                 self.assumed.insert(key.clone());
+            }
+            // Attached elsewhere than this sandbox's interface: an older
+            // sandbox's veth that is still there. Attached afresh on this one.
+            if let (Some(a), Some(reported)) = (self.attached.get(&key), &sandbox.host_interface)
+                && a.veth != *reported
+            {
+                self.attached.remove(&key);
             }
             self.sandboxes.insert(key.clone(), sandbox);
             // Without addresses its own record would take the pod's every
@@ -338,6 +368,8 @@ impl Reconciler {
             .iter()
             .map(|(key, settled)| match self.attached.get(key) {
                 _ if !settled => AddOutcome::Unknown,
+                // Its rules could not be written: what it has may be older.
+                Some(_) if self.failed.contains(key) => AddOutcome::Failed(self.why_not_attached(key, &report)),
                 Some(a) => AddOutcome::Enforced { ifindex: a.ifindex, assumed: self.assumed.contains(key) },
                 None => AddOutcome::Failed(self.why_not_attached(key, &report)),
             })
@@ -391,6 +423,12 @@ impl Reconciler {
         self.sandboxes.remove(key);
         self.assumed.remove(key);
         self.detach(key, &mut report);
+        // A pod still here waits for a veth: a DEL of an older sandbox than
+        // its current one (runtimes that do not say which) must not leave
+        // the current one unenforced; it is attached again at the next sync.
+        if self.knows(key) {
+            self.pending.insert(key.clone());
+        }
         report
     }
 

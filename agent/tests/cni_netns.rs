@@ -10,6 +10,7 @@ use na_agent::{
     bpffs::PinLayout,
     datapath::{AttachMode, inventory::pinned_pods},
     rpc::npbackend::{DeleteNpRequest, EnforceNpRequest, np_backend_client::NpBackendClient},
+    source::manifests,
     veth::{DEFAULT_PREFIX, host_veth_name},
 };
 use na_harness::{
@@ -24,11 +25,22 @@ use support::{
 
 /// `ptp`, then `na-cni` asking the agent on `socket`.
 fn chain(tag: &Path, socket: &Path, extra: Value) -> Chain {
+    chain_after(Chain::ptp, tag, socket, extra)
+}
+
+/// `first` (a chain's constructor), then `na-cni` asking the agent on `socket`.
+fn chain_after(first: fn(&str) -> Chain, tag: &Path, socket: &Path, extra: Value) -> Chain {
     let na_cni = binary("na-cni", option_env!("CARGO_BIN_EXE_na-cni"));
     let mut conf = json!({"type": "na-cni", "socket": socket});
     conf.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
     let tag = tag.file_name().unwrap().to_string_lossy().into_owned();
-    Chain::ptp(&tag).then(conf, na_cni.parent().unwrap())
+    first(&tag).then(conf, na_cni.parent().unwrap())
+}
+
+/// na-cni's network configuration, asking the agent on `socket`, as a runtime gives it after `prev`.
+fn conf(prev: &Value, socket: &Path) -> String {
+    json!({"cniVersion": "1.0.0", "name": "na-test", "type": "na-cni", "socket": socket, "prevResult": prev})
+        .to_string()
 }
 
 /// A pod as the API server shows it while its sandbox is being made: scheduled, no address yet.
@@ -68,9 +80,9 @@ fn started(mode: &str) -> (Env, Manifests, std::path::PathBuf, Agent) {
     (env, manifests, status_file, agent)
 }
 
-fn first_packets_meet_the_policy(mode: &str) {
+fn first_packets_meet_the_policy(mode: &str, first: fn(&str) -> Chain) {
     let (mut env, _manifests, status_file, _agent) = started(mode);
-    let chain = chain(&status_file, &cni_socket(&status_file), json!({}));
+    let chain = chain_after(first, &status_file, &cni_socket(&status_file), json!({}));
     let mut servers = Servers::default();
     let tcp80 = Probe::tcp(80);
     let a = env.node.add_pod_cni(&chain, "x", "a").unwrap().expect("ADD of a");
@@ -94,12 +106,19 @@ fn first_packets_meet_the_policy(mode: &str) {
 
 #[test]
 fn a_pod_started_through_cni_meets_its_policy_from_its_first_packet() {
-    first_packets_meet_the_policy("standard");
+    first_packets_meet_the_policy("standard", Chain::ptp);
 }
 
 #[test]
 fn in_strict_mode_too() {
-    first_packets_meet_the_policy("strict");
+    first_packets_meet_the_policy("strict", Chain::ptp);
+}
+
+/// The bridge plugin lists the bridge before the pod's veth: enforcing on
+/// the bridge would see no pod's own traffic.
+#[test]
+fn behind_the_bridge_plugin_too() {
+    first_packets_meet_the_policy("standard", Chain::bridge);
 }
 
 #[test]
@@ -139,6 +158,15 @@ fn del_removes_the_pods_state_twice_without_error_and_bad_input_changes_nothing(
     assert_eq!(call(&no_host_side.to_string())["code"], 7);
     assert_eq!(attached(), json!(["x_a"]));
     chain.check(env.node.netns(), &sandbox, &result).unwrap().expect("CHECK: a is enforced");
+
+    // A DEL of an older sandbox of a (a runtime tearing it down late) leaves a as it is.
+    let older = Sandbox { container_id: "an-older-sandbox", netns: None, ..sandbox };
+    chain
+        .exec(env.node.netns(), "na-cni", "DEL", &older, &conf(&result, &cni_socket(&status_file)))
+        .unwrap()
+        .expect("DEL of an older sandbox");
+    assert_eq!(attached(), json!(["x_a"]));
+    chain.check(env.node.netns(), &sandbox, &result).unwrap().expect("CHECK: a is still enforced");
 
     env.node.del_pod_cni(&chain, "x/a").unwrap().expect("DEL");
     wait_until("a is detached", || attached() == json!([]));
@@ -217,22 +245,60 @@ fn pods_started_together_are_each_enforced_when_their_add_returns() {
         policy("closed", json!({"podSelector": {"matchLabels": {"app": "new"}}, "policyTypes": ["Ingress"]})),
     ];
     objects.extend(names.iter().map(|n| starting_pod(n, "new")));
+    objects.push(starting_pod("open", "open"));
     manifests.write("cluster.yaml", &objects);
     let _agent = Agent::start(&env, &manifests, &status_file);
     wait_until("the agent answers CNI calls", || cni_socket(&status_file).exists());
     let chain = chain(&status_file, &cni_socket(&status_file), json!({}));
-    let pods: Vec<(&str, &str)> = names.iter().map(|n| ("x", n.as_str())).collect();
-    for (outcome, name) in env.node.add_pods_cni(&chain, &pods).unwrap().into_iter().zip(&names) {
+    let mut pods: Vec<(&str, &str)> = names.iter().map(|n| ("x", n.as_str())).collect();
+    pods.push(("x", "open"));
+    for (outcome, (_, name)) in env.node.add_pods_cni(&chain, &pods).unwrap().into_iter().zip(&pods) {
         outcome.unwrap_or_else(|e| panic!("ADD of {name}: {e}"));
     }
     let mut servers = Servers::default();
-    for name in &names {
+    for (_, name) in &pods {
         servers.start(env.pod(&format!("x/{name}")), Proto::Tcp, 80).unwrap();
     }
+    assert!(env.reaches("x/client", "x/open", Probe::tcp(80)), "the client reaches pods no policy closes");
     for name in &names {
         assert!(!env.reaches("x/client", &format!("x/{name}"), Probe::tcp(80)), "{name} is closed from its start");
     }
     let metrics = http_get(&env, 8162, "/metrics").expect("metrics served");
-    assert!(metrics.contains("na_cni_adds_total{result=\"enforced\"} 8"), "{metrics}");
+    assert!(metrics.contains("na_cni_adds_total{result=\"enforced\"} 9"), "{metrics}");
+    drop(servers);
+}
+
+#[test]
+fn a_deletion_seen_late_does_not_take_the_sandbox_of_the_pod_that_replaced_it() {
+    let (mut env, manifests, status_file, _agent) = started("standard");
+    let chain = chain(&status_file, &cni_socket(&status_file), json!({}));
+    env.node.add_pod_cni(&chain, "x", "b").unwrap().expect("ADD of b");
+    let mut servers = Servers::default();
+    servers.start(env.pod("x/b"), Proto::Tcp, 80).unwrap();
+    let entry = || status(&status_file)["pods"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "b").cloned());
+    let ifindex = entry().expect("b is attached")["ifindex"].clone();
+    // The runtime made b's sandbox for a new b; the watch (here, the
+    // manifests) still shows the old one going away, then the new one.
+    let others = |b: Option<Value>| {
+        let mut objects = vec![namespace(), starting_pod("a", "a")];
+        objects.extend(b);
+        objects.push(policy(
+            "b-closed",
+            json!({"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]}),
+        ));
+        objects
+    };
+    manifests.write("cluster.yaml", &others(None));
+    wait_until("the deletion is read", || {
+        status(&status_file)["revision"] == manifests::load_dir(&manifests.0).revision.as_str()
+    });
+    assert_eq!(entry().map(|e| e["ifindex"].clone()), Some(ifindex.clone()), "b's sandbox is still enforced");
+    let mut new_b = starting_pod("b", "b");
+    new_b["metadata"]["uid"] = json!("uid-b-2");
+    manifests.write("cluster.yaml", &others(Some(new_b)));
+    wait_until("the new b takes its sandbox over", || entry().is_some_and(|e| e["uid"] == "uid-b-2"));
+    assert_eq!(entry().unwrap()["ifindex"], ifindex);
+    let log = std::fs::read_to_string(status_file.with_extension("log")).unwrap();
+    assert!(!log.contains("detached"), "never detached: {log}");
     drop(servers);
 }

@@ -195,3 +195,30 @@ fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
     assert_eq!(gets, ["/api/v1/namespaces/x/pods/a"]);
     api.cluster().hold_watches(PODS, false);
 }
+
+#[test]
+fn a_cni_add_for_a_pod_last_seen_unscheduled_fetches_it_again() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let api = Api::new(&env, &[a_admits("c")]);
+    let scheduled = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
+    let mut pending = scheduled.clone();
+    pending["spec"].as_object_mut().unwrap().remove("nodeName");
+    pending["status"] = json!({"phase": "Pending"});
+    api.cluster().apply(PODS, pending);
+    let _agent = api.agent(&env);
+    wait_until("b and c are attached", || api.attached() == 2);
+    // a is scheduled here while the agent's pod watch lags behind.
+    {
+        let mut c = api.cluster();
+        c.hold_watches(PODS, true);
+        c.apply(PODS, scheduled);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut client =
+        runtime.block_on(na_agent::rpc::connect(cni_socket(&api.status_file))).map(NpBackendClient::new).unwrap();
+    let enforce = EnforceNpRequest { k8s_pod_name: "a".into(), k8s_pod_namespace: "x".into(), ..Default::default() };
+    let reply = runtime.block_on(client.enforce_np_to_pod(enforce));
+    assert!(reply.unwrap().into_inner().success, "the ADD of a pod last seen unscheduled");
+    assert!(!env.reaches("x/b", "x/a", TCP80) && env.reaches("x/c", "x/a", TCP80), "a's policy holds");
+    api.cluster().hold_watches(PODS, false);
+}

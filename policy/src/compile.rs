@@ -94,6 +94,11 @@ impl Compiler {
         !p.host_network && !p.terminal && p.node_name.as_deref() == Some(self.options.node_name.as_str())
     }
 
+    /// Whether `key` is a pod this node enforces, as far as the compiler knows.
+    pub fn is_local_pod(&self, key: &ObjectRef) -> bool {
+        self.pods.get(key).is_some_and(|p| self.is_local(p))
+    }
+
     /// Local pods whose rules may have changed since the last call (some may
     /// since have been deleted).
     pub fn take_dirty(&mut self) -> BTreeSet<ObjectRef> {
@@ -287,8 +292,33 @@ impl Compiler {
         self.compile(&keys)
     }
 
+    /// Rules for a pod the compiler does not know yet (a CNI ADD ahead of
+    /// the API server), judged as a pod of its namespace without labels or
+    /// named ports: a policy that selects every pod there (`podSelector:
+    /// {}`) already holds for it; policies that select by label wait for its
+    /// object, and until then its directions no policy isolates follow the
+    /// mode (strict: closed).
+    pub fn compile_unknown(&mut self, key: &ObjectRef) -> Result<PodRules, CompileError> {
+        let target = PodInfo {
+            key: key.clone(),
+            uid: String::new(),
+            labels: Default::default(),
+            ips: Vec::new(),
+            node_name: Some(self.options.node_name.clone()),
+            host_network: false,
+            terminal: false,
+            named_ports: Vec::new(),
+        };
+        self.compile_target(&target, &mut Memo::default())
+    }
+
     fn compile_one(&mut self, key: &ObjectRef, memo: &mut Memo) -> Result<PodRules, CompileError> {
         let target = self.pods.get(key).ok_or_else(|| CompileError::UnknownPod(key.clone()))?.clone();
+        self.compile_target(&target, memo)
+    }
+
+    fn compile_target(&mut self, target: &PodInfo, memo: &mut Memo) -> Result<PodRules, CompileError> {
+        let key = &target.key;
         let mut out = PodRules::default();
         for dir in Direction::BOTH {
             let selecting: Vec<ObjectRef> = self
@@ -325,7 +355,7 @@ impl Compiler {
                             continue;
                         }
                         let rule = &self.policies[policy].rules(dir).unwrap_or_default()[*index];
-                        let g = self.rule_grants(policy, dir, rule, *id, &target);
+                        let g = self.rule_grants(policy, dir, rule, *id, target);
                         grants.extend_from_slice(&g);
                         if *shared {
                             memo.grants.insert(*id, g);

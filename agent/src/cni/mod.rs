@@ -41,7 +41,7 @@ pub async fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
 async fn handle(invocation: &Invocation, conf: &NetConf) -> Result<String, Error> {
     let agent = Agent {
         socket: conf.socket.clone().unwrap_or_else(|| crate::rpc::DEFAULT_SOCKET.into()),
-        timeout: conf.timeout_seconds.filter(|s| *s > 0.0).map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64),
+        timeout: conf.timeout_seconds.and_then(|s| Duration::try_from_secs_f64(s).ok()).unwrap_or(DEFAULT_TIMEOUT),
     };
     let pod = invocation
         .pod
@@ -50,10 +50,10 @@ async fn handle(invocation: &Invocation, conf: &NetConf) -> Result<String, Error
     match invocation.command {
         Command::Add => {
             let prev = prev_result(conf)?;
-            let setup = Setup::from_prev_result(prev)?;
             let passed = prev.to_string();
             // Not a pod (a runtime used outside Kubernetes): no policy names it.
             let Some(pod) = pod else { return Ok(passed) };
+            let setup = Setup::from_prev_result(prev)?;
             let request = sandboxes::AddRequest {
                 pod: Some(pod),
                 container_id: invocation.container_id.clone(),
@@ -62,7 +62,7 @@ async fn handle(invocation: &Invocation, conf: &NetConf) -> Result<String, Error
             };
             match agent.call(|mut c| async move { c.add(request).await }).await {
                 Ok(_) => Ok(passed),
-                Err(Failure::Unreachable(why)) if conf.fail_open => {
+                Err(Failure::Unreachable(why)) if conf.fail_open && why.starts_with(NOT_LISTENING) => {
                     eprintln!("na-cni: the agent cannot be reached ({why}); failOpen lets the pod start unenforced");
                     Ok(passed)
                 }
@@ -70,8 +70,11 @@ async fn handle(invocation: &Invocation, conf: &NetConf) -> Result<String, Error
             }
         }
         Command::Check => {
-            let setup = Setup::from_prev_result(prev_result(conf)?)?;
+            if ["0.3.0", "0.3.1"].contains(&conf.cni_version.as_str()) {
+                return Err(Error::new(Code::IncompatibleVersion, "CHECK needs cniVersion 0.4.0 or later", ""));
+            }
             let Some(pod) = pod else { return Ok(String::new()) };
+            let setup = Setup::from_prev_result(prev_result(conf)?)?;
             let request = sandboxes::CheckRequest { pod: Some(pod), host_interface: setup.host_interface };
             agent.call(|mut c| async move { c.check(request).await }).await.map_err(|f| f.into_error("CHECK"))?;
             Ok(String::new())
@@ -112,8 +115,13 @@ struct Agent {
     timeout: Duration,
 }
 
+/// How an [`Failure::Unreachable`] for an agent that is not there at all
+/// begins: only that lets `failOpen` start a pod unenforced. An agent that
+/// is there but slow, or drops the call, fails the ADD.
+const NOT_LISTENING: &str = "not listening: ";
+
 enum Failure {
-    /// No agent answered in time.
+    /// No agent answered in time (see [`NOT_LISTENING`]).
     Unreachable(String),
     /// The agent answered no.
     Refused(tonic::Status),
@@ -143,9 +151,9 @@ impl Agent {
         F: Future<Output = Result<T, tonic::Status>>,
     {
         let attempt = async {
-            let channel = crate::rpc::connect(self.socket.clone())
-                .await
-                .map_err(|e| Failure::Unreachable(format!("{}: {}", self.socket.display(), source_chain(&e))))?;
+            let channel = crate::rpc::connect(self.socket.clone()).await.map_err(|e| {
+                Failure::Unreachable(format!("{NOT_LISTENING}{}: {}", self.socket.display(), source_chain(&e)))
+            })?;
             f(SandboxesClient::new(channel)).await.map_err(|s| match s.code() {
                 tonic::Code::Unavailable => Failure::Unreachable(s.message().to_owned()),
                 _ => Failure::Refused(s),

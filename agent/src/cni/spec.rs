@@ -17,7 +17,6 @@ pub const VERSION: &str = "1.0.0";
 pub enum Code {
     IncompatibleVersion = 1,
     InvalidEnvironment = 4,
-    Io = 5,
     Decode = 6,
     InvalidConfig = 7,
     TryAgainLater = 11,
@@ -127,9 +126,10 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// The agent's socket; the default is the agent's.
     pub socket: Option<std::path::PathBuf>,
-    /// Let ADD succeed when the agent cannot be reached (the pod then runs
-    /// unenforced until the agent finds it). Off: ADD fails and the runtime
-    /// retries the pod, as the VPC CNI does.
+    /// Let ADD succeed when no agent listens on the socket (the pod then
+    /// runs unenforced until the agent finds it). Off: ADD fails and the
+    /// runtime retries the pod, as the VPC CNI does. An agent that listens
+    /// but does not answer in time fails the ADD either way.
     #[serde(default)]
     pub fail_open: bool,
     /// How long ADD waits for the agent, seconds.
@@ -194,14 +194,19 @@ impl Setup {
             })
             .collect::<Result<_, _>>()?;
         // The pod's interface lives in its sandbox; the host side has none.
-        let host = r.interfaces.into_iter().find(|i| i.sandbox.is_empty()).ok_or_else(|| {
+        // Plugins list the host side just before the pod's side (ptp: veth,
+        // eth0; bridge: the bridge, then the veth, then eth0), so the host
+        // interface nearest before the first sandbox one is the veth, never
+        // a bridge the plugin lists first.
+        let pod_side = r.interfaces.iter().position(|i| !i.sandbox.is_empty()).unwrap_or(r.interfaces.len());
+        let host = r.interfaces[..pod_side].iter().rev().find(|i| i.sandbox.is_empty()).ok_or_else(|| {
             Error::new(
                 Code::InvalidConfig,
                 "prevResult names no host-side interface",
                 "na-cni enforces on the host side of a pod's veth: chain it after a plugin that makes one (ptp, bridge, the VPC CNI)",
             )
         })?;
-        Ok(Self { host_interface: host.name, ips })
+        Ok(Self { host_interface: host.name.clone(), ips })
     }
 }
 
@@ -260,6 +265,12 @@ mod tests {
         let setup = Setup::from_prev_result(&prev).unwrap();
         assert_eq!(setup.host_interface, "veth1a2b");
         assert_eq!(setup.ips, ["10.1.0.5".parse::<IpAddr>().unwrap(), "fd01::5".parse().unwrap()]);
+        // The bridge plugin lists its bridge first: the veth is the host side.
+        let bridge = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"}, {"name": "veth77", "mac": "aa:bb:cc:dd:ee:02"},
+                           {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "10.1.0.6/24", "gateway": "10.1.0.1", "interface": 2}]});
+        assert_eq!(Setup::from_prev_result(&bridge).unwrap().host_interface, "veth77");
         let macvlan = json!({"interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}], "ips": []});
         assert_eq!(Setup::from_prev_result(&macvlan).unwrap_err().code, Code::InvalidConfig);
         let bad_ip = json!({"interfaces": [{"name": "v"}], "ips": [{"address": "10.1.0/24"}]});

@@ -272,6 +272,28 @@ fn a_pod_not_known_yet_gets_its_modes_default() {
 }
 
 #[test]
+fn a_pod_not_known_yet_is_held_to_the_policies_that_select_every_pod() {
+    let mut c = compiler();
+    let unknown = ObjectRef::new("x", "new");
+    assert_eq!(c.compile_unknown(&unknown).unwrap(), PodRules::default(), "no policy: open in standard mode");
+    c.upsert_policy(&policy("x", "by-label", json!({"podSelector": {"matchLabels": {"pod": "new"}}, "egress": []})))
+        .unwrap();
+    assert_eq!(c.compile_unknown(&unknown).unwrap(), PodRules::default(), "its labels are not known yet");
+    c.upsert_policy(&policy(
+        "x",
+        "deny-all-but-b",
+        json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    ))
+    .unwrap();
+    let r = c.compile_unknown(&unknown).unwrap();
+    assert_eq!(r.ingress.mode, Mode::PoliciesApplied, "a policy for every pod holds for it");
+    assert!(judge(&r.ingress, ip("10.0.0.2"), TCP, Some(80)).is_some(), "b is admitted");
+    assert_eq!(judge(&r.ingress, ip("10.0.0.1"), TCP, Some(80)), None, "a is not");
+    assert_eq!(r.egress, DirectionRules::default());
+    assert!(c.compile_unknown(&ObjectRef::new("y", "new")).unwrap() == PodRules::default(), "another namespace");
+}
+
+#[test]
 fn addresses_a_cni_reported_reach_the_pod_and_the_policies_naming_it() {
     let mut c = compiler();
     c.upsert_policy(&policy(

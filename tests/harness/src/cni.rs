@@ -85,6 +85,17 @@ impl Chain {
         Ok(next)
     }
 
+    /// The `bridge` plugin with the same addresses: every pod's veth a port
+    /// of one bridge in the node, which holds the gateway address. Its
+    /// result lists the bridge before the pod's veth.
+    pub fn bridge(tag: &str) -> Self {
+        let mut chain = Self::ptp(tag);
+        let ipam = chain.plugins[0]["ipam"].clone();
+        chain.plugins[0] =
+            json!({"type": "bridge", "bridge": "na-br0", "isGateway": true, "ipMasq": false, "ipam": ipam});
+        chain
+    }
+
     /// Chains `plugin` (its configuration, `type` naming a binary in `dir`) after the others.
     pub fn then(mut self, plugin: Value, dir: &Path) -> Self {
         self.plugins.push(plugin);

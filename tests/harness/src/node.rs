@@ -70,10 +70,13 @@ impl Pod {
         let (Some(std::net::IpAddr::V4(ip)), Some(std::net::IpAddr::V6(ip6))) = (address(false), address(true)) else {
             anyhow::bail!("the chain gave no address of each family: {result}");
         };
-        let host_veth = result["interfaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        // The host side just before the pod's own interface (a bridge
+        // plugin lists its bridge first).
+        let interfaces = result["interfaces"].as_array().cloned().unwrap_or_default();
+        let pod_side = interfaces.iter().position(|i| i.get("sandbox").is_some()).unwrap_or(interfaces.len());
+        let host_veth = interfaces[..pod_side]
+            .iter()
+            .rev()
             .find(|i| i.get("sandbox").is_none())
             .and_then(|i| i["name"].as_str())
             .with_context(|| format!("no host interface in {result}"))?
