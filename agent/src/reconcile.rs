@@ -312,7 +312,7 @@ impl Reconciler {
         if let Some(found) = reported.into_iter().chain([named]).find_map(|n| Some((index(&n)?, n))) {
             return Some((found.1, found.0));
         }
-        self.ips(key).into_iter().filter_map(crate::veth::by_route).find_map(|name| Some((name.clone(), index(&name)?)))
+        self.ips(key).into_iter().find_map(crate::veth::by_route)
     }
 
     /// Whether the pod is known (from the API server or the manifests) as

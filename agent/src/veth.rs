@@ -1,7 +1,16 @@
 //! Finding a pod's host-side veth: by the VPC CNI's naming rule, and failing
-//! that by the host route the CNI installs for the pod's address.
+//! that by the host route the CNI installs for the pod's address (one
+//! rtnetlink request, answered from the kernel's FIB).
 use std::net::IpAddr;
 
+use rtnetlink::{
+    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
+    },
+    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+};
 use sha1::{Digest, Sha1};
 
 /// Prefix the VPC CNI gives host-side veths of ordinary pods.
@@ -13,10 +22,53 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}{}", &hex::encode(digest)[..11])
 }
 
-/// The interface of the host route (/32 or /128) to `ip` in this network
-/// namespace, as CNIs install one per pod.
-pub fn by_route(ip: IpAddr) -> Option<String> {
-    host_routes(ip.is_ipv6()).into_iter().find(|(_, dest)| *dest == ip).map(|(iface, _)| iface)
+/// The host route (/32 or /128) to `ip` in this network namespace, as CNIs
+/// install one per pod: its interface's name and index.
+pub fn by_route(ip: IpAddr) -> Option<(String, u32)> {
+    let index = host_route_ifindex(ip)?;
+    let name = nix::net::if_::if_indextoname(index).ok()?.into_string().ok().filter(|n| !n.is_empty())?;
+    Some((name, index))
+}
+
+/// The ifindex of the host route to `ip` in this network namespace, if the
+/// route the kernel matches for it is one. One request, answered from the
+/// FIB: `RTM_F_FIB_MATCH` returns the matching entry itself, whose prefix
+/// length tells a pod's host route from the subnet or default route that
+/// would carry the address otherwise.
+pub fn host_route_ifindex(ip: IpAddr) -> Option<u32> {
+    let (family, host_len) = match ip {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    let mut message = RouteMessage::default();
+    message.header.address_family = family;
+    message.header.destination_prefix_length = host_len;
+    message.header.flags = RouteFlags::FibMatch;
+    message.attributes.push(RouteAttribute::Destination(RouteAddress::from(ip)));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
+    request.header.flags = NLM_F_REQUEST;
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+
+    let mut socket = Socket::new(NETLINK_ROUTE).ok()?;
+    socket.bind_auto().ok()?;
+    socket.connect(&SocketAddr::new(0, 0)).ok()?;
+    socket.send(&bytes, 0).ok()?;
+    let (reply, _) = socket.recv_from_full().ok()?;
+    // No route at all comes back as an error message.
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) =
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).ok()?.payload
+    else {
+        return None;
+    };
+    if route.header.destination_prefix_length != host_len || route.header.kind != RouteType::Unicast {
+        return None;
+    }
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    })
 }
 
 /// The addresses host routes lead to through `iface`: a pod's, found from

@@ -277,3 +277,27 @@ fn veths_are_followed_as_the_kernel_reports_them_without_polling() {
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a is enforced on its new veth");
     assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
 }
+
+#[test]
+fn only_a_host_route_names_a_pods_veth() {
+    let env = Env::without_servers(AttachMode::Auto, &[("x", "a")]).unwrap();
+    let a = env.pod("x/a");
+    let (veth, node) = (a.host_veth.clone(), env.node.netns().name().to_owned());
+    // A subnet and a default route through the same veth carry addresses
+    // that are no pod's.
+    let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success());
+    ip(&["-n", &node, "route", "add", "10.99.0.0/24", "dev", &veth]);
+    ip(&["-n", &node, "route", "add", "default", "dev", &veth]);
+    let (pod_ip, pod_ip6) = (a.ip.into(), a.ip6.into());
+    let found = env
+        .node
+        .netns()
+        .run(move || {
+            [pod_ip, pod_ip6, "10.99.0.5".parse().unwrap(), "192.0.2.7".parse().unwrap()].map(na_agent::veth::by_route)
+        })
+        .unwrap();
+    assert_eq!(found[0].as_ref().map(|f| f.0.as_str()), Some(veth.as_str()), "the pod's /32");
+    assert_eq!(found[1].as_ref().map(|f| f.0.as_str()), Some(veth.as_str()), "the pod's /128");
+    assert_eq!(found[2], None, "an address of a /24 through the veth");
+    assert_eq!(found[3], None, "an address of the default route through the veth");
+}
