@@ -231,6 +231,17 @@ fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_de
     assert!(runtime.block_on(client.delete_pod_np(del.clone())).unwrap().into_inner().success);
     wait_until("new is detached", || status(&status_file)["attached"] == json!([]));
     assert!(runtime.block_on(client.delete_pod_np(del)).unwrap().into_inner().success, "twice");
+    // A VPC CNI configured for another mode is told about, once; the agent's mode holds.
+    let log = || std::fs::read_to_string(status_file.with_extension("log")).unwrap();
+    assert!(!log().contains("is not the agent's"), "{}", log());
+    let standard = EnforceNpRequest {
+        k8s_pod_name: "new".into(),
+        k8s_pod_namespace: "x".into(),
+        network_policy_mode: "standard".into(),
+        interface_count: 1,
+    };
+    assert!(runtime.block_on(client.enforce_np_to_pod(standard)).unwrap().into_inner().success);
+    wait_until("the mismatch is logged", || log().contains("NETWORK_POLICY_ENFORCING_MODE is not the agent's"));
     drop(servers);
 }
 

@@ -170,15 +170,10 @@ fn enforcement_holds_through_an_api_outage() {
     wait_until("the change made during the outage is enforced", || admits("x/c", "x/b"));
 }
 
-#[test]
-fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
-    let env = Env::new(AttachMode::Auto).unwrap();
-    let api = Api::new(&env, &[a_admits("c")]);
-    let a = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
-    api.cluster().delete(PODS, "x/a");
-    let _agent = api.agent(&env);
-    wait_until("b and c are attached", || api.attached() == 2);
-    // a is created while the agent's pod watch lags behind.
+/// Puts `a` (pod x/a) in the cluster while the agent's pod watch lags
+/// behind, then asks the agent to enforce it as the VPC CNI does on ADD;
+/// whether it succeeded. The watch stays held.
+fn enforce_a_while_the_watch_lags(api: &Api, a: Value) -> bool {
     {
         let mut c = api.cluster();
         c.hold_watches(PODS, true);
@@ -188,12 +183,22 @@ fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
     let mut client =
         runtime.block_on(na_agent::rpc::connect(cni_socket(&api.status_file))).map(NpBackendClient::new).unwrap();
     let enforce = EnforceNpRequest { k8s_pod_name: "a".into(), k8s_pod_namespace: "x".into(), ..Default::default() };
-    assert!(runtime.block_on(client.enforce_np_to_pod(enforce)).unwrap().into_inner().success);
+    runtime.block_on(client.enforce_np_to_pod(enforce)).is_ok_and(|r| r.into_inner().success)
+}
+
+#[test]
+fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let api = Api::new(&env, &[a_admits("c")]);
+    let a = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
+    api.cluster().delete(PODS, "x/a");
+    let _agent = api.agent(&env);
+    wait_until("b and c are attached", || api.attached() == 2);
+    assert!(enforce_a_while_the_watch_lags(&api, a));
     assert!(!env.reaches("x/b", "x/a", TCP80), "a's policy holds, not the default (open)");
     assert!(env.reaches("x/c", "x/a", TCP80));
     let gets: Vec<String> = api.cluster().requests.iter().filter(|r| r.verb == "get").map(|r| r.path.clone()).collect();
     assert_eq!(gets, ["/api/v1/namespaces/x/pods/a"]);
-    api.cluster().hold_watches(PODS, false);
 }
 
 #[test]
@@ -207,18 +212,6 @@ fn a_cni_add_for_a_pod_last_seen_unscheduled_fetches_it_again() {
     api.cluster().apply(PODS, pending);
     let _agent = api.agent(&env);
     wait_until("b and c are attached", || api.attached() == 2);
-    // a is scheduled here while the agent's pod watch lags behind.
-    {
-        let mut c = api.cluster();
-        c.hold_watches(PODS, true);
-        c.apply(PODS, scheduled);
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let mut client =
-        runtime.block_on(na_agent::rpc::connect(cni_socket(&api.status_file))).map(NpBackendClient::new).unwrap();
-    let enforce = EnforceNpRequest { k8s_pod_name: "a".into(), k8s_pod_namespace: "x".into(), ..Default::default() };
-    let reply = runtime.block_on(client.enforce_np_to_pod(enforce));
-    assert!(reply.unwrap().into_inner().success, "the ADD of a pod last seen unscheduled");
+    assert!(enforce_a_while_the_watch_lags(&api, scheduled), "the ADD of a pod last seen unscheduled");
     assert!(!env.reaches("x/b", "x/a", TCP80) && env.reaches("x/c", "x/a", TCP80), "a's policy holds");
-    api.cluster().hold_watches(PODS, false);
 }

@@ -184,8 +184,9 @@ pub async fn run(args: Args) -> Result<()> {
     let socket = crate::rpc::server::bind(&args.cni_socket)
         .with_context(|| format!("listening on {}", args.cni_socket.display()))?;
     let settle = args.cni_settle_timeout;
+    let mode = if strict { "strict" } else { "standard" };
     tokio::spawn(async move {
-        if let Err(e) = crate::rpc::server::serve(socket, request_tx, client, settle).await {
+        if let Err(e) = crate::rpc::server::serve(socket, request_tx, client, settle, mode).await {
             error!("serving CNI calls: {e}");
         }
     });

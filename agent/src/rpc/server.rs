@@ -54,14 +54,16 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// Answers calls on `listener` until the loop stops taking requests.
 /// `client` is the API server (kube mode), asked for pods the loop does not
 /// know; `settle` bounds how long an ADD waits for one before the pod gets
-/// its mode's default.
+/// its mode's default; `mode` is the agent's enforcing mode (`standard` or
+/// `strict`), which a VPC CNI configured otherwise is warned about.
 pub async fn serve(
     listener: UnixListener,
     requests: UnboundedSender<Request>,
     client: Option<Client>,
     settle: Duration,
+    mode: &'static str,
 ) -> Result<(), tonic::transport::Error> {
-    let front = Front { requests, client, settle };
+    let front = Front { requests, client, settle, mode, mode_warned: Default::default() };
     tonic::transport::Server::builder()
         .add_service(NpBackendServer::new(front.clone()))
         .add_service(SandboxesServer::new(front))
@@ -74,6 +76,9 @@ struct Front {
     requests: UnboundedSender<Request>,
     client: Option<Client>,
     settle: Duration,
+    mode: &'static str,
+    /// Whether a VPC CNI with another mode was reported already (once is enough).
+    mode_warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Front {
@@ -137,8 +142,16 @@ impl npbackend::np_backend_server::NpBackend for Front {
     ) -> Result<Response<npbackend::EnforceNpReply>, Status> {
         let r = request.into_inner();
         let pod = pod_ref(r.k8s_pod_namespace, r.k8s_pod_name)?;
-        // The VPC CNI names the host veth by its rule, which the loop knows,
-        // and its mode is ours to configure (`--enforcing-mode`).
+        // Its mode is ours to configure (`--enforcing-mode`): a different one
+        // on the VPC CNI is a misconfiguration worth saying, not following.
+        let theirs = r.network_policy_mode.to_ascii_lowercase();
+        if !theirs.is_empty()
+            && theirs != self.mode
+            && !self.mode_warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            warn!(vpc_cni = %theirs, agent = self.mode, "the VPC CNI's NETWORK_POLICY_ENFORCING_MODE is not the agent's; the agent's holds");
+        }
+        // The VPC CNI names the host veth by its rule, which the loop knows.
         self.add(pod, Sandbox::default()).await?;
         Ok(Response::new(npbackend::EnforceNpReply { success: true }))
     }
