@@ -31,12 +31,20 @@ pub const FETCHES: [(&str, &str, &str); 1] = [("", "pods", "get")];
 
 /// Binds the socket: its directory made if missing, a socket left by an
 /// earlier agent replaced, readable and writable by root alone (CNI plugins
-/// run as root; anyone else could detach pods).
+/// run as root; anyone else could detach pods). A socket something still
+/// answers on (the AWS agent left running beside this one) is an error:
+/// two agents would attach programs to the same veths.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() && std::os::unix::net::UnixStream::connect(path).is_ok() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another process answers on {}: is another network policy agent running?", path.display()),
+            ));
+        }
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
         Ok(_) => {
             return Err(std::io::Error::new(
@@ -210,5 +218,27 @@ impl sandboxes::sandboxes_server::Sandboxes for Front {
         let pod = sandbox_pod(r.pod)?;
         self.ask(|reply| Request::Del { pod, container_id: r.container_id, reply }).await?;
         Ok(Response::new(sandboxes::DelReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_taken_over_only_from_nobody() {
+        let dir = std::env::temp_dir().join(format!("na-rpc-bind-{}", std::process::id()));
+        let path = dir.join("sub/npa.sock");
+        let first = bind(&path).expect("made with its directory");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "root's alone");
+        let taken = bind(&path).expect_err("someone answers there");
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        drop(first);
+        let _second = bind(&path).expect("a socket nobody answers on is left over: replaced");
+        let file = dir.join("file");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(bind(&file).expect_err("not a socket").kind(), std::io::ErrorKind::AlreadyExists);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
