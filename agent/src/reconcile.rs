@@ -112,6 +112,7 @@ impl Reconciler {
                 ips: self.ips(k),
                 veth: a.veth.clone(),
                 ifindex: a.ifindex,
+                assumed: self.assumed.contains(k),
             })
             .collect()
     }

@@ -72,6 +72,10 @@ pub struct PodEntry {
     pub ips: Vec<IpAddr>,
     pub veth: String,
     pub ifindex: u32,
+    /// Started through CNI before the agent knew it: judged as a pod
+    /// without labels until its object arrives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub assumed: bool,
 }
 
 /// The policy rule behind one attribution id.
@@ -188,6 +192,7 @@ mod tests {
                 ips: vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
                 veth: "eni1".into(),
                 ifindex: 9,
+                assumed: true,
             }],
             rules: vec![RuleEntry { id: 1, policy: "x/p".into(), direction: "ingress".into(), rule: 0 }],
             ..Default::default()

@@ -211,6 +211,7 @@ fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_de
     // Its addresses, from the host routes to its veth: its own packets are not spoofed.
     let assumed = status(&status_file);
     assert_eq!(assumed["pods"][0]["ips"], json!(["198.18.0.2", "fd18::2"]), "{assumed}");
+    assert_eq!(assumed["pods"][0]["assumed"], true, "the status file says so (na-cli pod shows it)");
 
     // Its object arrives: its policy takes over the same attachment.
     let ifindex = |s: &Value| s["pods"][0]["ifindex"].clone();
@@ -226,6 +227,7 @@ fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_de
     let log = std::fs::read_to_string(status_file.with_extension("log")).unwrap();
     assert!(!log.contains("detached"), "adopted, never detached and attached again (a gap): {log}");
     assert_eq!(now["pods"][0]["uid"], "uid-new");
+    assert_eq!(now["pods"][0].get("assumed"), None, "known now");
 
     let del = DeleteNpRequest { k8s_pod_name: "new".into(), k8s_pod_namespace: "x".into() };
     assert!(runtime.block_on(client.delete_pod_np(del.clone())).unwrap().into_inner().success);

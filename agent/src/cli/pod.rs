@@ -20,6 +20,9 @@ pub struct PodReport {
     pub uid: Option<String>,
     pub ips: Vec<IpAddr>,
     pub veth: Option<String>,
+    /// The agent did not know the pod when it started (see [`crate::status::PodEntry::assumed`]).
+    #[serde(default)]
+    pub assumed: bool,
     pub programs: Vec<ProgramRef>,
     pub directions: Vec<DirectionReport>,
     pub counters: PodCounters,
@@ -119,6 +122,7 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
         uid: entry.map(|p| p.uid.clone()),
         ips: entry.map(|p| p.ips.clone()).unwrap_or_default(),
         veth: entry.map(|p| p.veth.clone()),
+        assumed: entry.is_some_and(|p| p.assumed),
         programs,
         directions,
         counters: read::pod_counters(layout, &id)?,
@@ -134,6 +138,12 @@ pub fn render(r: &PodReport) -> String {
     let ips: Vec<String> = r.ips.iter().map(ToString::to_string).collect();
     let _ = writeln!(s, "Addresses      : {}", if ips.is_empty() { unknown() } else { ips.join(", ") });
     let _ = writeln!(s, "Host veth      : {}", r.veth.clone().unwrap_or_else(unknown));
+    if r.assumed {
+        let _ = writeln!(
+            s,
+            "Assumed        : started before the agent knew it; judged as a pod without labels until its object arrives"
+        );
+    }
     for p in &r.programs {
         let _ = writeln!(s, "Program        : {} (id {})", p.direction, p.prog_id);
     }
