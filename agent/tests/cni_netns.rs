@@ -149,7 +149,7 @@ fn del_removes_the_pods_state_twice_without_error_and_bad_input_changes_nothing(
     // Bad input gets the spec's errors and changes nothing.
     let call = |conf: &str| chain.exec(env.node.netns(), "na-cni", "ADD", &sandbox, conf).unwrap().unwrap_err();
     assert_eq!(call("{not json")["code"], 6);
-    assert_eq!(call(r#"{"cniVersion":"1.0.0","name":"n","type":"na-cni","timeoutSeconds":"x"}"#)["code"], 6);
+    assert_eq!(call(r#"{"cniVersion":"1.0.0","name":"n","type":"na-cni","timeoutSeconds":"x"}"#)["code"], 7);
     assert_eq!(call(r#"{"cniVersion":"0.2.0","name":"n","type":"na-cni"}"#)["code"], 1);
     let no_prev = call(r#"{"cniVersion":"1.0.0","name":"n","type":"na-cni"}"#);
     assert_eq!(no_prev["code"], 7, "{no_prev}");

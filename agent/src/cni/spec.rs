@@ -138,8 +138,12 @@ pub struct NetConf {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, Error> {
-        let conf: Self = serde_json::from_slice(stdin)
-            .map_err(|e| Error::new(Code::Decode, "the network configuration is not valid", e.to_string()))?;
+        // Not JSON is undecodable (6); JSON without what a configuration
+        // needs, or with a field of the wrong type, is a bad one (7).
+        let value: Value = serde_json::from_slice(stdin)
+            .map_err(|e| Error::new(Code::Decode, "the network configuration is not JSON", e.to_string()))?;
+        let conf: Self = serde_json::from_value(value)
+            .map_err(|e| Error::new(Code::InvalidConfig, "the network configuration is not valid", e.to_string()))?;
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(Error::new(
                 Code::IncompatibleVersion,
@@ -252,7 +256,11 @@ mod tests {
         let old = NetConf::parse(br#"{"cniVersion":"0.2.0","name":"k8s","type":"na-cni"}"#).unwrap_err();
         assert_eq!(old.code, Code::IncompatibleVersion);
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, Code::Decode);
-        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, Code::Decode, "name and type");
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code,
+            Code::InvalidConfig,
+            "name and type"
+        );
     }
 
     #[test]
