@@ -46,6 +46,9 @@ const DATAPATH: (&str, &str) = (
      **Time to enforce** (agent in local mode, which reads a manifest once it is closed or renamed in, after 2 ms to coalesce a burst): \
      `policy_to_enforced`: the policy admitting the client is removed or restored, until a fresh connection \
      from the client sees the change (10 ms attempts; a block must be seen 3 times in a row); \
+     `kube_policy_to_enforced`: the same policy changes made in the fake API server's store, with the agent \
+     in Kubernetes mode watching it (no directory to read: the difference is local mode's reading of its \
+     manifests, 1,000 peer pods among them, on every change); \
      `pod_to_enforced`: a new pod's manifest lands (its veth exists) until its closed-ingress policy holds; \
      `relabel_1000_pods_ms`: a namespace label change that adds or removes 1,000 peer pods (2,000 prefixes) \
      from the server's rules, until the agent reports that revision applied. **Pod start through CNI** \
@@ -212,6 +215,8 @@ const DATAPATH_KEYS: &[&str] = &[
     "throughput_ratio_iptables_stateful_10000",
     "policy_to_enforced_p50_ms",
     "policy_to_enforced_p99_ms",
+    "kube_policy_to_enforced_p50_ms",
+    "kube_policy_to_enforced_p99_ms",
     "pod_to_enforced_p50_ms",
     "pod_to_enforced_p99_ms",
     "relabel_1000_pods_ms",
