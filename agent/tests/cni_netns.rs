@@ -33,7 +33,9 @@ fn chain_after(first: fn(&str) -> Chain, tag: &Path, socket: &Path, extra: Value
     let na_cni = binary("na-cni", option_env!("CARGO_BIN_EXE_na-cni"));
     let mut conf = json!({"type": "na-cni", "socket": socket});
     conf.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
-    let tag = tag.file_name().unwrap().to_string_lossy().into_owned();
+    // The whole path: host-local's state directory is named after it, and
+    // tests running at once must not share (and remove) one.
+    let tag = tag.to_string_lossy().trim_start_matches('/').replace('/', "-");
     first(&tag).then(conf, na_cni.parent().unwrap())
 }
 
