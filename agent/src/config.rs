@@ -98,8 +98,9 @@ pub struct Args {
     #[arg(long, default_value = crate::rpc::DEFAULT_SOCKET, env = "NA_CNI_SOCKET")]
     pub cni_socket: PathBuf,
     /// How long a CNI ADD for a pod the agent does not know yet waits for
-    /// the API server before the pod gets its mode's default (strict:
-    /// closed; standard: open) until its object arrives.
+    /// the API server before the pod is judged as a pod without labels
+    /// (policies selecting every pod of its namespace hold; otherwise strict:
+    /// closed, standard: open) until its object arrives.
     #[arg(long, value_parser = humantime_secs, default_value = "2", env = "NA_CNI_SETTLE_TIMEOUT")]
     pub cni_settle_timeout: Duration,
     /// Prometheus metrics (`/metrics`): `ADDRESS:PORT`, or `node:PORT` for

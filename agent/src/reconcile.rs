@@ -22,7 +22,7 @@ const PARALLEL_ATTACHES: usize = 16;
 
 /// A pod whose programs are attached.
 struct Attached {
-    /// Empty while the pod is assumed (see [`Reconciler::add`]).
+    /// Empty while the pod is assumed (see [`Reconciler::add_all`]).
     uid: String,
     veth: String,
     ifindex: u32,
@@ -61,10 +61,11 @@ pub struct Reconciler {
     pending: BTreeSet<ObjectRef>,
     /// Pods whose attachment or rules update failed.
     failed: BTreeSet<ObjectRef>,
-    /// Sandboxes CNI ADDs reported, until their DEL or the pod's deletion.
+    /// Sandboxes CNI ADDs reported, until their DEL.
     sandboxes: BTreeMap<ObjectRef, Sandbox>,
-    /// Pods a CNI ADD asked for before the agent knew them: enforced with
-    /// their mode's default until their object arrives.
+    /// Pods a CNI ADD asked for before the agent knew them here (or whose
+    /// object the watch deleted while their sandbox lives): judged as pods
+    /// without labels ([`Compiler::compile_unknown`]) until their object arrives.
     assumed: BTreeSet<ObjectRef>,
 }
 
@@ -286,7 +287,7 @@ impl Reconciler {
         if self.attached.contains_key(&key) {
             self.detach(&key, report);
         }
-        let Some((veth, _)) = self.find_veth(&key) else {
+        let Some(veth) = self.find_veth(&key) else {
             report.pending.push(key.to_string());
             self.pending.insert(key);
             return None;
@@ -304,16 +305,17 @@ impl Reconciler {
         }
     }
 
-    /// The pod's host veth and its ifindex: as its CNI ADD named it, else by
+    /// The pod's host veth, if it exists: as its CNI ADD named it, else by
     /// the VPC CNI's name, else by the host route to one of its addresses.
-    fn find_veth(&self, key: &ObjectRef) -> Option<(String, u32)> {
-        let index = |name: &str| nix::net::if_::if_nametoindex(name).ok();
+    fn find_veth(&self, key: &ObjectRef) -> Option<String> {
         let reported = self.sandboxes.get(key).and_then(|s| s.host_interface.clone());
         let named = host_veth_name(&self.veth_prefix, &key.namespace, &key.name);
-        if let Some(found) = reported.into_iter().chain([named]).find_map(|n| Some((index(&n)?, n))) {
-            return Some((found.1, found.0));
-        }
-        self.ips(key).into_iter().find_map(crate::veth::by_route)
+        let exists = |name: &String| nix::net::if_::if_nametoindex(name.as_str()).is_ok();
+        reported
+            .into_iter()
+            .chain([named])
+            .find(exists)
+            .or_else(|| self.ips(key).into_iter().find_map(crate::veth::by_route))
     }
 
     /// Whether the pod is known (from the API server or the manifests) as
@@ -326,7 +328,7 @@ impl Reconciler {
     /// together): each pod's policy enforced on the sandbox its ADD reports,
     /// and whether that is done, in the order asked. A pod the agent does
     /// not know is [`AddOutcome::Unknown`], unless its ADD says `assume`:
-    /// then it gets its mode's default until its object arrives.
+    /// then it is judged as a pod without labels until its object arrives.
     pub fn add_all(&mut self, adds: Vec<(ObjectRef, Sandbox, bool)>) -> (Vec<AddOutcome>, SyncReport) {
         let mut asked = Vec::with_capacity(adds.len());
         for (key, sandbox, assume) in adds {
@@ -349,7 +351,7 @@ impl Reconciler {
             // Without addresses its own record would take the pod's every
             // packet for a spoof; the CNI's host routes to its veth say them.
             if self.ips(&key).is_empty()
-                && let Some((veth, _)) = self.find_veth(&key)
+                && let Some(veth) = self.find_veth(&key)
             {
                 self.sandboxes.get_mut(&key).expect("just inserted").ips = crate::veth::routed_through(&veth);
             }

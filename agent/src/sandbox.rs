@@ -30,7 +30,7 @@ pub enum Request {
         sandbox: Sandbox,
         /// The pod as the API server returned it, when the loop did not know it.
         fetched: Option<Box<Pod>>,
-        /// Enforce the mode's default if the pod is still unknown.
+        /// If the pod is still unknown, judge it as a pod without labels.
         assume: bool,
         /// When the call reached the agent.
         received: std::time::Instant,
@@ -46,7 +46,7 @@ pub enum Request {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddOutcome {
     /// Programs attached to `ifindex`, rules written; `assumed`: the pod is
-    /// not known yet and its mode's default is enforced until it is.
+    /// not known yet and is judged as a pod without labels until it is.
     Enforced { ifindex: u32, assumed: bool },
     /// The loop does not know the pod: fetch it, or ask again with `assume`.
     Unknown,

@@ -56,7 +56,7 @@ impl Histogram {
 pub enum AddResult {
     /// The pod's policy is enforced.
     Enforced,
-    /// The pod was not known in time: its mode's default is.
+    /// The pod was not known in time: it is judged as a pod without labels until it is.
     Assumed,
     /// Nothing could be enforced; the ADD failed.
     Failed,

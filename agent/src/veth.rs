@@ -22,12 +22,12 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}{}", &hex::encode(digest)[..11])
 }
 
-/// The host route (/32 or /128) to `ip` in this network namespace, as CNIs
-/// install one per pod: its interface's name and index.
-pub fn by_route(ip: IpAddr) -> Option<(String, u32)> {
-    let index = host_route_ifindex(ip)?;
-    let name = nix::net::if_::if_indextoname(index).ok()?.into_string().ok().filter(|n| !n.is_empty())?;
-    Some((name, index))
+/// The interface of the host route (/32 or /128) to `ip` in this network
+/// namespace, as CNIs install one per pod.
+pub fn by_route(ip: IpAddr) -> Option<String> {
+    let name = nix::net::if_::if_indextoname(host_route_ifindex(ip)?).ok()?.into_string().ok()?;
+    // A missing index comes back as an empty name.
+    Some(name).filter(|n| !n.is_empty())
 }
 
 /// The ifindex of the host route to `ip` in this network namespace, if the

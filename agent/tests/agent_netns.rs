@@ -296,8 +296,8 @@ fn only_a_host_route_names_a_pods_veth() {
             [pod_ip, pod_ip6, "10.99.0.5".parse().unwrap(), "192.0.2.7".parse().unwrap()].map(na_agent::veth::by_route)
         })
         .unwrap();
-    assert_eq!(found[0].as_ref().map(|f| f.0.as_str()), Some(veth.as_str()), "the pod's /32");
-    assert_eq!(found[1].as_ref().map(|f| f.0.as_str()), Some(veth.as_str()), "the pod's /128");
+    assert_eq!(found[0].as_deref(), Some(veth.as_str()), "the pod's /32");
+    assert_eq!(found[1].as_deref(), Some(veth.as_str()), "the pod's /128");
     assert_eq!(found[2], None, "an address of a /24 through the veth");
     assert_eq!(found[3], None, "an address of the default route through the veth");
 }

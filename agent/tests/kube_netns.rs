@@ -4,12 +4,7 @@
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
 mod support;
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    sync::MutexGuard,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use na_agent::{
     datapath::AttachMode,
@@ -19,8 +14,8 @@ use na_harness::Probe;
 use serde_json::{Value, json};
 use support::{
     Env,
-    agent::{Agent, Manifests, cni_socket, http_get, pod, policy, status, wait_until},
-    fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Server, kubeconfig, serve},
+    agent::{ApiInNode, cni_socket, http_get, pod, policy, wait_until},
+    fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES},
 };
 
 /// The agent's default metrics and health ports, inside the node.
@@ -29,45 +24,18 @@ const HEALTH: u16 = 8163;
 
 const TCP80: Probe = Probe::tcp(80);
 
-/// The fake API server in a test node, and where the agent's files go.
-struct Api {
-    server: Server,
-    state: Manifests,
-    status_file: PathBuf,
-}
-
-impl Api {
-    /// Serves namespace x, its pods a, b and c (labelled app: their name),
-    /// and `policies`.
-    fn new(env: &Env, policies: &[Value]) -> Self {
-        let mut c = Cluster::new();
-        c.apply(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}));
-        for app in ["a", "b", "c"] {
-            c.apply(PODS, pod(env, &format!("x/{app}"), app));
-        }
-        for p in policies {
-            c.apply(POLICIES, p.clone());
-        }
-        // Inside the node, where the agent runs.
-        let listener = env.node.netns().run(|| TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
-        let server = serve(listener, c);
-        let state = Manifests::new();
-        std::fs::write(state.1.join("kubeconfig"), kubeconfig(server.port)).unwrap();
-        let status_file = state.1.join("status.json");
-        Self { server, state, status_file }
+/// The fake API server in a test node serving namespace x, its pods a, b
+/// and c (labelled app: their name), and `policies`.
+fn api(env: &Env, policies: &[Value]) -> ApiInNode {
+    let mut c = Cluster::new();
+    c.apply(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}));
+    for app in ["a", "b", "c"] {
+        c.apply(PODS, pod(env, &format!("x/{app}"), app));
     }
-
-    fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        self.server.cluster()
+    for p in policies {
+        c.apply(POLICIES, p.clone());
     }
-
-    fn agent(&self, env: &Env) -> Agent {
-        Agent::launch(env, &self.status_file, &["--kubeconfig".into(), self.state.1.join("kubeconfig").into()])
-    }
-
-    fn attached(&self) -> usize {
-        status(&self.status_file)["attached"].as_array().map_or(0, Vec::len)
-    }
+    ApiInNode::serve(env, c)
 }
 
 /// `a` admits ingress only from pods labelled `app: from`.
@@ -93,7 +61,7 @@ fn watch_errors(env: &Env) -> u64 {
 fn kubernetes_mode_follows_the_api_server() {
     let env = Env::new(AttachMode::Auto).unwrap();
     assert!(env.reaches("x/b", "x/a", TCP80) && env.reaches("x/c", "x/a", TCP80), "baseline: nothing attached yet");
-    let api = Api::new(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    let api = api(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
     let _agent = api.agent(&env);
     wait_until("all three pods are attached", || api.attached() == 3);
     assert!(!env.reaches("x/b", "x/a", TCP80));
@@ -111,7 +79,7 @@ fn kubernetes_mode_follows_the_api_server() {
 #[test]
 fn the_first_reconcile_waits_for_every_list() {
     let env = Env::new(AttachMode::Auto).unwrap();
-    let api = Api::new(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
+    let api = api(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
     let agent = api.agent(&env);
     wait_until("all three pods are attached", || api.attached() == 3);
     // The probe reaches where nothing denies, so its silence is a denial.
@@ -148,7 +116,7 @@ fn the_first_reconcile_waits_for_every_list() {
 #[test]
 fn enforcement_holds_through_an_api_outage() {
     let env = Env::new(AttachMode::Auto).unwrap();
-    let api = Api::new(&env, &[a_admits("b")]);
+    let api = api(&env, &[a_admits("b")]);
     let _agent = api.agent(&env);
     let admits = |open: &str, closed: &str| env.reaches(open, "x/a", TCP80) && !env.reaches(closed, "x/a", TCP80);
     wait_until("b may reach a, c may not", || admits("x/b", "x/c"));
@@ -173,7 +141,7 @@ fn enforcement_holds_through_an_api_outage() {
 /// Puts `a` (pod x/a) in the cluster while the agent's pod watch lags
 /// behind, then asks the agent to enforce it as the VPC CNI does on ADD;
 /// whether it succeeded. The watch stays held.
-fn enforce_a_while_the_watch_lags(api: &Api, a: Value) -> bool {
+fn enforce_a_while_the_watch_lags(api: &ApiInNode, a: Value) -> bool {
     {
         let mut c = api.cluster();
         c.hold_watches(PODS, true);
@@ -189,7 +157,7 @@ fn enforce_a_while_the_watch_lags(api: &Api, a: Value) -> bool {
 #[test]
 fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
     let env = Env::new(AttachMode::Auto).unwrap();
-    let api = Api::new(&env, &[a_admits("c")]);
+    let api = api(&env, &[a_admits("c")]);
     let a = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
     api.cluster().delete(PODS, "x/a");
     let _agent = api.agent(&env);
@@ -204,7 +172,7 @@ fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
 #[test]
 fn a_cni_add_for_a_pod_last_seen_unscheduled_fetches_it_again() {
     let env = Env::new(AttachMode::Auto).unwrap();
-    let api = Api::new(&env, &[a_admits("c")]);
+    let api = api(&env, &[a_admits("c")]);
     let scheduled = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
     let mut pending = scheduled.clone();
     pending["spec"].as_object_mut().unwrap().remove("nodeName");

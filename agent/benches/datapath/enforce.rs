@@ -19,8 +19,8 @@ use crate::{
     Figures, stats,
     support::{
         Env,
-        agent::{Agent, Manifests, pod, policy, status, wait_until},
-        fake_apiserver::{self, Cluster, NAMESPACES, PODS, POLICIES, serve},
+        agent::{Agent, ApiInNode, Manifests, pod, policy, status, wait_until},
+        fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES},
     },
 };
 
@@ -55,16 +55,7 @@ pub fn run(full: bool) -> Result<Figures> {
             ),
         ],
     );
-    let admit = || {
-        manifests.write(
-            "admit.yaml",
-            &[policy(
-                "admit-client",
-                json!({"podSelector": {"matchLabels": {"app": "server"}},
-            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}),
-            )],
-        );
-    };
+    let admit = || manifests.write("admit.yaml", &[admit_client()]);
     admit();
     let _agent = Agent::start(&env, &manifests, &status_file);
     wait_until("client and server are attached", || {
@@ -73,16 +64,8 @@ pub fn run(full: bool) -> Result<Figures> {
 
     // (a) the policy admitting the client goes and comes back (from-blue
     // keeps the server isolated meanwhile).
-    let server = SocketAddr::new(env.pod("x/server").ip.into(), 80);
-    let mut policy_ms = Vec::new();
-    for _ in 0..changes {
-        let t0 = Instant::now();
-        std::fs::remove_file(manifests.0.join("admit.yaml"))?;
-        policy_ms.push(until(&env, server, false, t0)?);
-        let t0 = Instant::now();
-        admit();
-        policy_ms.push(until(&env, server, true, t0)?);
-    }
+    let remove = || std::fs::remove_file(manifests.0.join("admit.yaml")).expect("removing admit.yaml");
+    let policy_ms = toggle_admission(&env, changes, remove, admit)?;
 
     // (b) a new pod's manifest lands; its policy (closed ingress) must hold.
     let mut pod_ms = Vec::new();
@@ -148,32 +131,42 @@ fn kube_policy_changes(changes: usize) -> Result<Vec<f64>> {
     cluster.apply(PODS, pod(&env, "x/server", "server"));
     let closed =
         policy("server-closed", json!({"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"]}));
-    let admit = policy(
+    cluster.apply(POLICIES, closed);
+    cluster.apply(POLICIES, admit_client());
+    let api = ApiInNode::serve(&env, cluster);
+    let _agent = api.agent(&env);
+    wait_until("client and server are attached", || api.attached() == 2);
+    let remove = || api.cluster().delete(POLICIES, "x/admit-client");
+    toggle_admission(&env, changes, remove, || api.cluster().apply(POLICIES, admit_client()))
+}
+
+/// The policy admitting the client into the server.
+fn admit_client() -> Value {
+    policy(
         "admit-client",
         json!({"podSelector": {"matchLabels": {"app": "server"}},
                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}),
-    );
-    cluster.apply(POLICIES, closed);
-    cluster.apply(POLICIES, admit.clone());
-    let listener = env.node.netns().run(|| std::net::TcpListener::bind("127.0.0.1:0"))??;
-    let server = serve(listener, cluster);
-    let state = Manifests::new();
-    let kubeconfig = state.1.join("kubeconfig");
-    std::fs::write(&kubeconfig, fake_apiserver::kubeconfig(server.port))?;
-    let status_file = state.1.join("status.json");
-    let _agent = Agent::launch(&env, &status_file, &["--kubeconfig".into(), kubeconfig.into()]);
-    wait_until("client and server are attached", || {
-        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 2)
-    });
-    let to = SocketAddr::new(env.pod("x/server").ip.into(), 80);
+    )
+}
+
+/// `changes` times, the policy admitting the client goes (`remove`) and
+/// comes back (`restore`): milliseconds from each change until a probe from
+/// the client to the server sees it.
+fn toggle_admission(
+    env: &Env,
+    changes: usize,
+    mut remove: impl FnMut(),
+    mut restore: impl FnMut(),
+) -> Result<Vec<f64>> {
+    let server = SocketAddr::new(env.pod("x/server").ip.into(), 80);
     let mut ms = Vec::new();
     for _ in 0..changes {
         let t0 = Instant::now();
-        server.cluster().delete(POLICIES, "x/admit-client");
-        ms.push(until(&env, to, false, t0)?);
+        remove();
+        ms.push(until(env, server, false, t0)?);
         let t0 = Instant::now();
-        server.cluster().apply(POLICIES, admit.clone());
-        ms.push(until(&env, to, true, t0)?);
+        restore();
+        ms.push(until(env, server, true, t0)?);
     }
     Ok(ms)
 }

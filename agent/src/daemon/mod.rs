@@ -308,10 +308,7 @@ impl Daemon {
             self.status.record_error(e.to_string());
         }
         for event in manifests::diff(&self.snapshot.objects, &loaded.objects) {
-            if let Err(e) = self.reconciler.apply(event) {
-                error!("{e}");
-                self.status.record_error(e.to_string());
-            }
+            self.apply_update(Update::Event(event));
         }
         self.status.revision = std::mem::take(&mut loaded.revision);
         self.snapshot = loaded;

@@ -247,7 +247,7 @@ impl Datapath {
                     })
                 })
                 .collect();
-            let registered = self.register_pod(pod, ifindex, addrs, rules);
+            let registered = self.load_pod(pod, ifindex, addrs, rules);
             attaching.into_iter().try_for_each(|a| a.join().expect("attach thread"))?;
             registered
         })
@@ -255,23 +255,14 @@ impl Datapath {
 
     /// Whether the node's tables know `pod` under `ifindex` already.
     fn registered_on(&self, pod: &PodId, ifindex: u32) -> bool {
-        let Ok(trie) = MapData::from_pin(self.layout.map(pod, MAP_INGRESS)) else { return false };
-        NodeTables::open(&self.layout).is_ok_and(|tables| tables.has_trie(ifindex, &trie))
+        NodeTables::open(&self.layout)
+            .and_then(|tables| tables.ifindexes_of_pod(&self.layout, pod))
+            .is_ok_and(|known| known.contains(&ifindex))
     }
 
     /// Creates or reuses `pod`'s maps, registers them under `ifindex` and
     /// writes `rules`, without attaching anything.
     pub fn load_pod(
-        &self,
-        pod: &PodId,
-        ifindex: u32,
-        addrs: PodAddrs,
-        rules: &PodRules,
-    ) -> Result<PodMaps, DatapathError> {
-        self.register_pod(pod, ifindex, addrs, rules)
-    }
-
-    fn register_pod(
         &self,
         pod: &PodId,
         ifindex: u32,

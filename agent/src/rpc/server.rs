@@ -62,7 +62,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// Answers calls on `listener` until the loop stops taking requests.
 /// `client` is the API server (kube mode), asked for pods the loop does not
 /// know; `settle` bounds how long an ADD waits for one before the pod gets
-/// its mode's default; `mode` is the agent's enforcing mode (`standard` or
+/// is judged as a pod without labels until its object arrives; `mode` is the agent's enforcing mode (`standard` or
 /// `strict`), which a VPC CNI configured otherwise is warned about.
 pub async fn serve(
     listener: UnixListener,
@@ -108,7 +108,7 @@ impl Front {
         if outcome == AddOutcome::Unknown {
             let fetched = self.fetch(&pod, deadline).await.map(Box::new);
             if fetched.is_none() {
-                info!(%pod, "CNI ADD for a pod not known yet: its mode's default applies until it is");
+                info!(%pod, "CNI ADD for a pod not known yet: judged as a pod without labels until it is");
             }
             outcome = self.ask(add(fetched, true)).await?;
         }
@@ -175,6 +175,11 @@ impl npbackend::np_backend_server::NpBackend for Front {
     }
 }
 
+/// An optional proto3 string: empty is absent.
+fn given(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
 fn sandbox_pod(pod: Option<sandboxes::Pod>) -> Result<ObjectRef, Status> {
     let pod = pod.ok_or_else(|| Status::invalid_argument("no pod"))?;
     pod_ref(pod.namespace, pod.name)
@@ -193,7 +198,7 @@ impl sandboxes::sandboxes_server::Sandboxes for Front {
             .iter()
             .map(|ip| ip.parse().map_err(|_| Status::invalid_argument(format!("{ip:?} is not an IP address"))))
             .collect::<Result<_, _>>()?;
-        let host_interface = Some(r.host_interface).filter(|i| !i.is_empty());
+        let host_interface = given(r.host_interface);
         let sandbox = Sandbox { container_id: r.container_id, host_interface, ips };
         let (ifindex, assumed) = Front::add(self, pod, sandbox).await?;
         Ok(Response::new(sandboxes::AddReply { ifindex, assumed }))
@@ -205,7 +210,7 @@ impl sandboxes::sandboxes_server::Sandboxes for Front {
     ) -> Result<Response<sandboxes::CheckReply>, Status> {
         let r = request.into_inner();
         let pod = sandbox_pod(r.pod)?;
-        let host_interface = Some(r.host_interface).filter(|i| !i.is_empty());
+        let host_interface = given(r.host_interface);
         self.ask(|reply| Request::Check { pod, host_interface, reply }).await?.map_err(Status::failed_precondition)?;
         Ok(Response::new(sandboxes::CheckReply {}))
     }

@@ -200,3 +200,36 @@ pub fn binary(name: &str, built: Option<&str>) -> PathBuf {
     let exe = std::env::current_exe().expect("current executable");
     exe.parent().and_then(|p| p.parent()).expect("a target directory").join(name)
 }
+
+/// The fake API server serving `cluster` inside `env`'s node, where the
+/// agent runs, and beside it the files of an agent in Kubernetes mode.
+pub struct ApiInNode {
+    pub server: super::fake_apiserver::Server,
+    pub state: Manifests,
+    pub status_file: PathBuf,
+}
+
+impl ApiInNode {
+    pub fn serve(env: &Env, cluster: super::fake_apiserver::Cluster) -> Self {
+        let listener = env.node.netns().run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
+        let server = super::fake_apiserver::serve(listener, cluster);
+        let state = Manifests::new();
+        std::fs::write(state.1.join("kubeconfig"), super::fake_apiserver::kubeconfig(server.port)).unwrap();
+        let status_file = state.1.join("status.json");
+        Self { server, state, status_file }
+    }
+
+    pub fn cluster(&self) -> std::sync::MutexGuard<'_, super::fake_apiserver::Cluster> {
+        self.server.cluster()
+    }
+
+    /// The agent watching the server, in its node.
+    pub fn agent(&self, env: &Env) -> Agent {
+        Agent::launch(env, &self.status_file, &["--kubeconfig".into(), self.state.1.join("kubeconfig").into()])
+    }
+
+    /// How many pods the agent reports attached.
+    pub fn attached(&self) -> usize {
+        status(&self.status_file)["attached"].as_array().map_or(0, Vec::len)
+    }
+}

@@ -126,18 +126,26 @@ impl Chain {
         pod: &Sandbox<'_>,
         added: Option<&Value>,
     ) -> Result<std::result::Result<(), CniError>> {
-        for plugin in self.plugins.iter().rev() {
-            if let Err(e) = self.call(node, plugin, "DEL", pod, added)? {
-                return Ok(Err(e));
-            }
-        }
-        Ok(Ok(()))
+        self.through(self.plugins.iter().rev(), node, "DEL", pod, added)
     }
 
     /// CHECK through the chain, each plugin given the ADD result.
     pub fn check(&self, node: &NetNs, pod: &Sandbox<'_>, added: &Value) -> Result<std::result::Result<(), CniError>> {
-        for plugin in &self.plugins {
-            if let Err(e) = self.call(node, plugin, "CHECK", pod, Some(added))? {
+        self.through(self.plugins.iter(), node, "CHECK", pod, Some(added))
+    }
+
+    /// `command` through `plugins` in that order, each given `prev`; the
+    /// first failure stops it.
+    fn through<'a>(
+        &self,
+        plugins: impl Iterator<Item = &'a Value>,
+        node: &NetNs,
+        command: &str,
+        pod: &Sandbox<'_>,
+        prev: Option<&Value>,
+    ) -> Result<std::result::Result<(), CniError>> {
+        for plugin in plugins {
+            if let Err(e) = self.call(node, plugin, command, pod, prev)? {
                 return Ok(Err(e));
             }
         }
