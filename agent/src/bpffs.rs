@@ -27,7 +27,8 @@ pub enum BpffsError {
 }
 
 /// The pin directories under one root:
-/// `programs/<prog>_<version>`, `maps/<pod>_<map>`, `maps/global_<map>`, `links/<pod>_<prog>`.
+/// `programs/<prog>_<version>`, `maps/<pod>_<map>`, `maps/global_<map>`, `links/<pod>_<prog>`,
+/// `links/global_<name>`.
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     root: PathBuf,
@@ -76,6 +77,16 @@ impl PinLayout {
 
     pub fn global_map(&self, map: &str) -> PathBuf {
         self.maps_dir().join(format!("{GLOBAL_PREFIX}_{map}"))
+    }
+
+    /// A link of the node's, not of one pod (the netfilter program's).
+    pub fn node_link(&self, name: &str) -> PathBuf {
+        self.links_dir().join(format!("{GLOBAL_PREFIX}_{name}"))
+    }
+
+    /// The name given to [`Self::node_link`] of a pin in [`Self::links_dir`].
+    pub fn parse_node_link(file_name: &str) -> Option<&str> {
+        file_name.strip_prefix(GLOBAL_PREFIX)?.strip_prefix('_')
     }
 
     /// Mounts bpffs where the root needs it if nothing is mounted there, then

@@ -107,7 +107,14 @@ pub struct FlowState {
     pub tcp_state: u8,
     /// 1 once a reply passed.
     pub replied: u8,
-    pub _pad: [u8; 5],
+    /// 1 when the pod opened the flow to a Service address (the key's
+    /// peer): the rules judged the endpoint DNAT chose, held below.
+    pub via_service: u8,
+    /// The endpoint's port, host byte order (flows via a Service only).
+    pub endpoint_port: u16,
+    pub _pad: [u8; 2],
+    /// The endpoint's address (flows via a Service only).
+    pub endpoint_addr: crate::Addr,
 }
 
 /// `frag_map`: fragments after the first carry no ports, so the first

@@ -2,7 +2,7 @@
 //! an older agent: any change here must be deliberate.
 use core::mem::{offset_of, size_of};
 
-use crate::{conntrack::*, events::*, pod_state::*, policy::*};
+use crate::{conntrack::*, events::*, pod_state::*, policy::*, service::*};
 
 #[test]
 fn lpm_key_layout() {
@@ -47,12 +47,15 @@ fn conntrack_layout() {
     assert_eq!(offset_of!(FlowKey, peer_port), 34);
     assert_eq!(offset_of!(FlowKey, protocol), 36);
     assert_eq!(offset_of!(FlowKey, family), 37);
-    assert_eq!(size_of::<FlowState>(), 24);
+    assert_eq!(size_of::<FlowState>(), 40);
     assert_eq!(offset_of!(FlowState, policy_id), 8);
     assert_eq!(offset_of!(FlowState, generation), 12);
     assert_eq!(offset_of!(FlowState, direction), 16);
     assert_eq!(offset_of!(FlowState, tcp_state), 17);
     assert_eq!(offset_of!(FlowState, replied), 18);
+    assert_eq!(offset_of!(FlowState, via_service), 19);
+    assert_eq!(offset_of!(FlowState, endpoint_port), 20);
+    assert_eq!(offset_of!(FlowState, endpoint_addr), 24);
     assert_eq!(size_of::<FragKey>(), 44);
     assert_eq!(offset_of!(FragKey, id), 32);
     assert_eq!(offset_of!(FragKey, protocol), 36);
@@ -137,4 +140,21 @@ fn flows_without_a_reply_get_the_short_timeout() {
     assert_eq!(TimeoutClass::of(UDP, tcp_state::OPEN, false), TimeoutClass::Unreplied);
     assert_eq!(TimeoutClass::of(UDP, tcp_state::OPEN, true), TimeoutClass::Udp);
     assert_eq!(TimeoutClass::of(ICMP, tcp_state::OPEN, false), TimeoutClass::Other);
+}
+
+#[test]
+fn service_layout() {
+    assert_eq!(size_of::<ServiceKey>(), 24);
+    assert_eq!(offset_of!(ServiceKey, port), 16);
+    assert_eq!(offset_of!(ServiceKey, protocol), 18);
+    assert_eq!(offset_of!(ServiceKey, family), 19);
+    assert_eq!(size_of::<DnatPending>(), 56);
+    assert_eq!(offset_of!(DnatPending, src_addr), 16);
+    assert_eq!(offset_of!(DnatPending, src_port), 32);
+    assert_eq!(offset_of!(DnatPending, armed), 38);
+    assert_eq!(offset_of!(DnatPending, ifindex), 40);
+    assert_eq!(offset_of!(DnatPending, service_id), 48);
+    assert_eq!(size_of::<DnatHook>(), 16);
+    assert_eq!(offset_of!(DnatHook, skb_data_offset), 4);
+    assert_eq!(offset_of!(DnatHook, skb_len_offset), 8);
 }

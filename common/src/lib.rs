@@ -11,6 +11,7 @@ pub mod events;
 pub mod names;
 pub mod pod_state;
 pub mod policy;
+pub mod service;
 
 /// Address families as stored in map keys and event records.
 pub mod family {
@@ -110,6 +111,10 @@ user_pod!(
     conntrack::FragKey,
     events::Counter,
     events::PolicyEvent,
+    service::ServiceKey,
+    service::ServiceEntry,
+    service::DnatPending,
+    service::DnatHook,
 );
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 pub const PROG_INGRESS: &str = "handle_ingress";
 /// Program judging traffic out of the pod.
 pub const PROG_EGRESS: &str = "handle_egress";
+/// Netfilter program judging a pod's new flows to Service addresses after DNAT.
+pub const PROG_AFTER_DNAT: &str = "judge_dnat";
 
 /// A pod's LPM trie of allowed peers for traffic into the pod (inner map).
 pub const MAP_INGRESS: &str = "ingress_map";
@@ -30,13 +32,19 @@ pub const MAP_FRAGMENTS: &str = "frag_map";
 pub const MAP_COUNTERS: &str = "counters";
 /// Ring buffer of verdict events.
 pub const MAP_EVENTS: &str = "policy_events";
+/// Service frontend -> the Service's number.
+pub const MAP_SERVICE_ADDRS: &str = "service_addrs";
+/// Per CPU: the packet `handle_egress` left to `judge_dnat`.
+pub const MAP_DNAT_PENDING: &str = "dnat_pending";
+/// Whether `judge_dnat` is linked, and the kernel offsets it reads with.
+pub const MAP_DNAT_HOOK: &str = "dnat_hook";
 /// aya-log's ring of kernel log records.
 pub const MAP_LOGS: &str = "AYA_LOGS";
 /// aya-log's load-time level global (0 off, 1 error .. 5 trace).
 pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
 /// Maps of the node's one program pair, pinned once and shared by every pod.
-pub const GLOBAL_MAPS: [&str; 8] = [
+pub const GLOBAL_MAPS: [&str; 11] = [
     MAP_POD_TABLE,
     MAP_INGRESS_TRIES,
     MAP_EGRESS_TRIES,
@@ -45,6 +53,9 @@ pub const GLOBAL_MAPS: [&str; 8] = [
     MAP_COUNTERS,
     MAP_EVENTS,
     MAP_LOGS,
+    MAP_SERVICE_ADDRS,
+    MAP_DNAT_PENDING,
+    MAP_DNAT_HOOK,
 ];
 /// The shared maps that are streams, read with `na-cli events`, not dumped.
 pub const RING_MAPS: [&str; 2] = [MAP_EVENTS, MAP_LOGS];

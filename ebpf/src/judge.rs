@@ -7,6 +7,8 @@
 //! fragments after the first follow their first fragment; an ICMP error about
 //! a live flow of the pod passes; tracked flows pass (judged again when the
 //! pod's policy generation moved on, and cut if no longer allowed);
+//! a new flow leaving the pod for a Service address is left to the
+//! netfilter program that judges it after DNAT (`after_dnat`);
 //! everything else is judged by the pod state and the rules, and tracked
 //! when allowed.
 //!
@@ -27,20 +29,21 @@ use na_common::{
     pod_state::{self, PodRecord, PodState, UNKNOWN_POD},
     policy::POLICY_ID_NONE,
     protocol,
+    service::ServiceKey,
 };
 
 use aya_log_ebpf::debug;
 
 use crate::{
     maps::{
-        CONNTRACK_TABLES, COUNTER_MAP, Conntrack, EGRESS_TRIES, FRAGMENTS, INGRESS_TRIES, POD_TABLE, POLICY_EVENTS,
-        TIMEOUT_OTHER_NS, TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_UDP_NS, TIMEOUT_UNREPLIED_NS,
-        UNKNOWN_POD_DENY,
+        CONNTRACK_TABLES, COUNTER_MAP, Conntrack, DNAT_HOOK, DNAT_PENDING, EGRESS_TRIES, FRAGMENTS, INGRESS_TRIES,
+        POD_TABLE, POLICY_EVENTS, SERVICE_ADDRS, TIMEOUT_OTHER_NS, TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS,
+        TIMEOUT_UDP_NS, TIMEOUT_UNREPLIED_NS, UNKNOWN_POD_DENY,
     },
     packet::{self, Fragment, Packet, Parsed},
 };
 
-const PASS: i32 = TCX_NEXT;
+pub const PASS: i32 = TCX_NEXT;
 /// Refreshing `last_seen` on every packet would bounce its cache line between
 /// CPUs; this granularity is far below any idle timeout.
 const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
@@ -160,6 +163,9 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
             Tracked::Miss => {}
         }
     }
+    if dir == direction::EGRESS && packet.fragment == Fragment::No && left_to_dnat_hook(pod, packet) {
+        return PASS;
+    }
     // Events are sent from here, not from the callees: their frames and
     // `emit`'s would add up past the verifier's 512-byte stack cap.
     let decision = evaluate(dir, pod, packet);
@@ -201,7 +207,7 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     let flow_dir = u32::from(entry.direction);
     let state = pod.state(flow_dir);
     if state.generation != entry.generation {
-        let decision = decide(pod.ifindex, &state, flow_dir, &opening_query(flow_dir, &key));
+        let decision = decide(pod.ifindex, &state, flow_dir, &opening_query(flow_dir, &key, entry));
         if !decision.allowed {
             let _ = table.remove(key);
             return Tracked::Revoked;
@@ -222,15 +228,50 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     Tracked::Pass
 }
 
-/// What the rules were asked about the flow's first packet, which `flow_dir` carried.
-fn opening_query(flow_dir: u32, key: &FlowKey) -> Query {
-    let port = if flow_dir == direction::INGRESS { key.pod_port } else { key.peer_port };
-    Query {
-        family: key.family,
-        peer: key.peer_addr,
-        protocol: key.protocol,
-        port: protocol::has_ports(key.protocol).then_some(port),
+/// What the rules were asked about the flow's first packet, which `flow_dir`
+/// carried: for a flow to a Service, about the endpoint DNAT chose.
+fn opening_query(flow_dir: u32, key: &FlowKey, entry: &FlowState) -> Query {
+    let (peer, port) = if entry.via_service != 0 {
+        (entry.endpoint_addr, entry.endpoint_port)
+    } else if flow_dir == direction::INGRESS {
+        (key.peer_addr, key.pod_port)
+    } else {
+        (key.peer_addr, key.peer_port)
+    };
+    Query { family: key.family, peer, protocol: key.protocol, port: protocol::has_ports(key.protocol).then_some(port) }
+}
+
+/// Leaves a new flow from a pod isolated for egress to a Service frontend
+/// to `judge_dnat` (see `na_common::service`), if that program is linked.
+#[inline(never)]
+fn left_to_dnat_hook(pod: &Pod, packet: &Packet) -> bool {
+    if pod.state(direction::EGRESS).mode() == pod_state::DEFAULT_ALLOW {
+        return false;
     }
+    let Some(port) = packet.dst_port else { return false };
+    let key =
+        ServiceKey { addr: packet.dst_addr, port, protocol: packet.protocol, family: packet.family, _pad: [0; 4] };
+    let Some(service) = SERVICE_ADDRS.get_ptr(key) else { return false };
+    if !DNAT_HOOK.get(0).is_some_and(|hook| hook.active != 0) {
+        return false;
+    }
+    let Some(slot) = DNAT_PENDING.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU value; the netfilter program reads it on this CPU for
+    // this packet before any other packet can write it. Written field by
+    // field: a whole record built first would sit on this frame too, past
+    // the verifier's stack cap.
+    unsafe {
+        (*slot).service_addr = packet.dst_addr;
+        (*slot).src_addr = packet.src_addr;
+        (*slot).src_port = packet.src_port;
+        (*slot).service_port = port;
+        (*slot).protocol = packet.protocol;
+        (*slot).family = packet.family;
+        (*slot).ifindex = pod.ifindex;
+        (*slot).service_id = (*service).service_id;
+        (*slot).armed = 1;
+    }
+    true
 }
 
 /// Judges an untracked packet by the pod state and rules; tracks it if allowed.
@@ -248,24 +289,33 @@ fn evaluate(dir: u32, pod: &Pod, packet: &Packet) -> Decision {
         return decision;
     }
     if packet.fragment != Fragment::Later {
-        let tcp = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 { tcp_state::CLOSING } else { tcp_state::OPEN };
-        let entry = FlowState {
-            last_seen_ns: clock(),
-            policy_id: decision.policy_id,
-            generation: state.generation,
-            direction: dir as u8,
-            tcp_state: tcp,
-            replied: 0,
-            _pad: [0; 5],
-        };
-        // A full table tracks nothing new (and evicts nothing live): the
-        // flow's next packets are judged by the rules again.
-        if let Some(table) = pod.conntrack {
-            let _ = table.insert(flow_key(dir, packet), entry, 0);
-        }
+        track(pod, dir, packet, decision.policy_id, state.generation);
         remember_first_fragment(pod.ifindex, packet, decision.policy_id);
     }
     decision
+}
+
+/// Tracks a flow the rules just admitted. A frame of its own: the entry
+/// would otherwise sit on the deepest call chain's stack. A full table
+/// tracks nothing new (and evicts nothing live): the flow's next packets are
+/// judged by the rules again.
+#[inline(never)]
+fn track(pod: &Pod, dir: u32, packet: &Packet, policy_id: u32, generation: u32) {
+    let Some(table) = pod.conntrack else { return };
+    let tcp = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 { tcp_state::CLOSING } else { tcp_state::OPEN };
+    let entry = FlowState {
+        last_seen_ns: clock(),
+        policy_id,
+        generation,
+        direction: dir as u8,
+        tcp_state: tcp,
+        replied: 0,
+        via_service: 0,
+        endpoint_port: 0,
+        _pad: [0; 2],
+        endpoint_addr: na_common::Addr([0; 16]),
+    };
+    let _ = table.insert(flow_key(dir, packet), entry, 0);
 }
 
 /// Whether an ICMP error is about a live flow of the pod, judged under the
@@ -297,7 +347,7 @@ fn quote_is_live(table: &Conntrack, pod: &Pod, dir: u32, error: &Packet, quote: 
 }
 
 #[inline(never)]
-fn decide(ifindex: u32, state: &PodState, dir: u32, query: &Query) -> Decision {
+pub fn decide(ifindex: u32, state: &PodState, dir: u32, query: &Query) -> Decision {
     let tries = if dir == direction::INGRESS { &INGRESS_TRIES } else { &EGRESS_TRIES };
     // SAFETY: the outer map is not preallocated (see `pod`), and trie values
     // are only read.
@@ -374,19 +424,25 @@ fn flow_key(dir: u32, packet: &Packet) -> FlowKey {
 
 fn count(ctx: &TcContext, ifindex: u32, dir: u32, action: i32) {
     let v = if action == TC_ACT_SHOT { verdict::DENY } else { verdict::ALLOW };
+    add_to_counter(ifindex, counter_index(dir, v), 1, i64::from(ctx.len()));
+}
+
+/// Adds to one of a pod's counters (negative amounts move a packet counted
+/// as passed to denied).
+pub fn add_to_counter(ifindex: u32, slot: u32, packets: i64, bytes: i64) {
     if let Some(c) = COUNTER_MAP.get_ptr_mut(ifindex) {
         // SAFETY: per-CPU value, only this CPU writes it.
         let slots = unsafe { &mut (*c).slots };
-        if let Some(c) = slots.get_mut(counter_index(dir, v) as usize) {
-            c.packets += 1;
-            c.bytes += u64::from(ctx.len());
+        if let Some(c) = slots.get_mut(slot as usize) {
+            c.packets = c.packets.wrapping_add_signed(packets);
+            c.bytes = c.bytes.wrapping_add_signed(bytes);
         }
     }
 }
 
 #[inline(never)]
 fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision) {
-    let event = PolicyEvent {
+    send(&PolicyEvent {
         src_addr: packet.src_addr,
         dst_addr: packet.dst_addr,
         src_port: packet.src_port,
@@ -400,7 +456,10 @@ fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision) {
         policy_id: d.policy_id,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         packet_len: ctx.len(),
-    };
+    });
+}
+
+pub fn send(event: &PolicyEvent) {
     // A full ring loses the event, never the packet.
-    let _ = POLICY_EVENTS.output::<PolicyEvent>(&event, 0);
+    let _ = POLICY_EVENTS.output::<PolicyEvent>(event, 0);
 }

@@ -11,13 +11,14 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{self, HashOfMaps},
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use na_common::{
     conntrack::{DEFAULT_FLOWS_PER_POD, FlowKey, FlowState, FragKey, fragments, timeout},
     events::RING_BYTES,
     pod_state::{MAX_PODS, PodCounterSlots, PodRecord},
     policy::{LpmKeyData, MAX_PREFIXES, RuleSet},
+    service::{DnatHook, DnatPending, MAX_SERVICE_ADDRS, ServiceEntry, ServiceKey},
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -52,6 +53,17 @@ pub static COUNTER_MAP: PerCpuHashMap<u32, PodCounterSlots> =
 
 #[map(name = "policy_events")]
 pub static POLICY_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Service frontends (see `na_common::service`).
+#[map(name = "service_addrs")]
+pub static SERVICE_ADDRS: HashMap<ServiceKey, ServiceEntry> =
+    HashMap::with_max_entries(MAX_SERVICE_ADDRS, BPF_F_NO_PREALLOC);
+
+#[map(name = "dnat_pending")]
+pub static DNAT_PENDING: PerCpuArray<DnatPending> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "dnat_hook")]
+pub static DNAT_HOOK: Array<DnatHook> = Array::with_max_entries(1, 0);
 
 const NS: u64 = 1_000_000_000;
 

@@ -52,6 +52,8 @@ pub enum DatapathError {
     NoInterface(String),
     #[error(transparent)]
     Rules(#[from] RulesError),
+    #[error("the DNAT hook: {0}")]
+    DnatHook(#[from] super::dnat_hook::DnatHookError),
 }
 
 /// Conntrack idle timeouts, baked into each pod's programs at load time.
@@ -195,6 +197,19 @@ impl Datapath {
             *programs = Some(loaded);
         }
         Ok(programs)
+    }
+
+    /// Links the node's netfilter program that judges pods' flows to
+    /// Service addresses after DNAT, in this thread's network namespace (the
+    /// node's), or keeps the links an earlier agent of this version left.
+    /// On failure the hand over stays off: Service addresses are judged as
+    /// any address, which denies what only an endpoint's rule allows.
+    pub fn install_dnat_hook(&self) -> Result<(), DatapathError> {
+        let version = self.programs()?.as_ref().expect("loaded").version().to_owned();
+        super::dnat_hook::install(&self.layout, &version).inspect_err(|_| {
+            let _ = super::dnat_hook::uninstall(&self.layout);
+        })?;
+        Ok(())
     }
 
     /// The programs' version and how this handle got them, for the status file.

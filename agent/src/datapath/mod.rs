@@ -2,10 +2,13 @@
 //! maps and attachments, writing rules, reading what is pinned.
 
 mod attach;
+pub mod dnat_hook;
 pub mod inventory;
+mod kernel_btf;
 mod loader;
 mod programs;
 mod rules;
+mod services;
 mod stats;
 mod sweep;
 mod tables;
@@ -15,6 +18,7 @@ pub use loader::{Datapath, DatapathError, KernelLogLevel, Settings, Timeouts};
 pub use na_policy::{DirectionRules, Mode, PodRules};
 pub use programs::{Origin, Programs};
 pub use rules::{PodAddrs, PodMaps, PodTable, RulesError, Trie, open_pinned};
+pub use services::{Frontend, ServiceTable, ServicesError};
 pub use stats::{PodCounters, Totals, counters, pod_counters};
 pub use sweep::{Expired, ktime_now_ns};
 pub use tables::NodeTables;

@@ -9,6 +9,7 @@
 
 mod cmd;
 pub mod cni;
+pub mod kube_proxy;
 mod netns;
 mod node;
 mod probe;

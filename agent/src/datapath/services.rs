@@ -1,0 +1,82 @@
+//! `service_addrs`: the node's Service frontends, which `handle_egress`
+//! leaves to the DNAT hook (see `na_common::service`).
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::maps::{HashMap, MapData};
+use na_common::{
+    Addr, family,
+    names::MAP_SERVICE_ADDRS,
+    service::{MAX_SERVICE_ADDRS, ServiceEntry, ServiceKey},
+};
+
+use super::rules::{RulesError, map_err, open_pinned};
+use crate::bpffs::PinLayout;
+
+/// One frontend: an address and port DNAT translates, and the Service's
+/// number (for flow logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub protocol: u8,
+    pub port: u16,
+}
+
+impl Frontend {
+    pub fn key(&self) -> ServiceKey {
+        let mut addr = Addr::default();
+        let family = match self.addr {
+            IpAddr::V4(v4) => {
+                addr.0[..4].copy_from_slice(&v4.octets());
+                family::IPV4
+            }
+            IpAddr::V6(v6) => {
+                addr.0 = v6.octets();
+                family::IPV6
+            }
+        };
+        ServiceKey { addr, port: self.port, protocol: self.protocol, family, _pad: [0; 4] }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error("{count} Service frontends; the node's table holds {MAX_SERVICE_ADDRS}")]
+    TooMany { count: usize },
+    #[error(transparent)]
+    Map(#[from] RulesError),
+}
+
+/// The pinned table of frontends.
+pub struct ServiceTable(HashMap<MapData, ServiceKey, ServiceEntry>);
+
+impl ServiceTable {
+    pub fn open(layout: &PinLayout) -> Result<Self, RulesError> {
+        open_pinned(&layout.global_map(MAP_SERVICE_ADDRS)).map(Self)
+    }
+
+    /// Makes the table hold exactly `frontends`: new and changed entries
+    /// first, then the ones no longer wanted. Returns how many entries
+    /// changed.
+    pub fn sync(&mut self, frontends: &BTreeMap<Frontend, u32>) -> Result<usize, ServicesError> {
+        if frontends.len() > MAX_SERVICE_ADDRS as usize {
+            return Err(ServicesError::TooMany { count: frontends.len() });
+        }
+        let wanted: std::collections::HashMap<ServiceKey, u32> =
+            frontends.iter().map(|(f, id)| (f.key(), *id)).collect();
+        let present: Vec<(ServiceKey, ServiceEntry)> = self.0.iter().filter_map(Result::ok).collect();
+        let mut changed = 0;
+        for (key, &service_id) in &wanted {
+            if !present.iter().any(|(k, v)| k == key && v.service_id == service_id) {
+                self.0
+                    .insert(key, ServiceEntry { service_id }, 0)
+                    .map_err(map_err("insert into", MAP_SERVICE_ADDRS))?;
+                changed += 1;
+            }
+        }
+        for (key, _) in present.iter().filter(|(k, _)| !wanted.contains_key(k)) {
+            self.0.remove(key).map_err(map_err("remove from", MAP_SERVICE_ADDRS))?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,195 @@
+//! Egress through Services on a real kernel: kube-proxy's iptables rules in
+//! the node namespace, pods connecting to ClusterIPs and NodePorts, judged
+//! on the endpoint DNAT picks. Needs root.
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use na_agent::datapath::{DirectionRules, Frontend, Mode, PodRules, ServiceTable};
+use na_common::{
+    events::{tier, verdict},
+    policy::PortRule,
+    protocol::{TCP, UDP},
+};
+use na_harness::{
+    NODE_IP, Probe, Proto,
+    kube_proxy::{KubeProxy, ServicePort},
+};
+use support::{Env, Events};
+
+const DB4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const DB6: Ipv6Addr = Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, 0x10);
+const OTHER4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const BOTH4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+/// Service port; every endpoint serves on [`TARGET`].
+const PORT: u16 = 8080;
+const TARGET: u16 = 80;
+const NODE_PORT: u16 = 30080;
+
+fn isolated(entries: impl IntoIterator<Item = (IpNet, Vec<PortRule>)>) -> DirectionRules {
+    DirectionRules { mode: Mode::PoliciesApplied, entries: entries.into_iter().collect::<BTreeMap<_, _>>() }
+}
+
+fn svc(name: &str, proto: Proto, addrs: &[IpAddr], endpoints: Vec<(IpAddr, u16)>) -> ServicePort {
+    ServicePort { name: name.into(), proto, addrs: addrs.to_vec(), port: PORT, node_port: None, endpoints }
+}
+
+/// Pods `x/a` (the client), `x/b` and `x/c` (servers), and Services:
+/// `db` (both families, TCP and UDP) on `b`, `other` on `c`, `both` on `b`
+/// and `c`, and a NodePort to `b`. Nothing enforced yet.
+fn env_with_services() -> (Env, KubeProxy) {
+    let env = Env::new(na_agent::datapath::AttachMode::Auto).unwrap();
+    let (b, c) = (env.pod("x/b"), env.pod("x/c"));
+    let (b4, b6, c4) = (IpAddr::V4(b.ip), IpAddr::V6(b.ip6), IpAddr::V4(c.ip));
+    let db = [IpAddr::V4(DB4), IpAddr::V6(DB6)];
+    let mut node_port = svc("x/db:nodeport", Proto::Tcp, &[], vec![(b4, TARGET)]);
+    node_port.node_port = Some(NODE_PORT);
+    let proxy = KubeProxy {
+        services: vec![
+            svc("x/db:tcp", Proto::Tcp, &db, vec![(b4, TARGET), (b6, TARGET)]),
+            svc("x/db:udp", Proto::Udp, &db, vec![(b4, TARGET), (b6, TARGET)]),
+            svc("x/other:tcp", Proto::Tcp, &[IpAddr::V4(OTHER4)], vec![(c4, TARGET)]),
+            svc("x/both:tcp", Proto::Tcp, &[IpAddr::V4(BOTH4)], vec![(b4, TARGET), (c4, TARGET)]),
+            node_port,
+        ],
+    };
+    proxy.sync(env.node.netns()).unwrap();
+    (env, proxy)
+}
+
+/// What the agent would write for `proxy`'s Services: every frontend
+/// address and NodePorts on the node's address.
+fn frontends(proxy: &KubeProxy) -> BTreeMap<Frontend, u32> {
+    let mut out = BTreeMap::new();
+    for (id, svc) in proxy.services.iter().enumerate() {
+        let protocol = if svc.proto == Proto::Tcp { TCP } else { UDP };
+        for addr in &svc.addrs {
+            out.insert(Frontend { addr: *addr, protocol, port: svc.port }, id as u32 + 1);
+        }
+        if let Some(port) = svc.node_port {
+            out.insert(Frontend { addr: IpAddr::V4(NODE_IP), protocol, port }, id as u32 + 1);
+        }
+    }
+    out
+}
+
+/// `a`'s egress allows `b` (both families) on TCP and UDP [`TARGET`], nothing else.
+fn a_may_reach_b(env: &Env) -> PodRules {
+    let b = env.pod("x/b");
+    let rules = vec![PortRule::ports(1, TCP, TARGET, TARGET), PortRule::ports(1, UDP, TARGET, TARGET)];
+    let egress = isolated([(IpNet::from(IpAddr::V4(b.ip)), rules.clone()), (IpNet::from(IpAddr::V6(b.ip6)), rules)]);
+    PodRules { ingress: DirectionRules::default(), egress }
+}
+
+fn enforce_services(env: &mut Env, proxy: &KubeProxy) {
+    let dp = env.dp.clone();
+    env.node.netns().run(|| dp.install_dnat_hook()).unwrap().unwrap();
+    ServiceTable::open(env.dp.layout()).unwrap().sync(&frontends(proxy)).unwrap();
+}
+
+fn via(env: &Env, from: &str, probe: Probe, to: impl Into<IpAddr>) -> bool {
+    probe.run(env.pod(from), to.into()).expect("probe ran")
+}
+
+#[test]
+fn an_endpoint_the_egress_policy_allows_is_reached_through_its_service() {
+    let (mut env, proxy) = env_with_services();
+    for (probe, to) in [(Probe::tcp(PORT), IpAddr::V4(DB4)), (Probe::udp(PORT), IpAddr::V6(DB6))] {
+        assert!(via(&env, "x/a", probe, to), "baseline: {probe} to {to}");
+    }
+    enforce_services(&mut env, &proxy);
+    env.attach("x/a", &a_may_reach_b(&env)).unwrap();
+
+    for probe in [Probe::tcp(PORT), Probe::udp(PORT)] {
+        assert!(via(&env, "x/a", probe, DB4), "{probe} to db's IPv4 ClusterIP");
+        assert!(via(&env, "x/a", probe, DB6), "{probe} to db's IPv6 ClusterIP");
+    }
+    assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP), "db's NodePort on the node's address");
+    assert!(!via(&env, "x/a", Probe::tcp(PORT), OTHER4), "other's only endpoint is c, which a may not reach");
+    assert!(env.reaches("x/a", "x/b", Probe::tcp(TARGET)), "b directly");
+    assert!(!env.reaches("x/a", "x/c", Probe::tcp(TARGET)), "c directly");
+    // The Service address itself is no endpoint: a port it does not
+    // translate is judged as the address, which a may not reach.
+    assert!(!via(&env, "x/a", Probe::tcp(TARGET), DB4), "db's address on a port that is no Service port");
+}
+
+#[test]
+fn a_service_with_some_endpoints_allowed_reaches_only_those() {
+    let (mut env, proxy) = env_with_services();
+    enforce_services(&mut env, &proxy);
+    env.attach("x/a", &a_may_reach_b(&env)).unwrap();
+    let mut events = Events::open(env.dp.layout());
+    // Half of the connections go to each endpoint: 2^-23 that all pick one.
+    let attempts = 24;
+    let reached = (0..attempts).filter(|_| via(&env, "x/a", Probe::tcp(PORT), BOTH4)).count();
+    assert!(0 < reached && reached < attempts, "{reached} of {attempts} reached b through both's address");
+    let (b, c) = (IpAddr::V4(env.pod("x/b").ip), IpAddr::V4(env.pod("x/c").ip));
+    let judged: Vec<(IpAddr, u8)> = events
+        .take()
+        .iter()
+        .filter(|e| e.dst_port == TARGET && e.src_addr.0[..4] == env.pod("x/a").ip.octets())
+        .map(|e| {
+            (IpAddr::V4(Ipv4Addr::new(e.dst_addr.0[0], e.dst_addr.0[1], e.dst_addr.0[2], e.dst_addr.0[3])), e.verdict)
+        })
+        .collect();
+    let allowed = judged.iter().filter(|(ip, v)| *ip == b && *v == verdict::ALLOW).count();
+    let denied = judged.iter().filter(|(ip, v)| *ip == c && *v == verdict::DENY).count();
+    assert_eq!(allowed, reached, "each connection that got through went to b: {judged:?}");
+    assert!(denied >= attempts - reached, "each one that did not was bound for c: {judged:?}");
+    assert!(!judged.iter().any(|(ip, v)| *ip == c && *v == verdict::ALLOW), "c admitted: {judged:?}");
+}
+
+#[test]
+fn a_connection_through_a_service_is_judged_again_on_its_endpoint() {
+    let (mut env, proxy) = env_with_services();
+    enforce_services(&mut env, &proxy);
+    env.attach("x/a", &a_may_reach_b(&env)).unwrap();
+    let addr = SocketAddr::new(DB4.into(), PORT);
+    let mut conn = env
+        .pod("x/a")
+        .netns()
+        .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+        .unwrap()
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let echo = |conn: &mut std::net::TcpStream| {
+        let mut buf = [0u8; 4];
+        conn.write_all(b"ping").is_ok() && conn.read_exact(&mut buf).is_ok()
+    };
+    assert!(echo(&mut conn));
+    // A change that still allows b: the live flow is judged again on b, not
+    // on the Service address, and lives on.
+    let mut events = Events::open(env.dp.layout());
+    let mut rules = a_may_reach_b(&env);
+    rules.egress.entries.insert("203.0.113.0/24".parse().unwrap(), vec![PortRule::any(2)]);
+    env.attach("x/a", &rules).unwrap();
+    assert!(echo(&mut conn), "a policy change that still allows the endpoint cut the flow");
+    // Not even a packet of it was dropped (judged on the Service address,
+    // one would be, and the flow would then be judged anew after DNAT).
+    let revoked: Vec<_> = events.take().into_iter().filter(|e| e.tier == tier::REVOKED).collect();
+    assert!(revoked.is_empty(), "{revoked:?}");
+    // One that no longer allows b cuts it. a's ingress is closed too: open,
+    // it would admit b's retransmissions as new inbound traffic, and a's
+    // packets as their replies.
+    env.attach("x/a", &PodRules { ingress: isolated([]), egress: isolated([]) }).unwrap();
+    assert!(!echo(&mut conn), "the flow outlived the rule that allowed its endpoint");
+}
+
+#[test]
+fn without_the_hook_a_service_address_is_judged_as_the_address_it_is() {
+    let (mut env, proxy) = env_with_services();
+    enforce_services(&mut env, &proxy);
+    env.attach("x/a", &a_may_reach_b(&env)).unwrap();
+    assert!(via(&env, "x/a", Probe::tcp(PORT), DB4));
+    na_agent::datapath::dnat_hook::uninstall(env.dp.layout()).unwrap();
+    assert!(!via(&env, "x/a", Probe::tcp(PORT), DB4), "no hook, yet a Service-bound flow passed unjudged");
+    // Installing again (as a restarted agent does) restores it.
+    enforce_services(&mut env, &proxy);
+    assert!(via(&env, "x/a", Probe::tcp(PORT), DB4));
+}
