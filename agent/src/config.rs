@@ -22,7 +22,7 @@ pub struct Args {
     /// This node's name: pods whose spec.nodeName is this are enforced.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
-    /// Local mode: read Pods, Namespaces and NetworkPolicies from the YAML/JSON
+    /// Local mode: read Pods, Namespaces, NetworkPolicies and Services from the YAML/JSON
     /// files in this directory and follow its changes, instead of the API server.
     #[arg(long, conflicts_with = "kubeconfig", env = "NA_MANIFESTS")]
     pub manifests: Option<PathBuf>,

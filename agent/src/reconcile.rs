@@ -4,7 +4,7 @@ use std::{
     net::IpAddr,
 };
 
-use na_policy::{CompileError, Compiler, ObjectRef, PodRules};
+use na_policy::{CompileError, Compiler, ObjectRef, PodRules, PolicyError, ServiceError, Services};
 use serde::Serialize;
 
 use crate::{
@@ -19,6 +19,15 @@ use crate::{
 /// How many pods are attached at once: each attachment mostly waits for
 /// RCU grace periods, and concurrent waits overlap.
 const PARALLEL_ATTACHES: usize = 16;
+
+/// An object the compiler could not take (left out; the rest goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
 
 /// A pod whose programs are attached.
 struct Attached {
@@ -67,6 +76,10 @@ pub struct Reconciler {
     /// object the watch deleted while their sandbox lives): judged as pods
     /// without labels ([`Compiler::compile_unknown`]) until their object arrives.
     assumed: BTreeSet<ObjectRef>,
+    services: Services,
+    /// Services changed since the node's frontends were last written (or
+    /// writing them failed).
+    services_dirty: bool,
 }
 
 impl Reconciler {
@@ -80,6 +93,8 @@ impl Reconciler {
             failed: BTreeSet::new(),
             sandboxes: BTreeMap::new(),
             assumed: BTreeSet::new(),
+            services: Services::default(),
+            services_dirty: true,
         }
     }
 
@@ -89,6 +104,11 @@ impl Reconciler {
 
     pub fn datapath(&self) -> &Datapath {
         &self.datapath
+    }
+
+    /// The cluster's Services, as far as this node needs them.
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// Pods with programs attached, as pod ids.
@@ -129,9 +149,9 @@ impl Reconciler {
         !self.failed.is_empty()
     }
 
-    /// Feeds one change to the compiler. An invalid policy is returned as an
-    /// error (and left out); nothing else fails.
-    pub fn apply(&mut self, event: Event) -> Result<(), na_policy::PolicyError> {
+    /// Feeds one change to the compiler. An invalid policy or Service is
+    /// returned as an error (and left out); nothing else fails.
+    pub fn apply(&mut self, event: Event) -> Result<(), ApplyError> {
         match event {
             Event::Applied(Object::Pod(p)) => {
                 self.compiler.upsert_pod(&p);
@@ -148,7 +168,11 @@ impl Reconciler {
                 }
             }
             Event::Applied(Object::Namespace(n)) => self.compiler.upsert_namespace(&n),
-            Event::Applied(Object::NetworkPolicy(p)) => return self.compiler.upsert_policy(&p),
+            Event::Applied(Object::NetworkPolicy(p)) => return Ok(self.compiler.upsert_policy(&p)?),
+            Event::Applied(Object::Service(svc)) => {
+                self.services_dirty = true;
+                return Ok(self.services.upsert(&svc)?);
+            }
             Event::Deleted(key) => match key.kind {
                 Kind::Pod => {
                     self.compiler.remove_pod(&key.id);
@@ -163,14 +187,26 @@ impl Reconciler {
                 }
                 Kind::Namespace => self.compiler.remove_namespace(&key.id.name),
                 Kind::NetworkPolicy => self.compiler.remove_policy(&key.id),
+                Kind::Service => {
+                    self.services.remove(&key.id);
+                    self.services_dirty = true;
+                }
             },
         }
         Ok(())
     }
 
-    /// Brings every pod a change touched (and every pending or failed pod) in line.
+    /// Brings every pod a change touched (and every pending or failed pod) in
+    /// line, and the node's Service frontends.
     pub fn sync(&mut self) -> SyncReport {
         let mut report = SyncReport::default();
+        if self.services_dirty {
+            let frontends = self.services.frontends(&self.compiler.options().node_ips);
+            match self.datapath.set_services(&frontends) {
+                Ok(_) => self.services_dirty = false,
+                Err(e) => report.errors.push(format!("Service frontends: {e}")),
+            }
+        }
         let mut todo = self.compiler.take_dirty();
         todo.append(&mut self.pending);
         todo.append(&mut self.failed);

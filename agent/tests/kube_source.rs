@@ -17,13 +17,13 @@ use na_agent::source::{
     kube::{Update, client, spawn},
 };
 use serde_json::{Value, json};
-use support::fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Request, Server, serve};
+use support::fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Request, SERVICES, Server, serve};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The longest any wait may last.
 const BOUND: Duration = Duration::from_secs(30);
 
-const COLLECTIONS: [&str; 3] = [NAMESPACES, PODS, POLICIES];
+const COLLECTIONS: [&str; 4] = [NAMESPACES, PODS, POLICIES, SERVICES];
 
 fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"team": name}}})
@@ -42,13 +42,18 @@ fn policy(name: &str, app: &str) -> Value {
                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}})
 }
 
-/// Namespace x, pods x/a and x/b, policy x/p.
+/// Namespace x, pods x/a and x/b, policy x/p, Service x/s.
 fn small() -> Cluster {
     let mut c = Cluster::new();
     c.apply(NAMESPACES, namespace("x"));
     c.apply(PODS, pod("a", "a"));
     c.apply(PODS, pod("b", "b"));
     c.apply(POLICIES, policy("p", "a"));
+    c.apply(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "x"},
+               "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "b"}, "ports": [{"port": 80}]}}),
+    );
     c
 }
 
@@ -121,6 +126,7 @@ impl Watched {
             typed(NAMESPACES, |v| Object::Namespace(Box::new(serde_json::from_value(v).unwrap())))
                 .chain(typed(PODS, |v| Object::Pod(Box::new(serde_json::from_value(v).unwrap()))))
                 .chain(typed(POLICIES, |v| Object::NetworkPolicy(Box::new(serde_json::from_value(v).unwrap()))))
+                .chain(typed(SERVICES, |v| Object::Service(Box::new(serde_json::from_value(v).unwrap()))))
                 .map(|o| (o.key().unwrap(), o))
                 .collect();
         self.objects == cluster
@@ -133,7 +139,7 @@ impl Watched {
     /// Waits for the first full list of every kind, and checks it was the
     /// cluster whole.
     async fn first_lists(&mut self) {
-        self.until("every kind is listed", |w| w.synced.len() == 3).await;
+        self.until("every kind is listed", |w| w.synced.len() == COLLECTIONS.len()).await;
         let seen: Vec<String> = self.objects.keys().map(|k| k.id.to_string()).collect();
         assert!(self.current(), "the lists were the cluster whole; seen: {seen:?}");
     }
@@ -205,7 +211,7 @@ async fn paginated_lists_arrive_whole_and_changes_stream_over_one_watch() {
 
     w.watching().await;
     let watches = |w: &Watched| COLLECTIONS.map(|path| w.cluster().requests_to(path, "watch").count());
-    assert_eq!(watches(&w), [1; 3]);
+    assert_eq!(watches(&w), [1; COLLECTIONS.len()]);
     for i in 0..4 {
         {
             let mut c = w.cluster();
@@ -217,7 +223,7 @@ async fn paginated_lists_arrive_whole_and_changes_stream_over_one_watch() {
         }
         w.until("the changes arrive", Watched::current).await;
     }
-    assert_eq!(watches(&w), [1; 3], "every change came over the watch opened after the list");
+    assert_eq!(watches(&w), [1; COLLECTIONS.len()], "every change came over the watch opened after the list");
     w.no_trouble();
     w.asked_only_what_rbac_grants();
 }

@@ -21,7 +21,11 @@ use na_harness::{
     NODE_IP, Probe, Proto,
     kube_proxy::{KubeProxy, ServicePort},
 };
-use support::{Env, Events};
+use serde_json::json;
+use support::{
+    Env, Events,
+    agent::{Agent, Manifests, pod, policy, status, wait_until},
+};
 
 const DB4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const DB6: Ipv6Addr = Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, 0x10);
@@ -192,4 +196,57 @@ fn without_the_hook_a_service_address_is_judged_as_the_address_it_is() {
     // Installing again (as a restarted agent does) restores it.
     enforce_services(&mut env, &proxy);
     assert!(via(&env, "x/a", Probe::tcp(PORT), DB4));
+}
+
+/// The Services of [`env_with_services`] as manifests: `db` with a named
+/// target port, `other`, and the NodePort.
+fn service_manifests() -> Vec<serde_json::Value> {
+    let svc = |name: &str, spec: serde_json::Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "x", "name": name}, "spec": spec});
+    vec![
+        svc(
+            "db",
+            json!({"clusterIP": DB4.to_string(), "clusterIPs": [DB4.to_string(), DB6.to_string()],
+                   "ipFamilyPolicy": "PreferDualStack", "selector": {"app": "b"},
+                   "ports": [{"name": "tcp", "port": PORT, "targetPort": "http"},
+                             {"name": "udp", "protocol": "UDP", "port": PORT, "targetPort": TARGET}]}),
+        ),
+        svc(
+            "other",
+            json!({"clusterIP": OTHER4.to_string(), "selector": {"app": "c"}, "ports": [{"port": PORT, "targetPort": TARGET}]}),
+        ),
+        svc(
+            "db-nodeport",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.13", "selector": {"app": "b"},
+                   "ports": [{"port": PORT, "targetPort": TARGET, "nodePort": NODE_PORT}]}),
+        ),
+    ]
+}
+
+#[test]
+fn the_agent_judges_flows_to_the_services_it_reads_on_their_endpoints() {
+    let (env, _proxy) = env_with_services();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
+    manifests.write("services.yaml", &service_manifests());
+    let to_b = json!([{"to": [{"podSelector": {"matchLabels": {"app": "b"}}}],
+                       "ports": [{"protocol": "TCP", "port": TARGET}, {"protocol": "UDP", "port": TARGET}]}]);
+    let a_to_b = policy(
+        "a-to-b",
+        json!({"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Egress"], "egress": to_b}),
+    );
+    manifests.write("policy.yaml", &[a_to_b]);
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("all three pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    assert!(via(&env, "x/a", Probe::tcp(PORT), DB4), "db's IPv4 ClusterIP, named target port");
+    assert!(via(&env, "x/a", Probe::udp(PORT), DB6), "db's IPv6 ClusterIP over UDP");
+    assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP), "db's NodePort");
+    assert!(!via(&env, "x/a", Probe::tcp(PORT), OTHER4), "other's endpoint is c");
+    // A Service the agent no longer knows is only an address again, which
+    // no pod selector allows.
+    manifests.write("services.yaml", &service_manifests()[1..]);
+    wait_until("db's address is judged as itself", || !via(&env, "x/a", Probe::tcp(PORT), DB4));
+    assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP), "the NodePort Service is still there");
 }

@@ -27,9 +27,11 @@ pub mod output;
 pub mod parse;
 pub mod reference;
 pub mod selector;
+pub mod services;
 
 pub use attribution::{Attribution, Attributions};
 pub use cluster::{ObjectRef, PodInfo, protocol_number};
 pub use compile::{CompileError, CompileOptions, Compiler};
 pub use output::{Direction, DirectionRules, Mode, PodRules};
 pub use parse::PolicyError;
+pub use services::{Frontend, ServiceError, Services};

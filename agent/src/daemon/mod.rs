@@ -1,4 +1,4 @@
-//! The node agent's life: it watches Pods, Namespaces and NetworkPolicies
+//! The node agent's life: it watches Pods, Namespaces, NetworkPolicies and Services
 //! through the API server (`--kubeconfig`, or the in-cluster / environment
 //! configuration), or in local mode (`--manifests DIR`) reads them from a
 //! directory of manifests and follows its changes; keeps every local pod
@@ -86,6 +86,13 @@ pub async fn run(args: Args) -> Result<()> {
     // new ones (an upgrade) is paid once here.
     let programs = datapath.programs_entry().context("loading the programs")?;
     info!(version = %programs.version, origin = %programs.origin, verify_ms = ?programs.verify_ms, "programs ready");
+    // Before any pod too: a pod's flows to Service addresses are judged on
+    // their endpoints only once the hook is linked.
+    let dnat_hook = datapath.install_dnat_hook();
+    match &dnat_hook {
+        Ok(()) => info!("flows to Service addresses are judged after DNAT"),
+        Err(e) => warn!("{e}; flows to Service addresses are judged on the Service address itself"),
+    }
 
     // Exactly one source feeds the reconciler; the other channel stays closed.
     let (tx, mut changed) = mpsc::unbounded_channel();
@@ -121,7 +128,7 @@ pub async fn run(args: Args) -> Result<()> {
         });
     }
 
-    let status = Status {
+    let mut status = Status {
         node: args.node_name.clone(),
         flow_log: args
             .enable_policy_event_logs
@@ -129,6 +136,9 @@ pub async fn run(args: Args) -> Result<()> {
         programs: Some(programs),
         ..Default::default()
     };
+    if let Err(e) = dnat_hook {
+        status.record_error(format!("the DNAT hook: {e}"));
+    }
     let mut node = Daemon {
         reconciler: Reconciler::new(compiler, datapath, args.veth_prefix.clone()),
         status,
@@ -143,7 +153,7 @@ pub async fn run(args: Args) -> Result<()> {
         // Nothing is judged on a partial cluster: wait for a full list of
         // every kind before the first reconcile.
         let mut synced = std::collections::BTreeSet::new();
-        while synced.len() < 3 {
+        while synced.len() < source::kube::watched_resources().len() {
             match kube_rx.recv().await.context("watchers stopped")? {
                 Update::Synced(kind) => {
                     synced.insert(kind);

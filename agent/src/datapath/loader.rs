@@ -1,6 +1,7 @@
 //! The agent's handle on the datapath: the node's program pair, loaded once,
 //! and each pod's maps, attachments and rules.
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -52,6 +53,8 @@ pub enum DatapathError {
     NoInterface(String),
     #[error(transparent)]
     Rules(#[from] RulesError),
+    #[error(transparent)]
+    Services(#[from] super::ServicesError),
     #[error("the DNAT hook: {0}")]
     DnatHook(#[from] super::dnat_hook::DnatHookError),
 }
@@ -210,6 +213,13 @@ impl Datapath {
             let _ = super::dnat_hook::uninstall(&self.layout);
         })?;
         Ok(())
+    }
+
+    /// Makes the node's Service frontends `frontends` (see
+    /// [`super::ServiceTable`]); returns how many entries changed.
+    pub fn set_services(&self, frontends: &BTreeMap<super::Frontend, u32>) -> Result<usize, DatapathError> {
+        drop(self.programs()?);
+        Ok(super::ServiceTable::open(&self.layout)?.sync(frontends)?)
     }
 
     /// The programs' version and how this handle got them, for the status file.

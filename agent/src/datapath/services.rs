@@ -2,6 +2,8 @@
 //! leaves to the DNAT hook (see `na_common::service`).
 use std::{collections::BTreeMap, net::IpAddr};
 
+pub use na_policy::Frontend;
+
 use aya::maps::{HashMap, MapData};
 use na_common::{
     Addr, family,
@@ -12,30 +14,20 @@ use na_common::{
 use super::rules::{RulesError, map_err, open_pinned};
 use crate::bpffs::PinLayout;
 
-/// One frontend: an address and port DNAT translates, and the Service's
-/// number (for flow logs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Frontend {
-    pub addr: IpAddr,
-    pub protocol: u8,
-    pub port: u16,
-}
-
-impl Frontend {
-    pub fn key(&self) -> ServiceKey {
-        let mut addr = Addr::default();
-        let family = match self.addr {
-            IpAddr::V4(v4) => {
-                addr.0[..4].copy_from_slice(&v4.octets());
-                family::IPV4
-            }
-            IpAddr::V6(v6) => {
-                addr.0 = v6.octets();
-                family::IPV6
-            }
-        };
-        ServiceKey { addr, port: self.port, protocol: self.protocol, family, _pad: [0; 4] }
-    }
+/// `frontend` as the table's key.
+pub fn service_key(frontend: &Frontend) -> ServiceKey {
+    let mut addr = Addr::default();
+    let family = match frontend.addr {
+        IpAddr::V4(v4) => {
+            addr.0[..4].copy_from_slice(&v4.octets());
+            family::IPV4
+        }
+        IpAddr::V6(v6) => {
+            addr.0 = v6.octets();
+            family::IPV6
+        }
+    };
+    ServiceKey { addr, port: frontend.port, protocol: frontend.protocol, family, _pad: [0; 4] }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +54,7 @@ impl ServiceTable {
             return Err(ServicesError::TooMany { count: frontends.len() });
         }
         let wanted: std::collections::HashMap<ServiceKey, u32> =
-            frontends.iter().map(|(f, id)| (f.key(), *id)).collect();
+            frontends.iter().map(|(f, id)| (service_key(f), *id)).collect();
         let present: Vec<(ServiceKey, ServiceEntry)> = self.0.iter().filter_map(Result::ok).collect();
         let mut changed = 0;
         for (key, &service_id) in &wanted {

@@ -1,12 +1,12 @@
-//! The cluster as the API server shows it: watchers on Pods, Namespaces and
-//! NetworkPolicies in all namespaces. kube-rs relists after a 410 and backs
+//! The cluster as the API server shows it: watchers on Pods, Namespaces,
+//! NetworkPolicies and Services in all namespaces. kube-rs relists after a 410 and backs
 //! off after errors; meanwhile the last state stays enforced. Objects that
 //! vanished while a watch was down are found when the relist completes.
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Pod, Service},
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -34,11 +34,11 @@ pub const VERBS: [&str; 2] = ["list", "watch"];
 
 /// (API group, resource) of each collection the watchers below read, all
 /// namespaces; the ClusterRole grants exactly these.
-pub fn watched_resources() -> [(String, String); 3] {
+pub fn watched_resources() -> [(String, String); 4] {
     fn of<K: Resource<DynamicType = ()>>() -> (String, String) {
         (K::group(&()).into_owned(), K::plural(&()).into_owned())
     }
-    [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>()]
+    [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>(), of::<Service>()]
 }
 
 /// A client for the watchers, without kube-rs's default retry of 503s inside
@@ -52,7 +52,8 @@ pub fn client(mut config: kube::Config) -> kube::Result<Client> {
     Client::try_from(config)
 }
 
-/// Starts the three watchers; they run until `tx` is closed.
+/// Starts the watchers, one per [`watched_resources`]; they run until `tx`
+/// is closed.
 pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
     tokio::spawn(watch(
         Api::<Namespace>::all(client.clone()),
@@ -62,11 +63,12 @@ pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
     ));
     tokio::spawn(watch(Api::<Pod>::all(client.clone()), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone()));
     tokio::spawn(watch(
-        Api::<NetworkPolicy>::all(client),
+        Api::<NetworkPolicy>::all(client.clone()),
         Kind::NetworkPolicy,
         |o| Object::NetworkPolicy(Box::new(o)),
-        tx,
+        tx.clone(),
     ));
+    tokio::spawn(watch(Api::<Service>::all(client), Kind::Service, |o| Object::Service(Box::new(o)), tx));
 }
 
 async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: UnboundedSender<Update>)

@@ -5,7 +5,7 @@ pub mod kube;
 pub mod manifests;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Pod, Service},
     networking::v1::NetworkPolicy,
 };
 use na_policy::ObjectRef;
@@ -16,6 +16,7 @@ pub enum Object {
     Pod(Box<Pod>),
     Namespace(Box<Namespace>),
     NetworkPolicy(Box<NetworkPolicy>),
+    Service(Box<Service>),
 }
 
 /// Kind and identity of an object (namespaces have an empty namespace).
@@ -30,6 +31,7 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Service,
 }
 
 impl Object {
@@ -38,6 +40,7 @@ impl Object {
             Self::Pod(p) => (Kind::Pod, &p.metadata),
             Self::Namespace(n) => (Kind::Namespace, &n.metadata),
             Self::NetworkPolicy(n) => (Kind::NetworkPolicy, &n.metadata),
+            Self::Service(s) => (Kind::Service, &s.metadata),
         };
         let name = meta.name.clone()?;
         let namespace = match kind {

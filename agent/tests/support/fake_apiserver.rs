@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
+pub const SERVICES: &str = "/api/v1/services";
 
 /// kube-apiserver's `--min-request-timeout`: how long a watch that names no
 /// `timeoutSeconds` lasts.
@@ -91,7 +92,7 @@ struct Change {
 }
 
 impl Cluster {
-    /// An empty cluster with the three collections the agent watches.
+    /// An empty cluster with the collections the agent watches.
     pub fn new() -> Self {
         let collection = |list_kind, api_version| Collection {
             list_kind,
@@ -107,6 +108,7 @@ impl Cluster {
                 (NAMESPACES, collection("NamespaceList", "v1")),
                 (PODS, collection("PodList", "v1")),
                 (POLICIES, collection("NetworkPolicyList", "networking.k8s.io/v1")),
+                (SERVICES, collection("ServiceList", "v1")),
             ]),
             compacted_before: 0,
             page_size: usize::MAX,
