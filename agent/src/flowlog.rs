@@ -10,7 +10,7 @@ use std::{
 };
 
 use na_common::events::{PolicyEvent, verdict};
-use na_policy::{Attributions, ObjectRef};
+use na_policy::{Attributions, ObjectRef, Services};
 use serde::{Deserialize, Serialize};
 
 use crate::decode;
@@ -35,6 +35,10 @@ pub struct FlowLine {
     pub policy: Option<String>,
     /// Index of that rule in the policy's ingress or egress list.
     pub rule: Option<usize>,
+    /// `namespace/name` of the Service the pod connected to, when the flow
+    /// went through one (`dst_ip` and `dst_port` are then its endpoint's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// Which events become lines.
@@ -101,7 +105,13 @@ impl FlowLogger {
     }
 
     /// Logs `event` if the configuration and the rate allow.
-    pub fn record(&mut self, event: &PolicyEvent, pods: &HashMap<u32, ObjectRef>, attributions: &Attributions) {
+    pub fn record(
+        &mut self,
+        event: &PolicyEvent,
+        pods: &HashMap<u32, ObjectRef>,
+        attributions: &Attributions,
+        services: &Services,
+    ) {
         if event.verdict == verdict::ALLOW && !self.config.accept {
             return;
         }
@@ -119,7 +129,8 @@ impl FlowLogger {
         }
         self.in_window += 1;
         let rule = |id| attributions.get(id).map(|a| (a.policy.to_string(), a.rule));
-        let line = line(&self.node, event, pods.get(&event.ifindex), rule, SystemTime::now());
+        let mut line = line(&self.node, event, pods.get(&event.ifindex), rule, SystemTime::now());
+        line.service = services.name_of(event.service_id).map(ToString::to_string);
         if let Err(e) = self.out.write_line(&serde_json::to_string(&line).expect("plain data serialises")) {
             tracing::warn!("writing the flow log: {e}");
         }
@@ -152,6 +163,7 @@ pub fn line(
         tier: decode::tier_name(e.tier).to_owned(),
         policy,
         rule,
+        service: None,
     }
 }
 
@@ -219,8 +231,8 @@ mod tests {
         let mut logger = FlowLogger::new(FlowLogConfig { accept: false, max_per_sec: 3 }, "n1".into(), out);
         let (pods, attributions) = (HashMap::new(), Attributions::default());
         for _ in 0..5 {
-            logger.record(&event(verdict::DENY, 0), &pods, &attributions);
-            logger.record(&event(verdict::ALLOW, 0), &pods, &attributions);
+            logger.record(&event(verdict::DENY, 0), &pods, &attributions, &Services::default());
+            logger.record(&event(verdict::ALLOW, 0), &pods, &attributions, &Services::default());
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");

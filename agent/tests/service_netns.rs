@@ -19,7 +19,7 @@ use na_common::{
 };
 use na_harness::{
     NODE_IP, Probe, Proto,
-    kube_proxy::{KubeProxy, ServicePort},
+    kube_proxy::{KubeProxy, ProxyMode, ServicePort},
 };
 use serde_json::json;
 use support::{
@@ -46,8 +46,14 @@ fn svc(name: &str, proto: Proto, addrs: &[IpAddr], endpoints: Vec<(IpAddr, u16)>
 
 /// Pods `x/a` (the client), `x/b` and `x/c` (servers), and Services:
 /// `db` (both families, TCP and UDP) on `b`, `other` on `c`, `both` on `b`
-/// and `c`, and a NodePort to `b`. Nothing enforced yet.
+/// and `c`, and a NodePort to `b`, translated by kube-proxy's iptables mode.
+/// Nothing enforced yet.
 fn env_with_services() -> (Env, KubeProxy) {
+    env_with_services_in(ProxyMode::Iptables)
+}
+
+/// [`env_with_services`], translated by kube-proxy in `mode`.
+fn env_with_services_in(mode: ProxyMode) -> (Env, KubeProxy) {
     let env = Env::new(na_agent::datapath::AttachMode::Auto).unwrap();
     let (b, c) = (env.pod("x/b"), env.pod("x/c"));
     let (b4, b6, c4) = (IpAddr::V4(b.ip), IpAddr::V6(b.ip6), IpAddr::V4(c.ip));
@@ -55,6 +61,7 @@ fn env_with_services() -> (Env, KubeProxy) {
     let mut node_port = svc("x/db:nodeport", Proto::Tcp, &[], vec![(b4, TARGET)]);
     node_port.node_port = Some(NODE_PORT);
     let proxy = KubeProxy {
+        mode,
         services: vec![
             svc("x/db:tcp", Proto::Tcp, &db, vec![(b4, TARGET), (b6, TARGET)]),
             svc("x/db:udp", Proto::Udp, &db, vec![(b4, TARGET), (b6, TARGET)]),
@@ -102,8 +109,17 @@ fn via(env: &Env, from: &str, probe: Probe, to: impl Into<IpAddr>) -> bool {
 }
 
 #[test]
-fn an_endpoint_the_egress_policy_allows_is_reached_through_its_service() {
-    let (mut env, proxy) = env_with_services();
+fn an_endpoint_the_egress_policy_allows_is_reached_through_its_service_iptables() {
+    an_endpoint_the_egress_policy_allows_is_reached_through_its_service(ProxyMode::Iptables);
+}
+
+#[test]
+fn an_endpoint_the_egress_policy_allows_is_reached_through_its_service_nftables() {
+    an_endpoint_the_egress_policy_allows_is_reached_through_its_service(ProxyMode::Nftables);
+}
+
+fn an_endpoint_the_egress_policy_allows_is_reached_through_its_service(mode: ProxyMode) {
+    let (mut env, proxy) = env_with_services_in(mode);
     for (probe, to) in [(Probe::tcp(PORT), IpAddr::V4(DB4)), (Probe::udp(PORT), IpAddr::V6(DB6))] {
         assert!(via(&env, "x/a", probe, to), "baseline: {probe} to {to}");
     }
@@ -124,8 +140,17 @@ fn an_endpoint_the_egress_policy_allows_is_reached_through_its_service() {
 }
 
 #[test]
-fn a_service_with_some_endpoints_allowed_reaches_only_those() {
-    let (mut env, proxy) = env_with_services();
+fn a_service_with_some_endpoints_allowed_reaches_only_those_iptables() {
+    a_service_with_some_endpoints_allowed_reaches_only_those(ProxyMode::Iptables);
+}
+
+#[test]
+fn a_service_with_some_endpoints_allowed_reaches_only_those_nftables() {
+    a_service_with_some_endpoints_allowed_reaches_only_those(ProxyMode::Nftables);
+}
+
+fn a_service_with_some_endpoints_allowed_reaches_only_those(mode: ProxyMode) {
+    let (mut env, proxy) = env_with_services_in(mode);
     enforce_services(&mut env, &proxy);
     env.attach("x/a", &a_may_reach_b(&env)).unwrap();
     let mut events = Events::open(env.dp.layout());
@@ -244,6 +269,18 @@ fn the_agent_judges_flows_to_the_services_it_reads_on_their_endpoints() {
     assert!(via(&env, "x/a", Probe::udp(PORT), DB6), "db's IPv6 ClusterIP over UDP");
     assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP), "db's NodePort");
     assert!(!via(&env, "x/a", Probe::tcp(PORT), OTHER4), "other's endpoint is c");
+    // The flow log names the Service and the endpoint.
+    let b = env.pod("x/b").ip.to_string();
+    wait_until("the flow log names db", || {
+        std::fs::read_to_string(status_file.with_extension("flows")).is_ok_and(|log| {
+            log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|l| {
+                l["service"] == "x/db"
+                    && l["dst_ip"] == b.as_str()
+                    && l["dst_port"] == TARGET
+                    && l["verdict"] == "ACCEPT"
+            })
+        })
+    });
     // A Service the agent no longer knows is only an address again, which
     // no pod selector allows.
     manifests.write("services.yaml", &service_manifests()[1..]);

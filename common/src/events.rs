@@ -68,4 +68,8 @@ pub struct PolicyEvent {
     pub ifindex: u32,
     /// Packet length (`skb->len`).
     pub packet_len: u32,
+    /// For a flow the pod opened to a Service address, the agent's number
+    /// for the Service (`dst_*` is then the endpoint DNAT chose); 0 otherwise.
+    pub service_id: u32,
+    pub _pad2: [u8; 4],
 }

@@ -77,7 +77,7 @@ fn pod_record_layout() {
 
 #[test]
 fn event_layout() {
-    assert_eq!(size_of::<PolicyEvent>(), 56);
+    assert_eq!(size_of::<PolicyEvent>(), 64);
     assert_eq!(offset_of!(PolicyEvent, src_port), 32);
     assert_eq!(offset_of!(PolicyEvent, protocol), 36);
     assert_eq!(offset_of!(PolicyEvent, direction), 38);
@@ -86,6 +86,7 @@ fn event_layout() {
     assert_eq!(offset_of!(PolicyEvent, policy_id), 44);
     assert_eq!(offset_of!(PolicyEvent, ifindex), 48);
     assert_eq!(offset_of!(PolicyEvent, packet_len), 52);
+    assert_eq!(offset_of!(PolicyEvent, service_id), 56);
 }
 
 #[test]

@@ -176,5 +176,7 @@ fn report(slot: &DnatPending, endpoint: &Addr, port: u16, len: u32, d: &Decision
         policy_id: d.policy_id,
         ifindex: slot.ifindex,
         packet_len: len,
+        service_id: slot.service_id,
+        _pad2: [0; 4],
     });
 }

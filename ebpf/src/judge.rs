@@ -456,6 +456,8 @@ fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision) {
         policy_id: d.policy_id,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         packet_len: ctx.len(),
+        service_id: 0,
+        _pad2: [0; 4],
     });
 }
 

@@ -119,6 +119,8 @@ impl ServiceFrontends {
 #[derive(Debug, Default)]
 pub struct Services {
     services: BTreeMap<ObjectRef, (u32, ServiceFrontends)>,
+    /// Each number's Service (flow logs look up every line's).
+    names: BTreeMap<u32, ObjectRef>,
     next_id: u32,
     invalid: BTreeMap<ObjectRef, ServiceError>,
 }
@@ -134,11 +136,12 @@ impl Services {
                     self.next_id += 1;
                     self.next_id
                 });
+                self.names.insert(id, key.clone());
                 self.services.insert(key, (id, frontends));
                 Ok(())
             }
             Err(e) => {
-                self.services.remove(&e.service);
+                self.remove(&e.service);
                 self.invalid.insert(e.service.clone(), e.clone());
                 Err(e)
             }
@@ -146,7 +149,9 @@ impl Services {
     }
 
     pub fn remove(&mut self, key: &ObjectRef) {
-        self.services.remove(key);
+        if let Some((id, _)) = self.services.remove(key) {
+            self.names.remove(&id);
+        }
         self.invalid.remove(key);
     }
 
@@ -156,7 +161,7 @@ impl Services {
 
     /// The Service a number stands for.
     pub fn name_of(&self, id: u32) -> Option<&ObjectRef> {
-        self.services.iter().find(|(_, (i, _))| *i == id).map(|(k, _)| k)
+        self.names.get(&id)
     }
 
     /// Every frontend, NodePorts on `node_ips`, with its Service's number.
@@ -272,5 +277,7 @@ mod tests {
         services.remove(&ObjectRef::new("x", "db"));
         assert_eq!(id_of(&services, "10.96.0.11"), before);
         assert_eq!(services.name_of(before), Some(&ObjectRef::new("x", "other")));
+        assert!(services.frontends(&NODE).values().all(|&id| id == before), "x/db's number went with it");
+        assert_eq!(services.name_of(0), None);
     }
 }

@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("iperf3", "iperf3"),
     ("iptables", "iptables"),
+    // kube-proxy's nftables mode, written for real by the Service tests.
+    ("nft", "nftables"),
     ("ipset", "ipset"),
     // Real CNI plugins (ptp, host-local) for the CNI tests; not on PATH.
     ("/usr/lib/cni/ptp", "containernetworking-plugins"),

@@ -226,7 +226,8 @@ pub async fn run(args: Args) -> Result<()> {
                     let ring = &mut ring.get_mut().ring;
                     while let Some(item) = ring.next() {
                         if let Some(event) = flowlog::decode(&item) {
-                            flows.record(&event, &pods, node.reconciler.compiler().attributions());
+                            let reconciler = &node.reconciler;
+                            flows.record(&event, &pods, reconciler.compiler().attributions(), reconciler.services());
                         }
                     }
                 }
