@@ -20,6 +20,9 @@ pub struct Options {
     /// Only cases whose name contains this text.
     #[arg(long)]
     filter: Option<String>,
+    /// Only probes addressed this way [default: both: pod IP and Service IP].
+    #[arg(long, value_parser = ["pod", "service"])]
+    via: Option<String>,
     /// Also write a Markdown table of the results here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -42,6 +45,9 @@ pub fn run_suite(o: &Options) -> Result<()> {
     }
     if let Some(f) = &o.filter {
         runner.args(["--filter", f]);
+    }
+    if let Some(v) = &o.via {
+        runner.args(["--via", v]);
     }
     if let Some(r) = &o.report {
         runner.arg("--report").arg(here.join(r));

@@ -18,7 +18,7 @@ use na_harness::Probe;
 
 use crate::{
     case::{Case, Expect, ProbeSpec, Verdict},
-    model::Family,
+    model::{Family, Via},
     table::{Outcome, Run, Table},
     world::World,
 };
@@ -32,6 +32,9 @@ struct Args {
     /// Only this family (default: each case's own list).
     #[arg(long, value_enum)]
     family: Option<Family>,
+    /// Only probes addressed this way (default: both, each case run twice).
+    #[arg(long, value_enum)]
+    via: Option<Via>,
     /// Only cases whose name contains this text.
     #[arg(long)]
     filter: Option<String>,
@@ -75,6 +78,7 @@ fn run(args: &Args) -> Result<bool> {
                 runs.push(Run {
                     case: e.to_string(),
                     family: "-".into(),
+                    via: "-".into(),
                     outcome: Outcome::Failed(e.to_string()),
                     time: Duration::ZERO,
                 });
@@ -85,26 +89,36 @@ fn run(args: &Args) -> Result<bool> {
         bail!("no cases in {} match", args.cases.display());
     }
     let mut world = World::new(&agent).context("setting up the pods and the agent")?;
+    let vias: Vec<Via> = args.via.map_or_else(|| vec![Via::Pod, Via::Service], |v| vec![v]);
     for case in &runnable {
         for &family in &case.families {
             if args.family.is_some_and(|f| f != family) {
                 continue;
             }
-            let start = Instant::now();
-            let outcome = match case.skip_reason() {
-                Some(why) => Outcome::Skipped(why),
-                None => match run_case(&mut world, case, family, args.tries) {
-                    Ok(()) => Outcome::Passed,
-                    Err(e) => Outcome::Failed(format!("{e:#}")),
-                },
-            };
-            let time = start.elapsed();
-            match &outcome {
-                Outcome::Passed => println!("PASS {} [{family}] ({:.1} s)", case.name, time.as_secs_f64()),
-                Outcome::Skipped(why) => println!("SKIP {} [{family}]: {why}", case.name),
-                Outcome::Failed(why) => println!("FAIL {} [{family}] ({}):\n{why}", case.name, case.file.display()),
+            for &via in &vias {
+                let start = Instant::now();
+                let outcome = match case.skip_reason() {
+                    Some(why) => Outcome::Skipped(why),
+                    None => match run_case(&mut world, case, family, via, args.tries) {
+                        Ok(()) => Outcome::Passed,
+                        Err(e) => Outcome::Failed(format!("{e:#}")),
+                    },
+                };
+                let time = start.elapsed();
+                let tag = format!("{family}, {via}");
+                match &outcome {
+                    Outcome::Passed => println!("PASS {} [{tag}] ({:.1} s)", case.name, time.as_secs_f64()),
+                    Outcome::Skipped(why) => println!("SKIP {} [{tag}]: {why}", case.name),
+                    Outcome::Failed(why) => println!("FAIL {} [{tag}] ({}):\n{why}", case.name, case.file.display()),
+                }
+                runs.push(Run {
+                    case: case.name.clone(),
+                    family: family.to_string(),
+                    via: via.to_string(),
+                    outcome,
+                    time,
+                });
             }
-            runs.push(Run { case: case.name.clone(), family: family.to_string(), outcome, time });
         }
     }
     drop(world);
@@ -118,15 +132,15 @@ fn run(args: &Args) -> Result<bool> {
 
 /// One case from a clean slate: each step applied, then every probe checked
 /// against its truth table.
-fn run_case(world: &mut World, case: &Case, family: Family, tries: u32) -> Result<()> {
+fn run_case(world: &mut World, case: &Case, family: Family, via: Via, tries: u32) -> Result<()> {
     world.reset()?;
-    baseline(world, case, family, tries)?;
+    baseline(world, case, family, via, tries)?;
     for (i, step) in case.steps.iter().enumerate() {
         world.apply(step, family).with_context(|| format!("step {}", i + 1))?;
         for &spec in &step.probes {
             let ProbeSpec::Run(probe) = spec else { bail!("step {}: {spec} cannot be probed here", i + 1) };
             let expected = model::expected(&step.expect, spec);
-            let observed = observe(world, probe, family, &expected, tries)?;
+            let observed = observe(world, probe, family, via, &expected, tries)?;
             if !table::differences(&expected, &observed).is_empty() {
                 bail!("step {}, {spec}: connectivity differs\n{}", i + 1, table::mismatch(&expected, &observed));
             }
@@ -138,7 +152,7 @@ fn run_case(world: &mut World, case: &Case, family: Family, tries: u32) -> Resul
 /// With no policy every pod reaches every other on every probe the case
 /// uses: otherwise a dead server or broken routing would pass every cell the
 /// case expects to be denied.
-fn baseline(world: &World, case: &Case, family: Family, tries: u32) -> Result<()> {
+fn baseline(world: &World, case: &Case, family: Family, via: Via, tries: u32) -> Result<()> {
     let mut probes: Vec<ProbeSpec> = Vec::new();
     for &spec in case.steps.iter().flat_map(|s| &s.probes) {
         if !probes.contains(&spec) {
@@ -149,7 +163,7 @@ fn baseline(world: &World, case: &Case, family: Family, tries: u32) -> Result<()
     for spec in probes {
         let ProbeSpec::Run(probe) = spec else { bail!("{spec} cannot be probed here") };
         let expected = model::expected(&open, spec);
-        let observed = observe(world, probe, family, &expected, tries)?;
+        let observed = observe(world, probe, family, via, &expected, tries)?;
         if !table::differences(&expected, &observed).is_empty() {
             bail!(
                 "model broken: with no policy, {spec} does not connect everywhere\n{}",
@@ -165,8 +179,9 @@ fn baseline(world: &World, case: &Case, family: Family, tries: u32) -> Result<()
 /// time out on a busy machine. A cell that connected where a denial was
 /// expected is a leak and is never probed again: a leak that times out once
 /// is still a leak. Cells that needed another try are reported.
-fn observe(world: &World, probe: Probe, family: Family, expected: &Table, tries: u32) -> Result<Table> {
-    let mut observed = na_harness::matrix(&world.node, probe, family.harness())?;
+fn observe(world: &World, probe: Probe, family: Family, via: Via, expected: &Table, tries: u32) -> Result<Table> {
+    let targets = world.targets(family, via);
+    let mut observed = na_harness::matrix_to(&world.node, probe, &targets)?;
     let mut retried = std::collections::BTreeSet::new();
     for _ in 1..tries {
         let cells = table::differences(expected, &observed);
@@ -178,7 +193,10 @@ fn observe(world: &World, probe: Probe, family: Family, expected: &Table, tries:
         let again: Vec<Result<bool>> = std::thread::scope(|s| {
             let handles: Vec<_> = cells
                 .iter()
-                .map(|&(i, j)| s.spawn(move || probe.run(&pods[i], family.harness().of(&pods[j]))))
+                .map(|&(i, j)| {
+                    let to = targets[j];
+                    s.spawn(move || probe.run(&pods[i], to))
+                })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("probe thread panicked")).collect()
         });
@@ -188,7 +206,7 @@ fn observe(world: &World, probe: Probe, family: Family, expected: &Table, tries:
         }
     }
     if !retried.is_empty() {
-        eprintln!("conformance: {probe} {family:?}: probed again after a timeout: {retried:?}");
+        eprintln!("conformance: {probe} {family:?} via {via}: probed again after a timeout: {retried:?}");
     }
     Ok(observed)
 }

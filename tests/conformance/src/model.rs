@@ -51,6 +51,25 @@ impl std::fmt::Display for Family {
     }
 }
 
+/// How a probe addresses its destination pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// The pod's own address.
+    Pod,
+    /// The address of the pod's ClusterIP Service, translated by the node's
+    /// kube-proxy rules, as upstream's e2e suite probes.
+    Service,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pod => "pod IP",
+            Self::Service => "Service IP",
+        })
+    }
+}
+
 /// `ns/pod` with `*` for any namespace or any pod.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]

@@ -50,21 +50,25 @@ pub enum Outcome {
 pub struct Run {
     pub case: String,
     pub family: String,
+    /// How probes addressed their destination ([`crate::model::Via`]).
+    pub via: String,
     pub outcome: Outcome,
     pub time: Duration,
 }
 
 /// What a pass means, for readers of the report.
-const HOW_JUDGED: &str = "Each case and family starts with every pod reaching every other on each probe the case uses, with no \
+const HOW_JUDGED: &str = "Each case runs in each family twice: probing each destination pod at its own address, and at \
+the address of its ClusterIP Service, translated by kube-proxy's iptables rules in the node namespace (as upstream's e2e \
+suite probes). Each run starts with every pod reaching every other on each probe the case uses, with no \
 policy (else it fails as a broken model). A probe is denied only when it times out; a refused or unreachable probe \
 fails the case. A connection where a denial is expected fails at once; only timeouts where a connection is expected \
 are probed again (up to three tries).";
 
-/// The Markdown report: one row per case and family.
+/// The Markdown report: one row per case, family and way of probing.
 pub fn report(runs: &[Run]) -> String {
     let (passed, failed, skipped) = summary(runs);
     let mut out = format!(
-        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n{HOW_JUDGED}\n\n| case | family | result | time |\n|---|---|---|---|\n"
+        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n{HOW_JUDGED}\n\n| case | family | probed at | result | time |\n|---|---|---|---|---|\n"
     );
     for r in runs {
         let result = match &r.outcome {
@@ -74,9 +78,10 @@ pub fn report(runs: &[Run]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {:.1} s |",
             r.case.replace('|', "\\|"),
             r.family,
+            r.via,
             result,
             r.time.as_secs_f64()
         );
@@ -118,15 +123,20 @@ mod tests {
 
     #[test]
     fn report_rows_and_totals() {
-        let run =
-            |outcome| Run { case: "a | b".into(), family: "ipv4".into(), outcome, time: Duration::from_millis(1500) };
+        let run = |outcome| Run {
+            case: "a | b".into(),
+            family: "ipv4".into(),
+            via: "Service IP".into(),
+            outcome,
+            time: Duration::from_millis(1500),
+        };
         let text = report(&[
             run(Outcome::Passed),
             run(Outcome::Failed("boom\nmore".into())),
             run(Outcome::Skipped("no SCTP".into())),
         ]);
         assert!(text.contains("1 passed, 1 failed, 1 skipped"), "{text}");
-        assert!(text.contains("| a \\| b | ipv4 | **failed**: boom | 1.5 s |"), "{text}");
+        assert!(text.contains("| a \\| b | ipv4 | Service IP | **failed**: boom | 1.5 s |"), "{text}");
         assert!(text.contains("skipped: no SCTP"), "{text}");
     }
 }

@@ -1,6 +1,8 @@
 //! The model made real: a node namespace with the nine pods serving TCP and
-//! UDP on 80 and 81, a manifests directory describing them, and `na-agent`
-//! enforcing it in local mode. Everything is removed on drop.
+//! UDP on 80 and 81, a ClusterIP Service per pod (both families, the same
+//! ports) translated by kube-proxy's iptables rules in the node namespace, a
+//! manifests directory describing them, and `na-agent` enforcing it in
+//! local mode. Everything is removed on drop.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -14,12 +16,15 @@ use na_agent::{
     source::manifests,
     veth::{DEFAULT_PREFIX, host_veth_name},
 };
-use na_harness::{Node, Proto, Servers};
+use na_harness::{
+    Node, Proto, Servers,
+    kube_proxy::{KubeProxy, ServicePort},
+};
 use serde_json::{Value, json};
 
 use crate::{
     case::Step,
-    model::{self, Family, NAMESPACE_NAME_LABEL},
+    model::{self, Family, NAMESPACE_NAME_LABEL, Via},
     template::{self, Addresses},
 };
 
@@ -27,6 +32,8 @@ use crate::{
 const NODE: &str = "conformance-node";
 /// This run's pins live in `/sys/fs/bpf/<PIN_PREFIX><pid>`.
 const PIN_PREFIX: &str = "na-conformance-";
+/// The ports every pod serves, on TCP and UDP, and its Service forwards.
+const PORTS: [u16; 2] = [80, 81];
 /// How long the agent may take to apply one change before the step fails.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -101,11 +108,12 @@ impl World {
         }
         let mut servers = Servers::default();
         for pod in node.pods() {
-            for port in [80, 81] {
+            for port in PORTS {
                 servers.start(pod, Proto::Tcp, port)?;
                 servers.start(pod, Proto::Udp, port)?;
             }
         }
+        service_proxy(&node).sync(node.netns())?;
         let status = dir.0.join("status.json");
         let log = std::fs::File::create(dir.0.join("agent.log"))?;
         let child = Command::new("nsenter")
@@ -153,6 +161,16 @@ impl World {
         self.node.pods().iter().map(|p| (p.key(), family.harness().of(p))).collect::<BTreeMap<String, IpAddr>>()
     }
 
+    /// Where probes reach each pod, in table order.
+    pub fn targets(&self, family: Family, via: Via) -> Vec<IpAddr> {
+        match via {
+            Via::Pod => self.node.pods().iter().map(|p| family.harness().of(p)).collect(),
+            Via::Service => {
+                (0..self.node.pods().len()).map(|i| service_addrs(i)[usize::from(family == Family::Ipv6)]).collect()
+            }
+        }
+    }
+
     /// Applies `step`'s changes, in `family`, and waits for the agent to
     /// enforce them.
     pub fn apply(&mut self, step: &Step, family: Family) -> Result<()> {
@@ -192,6 +210,7 @@ impl World {
             .map(|(ns, labels)| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}))
             .collect();
         docs.extend(self.node.pods().iter().map(|p| self.pod_manifest(p)));
+        docs.extend(self.node.pods().iter().enumerate().map(|(i, p)| service_manifest(i, p)));
         docs.extend(self.policies.values().cloned());
         let text: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
         let manifests = self.dir.0.join("manifests");
@@ -244,4 +263,48 @@ impl World {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The ClusterIPs of pod `i`'s Service: IPv4, IPv6.
+fn service_addrs(i: usize) -> [IpAddr; 2] {
+    let host = u8::try_from(10 + i).expect("nine pods");
+    [IpAddr::V4(Ipv4Addr::new(10, 96, 0, host)), IpAddr::V6(Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, u16::from(host)))]
+}
+
+/// Pod `i`'s Service: both families, TCP and UDP on [`PORTS`]. Without a
+/// selector (its endpoints are the pod, whatever labels a case gives it),
+/// as a Service with hand-written EndpointSlices is.
+fn service_manifest(i: usize, pod: &na_harness::Pod) -> Value {
+    let ports: Vec<Value> = PORTS
+        .iter()
+        .flat_map(|port| {
+            ["TCP", "UDP"].map(|proto| {
+                json!({"name": format!("{}-{port}", proto.to_lowercase()), "protocol": proto, "port": port, "targetPort": port})
+            })
+        })
+        .collect();
+    let ips: Vec<String> = service_addrs(i).iter().map(ToString::to_string).collect();
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": format!("s-{}", pod.name), "namespace": pod.namespace},
+           "spec": {"clusterIP": ips[0], "clusterIPs": ips, "ipFamilyPolicy": "RequireDualStack", "ports": ports}})
+}
+
+/// kube-proxy's rules for every pod's Service.
+fn service_proxy(node: &Node) -> KubeProxy {
+    let mut proxy = KubeProxy::default();
+    for (i, pod) in node.pods().iter().enumerate() {
+        for port in PORTS {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                proxy.services.push(ServicePort {
+                    name: format!("{}/s-{}:{port}", pod.namespace, pod.name),
+                    proto,
+                    addrs: service_addrs(i).to_vec(),
+                    port,
+                    node_port: None,
+                    endpoints: vec![(IpAddr::V4(pod.ip), port), (IpAddr::V6(pod.ip6), port)],
+                });
+            }
+        }
+    }
+    proxy
 }

@@ -112,13 +112,21 @@ impl Family {
 /// `[from][to]`; the diagonal is `None` (a pod reaching itself never crosses
 /// the datapath).
 pub fn matrix(node: &Node, probe: Probe, family: Family) -> Result<Vec<Vec<Option<bool>>>> {
+    let to: Vec<IpAddr> = node.pods().iter().map(|p| family.of(p)).collect();
+    matrix_to(node, probe, &to)
+}
+
+/// [`matrix`], reaching pod `j` at `to[j]` (its Service's address, say).
+pub fn matrix_to(node: &Node, probe: Probe, to: &[IpAddr]) -> Result<Vec<Vec<Option<bool>>>> {
     let pods = node.pods();
     std::thread::scope(|s| {
         let handles: Vec<Vec<_>> = pods
             .iter()
-            .map(|from| {
-                pods.iter()
-                    .map(|to| (!std::ptr::eq(from, to)).then(|| s.spawn(move || probe.run(from, family.of(to)))))
+            .enumerate()
+            .map(|(i, from)| {
+                to.iter()
+                    .enumerate()
+                    .map(|(j, &addr)| (i != j).then(|| s.spawn(move || probe.run(from, addr))))
                     .collect()
             })
             .collect();
