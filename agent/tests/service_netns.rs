@@ -261,11 +261,20 @@ fn the_agent_judges_flows_to_the_services_it_reads_on_their_endpoints() {
         json!({"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Egress"], "egress": to_b}),
     );
     manifests.write("policy.yaml", &[a_to_b]);
-    let _agent = Agent::start(&env, &manifests, &status_file);
-    wait_until("all three pods are attached", || {
-        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
-    });
+    let agent = Agent::start(&env, &manifests, &status_file);
+    let attached = || status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3);
+    wait_until("all three pods are attached", attached);
     assert!(via(&env, "x/a", Probe::tcp(PORT), DB4), "db's IPv4 ClusterIP, named target port");
+    // A connection through the Service outlives an agent crash and restart,
+    // and new ones are judged meanwhile (the hook stays linked).
+    let addr = SocketAddr::new(DB4.into(), PORT);
+    let mut conn = env.pod("x/a").netns().run(move || std::net::TcpStream::connect(addr)).unwrap().unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    agent.kill();
+    assert!(via(&env, "x/a", Probe::tcp(PORT), DB4) && !via(&env, "x/a", Probe::tcp(PORT), OTHER4), "agent down");
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    wait_until("the restarted agent reports the pods", attached);
+    assert!(support::agent::echoes(&mut conn), "the flow through db survived the restart");
     assert!(via(&env, "x/a", Probe::udp(PORT), DB6), "db's IPv6 ClusterIP over UDP");
     assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP), "db's NodePort");
     assert!(!via(&env, "x/a", Probe::tcp(PORT), OTHER4), "other's endpoint is c");

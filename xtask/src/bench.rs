@@ -43,6 +43,13 @@ const DATAPATH: (&str, &str) = (
      same round's no-program run, min and max beside it. `ns_per_packet_*` is the kernel's own account of our \
      programs' run time per run (`BPF_ENABLE_STATS`, on only while the section runs) during `rr` (established) \
      and `crr` (new flows), next to the floor program's in the same rounds: no wall-clock noise in it. \
+     **Through a Service**: the same three loads from the client to the server at its pod address (`direct`) \
+     and at a ClusterIP translated by kube-proxy's iptables rules in the node namespace (`service`), with \
+     nothing attached and with our programs (the client's egress admits the server; the DNAT hook linked \
+     throughout); `*_ratio_service_ours` is to the same round's Service run with nothing attached, \
+     `*_ratio_direct_ours` to its direct one, and `*_ratio_service_none` compares the two unenforced runs \
+     (kube-proxy's own cost); `ns_per_run_dnat_hook`, the kernel's account of `judge_dnat` per run during \
+     `crr` through the Service (it runs for every packet entering PREROUTING, judging the new flows). \
      **Time to enforce** (agent in local mode, which reads a manifest once it is closed or renamed in, after 2 ms to coalesce a burst): \
      `policy_to_enforced`: the policy admitting the client is removed or restored, until a fresh connection \
      from the client sees the change (10 ms attempts; a block must be seen 3 times in a row); \
@@ -213,6 +220,15 @@ const DATAPATH_KEYS: &[&str] = &[
     "throughput_ratio_iptables_stateful_1",
     "throughput_ratio_iptables_stateful_1000",
     "throughput_ratio_iptables_stateful_10000",
+    "rr_ratio_direct_ours",
+    "rr_ratio_service_ours",
+    "rr_ratio_service_none",
+    "crr_ratio_direct_ours",
+    "crr_ratio_service_ours",
+    "crr_ratio_service_none",
+    "throughput_ratio_direct_ours",
+    "throughput_ratio_service_ours",
+    "ns_per_run_dnat_hook",
     "policy_to_enforced_p50_ms",
     "policy_to_enforced_p99_ms",
     "kube_policy_to_enforced_p50_ms",

@@ -11,6 +11,7 @@ mod cni;
 mod enforce;
 mod per_packet;
 mod scale;
+mod service;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -27,8 +28,13 @@ fn main() {
     // `--only <section>` runs one section (for working on it).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
     let mut figures = Figures::new();
-    let sections: [(&str, Section); 4] =
-        [("per_packet", per_packet::run), ("enforce", enforce::run), ("cni", cni::run), ("scale", scale::run)];
+    let sections: [(&str, Section); 5] = [
+        ("per_packet", per_packet::run),
+        ("service", service::run),
+        ("enforce", enforce::run),
+        ("cni", cni::run),
+        ("scale", scale::run),
+    ];
     for (name, section) in sections {
         if only.is_some_and(|o| o != name) {
             continue;

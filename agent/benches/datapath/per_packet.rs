@@ -37,11 +37,11 @@ use serde_json::json;
 use crate::{Figures, stats, support::Env};
 
 const SIZES: [usize; 3] = [1, 1_000, 10_000];
-const RR_PORT: u16 = 80;
-const SINK_PORT: u16 = 5001;
+pub const RR_PORT: u16 = 80;
+pub const SINK_PORT: u16 = 5001;
 /// The connection-per-transaction responder's port (the harness servers poll
 /// for connections, which would cap that rate).
-const CRR_PORT: u16 = 5002;
+pub const CRR_PORT: u16 = 5002;
 /// Bulk writes of this size.
 const CHUNK: usize = 128 * 1024;
 
@@ -63,7 +63,7 @@ pub fn run(full: bool) -> Result<Figures> {
     let mut baseline = Vec::new();
     for round in 0..rounds {
         eprintln!("bench: per-packet round {}/{rounds}", round + 1);
-        let none = measure(&env, &sink, window, &[])?.rates;
+        let none = measure(&env, &sink, server.into(), window, &[])?.rates;
         baseline.push(none);
         let mut record = |name: String, m: Measured| {
             let r = m.rates;
@@ -78,20 +78,20 @@ pub fn run(full: bool) -> Result<Figures> {
             attached?;
             // Enforcement is on: what the rules do not admit is dropped.
             let enforced = !env.reaches("x/client", "x/server", Probe::tcp(81));
-            let m = measure(&env, &sink, window, &ours);
+            let m = measure(&env, &sink, server.into(), window, &ours);
             env.detach("x/server")?;
             env.detach("x/client")?;
             ensure!(enforced, "the programs did not enforce (TCP/81 reached the server)");
             record(format!("ours_{n}"), m?);
         }
         let floor_ids = floor.attach(&env)?;
-        let m = measure(&env, &sink, window, &floor_ids);
+        let m = measure(&env, &sink, server.into(), window, &floor_ids);
         floor.detach();
         record("floor".into(), m?);
         for stateful in [false, true] {
             for &n in &SIZES {
                 iptables_chain(&node, client.into(), server.into(), n, stateful)?;
-                let m = measure(&env, &sink, window, &[]);
+                let m = measure(&env, &sink, server.into(), window, &[]);
                 iptables_remove(&node, stateful)?;
                 let kind = if stateful { "iptables_stateful" } else { "iptables" };
                 record(format!("{kind}_{n}"), m?);
@@ -133,14 +133,14 @@ pub fn run(full: bool) -> Result<Figures> {
 }
 
 /// Kernel ids of the node's two programs.
-fn ours_program_ids(env: &Env) -> Result<Vec<u32>> {
+pub fn ours_program_ids(env: &Env) -> Result<Vec<u32>> {
     let programs = env.dp.programs()?;
     let programs = programs.as_ref().context("no programs")?;
     PROGRAMS.iter().map(|(name, _, _)| Ok(ProgramInfo::from_pin(programs.pin(env.dp.layout(), name))?.id())).collect()
 }
 
 /// (run time in ns, runs) of programs `ids`, summed.
-fn run_stats(ids: &[u32]) -> Result<(u64, u64)> {
+pub fn run_stats(ids: &[u32]) -> Result<(u64, u64)> {
     let mut total = (0, 0);
     for info in aya::programs::loaded_programs() {
         let info = info?;
@@ -198,12 +198,12 @@ impl Floor {
 /// Both pods isolated: the server admits the client on TCP (RR and sink
 /// ports), the client may send to the server; `others` prefixes more in
 /// each trie, none of which matches.
-struct BenchRules {
-    server: PodRules,
-    client: PodRules,
+pub struct BenchRules {
+    pub server: PodRules,
+    pub client: PodRules,
 }
 
-fn rules_with_others(client: IpAddr, server: IpAddr, others: usize) -> BenchRules {
+pub fn rules_with_others(client: IpAddr, server: IpAddr, others: usize) -> BenchRules {
     let allow = vec![
         PortRule::ports(1, na_common::protocol::TCP, RR_PORT, RR_PORT),
         PortRule::ports(1, na_common::protocol::TCP, SINK_PORT, CRR_PORT),
@@ -278,29 +278,30 @@ fn iptables_remove(node: &str, stateful: bool) -> Result<()> {
 }
 
 /// One configuration's figures.
-struct Measured {
+pub struct Measured {
     /// Transactions per second on one connection, transactions per second
     /// with a connection each, bytes per second.
-    rates: [f64; 3],
+    pub rates: [f64; 3],
     /// Nanoseconds per program run on the established connection and under
     /// the connection-per-transaction load, when `programs` were given.
-    ns_per_packet: Option<(f64, f64)>,
+    pub ns_per_packet: Option<(f64, f64)>,
 }
 
-fn measure(env: &Env, sink: &Sink, window: Duration, programs: &[u32]) -> Result<Measured> {
+/// The three rates from the client to the server, which it reaches at `to`.
+pub fn measure(env: &Env, sink: &Sink, to: IpAddr, window: Duration, programs: &[u32]) -> Result<Measured> {
     let before = run_stats(programs)?;
-    let rr = request_response(env, window)?;
+    let rr = request_response(env, to, window)?;
     let between = run_stats(programs)?;
-    let crr = connect_request_response(env, window)?;
+    let crr = connect_request_response(env, to, window)?;
     let after = run_stats(programs)?;
     let per_run = |a: (u64, u64), b: (u64, u64)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64;
     let ns_per_packet = (!programs.is_empty()).then(|| (per_run(before, between), per_run(between, after)));
-    Ok(Measured { rates: [rr, crr, sink.throughput(env, window)?], ns_per_packet })
+    Ok(Measured { rates: [rr, crr, sink.throughput(env, to, window)?], ns_per_packet })
 }
 
 /// A new connection per one-byte transaction, for `window`.
-fn connect_request_response(env: &Env, window: Duration) -> Result<f64> {
-    let to = SocketAddr::new(env.pod("x/server").ip.into(), CRR_PORT);
+fn connect_request_response(env: &Env, to: IpAddr, window: Duration) -> Result<f64> {
+    let to = SocketAddr::new(to, CRR_PORT);
     env.pod("x/client").netns().run(move || -> Result<f64> {
         let (mut done, mut byte) = (0u64, [0u8; 1]);
         let start = Instant::now();
@@ -317,8 +318,8 @@ fn connect_request_response(env: &Env, window: Duration) -> Result<f64> {
 }
 
 /// One connection, one byte each way per transaction, for `window`.
-fn request_response(env: &Env, window: Duration) -> Result<f64> {
-    let to = SocketAddr::new(env.pod("x/server").ip.into(), RR_PORT);
+fn request_response(env: &Env, to: IpAddr, window: Duration) -> Result<f64> {
+    let to = SocketAddr::new(to, RR_PORT);
     let mut conn =
         env.pod("x/client").netns().run(move || TcpStream::connect_timeout(&to, Duration::from_secs(1)))??;
     conn.set_nodelay(true)?;
@@ -336,7 +337,7 @@ fn request_response(env: &Env, window: Duration) -> Result<f64> {
 /// A server in the server pod answering each byte with itself, one
 /// connection at a time, blocking in `accept` (no polling delay). The thread
 /// ends with the bench process; the namespace goes with `Env`.
-fn start_responder(env: &Env) -> Result<()> {
+pub fn start_responder(env: &Env) -> Result<()> {
     let listener = env.pod("x/server").netns().run(|| TcpListener::bind(("0.0.0.0", CRR_PORT)))??;
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -351,12 +352,12 @@ fn start_responder(env: &Env) -> Result<()> {
 
 /// A server in the server pod that reads connections to the end and reports
 /// how many bytes each carried.
-struct Sink {
+pub struct Sink {
     counts: mpsc::Receiver<u64>,
 }
 
 impl Sink {
-    fn start(env: &Env) -> Result<Self> {
+    pub fn start(env: &Env) -> Result<Self> {
         let listener = env.pod("x/server").netns().run(|| TcpListener::bind(("0.0.0.0", SINK_PORT)))??;
         let (tx, counts) = mpsc::channel();
         // The thread ends with the bench process; the namespace goes with Env.
@@ -380,8 +381,8 @@ impl Sink {
     }
 
     /// Writes for `window`, then waits for the sink to have read it all.
-    fn throughput(&self, env: &Env, window: Duration) -> Result<f64> {
-        let to = SocketAddr::new(env.pod("x/server").ip.into(), SINK_PORT);
+    fn throughput(&self, env: &Env, to: IpAddr, window: Duration) -> Result<f64> {
+        let to = SocketAddr::new(to, SINK_PORT);
         let mut conn =
             env.pod("x/client").netns().run(move || TcpStream::connect_timeout(&to, Duration::from_secs(1)))??;
         conn.set_write_timeout(Some(Duration::from_secs(2)))?;
