@@ -111,6 +111,27 @@ impl Reconciler {
         &self.services
     }
 
+    /// Every Service frontend of the node with its Service and endpoints.
+    pub fn service_routes(&self) -> crate::status::ServiceRoutes {
+        let node_ips = &self.compiler.options().node_ips;
+        let frontends = self
+            .services
+            .frontends(node_ips)
+            .keys()
+            .filter_map(|f| {
+                let (service, endpoints) = self.services.resolve(f, node_ips)?;
+                Some(crate::status::FrontendEntry {
+                    addr: f.addr,
+                    protocol: f.protocol,
+                    port: f.port,
+                    service: service.to_string(),
+                    endpoints: endpoints.iter().map(|e| std::net::SocketAddr::new(e.addr, e.port)).collect(),
+                })
+            })
+            .collect();
+        crate::status::ServiceRoutes { frontends }
+    }
+
     /// Pods with programs attached, as pod ids.
     pub fn attached(&self) -> impl Iterator<Item = PodId> + '_ {
         self.attached.keys().map(|k| PodId::new(&k.namespace, &k.name))
@@ -173,6 +194,8 @@ impl Reconciler {
                 self.services_dirty = true;
                 return Ok(self.services.upsert(&svc)?);
             }
+            // Endpoints explain verdicts; the datapath judges what DNAT chose.
+            Event::Applied(Object::EndpointSlice(slice)) => self.services.upsert_slice(&slice),
             Event::Deleted(key) => match key.kind {
                 Kind::Pod => {
                     self.compiler.remove_pod(&key.id);
@@ -191,6 +214,7 @@ impl Reconciler {
                     self.services.remove(&key.id);
                     self.services_dirty = true;
                 }
+                Kind::EndpointSlice => self.services.remove_slice(&key.id),
             },
         }
         Ok(())

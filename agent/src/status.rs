@@ -5,7 +5,7 @@
 //! (like the pins), so `na-cli` still explains a node whose agent is down.
 use std::{
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -95,7 +95,6 @@ impl Status {
         serde_json::from_slice(&std::fs::read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// Writes whole then renames, so a reader never sees half a file.
     /// Adds `error` unless it is already listed, dropping the oldest beyond
     /// [`MAX_ERRORS`].
     pub fn record_error(&mut self, error: String) {
@@ -109,12 +108,7 @@ impl Status {
     }
 
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(tmp, path)
+        write_whole(path, &serde_json::to_vec_pretty(self)?)
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodEntry> {
@@ -134,6 +128,53 @@ impl Status {
         // the search is a fallback for a file written otherwise.
         let at = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.rules.get(i));
         at.filter(|r| r.id == id).or_else(|| self.rules.iter().find(|r| r.id == id))
+    }
+}
+
+/// Writes whole then renames, so a reader never sees half a file.
+fn write_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Beside the status file: every Service frontend of the node, its
+/// Service and the endpoints its EndpointSlices list, for `na-cli trace`
+/// (written when Services or EndpointSlices change, not on every reconcile).
+pub fn services_path(status_file: &Path) -> PathBuf {
+    status_file.with_extension("services.json")
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRoutes {
+    pub frontends: Vec<FrontendEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendEntry {
+    pub addr: IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub port: u16,
+    /// `namespace/name`.
+    pub service: String,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl ServiceRoutes {
+    pub fn read(path: &Path) -> io::Result<Self> {
+        serde_json::from_slice(&std::fs::read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        write_whole(path, &serde_json::to_vec(self)?)
+    }
+
+    pub fn find(&self, addr: IpAddr, protocol: u8, port: u16) -> Option<&FrontendEntry> {
+        self.frontends.iter().find(|f| (f.addr, f.protocol, f.port) == (addr, protocol, port))
     }
 }
 

@@ -17,13 +17,13 @@ use na_agent::source::{
     kube::{Update, client, spawn},
 };
 use serde_json::{Value, json};
-use support::fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, Request, SERVICES, Server, serve};
+use support::fake_apiserver::{Cluster, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, Request, SERVICES, Server, serve};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The longest any wait may last.
 const BOUND: Duration = Duration::from_secs(30);
 
-const COLLECTIONS: [&str; 4] = [NAMESPACES, PODS, POLICIES, SERVICES];
+const COLLECTIONS: [&str; 5] = [NAMESPACES, PODS, POLICIES, SERVICES, ENDPOINT_SLICES];
 
 fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"team": name}}})
@@ -42,7 +42,7 @@ fn policy(name: &str, app: &str) -> Value {
                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}})
 }
 
-/// Namespace x, pods x/a and x/b, policy x/p, Service x/s.
+/// Namespace x, pods x/a and x/b, policy x/p, Service x/s and its EndpointSlice.
 fn small() -> Cluster {
     let mut c = Cluster::new();
     c.apply(NAMESPACES, namespace("x"));
@@ -53,6 +53,12 @@ fn small() -> Cluster {
         SERVICES,
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "x"},
                "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "b"}, "ports": [{"port": 80}]}}),
+    );
+    c.apply(
+        ENDPOINT_SLICES,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "s-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "s"}},
+               "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.2"]}], "ports": [{"port": 80}]}),
     );
     c
 }
@@ -127,6 +133,7 @@ impl Watched {
                 .chain(typed(PODS, |v| Object::Pod(Box::new(serde_json::from_value(v).unwrap()))))
                 .chain(typed(POLICIES, |v| Object::NetworkPolicy(Box::new(serde_json::from_value(v).unwrap()))))
                 .chain(typed(SERVICES, |v| Object::Service(Box::new(serde_json::from_value(v).unwrap()))))
+                .chain(typed(ENDPOINT_SLICES, |v| Object::EndpointSlice(Box::new(serde_json::from_value(v).unwrap()))))
                 .map(|o| (o.key().unwrap(), o))
                 .collect();
         self.objects == cluster

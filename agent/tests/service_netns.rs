@@ -223,6 +223,43 @@ fn without_the_hook_a_service_address_is_judged_as_the_address_it_is() {
     assert!(via(&env, "x/a", Probe::tcp(PORT), DB4));
 }
 
+/// EndpointSlices of `db` (on `b`) and `other` (on `c`), as the
+/// EndpointSlice controller writes them.
+fn endpoint_slices(env: &Env) -> Vec<serde_json::Value> {
+    let slice = |service: &str, pod: &str, ports: serde_json::Value| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "x", "name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
+               "addressType": "IPv4", "endpoints": [{"addresses": [env.pod(pod).ip.to_string()], "conditions": {"ready": true}}],
+               "ports": ports})
+    };
+    vec![
+        slice(
+            "db",
+            "x/b",
+            json!([{"name": "tcp", "port": TARGET}, {"name": "udp", "protocol": "UDP", "port": TARGET}]),
+        ),
+        slice("other", "x/c", json!([{"port": TARGET}])),
+    ]
+}
+
+/// `na-cli -o json trace` on the node, as an operator runs it.
+fn cli_trace(env: &Env, status_file: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_na-cli"))
+        .arg("--bpffs-root")
+        .arg(env.root())
+        .arg("--status-file")
+        .arg(status_file)
+        .args(["-o", "json", "trace"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "na-cli trace {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The Services of [`env_with_services`] as manifests: `db` with a named
 /// target port, `other`, and the NodePort.
 fn service_manifests() -> Vec<serde_json::Value> {
@@ -254,6 +291,7 @@ fn the_agent_judges_flows_to_the_services_it_reads_on_their_endpoints() {
     let status_file = manifests.1.join("status.json");
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
     manifests.write("services.yaml", &service_manifests());
+    manifests.write("endpoints.yaml", &endpoint_slices(&env));
     let to_b = json!([{"to": [{"podSelector": {"matchLabels": {"app": "b"}}}],
                        "ports": [{"protocol": "TCP", "port": TARGET}, {"protocol": "UDP", "port": TARGET}]}]);
     let a_to_b = policy(
@@ -290,6 +328,23 @@ fn the_agent_judges_flows_to_the_services_it_reads_on_their_endpoints() {
             })
         })
     });
+    // na-cli explains a flow to a Service by the endpoints it leads to.
+    let (a, b, c) = (env.pod("x/a").ip.to_string(), env.pod("x/b").ip.to_string(), env.pod("x/c").ip.to_string());
+    let db = cli_trace(&env, &status_file, &[&a, &DB4.to_string(), &format!("tcp/{PORT}")]);
+    assert_eq!((&db["service"], &db["allowed"]), (&json!("x/db"), &json!(true)), "{db}");
+    assert_eq!(
+        db["endpoints"]
+            .as_array()
+            .map(|e| e.iter().map(|t| (t["dst"].clone(), t["port"].clone(), t["allowed"].clone())).collect::<Vec<_>>()),
+        Some(vec![(json!(b), json!(TARGET), json!(true))]),
+        "{db}"
+    );
+    let other = cli_trace(&env, &status_file, &[&a, &OTHER4.to_string(), &format!("tcp/{PORT}")]);
+    assert_eq!(
+        (&other["service"], &other["allowed"], &other["endpoints"][0]["dst"]),
+        (&json!("x/other"), &json!(false), &json!(c)),
+        "{other}"
+    );
     // A Service the agent no longer knows is only an address again, which
     // no pod selector allows.
     manifests.write("services.yaml", &service_manifests()[1..]);

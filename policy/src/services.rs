@@ -15,7 +15,7 @@ use std::{
     net::IpAddr,
 };
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use thiserror::Error;
 
 use crate::cluster::{ObjectRef, protocol_number};
@@ -42,11 +42,39 @@ pub struct ServiceError {
 pub struct ServiceFrontends {
     /// Every address on every port.
     pub addrs: Vec<IpAddr>,
-    /// (protocol, port).
-    pub ports: Vec<(u8, u16)>,
-    /// (protocol, node port).
-    pub node_ports: Vec<(u8, u16)>,
+    pub ports: Vec<ServicePort>,
 }
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port's name (empty for a Service's only port): its endpoints'
+    /// ports carry the same name.
+    pub name: String,
+    pub protocol: u8,
+    pub port: u16,
+    pub node_port: Option<u16>,
+}
+
+/// Where one port of a Service leads: an endpoint's address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// What one EndpointSlice says of its Service's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Slice {
+    service: ObjectRef,
+    /// Ready endpoints' addresses (kube-proxy sends new flows to those).
+    addrs: Vec<IpAddr>,
+    /// (name, protocol, port).
+    ports: Vec<(String, u8, u16)>,
+}
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 impl ServiceFrontends {
     pub fn parse(svc: &Service) -> Result<(ObjectRef, Self), ServiceError> {
@@ -92,7 +120,6 @@ impl ServiceFrontends {
             }
         }
         let mut ports = Vec::new();
-        let mut node_ports = Vec::new();
         for (i, p) in spec.ports.iter().flatten().enumerate() {
             let name = p.protocol.as_deref().unwrap_or("TCP");
             let protocol = protocol_number(name)
@@ -101,16 +128,17 @@ impl ServiceFrontends {
                 .ok()
                 .filter(|&port| port != 0)
                 .ok_or_else(|| err(format!("spec.ports[{i}].port"), format!("{} is not a port", p.port)))?;
-            ports.push((protocol, port));
-            if let Some(node_port) = p.node_port {
-                let node_port = u16::try_from(node_port)
-                    .ok()
-                    .filter(|&port| port != 0)
-                    .ok_or_else(|| err(format!("spec.ports[{i}].nodePort"), format!("{node_port} is not a port")))?;
-                node_ports.push((protocol, node_port));
-            }
+            let node_port =
+                p.node_port
+                    .map(|node_port| {
+                        u16::try_from(node_port).ok().filter(|&port| port != 0).ok_or_else(|| {
+                            err(format!("spec.ports[{i}].nodePort"), format!("{node_port} is not a port"))
+                        })
+                    })
+                    .transpose()?;
+            ports.push(ServicePort { name: p.name.clone().unwrap_or_default(), protocol, port, node_port });
         }
-        Ok((key, Self { addrs, ports, node_ports }))
+        Ok((key, Self { addrs, ports }))
     }
 }
 
@@ -119,6 +147,10 @@ impl ServiceFrontends {
 #[derive(Debug, Default)]
 pub struct Services {
     services: BTreeMap<ObjectRef, (u32, ServiceFrontends)>,
+    slices: BTreeMap<ObjectRef, Slice>,
+    /// Bumped by every change, so a writer of what is derived from this can
+    /// tell whether it is stale.
+    version: u64,
     /// Each number's Service (flow logs look up every line's).
     names: BTreeMap<u32, ObjectRef>,
     next_id: u32,
@@ -129,6 +161,7 @@ impl Services {
     /// Adds or replaces a Service. An unreadable one is left out (and
     /// reported by [`Services::invalid`]) until it is fixed.
     pub fn upsert(&mut self, svc: &Service) -> Result<(), ServiceError> {
+        self.version += 1;
         match ServiceFrontends::parse(svc) {
             Ok((key, frontends)) => {
                 self.invalid.remove(&key);
@@ -149,10 +182,81 @@ impl Services {
     }
 
     pub fn remove(&mut self, key: &ObjectRef) {
+        self.version += 1;
         if let Some((id, _)) = self.services.remove(key) {
             self.names.remove(&id);
         }
         self.invalid.remove(key);
+    }
+
+    /// Adds or replaces an EndpointSlice. One naming no Service gives no
+    /// endpoints, nor do addresses that cannot be read: endpoints only
+    /// explain verdicts (`na-cli trace`), they never decide one.
+    pub fn upsert_slice(&mut self, slice: &EndpointSlice) {
+        let Some(key) = ObjectRef::of(&slice.metadata) else { return };
+        self.version += 1;
+        let service = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let Some(service) = service else {
+            self.slices.remove(&key);
+            return;
+        };
+        let ready = |e: &&k8s_openapi::api::discovery::v1::Endpoint| {
+            e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+        };
+        let addrs =
+            slice.endpoints.iter().filter(ready).flat_map(|e| &e.addresses).filter_map(|a| a.parse().ok()).collect();
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let protocol = protocol_number(p.protocol.as_deref().unwrap_or("TCP"))?;
+                Some((p.name.clone().unwrap_or_default(), protocol, u16::try_from(p.port?).ok()?))
+            })
+            .collect();
+        let service = ObjectRef::new(key.namespace.clone(), service.clone());
+        self.slices.insert(key, Slice { service, addrs, ports });
+    }
+
+    pub fn remove_slice(&mut self, key: &ObjectRef) {
+        self.version += 1;
+        self.slices.remove(key);
+    }
+
+    /// Changes so far (see the field).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The Service behind `frontend` (NodePorts on `node_ips`) and where
+    /// its EndpointSlices say it leads, in the frontend's family.
+    pub fn resolve(&self, frontend: &Frontend, node_ips: &[IpAddr]) -> Option<(&ObjectRef, Vec<Endpoint>)> {
+        let (key, port) = self.services.iter().find_map(|(key, (_, f))| {
+            let port = f.ports.iter().find(|p| {
+                p.protocol == frontend.protocol
+                    && ((p.port == frontend.port && f.addrs.contains(&frontend.addr))
+                        || (p.node_port == Some(frontend.port) && node_ips.contains(&frontend.addr)))
+            })?;
+            Some((key, port))
+        })?;
+        let mut endpoints: Vec<Endpoint> = self
+            .slices
+            .values()
+            .filter(|s| &s.service == key)
+            .flat_map(|s| {
+                let target =
+                    s.ports.iter().find(|(name, protocol, _)| *name == port.name && *protocol == port.protocol);
+                target.into_iter().flat_map(|(_, _, target)| {
+                    s.addrs
+                        .iter()
+                        .filter(|a| a.is_ipv4() == frontend.addr.is_ipv4())
+                        .map(|&addr| Endpoint { addr, port: *target })
+                })
+            })
+            .collect();
+        endpoints.sort();
+        endpoints.dedup();
+        Some((key, endpoints))
     }
 
     pub fn invalid(&self) -> impl Iterator<Item = &ServiceError> {
@@ -171,11 +275,10 @@ impl Services {
         let mut out = BTreeMap::new();
         let node_ips: BTreeSet<&IpAddr> = node_ips.iter().collect();
         for (id, f) in self.services.values() {
-            let ports =
-                f.addrs.iter().flat_map(|addr| f.ports.iter().map(move |(protocol, port)| (*addr, *protocol, *port)));
+            let ports = f.addrs.iter().flat_map(|addr| f.ports.iter().map(move |p| (*addr, p.protocol, p.port)));
             let node_ports = node_ips
                 .iter()
-                .flat_map(|addr| f.node_ports.iter().map(move |(protocol, port)| (**addr, *protocol, *port)));
+                .flat_map(|addr| f.ports.iter().filter_map(move |p| Some((**addr, p.protocol, p.node_port?))));
             for (addr, protocol, port) in ports.chain(node_ports) {
                 out.entry(Frontend { addr, protocol, port }).or_insert(*id);
             }
@@ -279,5 +382,52 @@ mod tests {
         assert_eq!(services.name_of(before), Some(&ObjectRef::new("x", "other")));
         assert!(services.frontends(&NODE).values().all(|&id| id == before), "x/db's number went with it");
         assert_eq!(services.name_of(0), None);
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use na_common::protocol::TCP;
+
+    use super::*;
+
+    #[test]
+    fn a_frontend_resolves_to_its_services_ready_endpoints_on_the_named_target_port() {
+        let mut services = Services::default();
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "db"},
+            "spec": {"clusterIPs": ["10.96.0.10", "fd96::10"], "ports": [
+                {"name": "web", "port": 80, "targetPort": "http", "nodePort": 30080},
+                {"name": "admin", "port": 81, "targetPort": 9000}]}
+        }))
+        .unwrap();
+        services.upsert(&svc).unwrap();
+        let slice = |name: &str, addrs: &[&str], ready: bool| -> EndpointSlice {
+            let endpoints: Vec<serde_json::Value> =
+                addrs.iter().map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": ready}})).collect();
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "x", "name": name, "labels": {SERVICE_NAME_LABEL: "db"}},
+                "addressType": if addrs[0].contains(':') { "IPv6" } else { "IPv4" },
+                "endpoints": endpoints,
+                "ports": [{"name": "web", "port": 8080}, {"name": "admin", "port": 9000}]
+            }))
+            .unwrap()
+        };
+        services.upsert_slice(&slice("db-a", &["198.18.0.3", "198.18.0.4"], true));
+        services.upsert_slice(&slice("db-b", &["198.18.0.9"], false));
+        services.upsert_slice(&slice("db-c", &["fd18::3"], true));
+        let node: [IpAddr; 1] = ["192.0.2.1".parse().unwrap()];
+        let at = |addr: &str, port| Frontend { addr: addr.parse().unwrap(), protocol: TCP, port };
+        let ep = |addr: &str, port| Endpoint { addr: addr.parse().unwrap(), port };
+        let (name, endpoints) = services.resolve(&at("10.96.0.10", 80), &node).unwrap();
+        assert_eq!(name, &ObjectRef::new("x", "db"));
+        assert_eq!(endpoints, [ep("198.18.0.3", 8080), ep("198.18.0.4", 8080)], "ready ones, IPv4 only");
+        assert_eq!(services.resolve(&at("fd96::10", 81), &node).unwrap().1, [ep("fd18::3", 9000)]);
+        assert_eq!(services.resolve(&at("192.0.2.1", 30080), &node).unwrap().1.len(), 2, "the NodePort");
+        assert!(services.resolve(&at("10.96.0.10", 82), &node).is_none());
+        let before = services.version();
+        services.remove_slice(&ObjectRef::new("x", "db-a"));
+        assert!(services.version() > before);
+        assert!(services.resolve(&at("10.96.0.10", 80), &node).unwrap().1.is_empty());
     }
 }

@@ -58,8 +58,10 @@ pub fn run(full: bool) -> Result<Figures> {
     proxy.sync(env.node.netns())?;
     let dp = env.dp.clone();
     env.node.netns().run(|| dp.install_dnat_hook())??;
-    let frontends: BTreeMap<Frontend, u32> =
-        ports.iter().map(|&port| (Frontend { addr: VIP.into(), protocol: na_common::protocol::TCP, port }, 1)).collect();
+    let frontends: BTreeMap<Frontend, u32> = ports
+        .iter()
+        .map(|&port| (Frontend { addr: VIP.into(), protocol: na_common::protocol::TCP, port }, 1))
+        .collect();
     ServiceTable::open(env.dp.layout())?.sync(&frontends)?;
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
     let ours = ours_program_ids(&env)?;

@@ -1,6 +1,8 @@
 //! `na-cli trace <src> <dst> <proto>[/<port>]`: the verdict the loaded maps
 //! give the first packet of a new flow, on the sending pod's egress and the
-//! receiving pod's ingress, and the rule that decides each.
+//! receiving pod's ingress, and the rule that decides each. A destination
+//! that is a Service frontend is judged, as the datapath judges it, on each
+//! endpoint DNAT may pick (as the Service's EndpointSlices list them).
 //!
 //! The decision is the programs' own ([`na_common::decision::decide`]) run on
 //! the live maps, with the kernel's longest-prefix match; only the prefix
@@ -20,7 +22,11 @@ use super::{
     CliError, Sources,
     read::{self, FlowRow},
 };
-use crate::{decode, pod_id::PodId, status::Status};
+use crate::{
+    decode,
+    pod_id::PodId,
+    status::{ServiceRoutes, Status, services_path},
+};
 
 /// A packet to trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +47,15 @@ pub struct Trace {
     /// The sending pod's egress, then the receiving pod's ingress; a side
     /// whose pod is not on this node is not judged here.
     pub sides: Vec<Side>,
-    /// Whether every side judged here lets the packet through.
+    /// Whether every side judged here lets the packet through; through a
+    /// Service, whether some endpoint is reached.
     pub allowed: bool,
+    /// `namespace/name` of the Service whose frontend `dst` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Through a Service: the trace to each of its endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Trace>,
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -87,6 +100,28 @@ pub fn trace(sources: &Sources, packet: Packet) -> Result<Trace, CliError> {
     if packet.src.is_ipv4() != packet.dst.is_ipv4() {
         return Err(CliError::BadArgument(format!("{} and {} are of different families", packet.src, packet.dst)));
     }
+    let routes = ServiceRoutes::read(&services_path(&sources.status_file)).unwrap_or_default();
+    let Some(frontend) = packet.port.and_then(|port| routes.find(packet.dst, packet.protocol, port)) else {
+        return trace_direct(sources, packet);
+    };
+    let endpoints = frontend
+        .endpoints
+        .iter()
+        .map(|e| trace_direct(sources, Packet { dst: e.ip(), port: Some(e.port()), ..packet }))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Trace {
+        src: packet.src,
+        dst: packet.dst,
+        protocol: decode::protocol_name(packet.protocol),
+        port: packet.port,
+        sides: Vec::new(),
+        allowed: endpoints.iter().any(|t| t.allowed),
+        service: Some(frontend.service.clone()),
+        endpoints,
+    })
+}
+
+fn trace_direct(sources: &Sources, packet: Packet) -> Result<Trace, CliError> {
     let status = sources.status("find the pods with these addresses")?;
     let mut sides = Vec::new();
     for (dir, local, peer) in
@@ -111,6 +146,8 @@ pub fn trace(sources: &Sources, packet: Packet) -> Result<Trace, CliError> {
         port: packet.port,
         allowed: sides.iter().all(|s| s.allowed),
         sides,
+        service: None,
+        endpoints: Vec::new(),
     })
 }
 
@@ -174,13 +211,34 @@ pub fn render(t: &Trace) -> String {
         None => t.protocol.clone(),
     };
     let _ = writeln!(s, "{} -> {} {what} (the first packet of a new flow)", t.src, t.dst);
+    if let Some(service) = &t.service {
+        let _ =
+            writeln!(s, "  Service {service}: judged on the endpoint kube-proxy picks ({} known)", t.endpoints.len());
+        for e in &t.endpoints {
+            let _ = writeln!(s, "  to endpoint {}: {}", read::socket(e.dst, e.port.unwrap_or(0)), verdict(e.allowed));
+            render_sides(&mut s, e, "    ");
+        }
+        let reached = t.endpoints.iter().filter(|e| e.allowed).count();
+        let _ = writeln!(s, "Verdict: {} ({reached} of {} endpoints reached)", verdict(t.allowed), t.endpoints.len());
+        return s;
+    }
+    render_sides(&mut s, t, "  ");
+    let _ = writeln!(s, "Verdict: {}", verdict(t.allowed));
+    s
+}
+
+fn verdict(allowed: bool) -> &'static str {
+    if allowed { "ALLOW" } else { "DENY" }
+}
+
+fn render_sides(s: &mut String, t: &Trace, indent: &str) {
     for side in &t.sides {
-        let verdict = if side.allowed { "ALLOW" } else { "DENY" };
-        let _ = writeln!(s, "  {:<7} of {:<24} {verdict:<5}  {}", side.direction, side.pod, explain(side));
+        let verdict = verdict(side.allowed);
+        let _ = writeln!(s, "{indent}{:<7} of {:<24} {verdict:<5}  {}", side.direction, side.pod, explain(side));
         for f in &side.tracked {
             let _ = writeln!(
                 s,
-                "          tracked already: {} -> {} ({}, idle {:.1}s): passes until the policy changes",
+                "{indent}        tracked already: {} -> {} ({}, idle {:.1}s): passes until the policy changes",
                 read::socket(f.src, f.src_port),
                 read::socket(f.dst, f.dst_port),
                 f.policy,
@@ -188,8 +246,6 @@ pub fn render(t: &Trace) -> String {
             );
         }
     }
-    let _ = writeln!(s, "Verdict: {}", if t.allowed { "ALLOW" } else { "DENY" });
-    s
 }
 
 fn explain(side: &Side) -> String {
@@ -207,6 +263,43 @@ mod tests {
     use na_common::protocol;
 
     use super::*;
+
+    #[test]
+    fn a_trace_through_a_service_shows_each_endpoint() {
+        let side = |allowed| Side {
+            direction: "egress".into(),
+            pod: "x/a".into(),
+            mode: "policies-applied".into(),
+            allowed,
+            tier: "rule".into(),
+            policy: if allowed { "x/a-to-b egress[0]".into() } else { "-".into() },
+            matched_prefix: None,
+            tracked: Vec::new(),
+        };
+        let to = |dst: &str, allowed| Trace {
+            src: "198.18.0.2".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: "TCP".into(),
+            port: Some(80),
+            sides: vec![side(allowed)],
+            allowed,
+            service: None,
+            endpoints: Vec::new(),
+        };
+        let t = Trace {
+            dst: "10.96.0.10".parse().unwrap(),
+            port: Some(8080),
+            sides: Vec::new(),
+            service: Some("x/db".into()),
+            endpoints: vec![to("198.18.0.3", true), to("198.18.0.4", false)],
+            ..to("198.18.0.3", true)
+        };
+        let text = render(&t);
+        assert!(text.contains("Service x/db: judged on the endpoint kube-proxy picks (2 known)"), "{text}");
+        assert!(text.contains("  to endpoint 198.18.0.3:80: ALLOW\n    egress  of x/a"), "{text}");
+        assert!(text.contains("  to endpoint 198.18.0.4:80: DENY"), "{text}");
+        assert!(text.ends_with("Verdict: ALLOW (1 of 2 endpoints reached)\n"), "{text}");
+    }
 
     #[test]
     fn protocol_specs() {

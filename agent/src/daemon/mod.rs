@@ -146,6 +146,7 @@ pub async fn run(args: Args) -> Result<()> {
         telemetry,
         manifests: args.manifests.clone(),
         snapshot: Loaded::default(),
+        services_written: None,
     };
     if node.manifests.is_some() {
         node.reload();
@@ -288,6 +289,8 @@ struct Daemon {
     /// Local mode's directory, and what was last read from it.
     manifests: Option<PathBuf>,
     snapshot: Loaded,
+    /// The version of the Services last written beside the status file.
+    services_written: Option<u64>,
 }
 
 impl Daemon {
@@ -427,6 +430,14 @@ impl Daemon {
         }));
         if let Err(e) = status.write(&self.status_file) {
             warn!(file = %self.status_file.display(), "writing the status file: {e}");
+        }
+        let services = reconciler.services().version();
+        if self.services_written != Some(services) {
+            let path = status::services_path(&self.status_file);
+            match reconciler.service_routes().write(&path) {
+                Ok(()) => self.services_written = Some(services),
+                Err(e) => warn!(file = %path.display(), "writing the Service routes: {e}"),
+            }
         }
 
         let mut t = self.telemetry.lock().expect("telemetry lock");

@@ -1,5 +1,5 @@
 //! The cluster as the API server shows it: watchers on Pods, Namespaces,
-//! NetworkPolicies and Services in all namespaces. kube-rs relists after a 410 and backs
+//! NetworkPolicies, Services and EndpointSlices in all namespaces. kube-rs relists after a 410 and backs
 //! off after errors; meanwhile the last state stays enforced. Objects that
 //! vanished while a watch was down are found when the relist completes.
 use std::collections::BTreeSet;
@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -34,11 +35,11 @@ pub const VERBS: [&str; 2] = ["list", "watch"];
 
 /// (API group, resource) of each collection the watchers below read, all
 /// namespaces; the ClusterRole grants exactly these.
-pub fn watched_resources() -> [(String, String); 4] {
+pub fn watched_resources() -> [(String, String); 5] {
     fn of<K: Resource<DynamicType = ()>>() -> (String, String) {
         (K::group(&()).into_owned(), K::plural(&()).into_owned())
     }
-    [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>(), of::<Service>()]
+    [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>(), of::<Service>(), of::<EndpointSlice>()]
 }
 
 /// A client for the watchers, without kube-rs's default retry of 503s inside
@@ -68,7 +69,18 @@ pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
         |o| Object::NetworkPolicy(Box::new(o)),
         tx.clone(),
     ));
-    tokio::spawn(watch(Api::<Service>::all(client), Kind::Service, |o| Object::Service(Box::new(o)), tx));
+    tokio::spawn(watch(
+        Api::<Service>::all(client.clone()),
+        Kind::Service,
+        |o| Object::Service(Box::new(o)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch(
+        Api::<EndpointSlice>::all(client),
+        Kind::EndpointSlice,
+        |o| Object::EndpointSlice(Box::new(o)),
+        tx,
+    ));
 }
 
 async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: UnboundedSender<Update>)

@@ -177,6 +177,7 @@ fn raw_key(value: &serde_json::Value) -> Option<ObjectKey> {
         ("v1", "Namespace") => Kind::Namespace,
         ("networking.k8s.io/v1", "NetworkPolicy") => Kind::NetworkPolicy,
         ("v1", "Service") => Kind::Service,
+        ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
         _ => return None,
     };
     let meta = value.get("metadata")?;
@@ -198,6 +199,7 @@ fn object(value: serde_json::Value) -> Result<Option<Object>, String> {
         ("v1", "Namespace") => Object::Namespace(Box::new(strict(&what, value)?)),
         ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(Box::new(strict(&what, value)?)),
         ("v1", "Service") => Object::Service(Box::new(strict(&what, value)?)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(Box::new(strict(&what, value)?)),
         ("v1", "List") => return Err("a List needs an items array".into()),
         (_, "") => return Err("no kind".into()),
         _ => return Ok(None),

@@ -6,6 +6,7 @@ pub mod manifests;
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 use na_policy::ObjectRef;
@@ -17,6 +18,7 @@ pub enum Object {
     Namespace(Box<Namespace>),
     NetworkPolicy(Box<NetworkPolicy>),
     Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 /// Kind and identity of an object (namespaces have an empty namespace).
@@ -32,6 +34,7 @@ pub enum Kind {
     Pod,
     NetworkPolicy,
     Service,
+    EndpointSlice,
 }
 
 impl Object {
@@ -41,6 +44,7 @@ impl Object {
             Self::Namespace(n) => (Kind::Namespace, &n.metadata),
             Self::NetworkPolicy(n) => (Kind::NetworkPolicy, &n.metadata),
             Self::Service(s) => (Kind::Service, &s.metadata),
+            Self::EndpointSlice(s) => (Kind::EndpointSlice, &s.metadata),
         };
         let name = meta.name.clone()?;
         let namespace = match kind {

@@ -23,6 +23,7 @@ pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 pub const SERVICES: &str = "/api/v1/services";
+pub const ENDPOINT_SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 
 /// kube-apiserver's `--min-request-timeout`: how long a watch that names no
 /// `timeoutSeconds` lasts.
@@ -109,6 +110,7 @@ impl Cluster {
                 (PODS, collection("PodList", "v1")),
                 (POLICIES, collection("NetworkPolicyList", "networking.k8s.io/v1")),
                 (SERVICES, collection("ServiceList", "v1")),
+                (ENDPOINT_SLICES, collection("EndpointSliceList", "discovery.k8s.io/v1")),
             ]),
             compacted_before: 0,
             page_size: usize::MAX,
