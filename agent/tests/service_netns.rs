@@ -31,6 +31,7 @@ const DB4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const DB6: Ipv6Addr = Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, 0x10);
 const OTHER4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const BOTH4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const BOTH6: Ipv6Addr = Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, 0x12);
 /// Service port; every endpoint serves on [`TARGET`].
 const PORT: u16 = 8080;
 const TARGET: u16 = 80;
@@ -56,7 +57,7 @@ fn env_with_services() -> (Env, KubeProxy) {
 fn env_with_services_in(mode: ProxyMode) -> (Env, KubeProxy) {
     let env = Env::new(na_agent::datapath::AttachMode::Auto).unwrap();
     let (b, c) = (env.pod("x/b"), env.pod("x/c"));
-    let (b4, b6, c4) = (IpAddr::V4(b.ip), IpAddr::V6(b.ip6), IpAddr::V4(c.ip));
+    let (b4, b6, c4, c6) = (IpAddr::V4(b.ip), IpAddr::V6(b.ip6), IpAddr::V4(c.ip), IpAddr::V6(c.ip6));
     let db = [IpAddr::V4(DB4), IpAddr::V6(DB6)];
     let mut node_port = svc("x/db:nodeport", Proto::Tcp, &[], vec![(b4, TARGET)]);
     node_port.node_port = Some(NODE_PORT);
@@ -66,7 +67,12 @@ fn env_with_services_in(mode: ProxyMode) -> (Env, KubeProxy) {
             svc("x/db:tcp", Proto::Tcp, &db, vec![(b4, TARGET), (b6, TARGET)]),
             svc("x/db:udp", Proto::Udp, &db, vec![(b4, TARGET), (b6, TARGET)]),
             svc("x/other:tcp", Proto::Tcp, &[IpAddr::V4(OTHER4)], vec![(c4, TARGET)]),
-            svc("x/both:tcp", Proto::Tcp, &[IpAddr::V4(BOTH4)], vec![(b4, TARGET), (c4, TARGET)]),
+            svc(
+                "x/both:tcp",
+                Proto::Tcp,
+                &[BOTH4.into(), BOTH6.into()],
+                vec![(b4, TARGET), (c4, TARGET), (b6, TARGET), (c6, TARGET)],
+            ),
             node_port,
         ],
     };
@@ -150,28 +156,65 @@ fn a_service_with_some_endpoints_allowed_reaches_only_those_nftables() {
 }
 
 fn a_service_with_some_endpoints_allowed_reaches_only_those(mode: ProxyMode) {
-    let (mut env, proxy) = env_with_services_in(mode);
+    let (mut env, mut proxy) = env_with_services_in(mode);
     enforce_services(&mut env, &proxy);
     env.attach("x/a", &a_may_reach_b(&env)).unwrap();
     let mut events = Events::open(env.dp.layout());
-    // Half of the connections go to each endpoint: 2^-23 that all pick one.
-    let attempts = 24;
-    let reached = (0..attempts).filter(|_| via(&env, "x/a", Probe::tcp(PORT), BOTH4)).count();
-    assert!(0 < reached && reached < attempts, "{reached} of {attempts} reached b through both's address");
-    let (b, c) = (IpAddr::V4(env.pod("x/b").ip), IpAddr::V4(env.pod("x/c").ip));
-    let judged: Vec<(IpAddr, u8)> = events
+    let (b, c) = (env.pod("x/b"), env.pod("x/c"));
+    for (vip, b, c) in
+        [(IpAddr::from(BOTH4), IpAddr::from(b.ip), IpAddr::from(c.ip)), (BOTH6.into(), b.ip6.into(), c.ip6.into())]
+    {
+        // Half of the connections go to each endpoint: 2^-23 that all pick one.
+        let attempts = 24;
+        let reached = (0..attempts).filter(|_| via(&env, "x/a", Probe::tcp(PORT), vip)).count();
+        assert!(0 < reached && reached < attempts, "{reached} of {attempts} reached b through {vip}");
+        let judged = judged_by_hook(&mut events);
+        let allowed = judged.iter().filter(|(ip, v)| *ip == b && *v == verdict::ALLOW).count();
+        let denied = judged.iter().filter(|(ip, v)| *ip == c && *v == verdict::DENY).count();
+        assert_eq!(allowed, reached, "each connection that got through went to b: {judged:?}");
+        assert!(denied >= attempts - reached, "each one that did not was bound for c: {judged:?}");
+        assert!(!judged.iter().any(|(ip, v)| *ip == c && *v == verdict::ALLOW), "c admitted: {judged:?}");
+    }
+    // Endpoints come and go under the same Service address: nothing of ours
+    // changes, each connection is judged on the endpoint of the moment.
+    let both = proxy.services.iter().position(|s| s.name == "x/both:tcp").unwrap();
+    let all = proxy.services[both].endpoints.clone();
+    for (keep, reached) in [(c, false), (b, true)] {
+        proxy.services[both].endpoints = all
+            .iter()
+            .filter(|(ip, _)| *ip == IpAddr::from(keep.ip) || *ip == IpAddr::from(keep.ip6))
+            .copied()
+            .collect();
+        proxy.sync(env.node.netns()).unwrap();
+        for vip in [IpAddr::from(BOTH4), BOTH6.into()] {
+            for _ in 0..3 {
+                assert_eq!(
+                    via(&env, "x/a", Probe::tcp(PORT), vip),
+                    reached,
+                    "{vip} with only {} behind it",
+                    keep.key()
+                );
+            }
+        }
+    }
+}
+
+/// (endpoint, verdict) of the hook's events since the last call (only `a`
+/// is enforced, so they are all about its flows).
+fn judged_by_hook(events: &mut Events) -> Vec<(IpAddr, u8)> {
+    events
         .take()
         .iter()
-        .filter(|e| e.dst_port == TARGET && e.src_addr.0[..4] == env.pod("x/a").ip.octets())
+        .filter(|e| e.service_id != 0 && e.dst_port == TARGET)
         .map(|e| {
-            (IpAddr::V4(Ipv4Addr::new(e.dst_addr.0[0], e.dst_addr.0[1], e.dst_addr.0[2], e.dst_addr.0[3])), e.verdict)
+            let dst = if e.family == na_common::family::IPV4 {
+                IpAddr::V4(Ipv4Addr::new(e.dst_addr.0[0], e.dst_addr.0[1], e.dst_addr.0[2], e.dst_addr.0[3]))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(e.dst_addr.0))
+            };
+            (dst, e.verdict)
         })
-        .collect();
-    let allowed = judged.iter().filter(|(ip, v)| *ip == b && *v == verdict::ALLOW).count();
-    let denied = judged.iter().filter(|(ip, v)| *ip == c && *v == verdict::DENY).count();
-    assert_eq!(allowed, reached, "each connection that got through went to b: {judged:?}");
-    assert!(denied >= attempts - reached, "each one that did not was bound for c: {judged:?}");
-    assert!(!judged.iter().any(|(ip, v)| *ip == c && *v == verdict::ALLOW), "c admitted: {judged:?}");
+        .collect()
 }
 
 #[test]
