@@ -48,8 +48,11 @@ const DATAPATH: (&str, &str) = (
      nothing attached and with our programs (the client's egress admits the server; the DNAT hook linked \
      throughout); `*_ratio_service_ours` is to the same round's Service run with nothing attached, \
      `*_ratio_direct_ours` to its direct one, and `*_ratio_service_none` compares the two unenforced runs \
-     (kube-proxy's own cost); `ns_per_run_dnat_hook`, the kernel's account of `judge_dnat` per run during \
-     `crr` through the Service (it runs for every packet entering PREROUTING, judging the new flows). \
+     (kube-proxy's own cost); these wall-clock ratios are noisy here. The kernel's own account is not: \
+     `ns_per_connection_*`, our programs' run time per 1-byte transaction on a new connection, direct and \
+     through the Service (`handle_*` plus `judge_dnat`), and their ratio within each round; \
+     `ns_per_run_dnat_hook`, `judge_dnat` per run during `crr` through the Service (it runs for every packet \
+     entering PREROUTING, judging the new flows). \
      **Time to enforce** (agent in local mode, which reads a manifest once it is closed or renamed in, after 2 ms to coalesce a burst): \
      `policy_to_enforced`: the policy admitting the client is removed or restored, until a fresh connection \
      from the client sees the change (10 ms attempts; a block must be seen 3 times in a row); \
@@ -228,6 +231,9 @@ const DATAPATH_KEYS: &[&str] = &[
     "crr_ratio_service_none",
     "throughput_ratio_direct_ours",
     "throughput_ratio_service_ours",
+    "ns_per_connection_direct",
+    "ns_per_connection_service",
+    "ns_per_connection_service_ratio",
     "ns_per_run_dnat_hook",
     "policy_to_enforced_p50_ms",
     "policy_to_enforced_p99_ms",

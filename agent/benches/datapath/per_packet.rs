@@ -299,10 +299,17 @@ pub fn measure(env: &Env, sink: &Sink, to: IpAddr, window: Duration, programs: &
     Ok(Measured { rates: [rr, crr, sink.throughput(env, to, window)?], ns_per_packet })
 }
 
-/// A new connection per one-byte transaction, for `window`.
+/// Transactions per second with a new connection each, for `window`.
 fn connect_request_response(env: &Env, to: IpAddr, window: Duration) -> Result<f64> {
+    let (done, took) = connections(env, to, window)?;
+    Ok(done as f64 / took.as_secs_f64())
+}
+
+/// A new connection per one-byte transaction, for `window`: how many, in
+/// how long.
+pub fn connections(env: &Env, to: IpAddr, window: Duration) -> Result<(u64, Duration)> {
     let to = SocketAddr::new(to, CRR_PORT);
-    env.pod("x/client").netns().run(move || -> Result<f64> {
+    env.pod("x/client").netns().run(move || -> Result<(u64, Duration)> {
         let (mut done, mut byte) = (0u64, [0u8; 1]);
         let start = Instant::now();
         while start.elapsed() < window {
@@ -313,7 +320,7 @@ fn connect_request_response(env: &Env, to: IpAddr, window: Duration) -> Result<f
             conn.read_exact(&mut byte)?;
             done += 1;
         }
-        Ok(done as f64 / start.elapsed().as_secs_f64())
+        Ok((done, start.elapsed()))
     })?
 }
 

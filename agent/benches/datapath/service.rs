@@ -4,9 +4,12 @@
 //! and with our programs (the client's egress admits the server; the DNAT
 //! hook linked). Each round measures the four configurations; each ratio is
 //! to the same round's run with nothing attached and the same addressing,
-//! so kube-proxy's own cost is in both terms. The kernel's account gives
-//! `judge_dnat`'s nanoseconds per run (it runs for every packet entering
-//! the node's PREROUTING, judging only new flows to Services).
+//! so kube-proxy's own cost is in both terms. Wall-clock ratios on a shared
+//! machine are noisy; the kernel's own account is not: our programs'
+//! nanoseconds per connection (1-byte transaction on a new connection),
+//! direct and through the Service (`handle_*` plus `judge_dnat`, which runs
+//! for every packet entering the node's PREROUTING and judges the new
+//! flows to Services), in the same round.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
@@ -27,7 +30,10 @@ use serde_json::json;
 
 use crate::{
     Figures,
-    per_packet::{CRR_PORT, RR_PORT, SINK_PORT, Sink, measure, ours_program_ids, rules_with_others, start_responder},
+    per_packet::{
+        CRR_PORT, RR_PORT, SINK_PORT, Sink, connections, measure, ours_program_ids, rules_with_others, run_stats,
+        start_responder,
+    },
     stats,
     support::Env,
 };
@@ -70,6 +76,8 @@ pub fn run(full: bool) -> Result<Figures> {
     // config -> per-round (rr, crr, throughput) ratios to nothing attached
     let mut ratios: BTreeMap<&str, Vec<[f64; 3]>> = BTreeMap::new();
     let mut hook_ns = Vec::new();
+    // per round: (direct, through the Service) ns of our programs per connection
+    let mut per_connection = Vec::new();
     for round in 0..rounds {
         eprintln!("bench: service round {}/{rounds}", round + 1);
         let none_direct = measure(&env, &sink, server.into(), window, &[])?.rates;
@@ -79,6 +87,13 @@ pub fn run(full: bool) -> Result<Figures> {
         let enforced = !Probe::tcp(81).run(env.pod("x/client"), IpAddr::V4(server))?;
         let direct = measure(&env, &sink, server.into(), window, &ours);
         let service = measure(&env, &sink, VIP.into(), window, &[hook]);
+        let all: Vec<u32> = ours.iter().copied().chain([hook]).collect();
+        let cost = |to: IpAddr| -> Result<f64> {
+            let before = run_stats(&all)?;
+            let (done, _) = connections(&env, to, window)?;
+            Ok((run_stats(&all)?.0 - before.0) as f64 / done.max(1) as f64)
+        };
+        let costs = cost(server.into()).and_then(|d| Ok((d, cost(VIP.into())?)));
         env.detach("x/server")?;
         env.detach("x/client")?;
         ensure!(enforced, "the programs did not enforce (TCP/81 reached the server)");
@@ -88,6 +103,7 @@ pub fn run(full: bool) -> Result<Figures> {
         ratios.entry("service_ours").or_default().push(ratio(service.rates, none_service));
         ratios.entry("service_none").or_default().push(ratio(none_service, none_direct));
         hook_ns.extend(service.ns_per_packet.map(|(_, new_flows)| new_flows));
+        per_connection.push(costs?);
     }
     let mut f = Figures::new();
     for (name, per_round) in &ratios {
@@ -97,6 +113,19 @@ pub fn run(full: bool) -> Result<Figures> {
             f.insert(format!("{kind}_ratio_{name}_min"), json!(stats::round(stats::min(&v), 3)));
             f.insert(format!("{kind}_ratio_{name}_max"), json!(stats::round(stats::max(&v), 3)));
         }
+    }
+    let direct: Vec<f64> = per_connection.iter().map(|c| c.0).collect();
+    let service: Vec<f64> = per_connection.iter().map(|c| c.1).collect();
+    let ratio: Vec<f64> = per_connection.iter().map(|c| c.1 / c.0).collect();
+    for (key, v) in [
+        ("ns_per_connection_direct", &direct),
+        ("ns_per_connection_service", &service),
+        ("ns_per_connection_service_ratio", &ratio),
+    ] {
+        let digits = if key.ends_with("ratio") { 3 } else { 0 };
+        f.insert(key.into(), json!(stats::round(stats::median(v), digits)));
+        f.insert(format!("{key}_min"), json!(stats::round(stats::min(v), digits)));
+        f.insert(format!("{key}_max"), json!(stats::round(stats::max(v), digits)));
     }
     f.insert("ns_per_run_dnat_hook".into(), json!(stats::round(stats::median(&hook_ns), 0)));
     f.insert("ns_per_run_dnat_hook_min".into(), json!(stats::round(stats::min(&hook_ns), 0)));
