@@ -99,14 +99,7 @@ pub fn run(full: bool) -> Result<Figures> {
         }
     }
     let mut f = Figures::new();
-    for (name, per_round) in &ratios {
-        for (i, kind) in ["rr", "crr", "throughput"].iter().enumerate() {
-            let v: Vec<f64> = per_round.iter().map(|r| r[i]).collect();
-            f.insert(format!("{kind}_ratio_{name}"), json!(stats::round(stats::median(&v), 3)));
-            f.insert(format!("{kind}_ratio_{name}_min"), json!(stats::round(stats::min(&v), 3)));
-            f.insert(format!("{kind}_ratio_{name}_max"), json!(stats::round(stats::max(&v), 3)));
-        }
-    }
+    stats::insert_ratios(&mut f, ratios.iter().map(|(name, r)| (name.as_str(), r.as_slice())));
     for (name, per_round) in &ns {
         let est: Vec<f64> = per_round.iter().map(|r| r.0).collect();
         let new: Vec<f64> = per_round.iter().map(|r| r.1).collect();
@@ -114,11 +107,8 @@ pub fn run(full: bool) -> Result<Figures> {
             Some(n) => (format!("ns_per_packet_established_{n}"), format!("ns_per_packet_new_flow_{n}")),
             None => ("ns_per_packet_floor".to_owned(), "ns_per_packet_floor_new_flow".to_owned()),
         };
-        for (key, v) in [(est_key, &est), (new_key, &new)] {
-            f.insert(format!("{key}_min"), json!(stats::round(stats::min(v), 0)));
-            f.insert(format!("{key}_max"), json!(stats::round(stats::max(v), 0)));
-            f.insert(key, json!(stats::round(stats::median(v), 0)));
-        }
+        stats::insert_spread(&mut f, &est_key, &est, 0);
+        stats::insert_spread(&mut f, &new_key, &new, 0);
     }
     for (i, kind) in ["rr", "crr"].iter().enumerate() {
         let v: Vec<f64> = baseline.iter().map(|b| b[i]).collect();

@@ -26,7 +26,6 @@ use na_harness::{
     Probe, Proto,
     kube_proxy::{KubeProxy, ServicePort},
 };
-use serde_json::json;
 
 use crate::{
     Figures,
@@ -106,30 +105,14 @@ pub fn run(full: bool) -> Result<Figures> {
         per_connection.push(costs?);
     }
     let mut f = Figures::new();
-    for (name, per_round) in &ratios {
-        for (i, kind) in ["rr", "crr", "throughput"].iter().enumerate() {
-            let v: Vec<f64> = per_round.iter().map(|r| r[i]).collect();
-            f.insert(format!("{kind}_ratio_{name}"), json!(stats::round(stats::median(&v), 3)));
-            f.insert(format!("{kind}_ratio_{name}_min"), json!(stats::round(stats::min(&v), 3)));
-            f.insert(format!("{kind}_ratio_{name}_max"), json!(stats::round(stats::max(&v), 3)));
-        }
-    }
+    stats::insert_ratios(&mut f, ratios.iter().map(|(name, r)| (*name, r.as_slice())));
     let direct: Vec<f64> = per_connection.iter().map(|c| c.0).collect();
     let service: Vec<f64> = per_connection.iter().map(|c| c.1).collect();
     let ratio: Vec<f64> = per_connection.iter().map(|c| c.1 / c.0).collect();
-    for (key, v) in [
-        ("ns_per_connection_direct", &direct),
-        ("ns_per_connection_service", &service),
-        ("ns_per_connection_service_ratio", &ratio),
-    ] {
-        let digits = if key.ends_with("ratio") { 3 } else { 0 };
-        f.insert(key.into(), json!(stats::round(stats::median(v), digits)));
-        f.insert(format!("{key}_min"), json!(stats::round(stats::min(v), digits)));
-        f.insert(format!("{key}_max"), json!(stats::round(stats::max(v), digits)));
-    }
-    f.insert("ns_per_run_dnat_hook".into(), json!(stats::round(stats::median(&hook_ns), 0)));
-    f.insert("ns_per_run_dnat_hook_min".into(), json!(stats::round(stats::min(&hook_ns), 0)));
-    f.insert("ns_per_run_dnat_hook_max".into(), json!(stats::round(stats::max(&hook_ns), 0)));
+    stats::insert_spread(&mut f, "ns_per_connection_direct", &direct, 0);
+    stats::insert_spread(&mut f, "ns_per_connection_service", &service, 0);
+    stats::insert_spread(&mut f, "ns_per_connection_service_ratio", &ratio, 3);
+    stats::insert_spread(&mut f, "ns_per_run_dnat_hook", &hook_ns, 0);
     Ok(f)
 }
 
