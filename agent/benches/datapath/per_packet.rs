@@ -45,12 +45,28 @@ pub const CRR_PORT: u16 = 5002;
 /// Bulk writes of this size.
 const CHUNK: usize = 128 * 1024;
 
-pub fn run(full: bool) -> Result<Figures> {
+/// The client and server pods, the server's sink and responder running,
+/// and the profile's rounds and measuring window.
+pub struct ClientServer {
+    pub env: Env,
+    pub client: std::net::Ipv4Addr,
+    pub server: std::net::Ipv4Addr,
+    pub sink: Sink,
+    pub rounds: usize,
+    pub window: Duration,
+}
+
+pub fn client_server(full: bool) -> Result<ClientServer> {
     let (rounds, window) = if full { (7, Duration::from_secs(3)) } else { (3, Duration::from_secs(1)) };
-    let mut env = Env::with_pods(AttachMode::Auto, &[("x", "client"), ("x", "server")])?;
+    let env = Env::with_pods(AttachMode::Auto, &[("x", "client"), ("x", "server")])?;
     let (client, server) = (env.pod("x/client").ip, env.pod("x/server").ip);
     let sink = Sink::start(&env)?;
     start_responder(&env)?;
+    Ok(ClientServer { env, client, server, sink, rounds, window })
+}
+
+pub fn run(full: bool) -> Result<Figures> {
+    let ClientServer { mut env, client, server, sink, rounds, window } = client_server(full)?;
     let node = env.node.netns().name().to_owned();
     // Run-time statistics are on for as long as this descriptor is open.
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
@@ -334,7 +350,7 @@ fn request_response(env: &Env, to: IpAddr, window: Duration) -> Result<f64> {
 /// A server in the server pod answering each byte with itself, one
 /// connection at a time, blocking in `accept` (no polling delay). The thread
 /// ends with the bench process; the namespace goes with `Env`.
-pub fn start_responder(env: &Env) -> Result<()> {
+fn start_responder(env: &Env) -> Result<()> {
     let listener = env.pod("x/server").netns().run(|| TcpListener::bind(("0.0.0.0", CRR_PORT)))??;
     std::thread::spawn(move || {
         for conn in listener.incoming() {

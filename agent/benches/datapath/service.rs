@@ -13,7 +13,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
-    time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
@@ -21,7 +20,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
     sys::{Stats, enable_stats},
 };
-use na_agent::datapath::{AttachMode, Frontend, ServiceTable};
+use na_agent::datapath::{Frontend, ServiceTable};
 use na_harness::{
     Probe, Proto,
     kube_proxy::{KubeProxy, ServicePort},
@@ -30,8 +29,8 @@ use na_harness::{
 use crate::{
     Figures,
     per_packet::{
-        CRR_PORT, RR_PORT, SINK_PORT, Sink, connections, measure, ours_program_ids, rules_with_others, run_stats,
-        start_responder,
+        CRR_PORT, ClientServer, RR_PORT, SINK_PORT, client_server, connections, measure, ours_program_ids,
+        rules_with_others, run_stats,
     },
     stats,
     support::Env,
@@ -40,11 +39,7 @@ use crate::{
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 pub fn run(full: bool) -> Result<Figures> {
-    let (rounds, window) = if full { (7, Duration::from_secs(3)) } else { (3, Duration::from_secs(1)) };
-    let mut env = Env::with_pods(AttachMode::Auto, &[("x", "client"), ("x", "server")])?;
-    let (client, server) = (env.pod("x/client").ip, env.pod("x/server").ip);
-    let sink = Sink::start(&env)?;
-    start_responder(&env)?;
+    let ClientServer { mut env, client, server, sink, rounds, window } = client_server(full)?;
     let ports = [RR_PORT, SINK_PORT, CRR_PORT];
     let proxy = KubeProxy {
         services: ports
