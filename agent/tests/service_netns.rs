@@ -18,7 +18,7 @@ use na_common::{
     protocol::{TCP, UDP},
 };
 use na_harness::{
-    NODE_IP, Probe, Proto,
+    NODE_IP, NODE_IP6, Probe, Proto,
     kube_proxy::{KubeProxy, ProxyMode, ServicePort},
 };
 use serde_json::json;
@@ -59,7 +59,7 @@ fn env_with_services_in(mode: ProxyMode) -> (Env, KubeProxy) {
     let (b, c) = (env.pod("x/b"), env.pod("x/c"));
     let (b4, b6, c4, c6) = (IpAddr::V4(b.ip), IpAddr::V6(b.ip6), IpAddr::V4(c.ip), IpAddr::V6(c.ip6));
     let db = [IpAddr::V4(DB4), IpAddr::V6(DB6)];
-    let mut node_port = svc("x/db:nodeport", Proto::Tcp, &[], vec![(b4, TARGET)]);
+    let mut node_port = svc("x/db:nodeport", Proto::Tcp, &[], vec![(b4, TARGET), (b6, TARGET)]);
     node_port.node_port = Some(NODE_PORT);
     let proxy = KubeProxy {
         mode,
@@ -81,7 +81,7 @@ fn env_with_services_in(mode: ProxyMode) -> (Env, KubeProxy) {
 }
 
 /// What the agent would write for `proxy`'s Services: every frontend
-/// address and NodePorts on the node's address.
+/// address and NodePorts on the node's addresses.
 fn frontends(proxy: &KubeProxy) -> BTreeMap<Frontend, u32> {
     let mut out = BTreeMap::new();
     for (id, svc) in proxy.services.iter().enumerate() {
@@ -90,7 +90,9 @@ fn frontends(proxy: &KubeProxy) -> BTreeMap<Frontend, u32> {
             out.insert(Frontend { addr: *addr, protocol, port: svc.port }, id as u32 + 1);
         }
         if let Some(port) = svc.node_port {
-            out.insert(Frontend { addr: IpAddr::V4(NODE_IP), protocol, port }, id as u32 + 1);
+            for addr in [IpAddr::V4(NODE_IP), IpAddr::V6(NODE_IP6)] {
+                out.insert(Frontend { addr, protocol, port }, id as u32 + 1);
+            }
         }
     }
     out
@@ -136,7 +138,8 @@ fn an_endpoint_the_egress_policy_allows_is_reached_through_its_service(mode: Pro
         assert!(via(&env, "x/a", probe, DB4), "{probe} to db's IPv4 ClusterIP");
         assert!(via(&env, "x/a", probe, DB6), "{probe} to db's IPv6 ClusterIP");
     }
-    assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP), "db's NodePort on the node's address");
+    assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP), "db's NodePort on the node's IPv4 address");
+    assert!(via(&env, "x/a", Probe::tcp(NODE_PORT), NODE_IP6), "db's NodePort on the node's IPv6 address");
     assert!(!via(&env, "x/a", Probe::tcp(PORT), OTHER4), "other's only endpoint is c, which a may not reach");
     assert!(env.reaches("x/a", "x/b", Probe::tcp(TARGET)), "b directly");
     assert!(!env.reaches("x/a", "x/c", Probe::tcp(TARGET)), "c directly");
