@@ -257,6 +257,80 @@ fn a_connection_through_a_service_is_judged_again_on_its_endpoint() {
 }
 
 #[test]
+fn a_connection_opened_before_its_pod_was_isolated_is_judged_on_its_endpoint() {
+    let (mut env, proxy) = env_with_services();
+    enforce_services(&mut env, &proxy);
+    // Egress open: the flow is tracked on db's address, not handed over.
+    env.attach("x/a", &PodRules::default()).unwrap();
+    let addr = SocketAddr::new(DB4.into(), PORT);
+    let mut conn = env.pod("x/a").netns().run(move || std::net::TcpStream::connect(addr)).unwrap().unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(support::agent::echoes(&mut conn));
+    let mut events = Events::open(env.dp.layout());
+    env.attach("x/a", &a_may_reach_b(&env)).unwrap();
+    assert!(support::agent::echoes(&mut conn), "isolated, a may still reach b, db's endpoint");
+    // Judged again on db's address it would be revoked (and, handed over
+    // on its retransmission, admitted again): not one packet is dropped.
+    let revoked: Vec<_> = events.take().into_iter().filter(|e| e.tier == tier::REVOKED).collect();
+    assert!(revoked.is_empty(), "{revoked:?}");
+}
+
+#[test]
+fn packets_received_in_a_batch_are_never_let_through_unjudged() {
+    let (mut env, mut proxy) = env_with_services();
+    let c = env.pod("x/c");
+    proxy.services.push(svc("x/other:udp", Proto::Udp, &[OTHER4.into()], vec![(c.ip.into(), TARGET)]));
+    proxy.sync(env.node.netns()).unwrap();
+    enforce_services(&mut env, &proxy);
+    env.attach("x/a", &a_may_reach_b(&env)).unwrap();
+    // GRO on a's host veth (and UDP GRO forwarding, without which a veth
+    // takes a local socket's packets past NAPI): it receives in batches,
+    // and the TC hook runs for each packet of a batch before PREROUTING
+    // sees any of them.
+    let veth = env.pod("x/a").host_veth.clone();
+    let gro = std::process::Command::new("ip")
+        .args(["netns", "exec", env.node.netns().name(), "ethtool", "-K", &veth, "gro", "on"])
+        .args(["rx-udp-gro-forwarding", "on"])
+        .status()
+        .unwrap();
+    assert!(gro.success(), "ethtool -K {veth} gro on (cargo xtask setup installs ethtool)");
+    assert!(via(&env, "x/a", Probe::udp(PORT), DB4), "a request to db, whose endpoint a may reach");
+    // Bursts of new flows to other, whose only endpoint a may not reach (a
+    // flow per socket, so that GRO merges none of them), from both cores at
+    // once, so that one core's NAPI run finds the other's packets waiting
+    // and takes them as one batch: none may get there.
+    let ns = env.pod("x/a").netns().open().unwrap();
+    let echoed: usize = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..2)
+            .map(|_| {
+                let ns = ns.try_clone().unwrap();
+                s.spawn(move || -> std::io::Result<usize> {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    let sockets = (0..16)
+                        .map(|_| {
+                            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                            socket.connect(SocketAddr::new(OTHER4.into(), PORT))?;
+                            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+                            Ok(socket)
+                        })
+                        .collect::<std::io::Result<Vec<_>>>()?;
+                    for _ in 0..200 {
+                        for socket in &sockets {
+                            socket.send(b"ping")?;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                    let mut buf = [0u8; 16];
+                    Ok(sockets.iter().map(|s| std::iter::from_fn(|| s.recv(&mut buf).ok()).count()).sum())
+                })
+            })
+            .collect();
+        senders.into_iter().map(|t| t.join().unwrap().unwrap()).sum()
+    });
+    assert_eq!(echoed, 0, "datagrams reached c, and its echoes came back");
+}
+
+#[test]
 fn without_the_hook_a_service_address_is_judged_as_the_address_it_is() {
     let (mut env, proxy) = env_with_services();
     enforce_services(&mut env, &proxy);

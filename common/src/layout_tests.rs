@@ -154,7 +154,8 @@ fn service_layout() {
     assert_eq!(offset_of!(DnatPending, src_port), 32);
     assert_eq!(offset_of!(DnatPending, armed), 38);
     assert_eq!(offset_of!(DnatPending, ifindex), 40);
-    assert_eq!(offset_of!(DnatPending, service_id), 48);
+    assert_eq!(offset_of!(DnatPending, service_id), 44);
+    assert_eq!(offset_of!(DnatPending, armed_at_ns), 48);
     assert_eq!(size_of::<DnatHook>(), 16);
     assert_eq!(offset_of!(DnatHook, skb_data_offset), 4);
     assert_eq!(offset_of!(DnatHook, skb_len_offset), 8);

@@ -6,14 +6,25 @@
 //! Service address. For a new flow to an address in `service_addrs` from a
 //! pod isolated for egress, the program does not judge: it leaves the
 //! packet's identity in this CPU's `dnat_pending` slot and passes it on. The
-//! same packet then reaches the netfilter program `judge_after_dnat` at
-//! PREROUTING right after the NAT hook, on the same CPU and in the same
-//! softirq (nothing else runs in between), which reads the translated
-//! destination, judges it with the pod's egress rules, and tracks the flow
-//! under its original key (replies come back from the Service address) with
-//! the endpoint beside it, so a policy change judges it again on the
-//! endpoint. Only while `dnat_hook` says the netfilter program is linked;
-//! otherwise the Service address is judged like any address (fail closed).
+//! same packet then reaches the netfilter program `judge_dnat` at PREROUTING
+//! right after the NAT hook, on the same CPU and in the same softirq, which
+//! reads the translated destination, judges it with the pod's egress rules,
+//! and tracks the flow under its original key (replies come back from the
+//! Service address) with the endpoint beside it, so a policy change judges
+//! it again on the endpoint. Only while `dnat_hook` says the netfilter
+//! program is linked; otherwise the Service address is judged like any
+//! address (fail closed).
+//!
+//! One packet at a time per CPU: when the host veth receives in batches (GRO
+//! or XDP on it), the TC hook runs for every packet of a batch before
+//! PREROUTING sees any, so a Service-bound packet that finds the slot still
+//! armed (within [`HANDOVER_WINDOW_NS`]) is judged by `handle_egress` on the
+//! Service address instead: closed, never unjudged.
+
+/// How long an armed slot holds: the packet it describes reaches PREROUTING
+/// within microseconds, or was dropped on its way (then the next packet at
+/// PREROUTING on that CPU disarms it anyway).
+pub const HANDOVER_WINDOW_NS: u64 = 10_000_000;
 
 /// Service frontends the node's tables hold.
 pub const MAX_SERVICE_ADDRS: u32 = 65_536;
@@ -58,9 +69,9 @@ pub struct DnatPending {
     pub _pad: u8,
     /// The pod's host veth.
     pub ifindex: u32,
-    pub _pad2: [u8; 4],
     pub service_id: u32,
-    pub _pad3: [u8; 4],
+    /// When the slot was armed (the programs' coarse monotonic clock).
+    pub armed_at_ns: u64,
 }
 
 /// `dnat_hook`: one entry, written by the agent.

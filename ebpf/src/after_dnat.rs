@@ -91,14 +91,17 @@ fn try_destination(ctx: *mut c_void, slot: &DnatPending, target: &mut Target) ->
         u64::from(h[0] & 0x0f) * 4
     } else {
         let h: [u8; 8] = unsafe { bpf_probe_read_kernel(data as *const [u8; 8])? };
-        // Extension headers before the transport header are not walked:
-        // such a packet cannot be judged here, and is dropped.
-        if h[0] >> 4 != 6 || h[6] != slot.protocol {
-            return Err(0);
+        if h[0] >> 4 != 6 {
+            return Ok(Read::Other);
         }
         let addrs: [Addr; 2] = unsafe { bpf_probe_read_kernel((data + 8) as *const [Addr; 2])? };
         src = addrs[0];
         dst = addrs[1];
+        // Extension headers before the transport header are not walked:
+        // the pod's packet with them cannot be judged here, and is dropped.
+        if h[6] != slot.protocol {
+            return if src == slot.src_addr { Err(0) } else { Ok(Read::Other) };
+        }
         IPV6_HLEN
     };
     let ports: [u16; 2] = unsafe { bpf_probe_read_kernel((data + l4) as *const [u16; 2])? };

@@ -29,7 +29,7 @@ use na_common::{
     pod_state::{self, PodRecord, PodState, UNKNOWN_POD},
     policy::POLICY_ID_NONE,
     protocol,
-    service::ServiceKey,
+    service::{HANDOVER_WINDOW_NS, ServiceKey},
 };
 
 use aya_log_ebpf::debug;
@@ -209,7 +209,14 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     if state.generation != entry.generation {
         let decision = decide(pod.ifindex, &state, flow_dir, &opening_query(flow_dir, &key, entry));
         if !decision.allowed {
+            let on_service_addr = entry.via_service == 0 && flow_dir == direction::EGRESS;
             let _ = table.remove(key);
+            // Tracked on a Service address (the pod was not isolated, or the
+            // hook not linked, when it opened): its next packet leaving the
+            // pod is handed over and judged on its endpoint instead.
+            if on_service_addr && dir == direction::EGRESS && is_service_frontend(&key) {
+                return Tracked::Miss;
+            }
             return Tracked::Revoked;
         }
         entry.generation = state.generation;
@@ -241,6 +248,19 @@ fn opening_query(flow_dir: u32, key: &FlowKey, entry: &FlowState) -> Query {
     Query { family: key.family, peer, protocol: key.protocol, port: protocol::has_ports(key.protocol).then_some(port) }
 }
 
+/// Whether the peer end of a flow the pod opened is a Service frontend.
+#[inline(never)]
+fn is_service_frontend(key: &FlowKey) -> bool {
+    let frontend = ServiceKey {
+        addr: key.peer_addr,
+        port: key.peer_port,
+        protocol: key.protocol,
+        family: key.family,
+        _pad: [0; 4],
+    };
+    SERVICE_ADDRS.get_ptr(frontend).is_some()
+}
+
 /// Leaves a new flow from a pod isolated for egress to a Service frontend
 /// to `judge_dnat` (see `na_common::service`), if that program is linked.
 #[inline(never)]
@@ -256,6 +276,11 @@ fn left_to_dnat_hook(pod: &Pod, packet: &Packet) -> bool {
         return false;
     }
     let Some(slot) = DNAT_PENDING.get_ptr_mut(0) else { return false };
+    let now = clock();
+    // SAFETY: per-CPU value, only this CPU touches it.
+    if unsafe { (*slot).armed != 0 && now.saturating_sub((*slot).armed_at_ns) < HANDOVER_WINDOW_NS } {
+        return false;
+    }
     // SAFETY: per-CPU value; the netfilter program reads it on this CPU for
     // this packet before any other packet can write it. Written field by
     // field: a whole record built first would sit on this frame too, past
@@ -269,6 +294,7 @@ fn left_to_dnat_hook(pod: &Pod, packet: &Packet) -> bool {
         (*slot).family = packet.family;
         (*slot).ifindex = pod.ifindex;
         (*slot).service_id = (*service).service_id;
+        (*slot).armed_at_ns = now;
         (*slot).armed = 1;
     }
     true

@@ -21,6 +21,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     // kube-proxy's nftables mode, written for real by the Service tests.
     ("nft", "nftables"),
+    // GRO on a host veth, so that it receives in batches (Service tests).
+    ("ethtool", "ethtool"),
     ("ipset", "ipset"),
     // Real CNI plugins (ptp, host-local) for the CNI tests; not on PATH.
     ("/usr/lib/cni/ptp", "containernetworking-plugins"),

@@ -100,7 +100,14 @@ pub fn trace(sources: &Sources, packet: Packet) -> Result<Trace, CliError> {
     if packet.src.is_ipv4() != packet.dst.is_ipv4() {
         return Err(CliError::BadArgument(format!("{} and {} are of different families", packet.src, packet.dst)));
     }
-    let routes = ServiceRoutes::read(&services_path(&sources.status_file)).unwrap_or_default();
+    // An agent that never wrote it (an older one) knows no Services; one
+    // that cannot be read must not make a Service address look like a plain one.
+    let path = services_path(&sources.status_file);
+    let routes = match ServiceRoutes::read(&path) {
+        Ok(routes) => routes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ServiceRoutes::default(),
+        Err(source) => return Err(CliError::Read { path: path.display().to_string(), source }),
+    };
     let Some(frontend) = packet.port.and_then(|port| routes.find(packet.dst, packet.protocol, port)) else {
         return trace_direct(sources, packet);
     };

@@ -46,28 +46,29 @@ impl ServiceTable {
         open_pinned(&layout.global_map(MAP_SERVICE_ADDRS)).map(Self)
     }
 
-    /// Makes the table hold exactly `frontends`: new and changed entries
-    /// first, then the ones no longer wanted. Returns how many entries
-    /// changed.
+    /// Makes the table hold exactly `frontends`: the entries no longer
+    /// wanted go first (room for new ones in a full table), then new and
+    /// changed ones. Returns how many entries changed.
     pub fn sync(&mut self, frontends: &BTreeMap<Frontend, u32>) -> Result<usize, ServicesError> {
         if frontends.len() > MAX_SERVICE_ADDRS as usize {
             return Err(ServicesError::TooMany { count: frontends.len() });
         }
         let wanted: std::collections::HashMap<ServiceKey, u32> =
             frontends.iter().map(|(f, id)| (service_key(f), *id)).collect();
-        let present: Vec<(ServiceKey, ServiceEntry)> = self.0.iter().filter_map(Result::ok).collect();
+        let present: std::collections::HashMap<ServiceKey, ServiceEntry> =
+            self.0.iter().collect::<Result<_, _>>().map_err(map_err("read", MAP_SERVICE_ADDRS))?;
         let mut changed = 0;
+        for key in present.keys().filter(|k| !wanted.contains_key(k)) {
+            self.0.remove(key).map_err(map_err("remove from", MAP_SERVICE_ADDRS))?;
+            changed += 1;
+        }
         for (key, &service_id) in &wanted {
-            if !present.iter().any(|(k, v)| k == key && v.service_id == service_id) {
+            if present.get(key).is_none_or(|e| e.service_id != service_id) {
                 self.0
                     .insert(key, ServiceEntry { service_id }, 0)
                     .map_err(map_err("insert into", MAP_SERVICE_ADDRS))?;
                 changed += 1;
             }
-        }
-        for (key, _) in present.iter().filter(|(k, _)| !wanted.contains_key(k)) {
-            self.0.remove(key).map_err(map_err("remove from", MAP_SERVICE_ADDRS))?;
-            changed += 1;
         }
         Ok(changed)
     }
