@@ -116,17 +116,14 @@ impl Reconciler {
         let node_ips = &self.compiler.options().node_ips;
         let frontends = self
             .services
-            .frontends(node_ips)
-            .keys()
-            .filter_map(|f| {
-                let (service, endpoints) = self.services.resolve(f, node_ips)?;
-                Some(crate::status::FrontendEntry {
-                    addr: f.addr,
-                    protocol: f.protocol,
-                    port: f.port,
-                    service: service.to_string(),
-                    endpoints: endpoints.iter().map(|e| std::net::SocketAddr::new(e.addr, e.port)).collect(),
-                })
+            .routes(node_ips)
+            .into_iter()
+            .map(|(f, (service, endpoints))| crate::status::FrontendEntry {
+                addr: f.addr,
+                protocol: f.protocol,
+                port: f.port,
+                service: service.to_string(),
+                endpoints: endpoints.iter().map(|e| std::net::SocketAddr::new(e.addr, e.port)).collect(),
             })
             .collect();
         crate::status::ServiceRoutes { frontends }

@@ -42,6 +42,13 @@ pub struct ServiceKey {
     pub _pad: [u8; 4],
 }
 
+impl ServiceKey {
+    #[inline(always)]
+    pub const fn new(addr: crate::Addr, port: u16, protocol: u8, family: u8) -> Self {
+        Self { addr, port, protocol, family, _pad: [0; 4] }
+    }
+}
+
 /// What the agent knows of a frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -43,7 +43,7 @@ use crate::{
     packet::{self, Fragment, Packet, Parsed},
 };
 
-pub const PASS: i32 = TCX_NEXT;
+const PASS: i32 = TCX_NEXT;
 /// Refreshing `last_seen` on every packet would bounce its cache line between
 /// CPUs; this granularity is far below any idle timeout.
 const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
@@ -251,14 +251,7 @@ fn opening_query(flow_dir: u32, key: &FlowKey, entry: &FlowState) -> Query {
 /// Whether the peer end of a flow the pod opened is a Service frontend.
 #[inline(never)]
 fn is_service_frontend(key: &FlowKey) -> bool {
-    let frontend = ServiceKey {
-        addr: key.peer_addr,
-        port: key.peer_port,
-        protocol: key.protocol,
-        family: key.family,
-        _pad: [0; 4],
-    };
-    SERVICE_ADDRS.get_ptr(frontend).is_some()
+    SERVICE_ADDRS.get_ptr(ServiceKey::new(key.peer_addr, key.peer_port, key.protocol, key.family)).is_some()
 }
 
 /// Leaves a new flow from a pod isolated for egress to a Service frontend
@@ -269,8 +262,7 @@ fn left_to_dnat_hook(pod: &Pod, packet: &Packet) -> bool {
         return false;
     }
     let Some(port) = packet.dst_port else { return false };
-    let key =
-        ServiceKey { addr: packet.dst_addr, port, protocol: packet.protocol, family: packet.family, _pad: [0; 4] };
+    let key = ServiceKey::new(packet.dst_addr, port, packet.protocol, packet.family);
     let Some(service) = SERVICE_ADDRS.get_ptr(key) else { return false };
     if !DNAT_HOOK.get(0).is_some_and(|hook| hook.active != 0) {
         return false;
@@ -282,7 +274,8 @@ fn left_to_dnat_hook(pod: &Pod, packet: &Packet) -> bool {
         return false;
     }
     // SAFETY: per-CPU value; the netfilter program reads it on this CPU for
-    // this packet before any other packet can write it. Written field by
+    // this packet, and no other is handed over before (the check above).
+    // Written field by
     // field: a whole record built first would sit on this frame too, past
     // the verifier's stack cap.
     unsafe {

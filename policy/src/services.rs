@@ -228,37 +228,6 @@ impl Services {
         self.version
     }
 
-    /// The Service behind `frontend` (NodePorts on `node_ips`) and where
-    /// its EndpointSlices say it leads, in the frontend's family.
-    pub fn resolve(&self, frontend: &Frontend, node_ips: &[IpAddr]) -> Option<(&ObjectRef, Vec<Endpoint>)> {
-        let (key, port) = self.services.iter().find_map(|(key, (_, f))| {
-            let port = f.ports.iter().find(|p| {
-                p.protocol == frontend.protocol
-                    && ((p.port == frontend.port && f.addrs.contains(&frontend.addr))
-                        || (p.node_port == Some(frontend.port) && node_ips.contains(&frontend.addr)))
-            })?;
-            Some((key, port))
-        })?;
-        let mut endpoints: Vec<Endpoint> = self
-            .slices
-            .values()
-            .filter(|s| &s.service == key)
-            .flat_map(|s| {
-                let target =
-                    s.ports.iter().find(|(name, protocol, _)| *name == port.name && *protocol == port.protocol);
-                target.into_iter().flat_map(|(_, _, target)| {
-                    s.addrs
-                        .iter()
-                        .filter(|a| a.is_ipv4() == frontend.addr.is_ipv4())
-                        .map(|&addr| Endpoint { addr, port: *target })
-                })
-            })
-            .collect();
-        endpoints.sort();
-        endpoints.dedup();
-        Some((key, endpoints))
-    }
-
     pub fn invalid(&self) -> impl Iterator<Item = &ServiceError> {
         self.invalid.values()
     }
@@ -272,19 +241,66 @@ impl Services {
     /// Two Services claiming one frontend (which the API server refuses for
     /// ClusterIPs) keep the first by name.
     pub fn frontends(&self, node_ips: &[IpAddr]) -> BTreeMap<Frontend, u32> {
+        let node_ips = node_ips.iter().collect();
         let mut out = BTreeMap::new();
-        let node_ips: BTreeSet<&IpAddr> = node_ips.iter().collect();
-        for (id, f) in self.services.values() {
-            let ports = f.addrs.iter().flat_map(|addr| f.ports.iter().map(move |p| (*addr, p.protocol, p.port)));
-            let node_ports = node_ips
-                .iter()
-                .flat_map(|addr| f.ports.iter().filter_map(move |p| Some((**addr, p.protocol, p.node_port?))));
-            for (addr, protocol, port) in ports.chain(node_ports) {
-                out.entry(Frontend { addr, protocol, port }).or_insert(*id);
-            }
+        for (frontend, _, id, _) in self.each_frontend(&node_ips) {
+            out.entry(frontend).or_insert(id);
         }
         out
     }
+
+    /// Every frontend (as [`Services::frontends`] has them), with its
+    /// Service and where its EndpointSlices say it leads, in the frontend's
+    /// family.
+    pub fn routes(&self, node_ips: &[IpAddr]) -> BTreeMap<Frontend, (&ObjectRef, Vec<Endpoint>)> {
+        let node_ips = node_ips.iter().collect();
+        let mut slices: BTreeMap<&ObjectRef, Vec<&Slice>> = BTreeMap::new();
+        for slice in self.slices.values() {
+            slices.entry(&slice.service).or_default().push(slice);
+        }
+        let mut out = BTreeMap::new();
+        for (frontend, key, _, port) in self.each_frontend(&node_ips) {
+            out.entry(frontend).or_insert_with(|| {
+                let of_service = slices.get(key).map(Vec::as_slice).unwrap_or_default();
+                (key, endpoints(of_service, port, frontend.addr.is_ipv4()))
+            });
+        }
+        out
+    }
+
+    /// Every Service's frontends in name order: each address on each port,
+    /// and each node address on each NodePort.
+    fn each_frontend<'a, 'n>(
+        &'a self,
+        node_ips: &'n BTreeSet<&'n IpAddr>,
+    ) -> impl Iterator<Item = (Frontend, &'a ObjectRef, u32, &'a ServicePort)> + use<'a, 'n> {
+        self.services.iter().flat_map(move |(key, (id, f))| {
+            let on_addrs = f.addrs.iter().flat_map(move |addr| f.ports.iter().map(move |p| (*addr, p.port, p)));
+            let on_node = node_ips
+                .iter()
+                .flat_map(move |addr| f.ports.iter().filter_map(move |p| Some((**addr, p.node_port?, p))));
+            on_addrs
+                .chain(on_node)
+                .map(move |(addr, port, p)| (Frontend { addr, protocol: p.protocol, port }, key, *id, p))
+        })
+    }
+}
+
+/// Where `port` of a Service leads by its EndpointSlices `slices`: the ready
+/// endpoints of one family on the slice's port of the same name.
+fn endpoints(slices: &[&Slice], port: &ServicePort, ipv4: bool) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = slices
+        .iter()
+        .flat_map(|s| {
+            let target = s.ports.iter().find(|(name, protocol, _)| *name == port.name && *protocol == port.protocol);
+            target.into_iter().flat_map(|(_, _, target)| {
+                s.addrs.iter().filter(|a| a.is_ipv4() == ipv4).map(|&addr| Endpoint { addr, port: *target })
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -419,15 +435,17 @@ mod endpoint_tests {
         let node: [IpAddr; 1] = ["192.0.2.1".parse().unwrap()];
         let at = |addr: &str, port| Frontend { addr: addr.parse().unwrap(), protocol: TCP, port };
         let ep = |addr: &str, port| Endpoint { addr: addr.parse().unwrap(), port };
-        let (name, endpoints) = services.resolve(&at("10.96.0.10", 80), &node).unwrap();
-        assert_eq!(name, &ObjectRef::new("x", "db"));
-        assert_eq!(endpoints, [ep("198.18.0.3", 8080), ep("198.18.0.4", 8080)], "ready ones, IPv4 only");
-        assert_eq!(services.resolve(&at("fd96::10", 81), &node).unwrap().1, [ep("fd18::3", 9000)]);
-        assert_eq!(services.resolve(&at("192.0.2.1", 30080), &node).unwrap().1.len(), 2, "the NodePort");
-        assert!(services.resolve(&at("10.96.0.10", 82), &node).is_none());
+        let routes = services.routes(&node);
+        let (name, endpoints) = &routes[&at("10.96.0.10", 80)];
+        assert_eq!(*name, &ObjectRef::new("x", "db"));
+        assert_eq!(endpoints, &[ep("198.18.0.3", 8080), ep("198.18.0.4", 8080)], "ready ones, IPv4 only");
+        assert_eq!(routes[&at("fd96::10", 81)].1, [ep("fd18::3", 9000)]);
+        assert_eq!(routes[&at("192.0.2.1", 30080)].1.len(), 2, "the NodePort");
+        assert!(!routes.contains_key(&at("10.96.0.10", 82)));
+        assert_eq!(routes.keys().collect::<Vec<_>>(), services.frontends(&node).keys().collect::<Vec<_>>());
         let before = services.version();
         services.remove_slice(&ObjectRef::new("x", "db-a"));
         assert!(services.version() > before);
-        assert!(services.resolve(&at("10.96.0.10", 80), &node).unwrap().1.is_empty());
+        assert!(services.routes(&node)[&at("10.96.0.10", 80)].1.is_empty());
     }
 }

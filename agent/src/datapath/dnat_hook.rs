@@ -62,7 +62,8 @@ pub enum DnatHookError {
 /// over on in `handle_egress`.
 pub fn install(layout: &PinLayout, version: &str) -> Result<(), DnatHookError> {
     let pins = FAMILIES.map(|(family, _)| layout.node_link(&link_name(family, version)));
-    if !pins.iter().all(|pin| pin.exists()) {
+    let adopted = pins.iter().all(|pin| pin.exists());
+    if !adopted {
         let prog = load(layout)?;
         for ((family, pf), pin) in FAMILIES.iter().zip(&pins) {
             let link = link(&prog, *pf).map_err(|source| DnatHookError::Link { family, source })?;
@@ -72,6 +73,11 @@ pub fn install(layout: &PinLayout, version: &str) -> Result<(), DnatHookError> {
     }
     let ours = FAMILIES.map(|(family, _)| link_name(family, version));
     remove_links(layout, |name| name.starts_with(PROG_AFTER_DNAT) && !ours.iter().any(|own| own == name))?;
+    // Links of this version already on and the hand-over with them (an
+    // agent restart): the kernel, and so its offsets, are the same.
+    if adopted && hook_map(layout)?.get(&0, 0).is_ok_and(|hook| hook.active != 0) {
+        return Ok(());
+    }
     let vmlinux = std::fs::read(kernel_btf::VMLINUX)
         .map_err(|source| DnatHookError::KernelBtf { path: kernel_btf::VMLINUX, source })?;
     let btf = Btf::parse(&vmlinux)?;
@@ -89,11 +95,6 @@ pub fn install(layout: &PinLayout, version: &str) -> Result<(), DnatHookError> {
 pub fn uninstall(layout: &PinLayout) -> Result<(), DnatHookError> {
     write_hook(layout, DnatHook::default())?;
     remove_links(layout, |name| name.starts_with(PROG_AFTER_DNAT))
-}
-
-/// Whether `handle_egress` hands Service-bound flows over.
-pub fn is_active(layout: &PinLayout) -> bool {
-    hook_map(layout).ok().and_then(|map| map.get(&0, 0).ok()).is_some_and(|hook| hook.active != 0)
 }
 
 fn link_name(family: &str, version: &str) -> String {

@@ -27,7 +27,7 @@ pub fn service_key(frontend: &Frontend) -> ServiceKey {
             family::IPV6
         }
     };
-    ServiceKey { addr, port: frontend.port, protocol: frontend.protocol, family, _pad: [0; 4] }
+    ServiceKey::new(addr, frontend.port, frontend.protocol, family)
 }
 
 #[derive(Debug, thiserror::Error)]
