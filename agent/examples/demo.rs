@@ -1,168 +1,175 @@
-//! `cargo xtask demo`: pods as network namespaces, NetworkPolicies compiled
-//! and written into each pod's maps, and a probe matrix after every step.
+//! `cargo xtask demo`: pods as network namespaces, `na-agent` in local mode
+//! reading a manifests directory the demo writes step by step, a probe
+//! matrix after every step, then what `na-cli` and the metrics endpoint
+//! tell an operator about it.
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{net::IpAddr, path::PathBuf, process::Command};
-
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
-use na_agent::{
-    datapath::{AttachMode, PodMaps, PodRules},
-    pod_id::PodId,
+use na_agent::{cli::trace::Trace, datapath::AttachMode};
+use na_harness::{Family, Probe, matrix, render};
+use serde_json::{Value, json};
+use support::{
+    Env,
+    agent::{Agent, Manifests, http_get, pod, wait_applied},
+    cli::Cli,
 };
-use na_harness::{Family, NODE_IP, Probe, matrix, render};
-use na_policy::{CompileOptions, Compiler, ObjectRef};
-use serde_json::json;
-use support::Env;
 
-const NODE: &str = "demo-node";
 const PODS: [(&str, &str); 3] = [("shop", "frontend"), ("shop", "backend"), ("tools", "debug")];
+/// Where the agent serves Prometheus metrics inside the demo's node (its default).
+const METRICS_PORT: u16 = 8162;
 
-const DENY_ALL: &str = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-  "metadata": {"name": "default-deny-ingress", "namespace": "shop"},
-  "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}"#;
-
-const ALLOW_FRONTEND: &str = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-  "metadata": {"name": "backend-from-frontend", "namespace": "shop"},
-  "spec": {"podSelector": {"matchLabels": {"app": "backend"}},
-           "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
-                        "ports": [{"protocol": "TCP", "port": 80}]}]}}"#;
-
-/// The demo's node, its policy compiler and each pod's maps.
-struct Demo {
-    env: Env,
-    compiler: Compiler,
-    maps: Vec<(ObjectRef, PodMaps)>,
-}
+/// The (from, to) pairs the last step blocked on TCP/80.
+const INTO_SHOP: [(&str, &str); 4] = [
+    ("shop/backend", "shop/frontend"),
+    ("tools/debug", "shop/frontend"),
+    ("shop/frontend", "shop/backend"),
+    ("tools/debug", "shop/backend"),
+];
 
 fn main() -> Result<()> {
     let env = Env::with_pods(AttachMode::Auto, &PODS)?;
-    let mut compiler = Compiler::new(CompileOptions {
-        node_name: NODE.into(),
-        node_ips: vec![IpAddr::V4(NODE_IP)],
-        allow_node: true,
-        strict: false,
-    });
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
     for pod in env.node.pods() {
         println!("pod {:<14} ip {:<12} {:<12} host veth {}", pod.key(), pod.ip, pod.ip6, pod.host_veth);
-        compiler.upsert_pod(&pod_object(&pod.namespace, &pod.name, pod.ip.into(), pod.ip6.into())?);
     }
-    let mut demo = Demo { env, compiler, maps: Vec::new() };
     let probe = Probe::tcp(80);
-    demo.show(probe, "1. no programs attached", &[])?;
+    show(&env, probe, "1. no agent: everything open", &[])?;
 
-    demo.attach_all()?;
-    demo.show(probe, "2. programs on every veth, no NetworkPolicy: everything open", &[])?;
+    let mut cluster: Vec<Value> =
+        ["shop", "tools"].map(|ns| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).into();
+    cluster.extend(PODS.map(|(ns, name)| pod(&env, &format!("{ns}/{name}"), name)));
+    manifests.write("cluster.yaml", &cluster);
+    println!("\n== {}/cluster.yaml: namespaces shop and tools, the three pods", manifests.0.display());
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    println!("   started na-agent --manifests {} (flow log of every verdict)", manifests.0.display());
+    wait_applied(&manifests, &status_file, PODS.len());
+    show(&env, probe, "2. na-agent on every veth, no NetworkPolicy: everything open", &[])?;
 
-    let into_shop = [
-        ("shop/backend", "shop/frontend"),
-        ("tools/debug", "shop/frontend"),
-        ("shop/frontend", "shop/backend"),
-        ("tools/debug", "shop/backend"),
-    ];
-    demo.apply_policy(DENY_ALL)?;
-    demo.show(probe, "3. NetworkPolicy shop/default-deny-ingress", &into_shop)?;
+    let deny_all = policy("default-deny-ingress", json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+    apply(&manifests, &status_file, &[&deny_all])?;
+    show(&env, probe, "3. NetworkPolicy shop/default-deny-ingress", &INTO_SHOP)?;
 
-    demo.apply_policy(ALLOW_FRONTEND)?;
-    let still_blocked = [into_shop[0], into_shop[1], into_shop[3]];
-    demo.show(probe, "4. + NetworkPolicy shop/backend-from-frontend (TCP/80)", &still_blocked)?;
-    let other_port = demo.reaches("shop/frontend", "shop/backend", Probe::tcp(81), Family::V4)?;
-    let over_v6 = demo.reaches("shop/frontend", "shop/backend", probe, Family::V6)?;
+    let allow = policy(
+        "backend-from-frontend",
+        json!({"podSelector": {"matchLabels": {"app": "backend"}},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
+                            "ports": [{"protocol": "TCP", "port": 80}]}]}),
+    );
+    apply(&manifests, &status_file, &[&deny_all, &allow])?;
+    let still_blocked = [INTO_SHOP[0], INTO_SHOP[1], INTO_SHOP[3]];
+    show(&env, probe, "4. + NetworkPolicy shop/backend-from-frontend (TCP/80)", &still_blocked)?;
+    let (frontend, backend, debug) = (env.pod("shop/frontend"), env.pod("shop/backend"), env.pod("tools/debug"));
+    let other_port = Probe::tcp(81).run(frontend, Family::V4.of(backend))?;
+    let over_v6 = probe.run(frontend, Family::V6.of(backend))?;
     println!("   shop/frontend -> shop/backend TCP/81: {}", verdict(other_port));
     println!("   shop/frontend -> shop/backend TCP/80 over IPv6: {}", verdict(over_v6));
     ensure!(!other_port && over_v6, "TCP/81 must be blocked and IPv6 TCP/80 allowed");
 
-    println!("\n== na-cli ebpf loaded-ebpfdata");
-    let out = Command::new(na_cli()?)
-        .args(["ebpf", "loaded-ebpfdata", "--bpffs-root"])
-        .arg(demo.env.root())
-        .output()
-        .context("running na-cli")?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success(), "na-cli failed: {}", out.status);
-    let listed = String::from_utf8_lossy(&out.stdout).matches("PinPath:").count();
-    ensure!(listed == 2 * PODS.len(), "na-cli listed {listed} programs, expected {}", 2 * PODS.len());
-    println!("Demo checks passed. Cleaning up: namespaces, veths and pins go with the demo.");
+    let cli = Cli { root: env.root(), status: &status_file, node: env.node.netns().name() };
+    section("na-cli pod shop/backend");
+    let report = cli.text(&["pod", "shop/backend"]);
+    print!("{report}");
+    ensure!(report.contains("shop/backend-from-frontend"), "na-cli pod does not name the allowing policy");
+
+    // The allowed flow names its rule; the denied one, that no rule admits it.
+    let backend_ip = backend.ip.to_string();
+    for (from, allowed) in [(frontend.ip.to_string(), true), (debug.ip.to_string(), false)] {
+        let args = ["trace", from.as_str(), &backend_ip, "tcp/80"];
+        section(&format!("na-cli {}", args.join(" ")));
+        print!("{}", cli.text(&args));
+        let trace: Trace = cli.json(&args);
+        let into_backend = trace.sides.iter().find(|s| s.direction == "ingress").context("no ingress side")?;
+        let named = into_backend.policy.contains("shop/backend-from-frontend");
+        ensure!(
+            trace.allowed == allowed && named == allowed,
+            "trace from {from}: expected {} by {}, got {trace:?}",
+            verdict(allowed),
+            if allowed { "shop/backend-from-frontend" } else { "no rule" }
+        );
+    }
+
+    section("na-cli events --count 4 (the agent reads the ring, so from its flow log)");
+    let (events, _) = cli.events_text_during(&["--count", "4"], || {
+        let _ = probe.run(frontend, Family::V4.of(backend));
+        let _ = probe.run(debug, Family::V4.of(backend));
+    });
+    print!("{events}");
+    let denied = format!("{}:", debug.ip);
+    ensure!(
+        events.lines().any(|l| l.contains("DENY") && l.contains(&denied)),
+        "no denied flow from tools/debug among the events"
+    );
+
+    section(&format!("GET /metrics on port {METRICS_PORT}: per-pod verdicts and the agent's own figures"));
+    let response = http_get(&env, METRICS_PORT, "/metrics").context("the agent serves no metrics")?;
+    let metrics = response.split_once("\r\n\r\n").map_or(response.as_str(), |(_, body)| body);
+    // Everything but the histograms' buckets and the byte counts.
+    let shown: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket") && !l.starts_with("na_policy_bytes"))
+        .collect();
+    for line in &shown {
+        println!("{line}");
+    }
+    let denied_into_backend =
+        r#"na_policy_packets_total{namespace="shop",pod="backend",direction="ingress",verdict="deny"}"#;
+    let denied =
+        shown.iter().find_map(|l| l.strip_prefix(denied_into_backend)).and_then(|n| n.trim().parse::<u64>().ok());
+    ensure!(
+        metrics.contains(&format!("na_pods_enforced {}", PODS.len())) && denied.is_some_and(|n| n > 0),
+        "metrics do not count the enforced pods and the packets denied into shop/backend: {metrics}"
+    );
+
+    section("na-cli ebpf loaded-ebpfdata");
+    let listing = cli.text(&["ebpf", "loaded-ebpfdata"]);
+    print!("{listing}");
+    let listed = listing.matches("PinPath:").count();
+    ensure!(listed == 2 * PODS.len(), "na-cli listed {listed} attachments, expected {}", 2 * PODS.len());
+    println!("\nDemo checks passed. Cleaning up: the agent, namespaces, veths and pins go with the demo.");
     Ok(())
 }
 
-impl Demo {
-    /// Loads every pod's programs with its compiled rules, then attaches them.
-    fn attach_all(&mut self) -> Result<()> {
-        for (key, rules) in self.compiler.compile_all() {
-            let maps = self.env.attach(&key.to_string(), &rules?)?;
-            self.maps.push((key, maps));
-        }
-        self.compiler.take_dirty();
-        Ok(())
-    }
+fn policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+}
 
-    /// Adds a policy and rewrites exactly the pods it changes.
-    fn apply_policy(&mut self, manifest: &str) -> Result<()> {
-        let policy: NetworkPolicy = serde_json::from_str(manifest)?;
-        println!("\n{}", serde_json::to_string(&policy.spec)?);
-        self.compiler.upsert_policy(&policy)?;
-        let dirty = self.compiler.take_dirty();
-        for (key, rules) in self.compiler.compile(&dirty) {
-            let rules: PodRules = rules?;
-            let (_, maps) = self.maps.iter_mut().find(|(k, _)| *k == key).context("pod not attached")?;
-            maps.apply(&rules)?;
-            println!("   rewrote {} ({})", key, PodId::new(&key.namespace, &key.name));
-        }
-        Ok(())
+/// Writes `policies` as the directory's policy file and waits until the
+/// agent enforces them.
+fn apply(manifests: &Manifests, status_file: &std::path::Path, policies: &[&Value]) -> Result<()> {
+    let docs: Vec<Value> = policies.iter().map(|p| (*p).clone()).collect();
+    manifests.write("policies.yaml", &docs);
+    println!("\n== {}/policies.yaml:", manifests.0.display());
+    for p in policies {
+        println!("   {}: {}", p["metadata"]["name"].as_str().unwrap_or("?"), serde_json::to_string(&p["spec"])?);
     }
+    wait_applied(manifests, status_file, PODS.len());
+    Ok(())
+}
 
-    fn reaches(&self, from: &str, to: &str, probe: Probe, family: Family) -> Result<bool> {
-        let (from, to) = (self.env.pod(from), self.env.pod(to));
-        probe.run(from, family.of(to))
-    }
-
-    /// Prints the probe matrix and fails unless exactly the `blocked`
-    /// (from, to) pairs were blocked.
-    fn show(&self, probe: Probe, title: &str, blocked: &[(&str, &str)]) -> Result<()> {
-        println!("\n== {title}: {probe} from row to column ('.' reached, 'X' blocked)");
-        let node = &self.env.node;
-        let observed = matrix(node, probe, Family::V4)?;
-        print!("{}", render(node, &observed));
-        for (i, from) in node.pods().iter().enumerate() {
-            for (j, to) in node.pods().iter().enumerate() {
-                let want_blocked = blocked.contains(&(from.key().as_str(), to.key().as_str()));
-                if let Some(reached) = observed[i][j] {
-                    ensure!(
-                        reached != want_blocked,
-                        "{} -> {}: expected {}",
-                        from.key(),
-                        to.key(),
-                        verdict(!want_blocked)
-                    );
-                }
+/// Prints the probe matrix and fails unless exactly the `blocked`
+/// (from, to) pairs were blocked.
+fn show(env: &Env, probe: Probe, title: &str, blocked: &[(&str, &str)]) -> Result<()> {
+    println!("\n== {title}: {probe} from row to column ('.' reached, 'X' blocked)");
+    let observed = matrix(&env.node, probe, Family::V4)?;
+    print!("{}", render(&env.node, &observed));
+    for (i, from) in env.node.pods().iter().enumerate() {
+        for (j, to) in env.node.pods().iter().enumerate() {
+            let want_blocked = blocked.contains(&(from.key().as_str(), to.key().as_str()));
+            if let Some(reached) = observed[i][j] {
+                ensure!(reached != want_blocked, "{} -> {}: expected {}", from.key(), to.key(), verdict(!want_blocked));
             }
         }
-        Ok(())
     }
+    Ok(())
+}
+
+fn section(title: &str) {
+    println!("\n== {title}");
 }
 
 fn verdict(reached: bool) -> &'static str {
     if reached { "reached" } else { "blocked" }
-}
-
-/// The Pod object the API server would show for a harness pod.
-fn pod_object(namespace: &str, name: &str, ip: IpAddr, ip6: IpAddr) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
-        "spec": {"nodeName": NODE, "containers": [{"name": name, "ports": [{"name": "http", "containerPort": 80}]}]},
-        "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}, {"ip": ip6.to_string()}]}
-    }))?)
-}
-
-/// `na-cli` from the same target directory as this example.
-fn na_cli() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NA_CLI") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|p| p.parent()).context("example has no target directory")?;
-    Ok(dir.join("na-cli"))
 }

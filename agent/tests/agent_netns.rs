@@ -4,7 +4,10 @@
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
 mod support;
 
-use na_agent::datapath::AttachMode;
+use na_agent::{
+    bpffs::PinLayout,
+    datapath::{AttachMode, NodeTables},
+};
 use na_harness::Probe;
 use serde_json::{Value, json};
 use support::{
@@ -276,6 +279,12 @@ fn veths_are_followed_as_the_kernel_reports_them_without_polling() {
     wait_until("a is enforced on its new veth", || ifindex() != old && pending() == json!([]));
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a is enforced on its new veth");
     assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
+    // Nothing of a's is left under its old ifindex, which the kernel may
+    // give the next veth.
+    let tables = NodeTables::open(&PinLayout::new(env.root())).unwrap();
+    let old: u32 = old.and_then(|i| i.as_u64()).and_then(|i| i.try_into().ok()).unwrap();
+    assert!(!tables.ifindexes().contains(&old), "the old ifindex {old} still leads to a's maps");
+    assert!(tables.pods.get(&old, 0).is_err(), "the old ifindex {old} still has a's record");
 }
 
 #[test]

@@ -3,25 +3,19 @@
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
 mod support;
 
-use std::{
-    net::IpAddr,
-    path::Path,
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, path::Path};
 
 use na_agent::{
     cli::{dump::MapDump, loaded::LoadedProgram, pod::PodReport, trace::Trace},
     datapath::AttachMode,
-    flowlog::FlowLine,
     status,
 };
 use na_harness::{Family, Probe};
-use serde::{Serialize, de::DeserializeOwned};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{
     Env,
     agent::{Agent, Manifests, pod, policy, status as read_status, wait_until},
+    cli::Cli,
 };
 
 /// a admits b on TCP/80 (named `http`); c may send to the pods' /24 on TCP
@@ -47,48 +41,6 @@ fn write_cluster(env: &Env, manifests: &Manifests) {
             ),
         ],
     );
-}
-
-/// `na-cli` as an operator runs it on the node: in the node's network
-/// namespace, where the veths (and so the ifindexes in the maps) are.
-struct Cli<'a> {
-    root: &'a Path,
-    status: &'a Path,
-    node: &'a str,
-}
-
-impl Cli<'_> {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.node)).arg("--").arg(env!("CARGO_BIN_EXE_na-cli"));
-        c.arg("--bpffs-root").arg(self.root).arg("--status-file").arg(self.status).args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("running na-cli")
-    }
-
-    fn text(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "na-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `-o json` output, parsed into `T` and checked to serialise back to
-    /// the same JSON.
-    fn json<T: DeserializeOwned + Serialize>(&self, args: &[&str]) -> T {
-        let text = self.text(&[&["-o", "json"], args].concat());
-        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"));
-        let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"));
-        assert_eq!(serde_json::to_value(&typed).unwrap(), value, "{args:?} round-trips");
-        typed
-    }
-
-    fn exit_code(&self, args: &[&str]) -> (i32, String) {
-        let out = self.run(args);
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 #[test]
@@ -211,7 +163,7 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert!(table.contains("deny (except hole)") && table.contains("(active)"), "{table}");
 
     // events: read from the ring while traffic flows.
-    let (lines, _) = events_during(&cli, &["--count", "2"], || {
+    let (lines, _) = cli.events_during(&["--count", "2"], || {
         Probe::tcp(80).run(env.pod("x/c"), b.ip.into()).unwrap();
     });
     assert!(
@@ -235,7 +187,7 @@ fn na_cli_explains_what_the_agent_loaded() {
     let _agent = Agent::start(&env, &manifests, &status_file);
     let lock = status::events_lock_path(&status_file);
     wait_until("the agent reads the ring", || status::try_lock(&lock).is_ok_and(|l| l.is_none()));
-    let (lines, stderr) = events_during(&cli, &["--count", "1"], || {
+    let (lines, stderr) = cli.events_during(&["--count", "1"], || {
         Probe::tcp(80).run(env.pod("x/c"), b.ip.into()).unwrap();
     });
     assert_eq!(lines.len(), 1, "{stderr}");
@@ -254,26 +206,4 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert_eq!(gone, std::collections::BTreeSet::from(["x_c"]));
     let text = cli.text(&["ebpf", "loaded-ebpfdata"]);
     assert_eq!(text.matches("Device:  gone").count(), 2, "both of c's attachments: {text}");
-}
-
-/// Runs `na-cli events -o json` with `args` while `traffic` repeats, for at
-/// most 10 s; the lines it printed and its standard error.
-fn events_during(cli: &Cli, args: &[&str], mut traffic: impl FnMut()) -> (Vec<FlowLine>, String) {
-    let mut child = cli
-        .command(&[&["-o", "json", "events", "--seconds", "10"], args].concat())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(12);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        // Give it time to open the ring or file before the first packet.
-        std::thread::sleep(Duration::from_millis(100));
-        traffic();
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
 }

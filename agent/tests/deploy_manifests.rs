@@ -1,78 +1,19 @@
 //! `deploy/`: every manifest is what it says (strictly parsed), the
 //! ClusterRole grants exactly what the watchers use, and every setting the
 //! DaemonSet gives the agent is one the agent accepts.
+mod support;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
     process::Command,
 };
 
 use clap::CommandFactory;
-use k8s_openapi::api::{
-    apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Container, Namespace, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
-};
-use na_agent::{
-    config::Args,
-    source::{kube, manifests},
-};
-use serde::{Deserialize, de::DeserializeOwned};
-use serde_json::Value;
+use na_agent::{config::Args, source::kube};
+use support::deploy::{environment, load};
 
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[allow(dead_code)]
-struct Kustomization {
-    api_version: String,
-    kind: String,
-    resources: Vec<String>,
-    #[serde(default)]
-    images: Vec<Value>,
-}
-
-#[derive(Default)]
-struct Objects {
-    namespaces: Vec<Namespace>,
-    service_accounts: Vec<ServiceAccount>,
-    cluster_roles: Vec<ClusterRole>,
-    bindings: Vec<ClusterRoleBinding>,
-    config_maps: Vec<ConfigMap>,
-    daemon_sets: Vec<DaemonSet>,
-}
-
-/// `value` as a `T`, refusing fields `T` does not have, as local mode does.
-fn strict<T: DeserializeOwned + serde::Serialize>(what: &str, value: Value) -> T {
-    manifests::strict(what, value).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn load() -> Objects {
-    let dir = deploy_dir();
-    let k: Kustomization =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
-    let mut objects = Objects::default();
-    for file in &k.resources {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{file} document {}: {e}", i + 1));
-            let what = format!("{file} document {}", i + 1);
-            match value["kind"].as_str().unwrap_or_default() {
-                "Namespace" => objects.namespaces.push(strict(&what, value)),
-                "ServiceAccount" => objects.service_accounts.push(strict(&what, value)),
-                "ClusterRole" => objects.cluster_roles.push(strict(&what, value)),
-                "ClusterRoleBinding" => objects.bindings.push(strict(&what, value)),
-                "ConfigMap" => objects.config_maps.push(strict(&what, value)),
-                "DaemonSet" => objects.daemon_sets.push(strict(&what, value)),
-                other => panic!("{what}: unexpected kind {other:?}"),
-            }
-        }
-    }
-    objects
-}
+/// What the downward API gives as `status.hostIPs` in these checks.
+const HOST_IPS: &str = "10.0.0.1,fd00::1";
 
 #[test]
 fn every_manifest_parses_strictly_and_refers_to_the_others() {
@@ -111,27 +52,6 @@ fn the_cluster_role_grants_exactly_what_the_agent_uses() {
     assert_eq!(granted, used);
 }
 
-/// The container's environment, with what the downward API would give.
-fn environment(c: &Container, config: &ConfigMap) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    if c.env_from.is_some() {
-        env.extend(config.data.clone().unwrap_or_default());
-    }
-    for e in c.env.iter().flatten() {
-        let value = match (&e.value, e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())) {
-            (Some(v), _) => v.clone(),
-            (None, Some(f)) => match f.field_path.as_str() {
-                "spec.nodeName" => "node-1".into(),
-                "status.hostIPs" => "10.0.0.1,fd00::1".into(),
-                other => panic!("{}: downward API field {other} not understood by this test", e.name),
-            },
-            (None, None) => panic!("{}: no value", e.name),
-        };
-        env.insert(e.name.clone(), value);
-    }
-    env
-}
-
 /// Runs `command` (a container's) with `env` and `--check-config`: exit 0
 /// means every flag and variable was accepted with its value.
 fn check_config(command: &[String], env: &BTreeMap<String, String>) -> String {
@@ -159,7 +79,7 @@ fn every_setting_the_daemon_set_gives_is_one_the_agent_accepts() {
     }
     let pod = o.daemon_sets[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
     let agent = pod.containers.iter().find(|c| c.name == "na-agent").unwrap();
-    let env = environment(agent, config);
+    let env = environment(agent, config, HOST_IPS);
     for name in env.keys() {
         assert!(known_env.contains(name), "{name} is no na-agent setting");
     }
@@ -198,7 +118,7 @@ fn every_setting_the_daemon_set_gives_is_one_the_agent_accepts() {
 
     let inits = pod.init_containers.unwrap();
     let prepare = inits.iter().find(|c| c.name == "prepare-bpffs").unwrap();
-    let resolved = check_config(prepare.command.as_ref().unwrap(), &environment(prepare, config));
+    let resolved = check_config(prepare.command.as_ref().unwrap(), &environment(prepare, config, HOST_IPS));
     assert!(resolved.contains("prepare_bpffs: true"), "{resolved}");
     // The installer really installs, into a directory of our own.
     let install = inits.iter().find(|c| c.name == "install-binaries").unwrap().command.clone().unwrap();

@@ -7,12 +7,12 @@ mod support;
 
 use std::path::Path;
 
-use na_agent::{datapath::AttachMode, source::manifests};
+use na_agent::datapath::AttachMode;
 use na_harness::{Family, Probe, matrix, render};
 use serde_json::json;
 use support::{
     Env,
-    agent::{Agent, Manifests, pod, policy, status, wait_until},
+    agent::{Agent, Manifests, pod, policy, wait_applied},
 };
 
 const ENV_VAR: &str = "NETWORK_POLICY_ENFORCING_MODE";
@@ -29,18 +29,6 @@ fn start_strict(told: Told, env: &Env, manifests: &Manifests, status_file: &Path
         Told::Flag => Agent::start_with(env, manifests, &status_file, &["--enforcing-mode", "strict"]),
         Told::Environment => Agent::start_with_env(env, manifests, &status_file, &[], &[(ENV_VAR, "strict")]),
     }
-}
-
-/// Waits until the agent enforces what the manifests directory holds now, on
-/// every pod.
-fn wait_applied(manifests: &Manifests, status_file: &Path) {
-    let want = manifests::load_dir(&manifests.0).revision;
-    wait_until("the agent enforces the manifests", || {
-        let s = status(&status_file.to_path_buf());
-        s["revision"] == want.as_str()
-            && s["attached"].as_array().is_some_and(|a| a.len() == 3)
-            && s["errors"].as_array().is_some_and(Vec::is_empty)
-    });
 }
 
 /// Probes every pair of pods with each of [`PROBES`] in both families and
@@ -83,7 +71,7 @@ fn strict_mode_closes_what_no_policy_opens(told: Told) {
     assert_open(&env, "before the agent", |_, _, _| true);
 
     let _agent = start_strict(told, &env, &manifests, &status_file);
-    wait_applied(&manifests, &status_file);
+    wait_applied(&manifests, &status_file, 3);
     assert_open(&env, "strict, no policies", |_, _, _| false);
 
     // a admits b on TCP/80, but no policy opens b's egress: it stays closed.
@@ -93,7 +81,7 @@ fn strict_mode_closes_what_no_policy_opens(told: Told) {
                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}], "ports": [{"port": 80}]}]}),
     );
     manifests.write("a.yaml", &[a_from_b]);
-    wait_applied(&manifests, &status_file);
+    wait_applied(&manifests, &status_file, 3);
     assert_open(&env, "strict, a's ingress open to b", |_, _, _| false);
 
     let b_to_a = policy(
@@ -102,7 +90,7 @@ fn strict_mode_closes_what_no_policy_opens(told: Told) {
                "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": 80}]}]}),
     );
     manifests.write("b.yaml", &[b_to_a]);
-    wait_applied(&manifests, &status_file);
+    wait_applied(&manifests, &status_file, 3);
     assert_open(&env, "strict, b's egress open to a too", |from, to, probe| {
         (from, to, probe) == ("x/b", "x/a", Probe::tcp(80))
     });

@@ -3,6 +3,7 @@ mod bench;
 mod cmd;
 mod conformance;
 mod demo;
+mod image;
 mod setup;
 mod test;
 
@@ -26,6 +27,8 @@ enum Command {
     Conformance(conformance::Options),
     /// Pods as namespaces, programs loaded, traffic allowed and denied.
     Demo(demo::Options),
+    /// Build the DaemonSet's image (deploy/Dockerfile's last stage) into an OCI archive.
+    Image(image::Options),
     /// Run the benchmarks; write bench/results.json and BENCHMARKS.md.
     Bench(bench::Options),
 }
@@ -36,6 +39,7 @@ fn main() -> Result<()> {
         Command::Test(o) => test::run(&o),
         Command::Conformance(o) => conformance::run(&o),
         Command::Demo(o) => demo::run(&o),
+        Command::Image(o) => image::run(&o),
         Command::Bench(o) => bench::run(&o),
     }
 }

@@ -3,7 +3,10 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{cargo, exec};
+use crate::{
+    cmd::{cargo, exec, workspace_root},
+    image,
+};
 
 /// bpf-linker release known to build against the nightly toolchain's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -26,6 +29,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ipset", "ipset"),
     // Real CNI plugins (ptp, host-local) for the CNI tests; not on PATH.
     ("/usr/lib/cni/ptp", "containernetworking-plugins"),
+    // The image: its static binaries (ring's C needs musl's compiler), built
+    // into an image without a registry, and run as the DaemonSet runs it
+    // (runc: crun refuses this machine's hybrid cgroups).
+    ("musl-gcc", "musl-tools"),
+    ("buildah", "buildah"),
+    ("podman", "podman"),
+    ("runc", "runc"),
 ];
 
 #[derive(clap::Args, Default)]
@@ -34,6 +44,7 @@ pub struct Options {}
 pub fn run_all() -> Result<()> {
     nightly_components()?;
     bpf_linker()?;
+    image_target()?;
     debian_packages()
 }
 
@@ -62,6 +73,20 @@ fn nightly_components() -> Result<()> {
             .arg(NIGHTLY_COMPONENTS.join(","));
     }
     exec(&mut cmd, "installing nightly's rust-src and clippy")
+}
+
+/// The standard library of the target the image's binaries are built for.
+fn image_target() -> Result<()> {
+    let target = image::target(&workspace_root())?;
+    let installed =
+        Command::new("rustup").args(["target", "list", "--installed"]).current_dir(workspace_root()).output()?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l == target) {
+        return Ok(());
+    }
+    exec(
+        Command::new("rustup").args(["target", "add", &target]).current_dir(workspace_root()),
+        &format!("installing the {target} standard library"),
+    )
 }
 
 /// bpf-linker's prebuilt binaries cannot be downloaded here, so it is built

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cmd::{cargo, cargo_nightly, exec, require_root},
-    conformance, demo, setup,
+    conformance, demo, image, setup,
 };
 
 #[derive(clap::Args, Default)]
@@ -38,6 +38,8 @@ pub fn run(_: &Options) -> Result<()> {
         ]),
         "clippy (kernel crate)",
     )?;
+    // The image test runs what this builds.
+    image::build()?;
     let totals = cargo_test()?;
     // Run even when unit tests failed: its table says more about what broke.
     let suite = conformance::run_suite(&conformance::Options::default());

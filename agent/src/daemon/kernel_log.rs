@@ -5,16 +5,11 @@ use tracing::{info, warn};
 
 use crate::datapath::Datapath;
 
-/// The kernel log buffer, found through the programs, so it opens once
-/// they are attached.
+/// The kernel log buffer, the node's pinned one.
 pub fn open(datapath: &Datapath) -> Option<AsyncFd<EbpfLogger<KernelLog>>> {
-    let id = datapath
-        .programs()
-        .map(|p| p.as_ref().expect("loaded").ingress_id())
-        .map_err(|e| warn!("opening the kernel log: {e}"))
-        .ok()?;
+    let mut object = datapath.bound_object().map_err(|e| warn!("opening the kernel log: {e}")).ok()?;
     let logger =
-        EbpfLogger::init_from_id_with_logger(id, KernelLog).map_err(|e| warn!("opening the kernel log: {e}")).ok()?;
+        EbpfLogger::init_with_logger(&mut object, KernelLog).map_err(|e| warn!("opening the kernel log: {e}")).ok()?;
     // SAFETY: the logger owns its ring's fd and keeps it open, unchanged, for
     // as long as the AsyncFd owns the logger.
     unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }.ok()

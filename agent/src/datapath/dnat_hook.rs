@@ -12,13 +12,12 @@
 use std::{
     ffi::CString,
     io,
-    mem::size_of,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::maps::{Array, Map, MapData};
-use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_insn, bpf_prog_type};
 use na_common::{
     names::{GLOBAL_MAPS, MAP_DNAT_HOOK, PROG_AFTER_DNAT},
     service::DnatHook,
@@ -29,6 +28,7 @@ use super::{
     OBJECT,
     attach::remove_pin,
     kernel_btf::{self, Btf},
+    sys::{sys_bpf, sys_bpf_fd, zeroed_attr},
 };
 use crate::bpffs::PinLayout;
 
@@ -213,24 +213,4 @@ fn pin_fd(fd: &OwnedFd, path: &Path) -> io::Result<()> {
     attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
     attr.__bindgen_anon_4.bpf_fd = fd.as_raw_fd() as u32;
     sys_bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
-}
-
-fn zeroed_attr() -> bpf_attr {
-    // SAFETY: all-zero is the kernel's "unset" for every field.
-    unsafe { std::mem::zeroed() }
-}
-
-/// One `bpf()` call.
-fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a whole `bpf_attr` and lives across the call.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut bpf_attr, size_of::<bpf_attr>()) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
-}
-
-/// A `bpf()` call that returns a new descriptor.
-fn sys_bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
-    let fd = sys_bpf(cmd, attr)?;
-    // SAFETY: the kernel returned a new descriptor, now ours alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -202,6 +202,11 @@ impl Datapath {
         Ok(programs)
     }
 
+    /// See [`super::programs::bound_object`].
+    pub fn bound_object(&self) -> Result<aya::Ebpf, DatapathError> {
+        super::programs::bound_object(&self.layout)
+    }
+
     /// Links the node's netfilter program that judges pods' flows to
     /// Service addresses after DNAT, in this thread's network namespace (the
     /// node's), or keeps the links an earlier agent of this version left.

@@ -11,6 +11,7 @@ mod rules;
 mod services;
 mod stats;
 mod sweep;
+mod sys;
 mod tables;
 
 pub use attach::AttachMode;

@@ -11,7 +11,7 @@
 //! left on them.
 use std::{path::PathBuf, time::Instant};
 
-use aya::{EbpfLoader, programs::SchedClassifier};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use na_common::{
     names::{GLOBAL_LOG_LEVEL, GLOBAL_MAPS},
     pod_state::unknown_pod,
@@ -21,14 +21,35 @@ use sha1::{Digest, Sha1};
 use super::{DatapathError, OBJECT, PROGRAMS, Settings, attach::remove_pin};
 use crate::bpffs::PinLayout;
 
+/// The object with its maps bound to the node's pinned ones (created and
+/// pinned where missing) and no program loaded: how a global map that aya
+/// hands out only through an [`Ebpf`] is opened (the kernel log's). aya-log
+/// would otherwise find it through the programs' ids, which takes
+/// CAP_SYS_ADMIN, more than the DaemonSet grants.
+pub fn bound_object(layout: &PinLayout) -> Result<Ebpf, DatapathError> {
+    let pins = global_pins(layout);
+    let mut loader = EbpfLoader::new();
+    bind_globals(&mut loader, &pins);
+    loader.load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))
+}
+
+/// The node's global maps by name, each with its pin.
+fn global_pins(layout: &PinLayout) -> Vec<(&'static str, PathBuf)> {
+    GLOBAL_MAPS.iter().map(|m| (*m, layout.global_map(m))).collect()
+}
+
+fn bind_globals<'a>(loader: &mut EbpfLoader<'a>, pins: &'a [(&'static str, PathBuf)]) {
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+}
+
 /// Hex digits of the version digest kept in pin names.
 const VERSION_LEN: usize = 12;
 
 /// The loaded (or adopted) program pair; its pins keep it loaded.
 #[derive(Debug)]
 pub struct Programs {
-    /// Kernel id of `handle_ingress` (the kernel log is found through it).
-    ingress_id: u32,
     version: String,
     /// How this agent got them.
     pub origin: Origin,
@@ -49,20 +70,13 @@ impl Programs {
     pub fn load_or_adopt(layout: &PinLayout, settings: &Settings) -> Result<Self, DatapathError> {
         let version = version(settings);
         let pin = |name: &str| layout.program(name, &version);
-        let adopted = (|| {
-            let ingress = SchedClassifier::from_pin(pin(PROGRAMS[0].0)).ok()?;
-            SchedClassifier::from_pin(pin(PROGRAMS[1].0)).ok()?;
-            ingress.info().ok().map(|i| i.id())
-        })();
-        if let Some(ingress_id) = adopted {
-            return Ok(Self { ingress_id, version, origin: Origin::Adopted });
+        if PROGRAMS.iter().all(|(name, ..)| SchedClassifier::from_pin(pin(name)).is_ok()) {
+            return Ok(Self { version, origin: Origin::Adopted });
         }
         let started = Instant::now();
+        let pins = global_pins(layout);
         let mut loader = EbpfLoader::new();
-        let pins: Vec<(&str, PathBuf)> = GLOBAL_MAPS.iter().map(|m| (*m, layout.global_map(m))).collect();
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
+        bind_globals(&mut loader, &pins);
         let globals = settings.timeouts.globals();
         for (name, value) in &globals {
             loader.override_global(name, value, true);
@@ -82,9 +96,9 @@ impl Programs {
             // Owned through its pin, so it outlives the object's other parts.
             Ok(SchedClassifier::from_pin(&path)?)
         };
-        let ingress_id = take(PROGRAMS[0].0)?.info()?.id();
+        take(PROGRAMS[0].0)?;
         take(PROGRAMS[1].0)?;
-        Ok(Self { ingress_id, version, origin: Origin::Verified { millis: started.elapsed().as_millis() } })
+        Ok(Self { version, origin: Origin::Verified { millis: started.elapsed().as_millis() } })
     }
 
     /// Where `prog_name` of this version is pinned (attachments open their
@@ -98,10 +112,6 @@ impl Programs {
     }
 
     /// Kernel id of the ingress program (the kernel log is found through it).
-    pub fn ingress_id(&self) -> u32 {
-        self.ingress_id
-    }
-
     /// Removes the pins of other versions. Programs still attached somewhere
     /// stay loaded until their last attachment moves to this version.
     pub fn remove_stale(&self, layout: &PinLayout) -> Result<usize, DatapathError> {

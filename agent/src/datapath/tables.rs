@@ -1,6 +1,8 @@
 //! The node-wide maps that lead from a veth's ifindex to its pod: the pod
 //! table, the maps of per-pod tries and conntrack tables, the counters.
-use aya::maps::{HashMap, HashOfMaps, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use std::os::fd::{AsFd, OwnedFd};
+
+use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use na_common::{
     conntrack::{FlowKey, FlowState},
     names::{MAP_CONNTRACK_TABLES, MAP_COUNTERS, MAP_EGRESS_TRIES, MAP_INGRESS_TRIES, MAP_POD_TABLE},
@@ -8,15 +10,18 @@ use na_common::{
     policy::{LpmKeyData, MAX_PREFIXES, RuleSet},
 };
 
-use super::rules::{RulesError, map_err, open_pinned};
+use super::{
+    rules::{RulesError, map_err, open_pinned},
+    sys,
+};
 use crate::bpffs::PinLayout;
 
 /// The node's pod-lookup maps, opened from their pins.
 pub struct NodeTables {
     pub pods: HashMap<MapData, u32, PodRecord>,
-    ingress: HashOfMaps<MapData, u32>,
-    egress: HashOfMaps<MapData, u32>,
-    conntrack: HashOfMaps<MapData, u32>,
+    ingress: Outer,
+    egress: Outer,
+    conntrack: Outer,
     counters: PerCpuHashMap<MapData, u32, PodCounterSlots>,
 }
 
@@ -31,9 +36,9 @@ impl NodeTables {
     pub fn open(layout: &PinLayout) -> Result<Self, RulesError> {
         Ok(Self {
             pods: open_pinned(&layout.global_map(MAP_POD_TABLE))?,
-            ingress: open_pinned(&layout.global_map(MAP_INGRESS_TRIES))?,
-            egress: open_pinned(&layout.global_map(MAP_EGRESS_TRIES))?,
-            conntrack: open_pinned(&layout.global_map(MAP_CONNTRACK_TABLES))?,
+            ingress: Outer::open(&layout.global_map(MAP_INGRESS_TRIES))?,
+            egress: Outer::open(&layout.global_map(MAP_EGRESS_TRIES))?,
+            conntrack: Outer::open(&layout.global_map(MAP_CONNTRACK_TABLES))?,
             counters: open_pinned(&layout.global_map(MAP_COUNTERS))?,
         })
     }
@@ -57,7 +62,7 @@ impl NodeTables {
                 .into_iter()
                 .filter(|(table, inner, _)| !points_at(table, ifindex, inner))
                 .map(|(table, inner, name)| {
-                    s.spawn(move || table.insert(ifindex, inner, 0).map_err(map_err("insert into", name)))
+                    s.spawn(move || table.map.insert(ifindex, inner, 0).map_err(map_err("insert into", name)))
                 })
                 .collect();
             writes.into_iter().try_for_each(|w| w.join().expect("map update thread"))
@@ -92,9 +97,9 @@ impl NodeTables {
         };
         // The record first: from then on the veth counts as no pod's.
         gone(self.pods.remove(&ifindex), MAP_POD_TABLE)?;
-        gone(self.ingress.remove(&ifindex), MAP_INGRESS_TRIES)?;
-        gone(self.egress.remove(&ifindex), MAP_EGRESS_TRIES)?;
-        gone(self.conntrack.remove(&ifindex), MAP_CONNTRACK_TABLES)?;
+        gone(self.ingress.map.remove(&ifindex), MAP_INGRESS_TRIES)?;
+        gone(self.egress.map.remove(&ifindex), MAP_EGRESS_TRIES)?;
+        gone(self.conntrack.map.remove(&ifindex), MAP_CONNTRACK_TABLES)?;
         gone(self.counters.remove(&ifindex), MAP_COUNTERS)
     }
 
@@ -114,7 +119,7 @@ impl NodeTables {
 
     /// Every ifindex the tables know a pod by.
     pub fn ifindexes(&self) -> Vec<u32> {
-        self.ingress.keys().filter_map(Result::ok).collect()
+        self.ingress.map.keys().filter_map(Result::ok).collect()
     }
 
     /// A pod's per-CPU counters.
@@ -124,11 +129,27 @@ impl NodeTables {
 }
 
 /// Whether `table` maps `ifindex` to the very map `inner`.
-fn points_at(table: &HashOfMaps<MapData, u32>, ifindex: u32, inner: &MapData) -> bool {
-    let current: Result<MapData, _> = table.get(&ifindex, 0);
-    match (current.and_then(|m| m.info()), inner.info()) {
-        (Ok(a), Ok(b)) => a.id() == b.id(),
+fn points_at(table: &Outer, ifindex: u32, inner: &MapData) -> bool {
+    match (sys::inner_map_id(table.fd.as_fd(), ifindex), inner.info()) {
+        (Ok(Some(id)), Ok(info)) => id == info.id(),
         _ => false,
+    }
+}
+
+/// A map of maps: aya's handle writes it, and a descriptor of its own reads
+/// which inner map a key holds (by id, as [`sys::inner_map_id`] explains).
+struct Outer {
+    map: HashOfMaps<MapData, u32>,
+    fd: OwnedFd,
+}
+
+impl Outer {
+    fn open(path: &std::path::Path) -> Result<Self, RulesError> {
+        let open = |source| RulesError::Open { path: path.display().to_string(), source };
+        let data = MapData::from_pin(path).map_err(open)?;
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| open(MapError::IoError(e)))?;
+        let map = HashOfMaps::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)?;
+        Ok(Self { map, fd })
     }
 }
 

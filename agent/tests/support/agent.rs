@@ -97,10 +97,11 @@ impl Agent {
     fn spawn_with_env(env: &Env, status: &PathBuf, args: &[std::ffi::OsString], vars: &[(&str, &str)]) -> Self {
         // Only the network namespace: `ip netns exec` would also give the agent
         // its own mount namespace, and with it a private bpffs whose pins die
-        // with the process.
+        // with the process. Root, but with no capability beyond the
+        // DaemonSet's: what needs more fails here as it would on a node.
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
-            .arg("--")
+            .args(["--", "setpriv", "--bounding-set", &daemon_set_capabilities(), "--"])
             .arg(binary("na-agent", option_env!("CARGO_BIN_EXE_na-agent")))
             .args(["--node-name", NODE, "--node-ip", &NODE_IP.to_string()])
             .arg("--bpffs-root")
@@ -135,6 +136,14 @@ impl Drop for Agent {
     }
 }
 
+/// `setpriv --bounding-set` for the DaemonSet's capabilities and no other:
+/// a root process's capabilities on exec are its bounding set.
+fn daemon_set_capabilities() -> String {
+    let add: Vec<String> =
+        super::deploy::agent_capabilities().iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+    format!("-all,{}", add.join(","))
+}
+
 /// The agent's answer to GET `path` on `port` inside the node; None while
 /// nothing listens there.
 pub fn http_get(env: &Env, port: u16, path: &'static str) -> Option<String> {
@@ -167,6 +176,18 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until the agent enforces what the manifests directory holds now,
+/// with `pods` pods attached and no error.
+pub fn wait_applied(manifests: &Manifests, status_file: &std::path::Path, pods: usize) {
+    let want = na_agent::source::manifests::load_dir(&manifests.0).revision;
+    wait_until("the agent enforces the manifests", || {
+        let s = status(&status_file.to_path_buf());
+        s["revision"] == want.as_str()
+            && s["attached"].as_array().is_some_and(|a| a.len() == pods)
+            && s["errors"].as_array().is_some_and(Vec::is_empty)
+    });
 }
 
 pub fn pod(env: &Env, key: &str, app: &str) -> Value {

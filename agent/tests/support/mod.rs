@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cli;
+pub mod deploy;
 pub mod fake_apiserver;
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
