@@ -128,8 +128,16 @@ impl HostPaths {
 
 impl Drop for HostPaths {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("--recursive").arg(self.0.join("sys/fs/bpf")).status();
-        let _ = std::fs::remove_dir_all(&self.0);
+        // bpffs sits on the bind mount at the same point: one unmount each,
+        // and bounded, since remove_dir_all must not reach into a mount.
+        let bpf = self.0.join("sys/fs/bpf");
+        for _ in 0..4 {
+            if !Command::new("mountpoint").arg("-q").arg(&bpf).status().is_ok_and(|s| s.success()) {
+                let _ = std::fs::remove_dir_all(&self.0);
+                return;
+            }
+            let _ = Command::new("umount").arg("--recursive").arg(&bpf).status();
+        }
     }
 }
 
