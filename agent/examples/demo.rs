@@ -73,7 +73,8 @@ fn main() -> Result<()> {
     print!("{report}");
     ensure!(report.contains("shop/backend-from-frontend"), "na-cli pod does not name the allowing policy");
 
-    // The allowed flow names its rule; the denied one, that no rule admits it.
+    // The allowed flow names its rule; the denied one, the policies that
+    // isolate the backend (none of whose rules admits it).
     let backend_ip = backend.ip.to_string();
     for (from, allowed) in [(frontend.ip.to_string(), true), (debug.ip.to_string(), false)] {
         let args = ["trace", from.as_str(), &backend_ip, "tcp/80"];
@@ -81,13 +82,12 @@ fn main() -> Result<()> {
         print!("{}", cli.text(&args));
         let trace: Trace = cli.json(&args);
         let into_backend = trace.sides.iter().find(|s| s.direction == "ingress").context("no ingress side")?;
-        let named = into_backend.policy.contains("shop/backend-from-frontend");
-        ensure!(
-            trace.allowed == allowed && named == allowed,
-            "trace from {from}: expected {} by {}, got {trace:?}",
-            verdict(allowed),
-            if allowed { "shop/backend-from-frontend" } else { "no rule" }
-        );
+        let named = if allowed {
+            into_backend.policy.contains("shop/backend-from-frontend")
+        } else {
+            into_backend.isolated_by.contains(&"shop/default-deny-ingress".to_owned())
+        };
+        ensure!(trace.allowed == allowed && named, "trace from {from}: expected {}, got {trace:?}", verdict(allowed));
     }
 
     section("na-cli events --count 4 (the agent reads the ring, so from its flow log)");
@@ -98,8 +98,8 @@ fn main() -> Result<()> {
     print!("{events}");
     let denied = format!("{}:", debug.ip);
     ensure!(
-        events.lines().any(|l| l.contains("DENY") && l.contains(&denied)),
-        "no denied flow from tools/debug among the events"
+        events.lines().any(|l| l.contains("DENY") && l.contains(&denied) && l.contains("shop/default-deny-ingress")),
+        "no denied flow from tools/debug naming the isolating policy among the events"
     );
 
     section(&format!("GET /metrics on port {METRICS_PORT}: per-pod verdicts and the agent's own figures"));

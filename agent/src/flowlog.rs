@@ -9,11 +9,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use na_common::events::{PolicyEvent, verdict};
-use na_policy::{Attributions, ObjectRef, Services};
+use na_common::events::{PolicyEvent, tier, verdict};
+use na_policy::{Compiler, Direction, ObjectRef, Services};
 use serde::{Deserialize, Serialize};
 
-use crate::decode;
+use crate::{decode, status::Status};
 
 /// One flow log line.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,6 +35,11 @@ pub struct FlowLine {
     pub policy: Option<String>,
     /// Index of that rule in the policy's ingress or egress list.
     pub rule: Option<usize>,
+    /// For a flow denied because no rule admitted it (or revoked for that),
+    /// the policies that isolate the pod in that direction, as they are
+    /// when the line is written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<String>,
     /// `namespace/name` of the Service the pod connected to, when the flow
     /// went through one (`dst_ip` and `dst_port` are then its endpoint's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +114,7 @@ impl FlowLogger {
         &mut self,
         event: &PolicyEvent,
         pods: &HashMap<u32, ObjectRef>,
-        attributions: &Attributions,
+        names: &impl Names,
         services: &Services,
     ) {
         if event.verdict == verdict::ALLOW && !self.config.accept {
@@ -128,8 +133,7 @@ impl FlowLogger {
             return;
         }
         self.in_window += 1;
-        let rule = |id| attributions.get(id).map(|a| (a.policy.to_string(), a.rule));
-        let mut line = line(&self.node, event, pods.get(&event.ifindex), rule, SystemTime::now());
+        let mut line = line(&self.node, event, pods.get(&event.ifindex), names, SystemTime::now());
         line.service = services.name_of(event.service_id).map(ToString::to_string);
         if let Err(e) = self.out.write_line(&serde_json::to_string(&line).expect("plain data serialises")) {
             tracing::warn!("writing the flow log: {e}");
@@ -137,16 +141,46 @@ impl FlowLogger {
     }
 }
 
-/// The line for `event`: `pod` is the pod behind its veth, `rule` resolves
-/// an attribution id to its policy and rule index.
-pub fn line(
-    node: &str,
-    e: &PolicyEvent,
-    pod: Option<&ObjectRef>,
-    rule: impl FnOnce(u32) -> Option<(String, usize)>,
-    now: SystemTime,
-) -> FlowLine {
-    let (policy, rule) = decode::attribution(e.policy_id, rule);
+/// Where a line's names come from: the agent's compiler as it runs, or the
+/// status file it wrote (for `na-cli events`).
+pub trait Names {
+    /// The policy (`namespace/name`) and rule index of attribution id `id`.
+    fn rule(&self, id: u32) -> Option<(String, usize)>;
+    /// The policies that isolate `pod` in `direction` (`na_common::direction`).
+    fn isolating(&self, pod: &ObjectRef, direction: u32) -> Vec<String>;
+}
+
+impl Names for Compiler {
+    fn rule(&self, id: u32) -> Option<(String, usize)> {
+        self.attributions().get(id).map(|a| (a.policy.to_string(), a.rule))
+    }
+
+    fn isolating(&self, pod: &ObjectRef, direction: u32) -> Vec<String> {
+        let dir = if direction == na_common::direction::INGRESS { Direction::Ingress } else { Direction::Egress };
+        Compiler::isolating(self, pod, dir).iter().map(ToString::to_string).collect()
+    }
+}
+
+impl Names for Status {
+    fn rule(&self, id: u32) -> Option<(String, usize)> {
+        Status::rule(self, id).map(|r| (r.policy.clone(), r.rule))
+    }
+
+    fn isolating(&self, pod: &ObjectRef, direction: u32) -> Vec<String> {
+        let entry = self.pods.iter().find(|p| p.namespace == pod.namespace && p.name == pod.name);
+        entry.map(|p| p.isolated_by.direction(direction).to_vec()).unwrap_or_default()
+    }
+}
+
+/// The line for `event`: `pod` is the pod behind its veth.
+pub fn line(node: &str, e: &PolicyEvent, pod: Option<&ObjectRef>, names: &impl Names, now: SystemTime) -> FlowLine {
+    let (policy, rule) = decode::attribution(e.policy_id, |id| names.rule(id));
+    // Only a denial by the rules is the isolating policies' doing.
+    let by_rules = e.verdict != verdict::ALLOW && matches!(e.tier, tier::NETWORK_POLICY | tier::REVOKED);
+    let isolated_by = match pod {
+        Some(pod) if by_rules => names.isolating(pod, u32::from(e.direction)),
+        _ => Vec::new(),
+    };
     let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     FlowLine {
         time: format!("{}.{:03}", since.as_secs(), since.subsec_millis()),
@@ -163,6 +197,7 @@ pub fn line(
         tier: decode::tier_name(e.tier).to_owned(),
         policy,
         rule,
+        isolated_by,
         service: None,
     }
 }
@@ -176,8 +211,8 @@ pub fn decode(bytes: &[u8]) -> Option<PolicyEvent> {
 
 #[cfg(test)]
 mod tests {
-    use na_common::{direction, events::tier, family};
-    use na_policy::{Attribution, Direction};
+    use na_common::{direction, family};
+    use na_policy::{Attribution, Attributions};
 
     use super::*;
 
@@ -202,24 +237,47 @@ mod tests {
         }
     }
 
+    /// Names as a table gives them: `attributions`, and `isolating` for
+    /// every pod and direction.
+    struct Fixed {
+        attributions: Attributions,
+        isolating: Vec<String>,
+    }
+
+    impl Names for Fixed {
+        fn rule(&self, id: u32) -> Option<(String, usize)> {
+            self.attributions.get(id).map(|a| (a.policy.to_string(), a.rule))
+        }
+
+        fn isolating(&self, _: &ObjectRef, _: u32) -> Vec<String> {
+            self.isolating.clone()
+        }
+    }
+
     #[test]
     fn lines_name_the_pod_and_the_deciding_policy() {
         let pods = HashMap::from([(7, ObjectRef::new("x", "a"))]);
-        let mut attributions = Attributions::default();
-        let id = attributions.id(Attribution {
+        let mut names = Fixed { attributions: Attributions::default(), isolating: vec!["x/deny".into()] };
+        let id = names.attributions.id(Attribution {
             policy: ObjectRef::new("x", "allow-b"),
             direction: Direction::Ingress,
             rule: 2,
         });
-        let rule = |id| attributions.get(id).map(|a| (a.policy.to_string(), a.rule));
-        let l = line("n1", &event(verdict::ALLOW, id), pods.get(&7), rule, SystemTime::UNIX_EPOCH);
+        let l = line("n1", &event(verdict::ALLOW, id), pods.get(&7), &names, SystemTime::UNIX_EPOCH);
         assert_eq!((l.namespace.as_deref(), l.pod.as_deref()), (Some("x"), Some("a")));
         assert_eq!((l.verdict.as_str(), l.policy.as_deref(), l.rule), ("ACCEPT", Some("x/allow-b"), Some(2)));
         assert_eq!((l.src_ip.to_string(), l.dst_port, l.protocol.as_str()), ("10.0.0.2".into(), 80, "TCP"));
-        let d = line("n1", &event(verdict::DENY, 0), pods.get(&7), rule, SystemTime::UNIX_EPOCH);
+        assert!(l.isolated_by.is_empty(), "an allowed flow names the rule, not the isolation");
+        let d = line("n1", &event(verdict::DENY, 0), pods.get(&7), &names, SystemTime::UNIX_EPOCH);
         assert_eq!((d.verdict.as_str(), d.policy.as_deref(), d.direction.as_str()), ("DENY", None, "ingress"));
+        assert_eq!(d.isolated_by, ["x/deny"], "a denial by the rules names the policies isolating the pod");
         let json = serde_json::to_string(&d).unwrap();
         assert!(json.contains(r#""pod":"a""#) && json.contains(r#""policy":null"#), "{json}");
+        assert!(json.contains(r#""isolated_by":["x/deny"]"#), "{json}");
+        // Denials not of the rules' making name no policy.
+        let mut spoofed = event(verdict::DENY, 0);
+        spoofed.tier = tier::SPOOFED;
+        assert!(line("n1", &spoofed, pods.get(&7), &names, SystemTime::UNIX_EPOCH).isolated_by.is_empty());
     }
 
     #[test]
@@ -229,10 +287,10 @@ mod tests {
         let path = dir.join("flows.log");
         let out = Output::file(path.clone(), 1 << 20, 2).unwrap();
         let mut logger = FlowLogger::new(FlowLogConfig { accept: false, max_per_sec: 3 }, "n1".into(), out);
-        let (pods, attributions) = (HashMap::new(), Attributions::default());
+        let (pods, names) = (HashMap::new(), Fixed { attributions: Attributions::default(), isolating: Vec::new() });
         for _ in 0..5 {
-            logger.record(&event(verdict::DENY, 0), &pods, &attributions, &Services::default());
-            logger.record(&event(verdict::ALLOW, 0), &pods, &attributions, &Services::default());
+            logger.record(&event(verdict::DENY, 0), &pods, &names, &Services::default());
+            logger.record(&event(verdict::ALLOW, 0), &pods, &names, &Services::default());
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");

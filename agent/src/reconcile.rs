@@ -4,7 +4,7 @@ use std::{
     net::IpAddr,
 };
 
-use na_policy::{CompileError, Compiler, ObjectRef, PodRules, PolicyError, ServiceError, Services};
+use na_policy::{CompileError, Compiler, Direction, ObjectRef, PodRules, PolicyError, ServiceError, Services};
 use serde::Serialize;
 
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
     pod_id::PodId,
     sandbox::{AddOutcome, Sandbox},
     source::{Event, Kind, Object},
-    status::PodEntry,
+    status::{IsolatedBy, PodEntry},
     veth::host_veth_name,
 };
 
@@ -152,6 +152,10 @@ impl Reconciler {
                 veth: a.veth.clone(),
                 ifindex: a.ifindex,
                 assumed: self.assumed.contains(k),
+                isolated_by: {
+                    let names = |dir| self.compiler.isolating(k, dir).iter().map(ToString::to_string).collect();
+                    IsolatedBy { ingress: names(Direction::Ingress), egress: names(Direction::Egress) }
+                },
             })
             .collect()
     }

@@ -76,6 +76,30 @@ pub struct PodEntry {
     /// without labels until its object arrives.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub assumed: bool,
+    /// The policies that isolate it: what denies whatever their rules do
+    /// not admit.
+    #[serde(default, skip_serializing_if = "IsolatedBy::is_empty")]
+    pub isolated_by: IsolatedBy,
+}
+
+/// Policies (`namespace/name`) that isolate a pod, per direction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolatedBy {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
+}
+
+impl IsolatedBy {
+    /// Those of `direction` (`na_common::direction`).
+    pub fn direction(&self, direction: u32) -> &[String] {
+        if direction == na_common::direction::INGRESS { &self.ingress } else { &self.egress }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ingress.is_empty() && self.egress.is_empty()
+    }
 }
 
 /// The policy rule behind one attribution id.
@@ -234,6 +258,7 @@ mod tests {
                 veth: "eni1".into(),
                 ifindex: 9,
                 assumed: true,
+                isolated_by: IsolatedBy { ingress: vec!["x/p".into()], egress: Vec::new() },
             }],
             rules: vec![RuleEntry { id: 1, policy: "x/p".into(), direction: "ingress".into(), rule: 0 }],
             ..Default::default()

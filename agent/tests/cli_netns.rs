@@ -8,6 +8,7 @@ use std::{net::IpAddr, path::Path};
 use na_agent::{
     cli::{dump::MapDump, loaded::LoadedProgram, pod::PodReport, trace::Trace},
     datapath::AttachMode,
+    flowlog::FlowLine,
     status,
 };
 use na_harness::{Family, Probe};
@@ -65,6 +66,7 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert_eq!(report.programs.len(), 2);
     let ingress = &report.directions[0];
     assert_eq!((ingress.direction.as_str(), ingress.mode.as_str()), ("ingress", "policies-applied"));
+    assert_eq!(ingress.isolated_by, ["x/a-from-b"]);
     let by_rule = ingress.policies.iter().find(|p| p.policy == "x/a-from-b ingress[0]").expect("a-from-b listed");
     let granted: Vec<String> =
         by_rule.grants.iter().map(|g| format!("{} {} {}", g.prefix, g.protocol, g.ports)).collect();
@@ -103,6 +105,7 @@ fn na_cli_explains_what_the_agent_loaded() {
     let out_of_c = &t.sides[0];
     assert_eq!((out_of_c.direction.as_str(), out_of_c.allowed), ("egress", false));
     assert_eq!(out_of_c.matched_prefix.unwrap().to_string(), format!("{}/32", b.ip), "the except hole decides");
+    assert_eq!(out_of_c.isolated_by, ["x/c-egress"], "the policy whose rules leave the hole");
     let text = cli.text(&["trace", &c.ip.to_string(), &a.ip.to_string(), "tcp/81"]);
     // Allowed out of c, refused into a: both sides are shown.
     assert!(text.contains("ALLOW  by x/c-egress egress[0]") && text.contains("Verdict: DENY"), "{text}");
@@ -166,10 +169,9 @@ fn na_cli_explains_what_the_agent_loaded() {
     let (lines, _) = cli.events_during(&["--count", "2"], || {
         Probe::tcp(80).run(env.pod("x/c"), b.ip.into()).unwrap();
     });
-    assert!(
-        lines.iter().any(|l| l.pod.as_deref() == Some("c") && l.verdict == "DENY" && l.dst_ip == IpAddr::from(b.ip)),
-        "{lines:?}"
-    );
+    let denied = |l: &FlowLine| l.pod.as_deref() == Some("c") && l.verdict == "DENY" && l.dst_ip == IpAddr::from(b.ip);
+    let denial = lines.iter().find(|l| denied(l));
+    assert_eq!(denial.map(|l| l.isolated_by.clone()), Some(vec!["x/c-egress".to_owned()]), "{lines:?}");
 
     // Errors say what is wrong and exit with a code that says it too.
     assert_eq!(cli.exit_code(&["pod", "x/nope"]).0, 4);
@@ -192,6 +194,7 @@ fn na_cli_explains_what_the_agent_loaded() {
     });
     assert_eq!(lines.len(), 1, "{stderr}");
     assert_eq!((lines[0].node.as_str(), lines[0].pod.as_deref()), (support::agent::NODE, Some("c")));
+    assert_eq!(lines[0].isolated_by, ["x/c-egress"], "the agent's own line names the isolation too");
     assert!(stderr.contains("followed the agent's flow log"), "{stderr}");
 
     // An attachment whose veth is gone (the agent stopped, the CNI deleted the

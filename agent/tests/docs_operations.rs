@@ -52,6 +52,7 @@ fn every_flow_log_field_is_described() {
         tier: "NETWORK_POLICY".into(),
         policy: Some("x/p".into()),
         rule: Some(0),
+        isolated_by: vec!["x/p".into()],
         service: Some("x/s".into()),
     };
     let value = serde_json::to_value(&line).unwrap();

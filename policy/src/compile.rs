@@ -321,11 +321,7 @@ impl Compiler {
         let key = &target.key;
         let mut out = PodRules::default();
         for dir in Direction::BOTH {
-            let selecting: Vec<ObjectRef> = self
-                .policies_in(&target.key.namespace)
-                .filter(|p| p.rules(dir).is_some() && p.pod_selector.matches(&target.labels))
-                .map(|p| p.key.clone())
-                .collect();
+            let selecting: Vec<ObjectRef> = self.isolating_target(target, dir).cloned().collect();
             if selecting.is_empty() && !self.options.strict {
                 continue;
             }
@@ -403,11 +399,8 @@ impl Compiler {
         let mut out = PodRules::default();
         let target = self.pods.get(key);
         for dir in Direction::BOTH {
-            let isolated = self.options.strict
-                || target.is_some_and(|t| {
-                    self.policies_in(&t.key.namespace)
-                        .any(|p| p.rules(dir).is_some() && p.pod_selector.matches(&t.labels))
-                });
+            let isolated =
+                self.options.strict || target.is_some_and(|t| self.isolating_target(t, dir).next().is_some());
             if isolated {
                 *out.direction_mut(dir) =
                     DirectionRules { mode: Mode::DefaultDeny, entries: lpm::build(&self.node_grants(dir)) };
@@ -431,6 +424,32 @@ impl Compiler {
     }
 
     /// Policies of one namespace: keys sort by namespace first.
+    /// The policies that isolate `key` in `dir`: those that select it and
+    /// have that policy type. What none of their rules admits is denied, so
+    /// they are what a denied flow's line and trace name. A pod the compiler
+    /// does not know is taken as one without labels, as
+    /// [`Self::compile_unknown`] compiles it.
+    pub fn isolating(&self, key: &ObjectRef, dir: Direction) -> Vec<ObjectRef> {
+        let unlabelled = Labels::default();
+        let labels = self.pods.get(key).map_or(&unlabelled, |p| &p.labels);
+        self.selecting(&key.namespace, labels, dir).cloned().collect()
+    }
+
+    fn isolating_target<'a>(&'a self, target: &'a PodInfo, dir: Direction) -> impl Iterator<Item = &'a ObjectRef> {
+        self.selecting(&target.key.namespace, &target.labels, dir)
+    }
+
+    fn selecting<'a>(
+        &'a self,
+        namespace: &'a str,
+        labels: &'a Labels,
+        dir: Direction,
+    ) -> impl Iterator<Item = &'a ObjectRef> + 'a {
+        self.policies_in(namespace)
+            .filter(move |p| p.rules(dir).is_some() && p.pod_selector.matches(labels))
+            .map(|p| &p.key)
+    }
+
     fn policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
         self.policies
             .range(ObjectRef::new(namespace, "")..)

@@ -112,8 +112,7 @@ fn follow_ring(sources: &Sources, until: Until, out: &mut impl FnMut(&FlowLine))
 
 fn line(status: &Status, event: &na_common::events::PolicyEvent) -> FlowLine {
     let pod = status.pod_by_ifindex(event.ifindex).map(|p| na_policy::ObjectRef::new(&p.namespace, &p.name));
-    let rule = |id| status.rule(id).map(|r| (r.policy.clone(), r.rule));
-    flowlog::line(&status.node, event, pod.as_ref(), rule, SystemTime::now())
+    flowlog::line(&status.node, event, pod.as_ref(), status, SystemTime::now())
 }
 
 /// Follows the agent's flow log from its current end, across rotations.
@@ -162,7 +161,29 @@ pub fn render(l: &FlowLine) -> String {
     let policy = match (&l.policy, l.rule) {
         (Some(p), Some(r)) => crate::decode::rule_label(p, &l.direction, r),
         (Some(p), None) => p.clone(),
+        _ if !l.isolated_by.is_empty() => format!("isolated by {}", l.isolated_by.join(",")),
         _ => "-".into(),
     };
     format!("{} {pod} {} {src} -> {dst} {} {} {} {policy}", l.time, l.direction, l.protocol, l.verdict, l.tier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_names_the_rule_that_allowed_or_the_policies_that_isolate() {
+        let mut l: FlowLine = serde_json::from_str(
+            r#"{"time":"1.000","node":"n","namespace":"x","pod":"a","direction":"ingress","src_ip":"10.0.0.2",
+                "src_port":40000,"dst_ip":"10.0.0.1","dst_port":80,"protocol":"TCP","verdict":"DENY",
+                "tier":"NETWORK_POLICY","policy":null,"rule":null,"isolated_by":["x/deny","x/web"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            render(&l),
+            "1.000 x/a ingress 10.0.0.2:40000 -> 10.0.0.1:80 TCP DENY NETWORK_POLICY isolated by x/deny,x/web"
+        );
+        (l.verdict, l.policy, l.rule, l.isolated_by) = ("ACCEPT".into(), Some("x/web".into()), Some(0), Vec::new());
+        assert!(render(&l).ends_with("TCP ACCEPT NETWORK_POLICY x/web ingress[0]"), "{}", render(&l));
+    }
 }

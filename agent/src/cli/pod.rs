@@ -40,6 +40,10 @@ pub struct DirectionReport {
     pub direction: String,
     pub mode: String,
     pub generation: u32,
+    /// The policies that isolate the pod in this direction (from the status
+    /// file): what denies whatever the rules below do not admit.
+    #[serde(default)]
+    pub isolated_by: Vec<String>,
     /// What the live rule set admits, by the policy rule that admits it.
     pub policies: Vec<PolicyGrants>,
     /// Prefixes carved out by `except` that deny their addresses.
@@ -112,6 +116,7 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
             direction: crate::decode::direction_name(dir).into(),
             mode: crate::decode::mode_name(state.mode()).into(),
             generation: state.generation,
+            isolated_by: entry.map(|p| p.isolated_by.direction(dir).to_vec()).unwrap_or_default(),
             policies: policies.into_iter().map(|(policy, grants)| PolicyGrants { policy, grants }).collect(),
             holes,
         });
@@ -152,6 +157,9 @@ pub fn render(r: &PodReport) -> String {
         if d.mode == "default-allow" {
             let _ = writeln!(s, "  no policy isolates this direction: everything passes");
             continue;
+        }
+        if !d.isolated_by.is_empty() {
+            let _ = writeln!(s, "  isolated by {}", d.isolated_by.join(", "));
         }
         for p in &d.policies {
             let _ = writeln!(s, "  {}", p.policy);

@@ -72,6 +72,10 @@ pub struct Side {
     pub policy: String,
     /// Longest prefix of the live rules holding the peer.
     pub matched_prefix: Option<IpNet>,
+    /// The policies that isolate the pod in this direction (from the status
+    /// file): when no rule admits the flow, they are what denies it.
+    #[serde(default)]
+    pub isolated_by: Vec<String>,
     /// Flows of this (source, destination, protocol, port) the pod tracks
     /// already: their packets pass without being judged again until the
     /// policy changes.
@@ -207,6 +211,7 @@ fn judge(
         tier: decode::tier_name(decision.tier).into(),
         policy: decode::attribution_label(decision.policy_id, Some(status)),
         matched_prefix,
+        isolated_by: status.pod_by_id(id.as_str()).map(|p| p.isolated_by.direction(dir).to_vec()).unwrap_or_default(),
         tracked,
     })
 }
@@ -261,7 +266,8 @@ fn explain(side: &Side) -> String {
         ("default-allow", _) => "no policy isolates this direction".into(),
         ("default-deny", false) => format!("isolated before its policies are known (strict mode); {prefix}"),
         (_, true) => format!("by {} ({prefix})", side.policy),
-        (_, false) => format!("no rule admits it ({prefix})"),
+        (_, false) if side.isolated_by.is_empty() => format!("no rule admits it ({prefix})"),
+        (_, false) => format!("no rule admits it ({prefix}); isolated by {}", side.isolated_by.join(", ")),
     }
 }
 
@@ -281,6 +287,7 @@ mod tests {
             tier: "rule".into(),
             policy: if allowed { "x/a-to-b egress[0]".into() } else { "-".into() },
             matched_prefix: None,
+            isolated_by: vec!["x/a-to-b".into()],
             tracked: Vec::new(),
         };
         let to = |dst: &str, allowed| Trace {
@@ -305,6 +312,7 @@ mod tests {
         assert!(text.contains("Service x/db: judged on the endpoint kube-proxy picks (2 known)"), "{text}");
         assert!(text.contains("  to endpoint 198.18.0.3:80: ALLOW\n    egress  of x/a"), "{text}");
         assert!(text.contains("  to endpoint 198.18.0.4:80: DENY"), "{text}");
+        assert!(text.contains("no rule admits it (no prefix holds the peer); isolated by x/a-to-b"), "{text}");
         assert!(text.ends_with("Verdict: ALLOW (1 of 2 endpoints reached)\n"), "{text}");
     }
 

@@ -228,7 +228,7 @@ pub async fn run(args: Args) -> Result<()> {
                     while let Some(item) = ring.next() {
                         if let Some(event) = flowlog::decode(&item) {
                             let reconciler = &node.reconciler;
-                            flows.record(&event, &pods, reconciler.compiler().attributions(), reconciler.services());
+                            flows.record(&event, &pods, reconciler.compiler(), reconciler.services());
                         }
                     }
                 }

@@ -65,6 +65,27 @@ fn deny_all_leaves_only_the_node() {
 }
 
 #[test]
+fn the_policies_isolating_a_pod_are_named_per_direction() {
+    let mut c = compiler();
+    c.upsert_policy(&policy("x", "deny", json!({"podSelector": {}}))).unwrap();
+    c.upsert_policy(&policy(
+        "x",
+        "a-out",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress", "Egress"]}),
+    ))
+    .unwrap();
+    c.upsert_policy(&policy("y", "deny", json!({"podSelector": {}}))).unwrap();
+    let names = |key: &ObjectRef, dir| c.isolating(key, dir).iter().map(ToString::to_string).collect::<Vec<_>>();
+    let (a, b) = (ObjectRef::new("x", "a"), ObjectRef::new("x", "b"));
+    assert_eq!(names(&a, Direction::Ingress), ["x/a-out", "x/deny"]);
+    assert_eq!(names(&a, Direction::Egress), ["x/a-out"]);
+    assert_eq!(names(&b, Direction::Ingress), ["x/deny"]);
+    assert!(names(&b, Direction::Egress).is_empty(), "no Egress policy type selects b");
+    // A pod not known yet is judged as one without labels.
+    assert_eq!(names(&ObjectRef::new("x", "new"), Direction::Ingress), ["x/deny"]);
+}
+
+#[test]
 fn union_survives_except_in_another_policy() {
     let mut c = compiler();
     c.upsert_policy(&policy(
