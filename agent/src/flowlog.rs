@@ -13,7 +13,7 @@ use na_common::events::{PolicyEvent, tier, verdict};
 use na_policy::{Compiler, Direction, ObjectRef, Services};
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, status::Status};
+use crate::{decode, pod_id::PodId, status::Status};
 
 /// One flow log line.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,8 +35,7 @@ pub struct FlowLine {
     pub policy: Option<String>,
     /// Index of that rule in the policy's ingress or egress list.
     pub rule: Option<usize>,
-    /// For a flow denied because no rule admitted it (or revoked for that),
-    /// the policies that isolate the pod in that direction, as they are
+    /// For a flow denied because no rule admitted it, the policies that isolate the pod in that direction, as they are
     /// when the line is written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
@@ -167,16 +166,17 @@ impl Names for Status {
     }
 
     fn isolating(&self, pod: &ObjectRef, direction: u32) -> Vec<String> {
-        let entry = self.pods.iter().find(|p| p.namespace == pod.namespace && p.name == pod.name);
-        entry.map(|p| p.isolated_by.direction(direction).to_vec()).unwrap_or_default()
+        self.isolated_by(PodId::new(&pod.namespace, &pod.name).as_str(), direction)
     }
 }
 
 /// The line for `event`: `pod` is the pod behind its veth.
 pub fn line(node: &str, e: &PolicyEvent, pod: Option<&ObjectRef>, names: &impl Names, now: SystemTime) -> FlowLine {
     let (policy, rule) = decode::attribution(e.policy_id, |id| names.rule(id));
-    // Only a denial by the rules is the isolating policies' doing.
-    let by_rules = e.verdict != verdict::ALLOW && matches!(e.tier, tier::NETWORK_POLICY | tier::REVOKED);
+    // Only a denial by the rules is the isolating policies' doing. A REVOKED
+    // event carries the direction of the packet that met the revoked flow,
+    // not always that of the rules that revoked it: it names none.
+    let by_rules = e.verdict != verdict::ALLOW && e.tier == tier::NETWORK_POLICY;
     let isolated_by = match pod {
         Some(pod) if by_rules => names.isolating(pod, u32::from(e.direction)),
         _ => Vec::new(),
@@ -275,9 +275,11 @@ mod tests {
         assert!(json.contains(r#""pod":"a""#) && json.contains(r#""policy":null"#), "{json}");
         assert!(json.contains(r#""isolated_by":["x/deny"]"#), "{json}");
         // Denials not of the rules' making name no policy.
-        let mut spoofed = event(verdict::DENY, 0);
-        spoofed.tier = tier::SPOOFED;
-        assert!(line("n1", &spoofed, pods.get(&7), &names, SystemTime::UNIX_EPOCH).isolated_by.is_empty());
+        for other in [tier::SPOOFED, tier::REVOKED, tier::DEFAULT_DENY] {
+            let mut denied = event(verdict::DENY, 0);
+            denied.tier = other;
+            assert!(line("n1", &denied, pods.get(&7), &names, SystemTime::UNIX_EPOCH).isolated_by.is_empty());
+        }
     }
 
     #[test]

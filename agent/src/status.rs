@@ -143,6 +143,12 @@ impl Status {
         self.pods.iter().find(|p| p.pod_id == pod_id)
     }
 
+    /// The policies isolating pod `pod_id` in `direction`
+    /// (`na_common::direction`); none for a pod the file does not list.
+    pub fn isolated_by(&self, pod_id: &str, direction: u32) -> Vec<String> {
+        self.pod_by_id(pod_id).map(|p| p.isolated_by.direction(direction).to_vec()).unwrap_or_default()
+    }
+
     pub fn pod_by_ifindex(&self, ifindex: u32) -> Option<&PodEntry> {
         self.pods.iter().find(|p| p.ifindex == ifindex)
     }

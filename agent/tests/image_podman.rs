@@ -110,6 +110,9 @@ impl HostPaths {
         std::fs::create_dir_all(&bpf).unwrap();
         let paths = Self(dir);
         run(Command::new("mount").args(["--bind"]).arg(&bpf).arg(&bpf));
+        // A peer group of its own: bound from a shared `/`, it would join
+        // `/`'s, and the init container's mount would propagate there too.
+        run(Command::new("mount").arg("--make-private").arg(&bpf));
         run(Command::new("mount").arg("--make-shared").arg(&bpf));
         paths
     }

@@ -423,7 +423,6 @@ impl Compiler {
         self.options.node_ips.iter().map(host).collect()
     }
 
-    /// Policies of one namespace: keys sort by namespace first.
     /// The policies that isolate `key` in `dir`: those that select it and
     /// have that policy type. What none of their rules admits is denied, so
     /// they are what a denied flow's line and trace name. A pod the compiler
@@ -450,6 +449,7 @@ impl Compiler {
             .map(|p| &p.key)
     }
 
+    /// Policies of one namespace: keys sort by namespace first.
     fn policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
         self.policies
             .range(ObjectRef::new(namespace, "")..)

@@ -36,17 +36,17 @@ pub fn build() -> Result<PathBuf> {
     let stage = FinalStage::parse(&dockerfile)?;
     let mut build = cargo();
     build.args(["build", "--release", "--locked", "--package", "na-agent", "--target", &stage.target]);
-    for copy in &stage.copies {
-        build.args(["--bin", &copy.binary]);
+    for binary in &stage.binaries {
+        build.args(["--bin", binary]);
     }
     exec(&mut build, "building the image's binaries (static, musl)")?;
 
     let context = root.join("target/image/context");
     let _ = std::fs::remove_dir_all(&context);
     std::fs::create_dir_all(&context)?;
-    for copy in &stage.copies {
-        let built = root.join("target").join(&stage.target).join("release").join(&copy.binary);
-        std::fs::copy(&built, context.join(&copy.binary)).with_context(|| format!("copying {}", built.display()))?;
+    for binary in &stage.binaries {
+        let built = root.join("target").join(&stage.target).join("release").join(binary);
+        std::fs::copy(&built, context.join(binary)).with_context(|| format!("copying {}", built.display()))?;
     }
     std::fs::write(context.join("Containerfile"), &stage.containerfile)?;
 
@@ -55,7 +55,7 @@ pub fn build() -> Result<PathBuf> {
     let _ = std::fs::remove_file(&archive);
     exec(
         std::process::Command::new("buildah")
-            .args(["bud", "--quiet", "--isolation", "chroot", "--layers=false", "--tag", &tag, "--file"])
+            .args(["bud", "--quiet", "--isolation", "chroot", "--layers=false", "--force-rm", "--tag", &tag, "--file"])
             .arg(context.join("Containerfile"))
             .arg(&context),
         "building the image (buildah)",
@@ -77,21 +77,17 @@ pub fn build() -> Result<PathBuf> {
 struct FinalStage {
     /// The Rust target the build stage builds for.
     target: String,
-    copies: Vec<Copy>,
+    /// The binaries it copies from the build stage.
+    binaries: Vec<String>,
+    /// The stage, copying them from the build context instead.
     containerfile: String,
-}
-
-#[derive(Debug, PartialEq)]
-struct Copy {
-    binary: String,
-    dest: String,
 }
 
 impl FinalStage {
     fn parse(dockerfile: &str) -> Result<Self> {
         let lines: Vec<&str> = dockerfile.lines().collect();
         let from = lines.iter().rposition(|l| l.starts_with("FROM ")).context("deploy/Dockerfile has no FROM")?;
-        let (mut target, mut copies, mut containerfile) = (None, Vec::new(), String::new());
+        let (mut target, mut binaries, mut containerfile) = (None, Vec::new(), String::new());
         for line in &lines[from..] {
             let Some(rest) = line.strip_prefix("COPY --from=build ") else {
                 if line.starts_with("COPY ") || line.starts_with("ADD ") {
@@ -111,10 +107,10 @@ impl FinalStage {
                 bail!("deploy/Dockerfile: binaries of two targets ({} and {})", target.unwrap_or_default(), built.0);
             }
             containerfile.push_str(&format!("COPY {} {}\n", built.1, dest.trim()));
-            copies.push(Copy { binary: built.1.into(), dest: dest.trim().into() });
+            binaries.push(built.1.to_owned());
         }
         let target = target.context("deploy/Dockerfile: the last stage copies no binary")?.to_owned();
-        Ok(Self { target, copies, containerfile })
+        Ok(Self { target, binaries, containerfile })
     }
 }
 
@@ -138,7 +134,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stage.target, "x86_64-unknown-linux-musl");
-        assert_eq!(stage.copies, [Copy { binary: "na-agent".into(), dest: "/usr/local/bin/na-agent".into() }]);
+        assert_eq!(stage.binaries, ["na-agent"]);
         assert_eq!(
             stage.containerfile,
             "FROM scratch\nCOPY na-agent /usr/local/bin/na-agent\nENTRYPOINT [\"/usr/local/bin/na-agent\"]\n"
@@ -157,8 +153,7 @@ mod tests {
     fn reads_the_projects_dockerfile() {
         let root = workspace_root();
         let stage = FinalStage::parse(&std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap()).unwrap();
-        let names: Vec<&str> = stage.copies.iter().map(|c| c.binary.as_str()).collect();
-        assert_eq!(names, ["na-agent", "na-cli", "na-cni"]);
+        assert_eq!(stage.binaries, ["na-agent", "na-cli", "na-cni"]);
         assert!(stage.containerfile.starts_with("FROM scratch\n"), "{}", stage.containerfile);
     }
 }

@@ -116,7 +116,12 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
             direction: crate::decode::direction_name(dir).into(),
             mode: crate::decode::mode_name(state.mode()).into(),
             generation: state.generation,
-            isolated_by: entry.map(|p| p.isolated_by.direction(dir).to_vec()).unwrap_or_default(),
+            // What the maps enforce decides: a direction left open (a pod
+            // whose rules failed to compile in standard mode) names none.
+            isolated_by: status
+                .filter(|_| state.mode() != na_common::pod_state::DEFAULT_ALLOW)
+                .map(|s| s.isolated_by(id.as_str(), dir))
+                .unwrap_or_default(),
             policies: policies.into_iter().map(|(policy, grants)| PolicyGrants { policy, grants }).collect(),
             holes,
         });

@@ -211,7 +211,7 @@ fn judge(
         tier: decode::tier_name(decision.tier).into(),
         policy: decode::attribution_label(decision.policy_id, Some(status)),
         matched_prefix,
-        isolated_by: status.pod_by_id(id.as_str()).map(|p| p.isolated_by.direction(dir).to_vec()).unwrap_or_default(),
+        isolated_by: status.isolated_by(id.as_str(), dir),
         tracked,
     })
 }

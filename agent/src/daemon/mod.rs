@@ -183,9 +183,9 @@ pub async fn run(args: Args) -> Result<()> {
     let events_lock = status::events_lock_path(&args.status_file);
     let mut ring = None;
     let mut kernel_log = None;
-    // One attempt, once a program exists to find the log through: a failure
-    // (say, no CAP_SYS_ADMIN to look programs up) is reported once, not on
-    // every turn of the loop.
+    // One attempt, once the programs are loaded (and so the node's maps,
+    // the log's ring among them, pinned): a failure is reported once, not
+    // on every turn of the loop.
     let mut kernel_log_wanted = args.ebpf_log_level != KernelLogLevel::Off;
 
     // Only now: an ADD answered before the first reconcile would be judged

@@ -37,6 +37,8 @@ pub enum DatapathError {
     Bpffs(#[from] BpffsError),
     #[error("loading the eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("parsing the eBPF object: {0}")]
+    Object(String),
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error(transparent)]
@@ -205,6 +207,11 @@ impl Datapath {
     /// See [`super::programs::bound_object`].
     pub fn bound_object(&self) -> Result<aya::Ebpf, DatapathError> {
         super::programs::bound_object(&self.layout)
+    }
+
+    /// See [`super::programs::global_map_entries`].
+    pub fn global_map_entries(&self, name: &str) -> Result<(u32, Option<u32>), DatapathError> {
+        super::programs::global_map_entries(&self.layout, name)
     }
 
     /// Links the node's netfilter program that judges pods' flows to

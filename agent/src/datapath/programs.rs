@@ -11,14 +11,14 @@
 //! left on them.
 use std::{path::PathBuf, time::Instant};
 
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use aya::{Ebpf, EbpfLoader, maps::MapData, programs::SchedClassifier};
 use na_common::{
     names::{GLOBAL_LOG_LEVEL, GLOBAL_MAPS},
     pod_state::unknown_pod,
 };
 use sha1::{Digest, Sha1};
 
-use super::{DatapathError, OBJECT, PROGRAMS, Settings, attach::remove_pin};
+use super::{DatapathError, OBJECT, PROGRAMS, RulesError, Settings, attach::remove_pin};
 use crate::bpffs::PinLayout;
 
 /// The object with its maps bound to the node's pinned ones (created and
@@ -31,6 +31,19 @@ pub fn bound_object(layout: &PinLayout) -> Result<Ebpf, DatapathError> {
     let mut loader = EbpfLoader::new();
     bind_globals(&mut loader, &pins);
     loader.load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))
+}
+
+/// The entries of the node's global map `name`: as pinned (the kernel's
+/// count), and as this agent's object declares them (None: it declares no
+/// such map). They differ when an agent of another version pinned the map;
+/// the kernel takes the pinned map either way, but aya sizes what it maps of
+/// a map from the object's declaration.
+pub fn global_map_entries(layout: &PinLayout, name: &str) -> Result<(u32, Option<u32>), DatapathError> {
+    let path = layout.global_map(name);
+    let open = |source| RulesError::Open { path: path.display().to_string(), source };
+    let pinned = MapData::from_pin(&path).map_err(open)?.info().map_err(open)?.max_entries();
+    let object = aya_obj::Object::parse(OBJECT).map_err(|e| DatapathError::Object(e.to_string()))?;
+    Ok((pinned, object.maps.get(name).map(aya_obj::Map::max_entries)))
 }
 
 /// The node's global maps by name, each with its pin.
@@ -111,7 +124,6 @@ impl Programs {
         &self.version
     }
 
-    /// Kernel id of the ingress program (the kernel log is found through it).
     /// Removes the pins of other versions. Programs still attached somewhere
     /// stay loaded until their last attachment moves to this version.
     pub fn remove_stale(&self, layout: &PinLayout) -> Result<usize, DatapathError> {

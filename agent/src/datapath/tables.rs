@@ -60,7 +60,7 @@ impl NodeTables {
         std::thread::scope(|s| {
             let writes: Vec<_> = outer
                 .into_iter()
-                .filter(|(table, inner, _)| !points_at(table, ifindex, inner))
+                .filter(|(table, inner, _)| !table.points_at(ifindex, map_id(inner)))
                 .map(|(table, inner, name)| {
                     s.spawn(move || table.map.insert(ifindex, inner, 0).map_err(map_err("insert into", name)))
                 })
@@ -85,7 +85,7 @@ impl NodeTables {
     /// Whether `ifindex`'s ingress trie is the map `trie`: the pod was
     /// registered under this very veth before.
     pub fn has_trie(&self, ifindex: u32, trie: &MapData) -> bool {
-        points_at(&self.ingress, ifindex, trie)
+        self.ingress.points_at(ifindex, map_id(trie))
     }
 
     /// Removes everything keyed by `ifindex`; absent entries are fine.
@@ -105,7 +105,8 @@ impl NodeTables {
 
     /// Every ifindex whose ingress trie is the map `trie`.
     pub fn ifindexes_of(&self, trie: &MapData) -> Vec<u32> {
-        self.ifindexes().into_iter().filter(|k| self.has_trie(*k, trie)).collect()
+        let id = map_id(trie);
+        self.ifindexes().into_iter().filter(|k| self.ingress.points_at(*k, id)).collect()
     }
 
     /// The ifindexes under which the tables know `pod` (normally one; none
@@ -129,11 +130,10 @@ impl NodeTables {
 }
 
 /// Whether `table` maps `ifindex` to the very map `inner`.
-fn points_at(table: &Outer, ifindex: u32, inner: &MapData) -> bool {
-    match (sys::inner_map_id(table.fd.as_fd(), ifindex), inner.info()) {
-        (Ok(Some(id)), Ok(info)) => id == info.id(),
-        _ => false,
-    }
+/// `map`'s kernel id; None (logged) when it cannot be read, which makes
+/// it point nowhere.
+fn map_id(map: &MapData) -> Option<u32> {
+    map.info().map(|i| i.id()).map_err(|e| tracing::warn!("reading a pod map's id: {e}")).ok()
 }
 
 /// A map of maps: aya's handle writes it, and a descriptor of its own reads
@@ -144,6 +144,20 @@ struct Outer {
 }
 
 impl Outer {
+    /// Whether the entry under `ifindex` is the map with id `inner`. An
+    /// error other than a missing entry is logged: read as "no" silently,
+    /// it would leave stale entries behind unnoticed (as reading through
+    /// aya, which needs CAP_SYS_ADMIN, once did).
+    fn points_at(&self, ifindex: u32, inner: Option<u32>) -> bool {
+        match sys::inner_map_id(self.fd.as_fd(), ifindex) {
+            Ok(found) => found.is_some() && found == inner,
+            Err(e) => {
+                tracing::warn!(ifindex, "reading a map of maps: {e}");
+                false
+            }
+        }
+    }
+
     fn open(path: &std::path::Path) -> Result<Self, RulesError> {
         let open = |source| RulesError::Open { path: path.display().to_string(), source };
         let data = MapData::from_pin(path).map_err(open)?;

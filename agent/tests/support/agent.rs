@@ -98,10 +98,12 @@ impl Agent {
         // Only the network namespace: `ip netns exec` would also give the agent
         // its own mount namespace, and with it a private bpffs whose pins die
         // with the process. Root, but with no capability beyond the
-        // DaemonSet's: what needs more fails here as it would on a node.
+        // DaemonSet's and no way to gain one (allowPrivilegeEscalation:
+        // false): what needs more fails here as it would on a node.
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
-            .args(["--", "setpriv", "--bounding-set", &daemon_set_capabilities(), "--"])
+            .args(["--", "setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--bounding-set"])
+            .args([&daemon_set_capabilities(), "--"])
             .arg(binary("na-agent", option_env!("CARGO_BIN_EXE_na-agent")))
             .args(["--node-name", NODE, "--node-ip", &NODE_IP.to_string()])
             .arg("--bpffs-root")
