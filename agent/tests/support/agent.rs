@@ -102,8 +102,8 @@ impl Agent {
         // false): what needs more fails here as it would on a node.
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
-            .args(["--", "setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--bounding-set"])
-            .args([&daemon_set_capabilities(), "--"])
+            .arg("--")
+            .args(na_harness::privileges::as_daemon_set())
             .arg(binary("na-agent", option_env!("CARGO_BIN_EXE_na-agent")))
             .args(["--node-name", NODE, "--node-ip", &NODE_IP.to_string()])
             .arg("--bpffs-root")
@@ -136,14 +136,6 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `setpriv --bounding-set` for the DaemonSet's capabilities and no other:
-/// a root process's capabilities on exec are its bounding set.
-fn daemon_set_capabilities() -> String {
-    let add: Vec<String> =
-        super::deploy::agent_capabilities().iter().map(|c| format!("+{}", c.to_lowercase())).collect();
-    format!("-all,{}", add.join(","))
 }
 
 /// The agent's answer to GET `path` on `port` inside the node; None while

@@ -89,13 +89,3 @@ pub fn environment(c: &Container, config: &ConfigMap, host_ips: &str) -> BTreeMa
     }
     env
 }
-
-/// The capabilities the DaemonSet gives the agent's container (it drops
-/// every other).
-pub fn agent_capabilities() -> Vec<String> {
-    let pod = load().daemon_sets.remove(0).spec.and_then(|s| s.template.spec).expect("a pod template");
-    let agent = pod.containers.into_iter().find(|c| c.name == "na-agent").expect("the agent's container");
-    let security = agent.security_context.and_then(|s| s.capabilities).expect("capabilities named");
-    assert_eq!(security.drop, Some(vec!["ALL".to_owned()]), "the agent's container drops every capability first");
-    security.add.unwrap_or_default()
-}

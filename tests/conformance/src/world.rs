@@ -117,9 +117,11 @@ impl World {
         let status = dir.0.join("status.json");
         let log = std::fs::File::create(dir.0.join("agent.log"))?;
         let child = Command::new("nsenter")
-            // Only the network namespace: the agent must share our bpffs.
+            // Only the network namespace: the agent must share our bpffs. With
+            // the DaemonSet's privileges, no more.
             .arg(format!("--net=/run/netns/{}", node.netns().name()))
             .arg("--")
+            .args(na_harness::privileges::as_daemon_set())
             .arg(agent)
             .args(["--node-name", NODE, "--manifests"])
             .arg(dir.0.join("manifests"))

@@ -12,6 +12,7 @@ pub mod cni;
 pub mod kube_proxy;
 mod netns;
 mod node;
+pub mod privileges;
 mod probe;
 mod server;
 pub mod synthetic;
