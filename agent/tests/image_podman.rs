@@ -301,7 +301,9 @@ fn the_image_runs_as_the_daemon_set_runs_it() {
     let report = exec(&["pod", "x/a"]);
     assert!(report.contains("x/a-ingress"), "{report}");
     let trace = exec(&["trace", &c.ip.to_string(), &a.ip.to_string(), "tcp/80"]);
-    assert!(trace.contains("Verdict: DENY"), "{trace}");
+    assert!(trace.contains("Verdict: DENY") && trace.contains("isolated by x/a-ingress"), "{trace}");
+    let listed = exec(&["ebpf", "loaded-ebpfdata"]);
+    assert_eq!(listed.matches("PinPath:").count(), 6, "both programs on each of the three veths: {listed}");
     // And the copy installed on the node, run there.
     let on_node = run(Command::new("nsenter")
         .arg(format!("--net=/run/netns/{node}"))
