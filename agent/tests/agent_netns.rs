@@ -164,6 +164,33 @@ fn veths_the_cni_did_not_name_are_found_by_their_route() {
 }
 
 #[test]
+fn a_kernel_log_ring_of_another_size_is_left_unread() {
+    let (env, manifests, status_file) = a_closed();
+    // As an agent of another version would have left it: twice the size
+    // this object declares.
+    let layout = PinLayout::new(env.root());
+    std::fs::create_dir_all(layout.maps_dir()).unwrap();
+    let pin = layout.global_map(na_common::names::MAP_LOGS);
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args(["type", "ringbuf", "key", "0", "value", "0", "entries", &(1u32 << 18).to_string(), "name", "AYA_LOGS"])
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let mut agent = Agent::start_with(&env, &manifests, &status_file, &["--ebpf-log-level", "debug"]);
+    wait_until("all three pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let log = || std::fs::read_to_string(status_file.with_extension("log")).unwrap_or_default();
+    wait_until("the agent says why the kernel log is off", || log().contains("kernel log's pinned ring is not"));
+    for _ in 0..5 {
+        assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a stays enforced");
+    }
+    assert!(agent.running(), "the agent runs on: {}", log());
+}
+
+#[test]
 fn bad_input_keeps_the_last_good_state_and_fails_closed() {
     let (env, manifests, status_file) = three_pods();
     let tcp80 = Probe::tcp(80);

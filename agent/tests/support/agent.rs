@@ -125,6 +125,10 @@ impl Agent {
         self.0.id()
     }
 
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().is_ok_and(|exit| exit.is_none())
+    }
+
     pub fn kill(mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
