@@ -35,7 +35,7 @@ pub struct FlowLine {
     pub policy: Option<String>,
     /// Index of that rule in the policy's ingress or egress list.
     pub rule: Option<usize>,
-    /// For a flow denied because no rule admitted it, the policies that isolate the pod in that direction, as they are
+    /// For a flow denied (or revoked) because no rule admitted it, the policies that isolate the pod in that direction, as they are
     /// when the line is written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
@@ -173,12 +173,14 @@ impl Names for Status {
 /// The line for `event`: `pod` is the pod behind its veth.
 pub fn line(node: &str, e: &PolicyEvent, pod: Option<&ObjectRef>, names: &impl Names, now: SystemTime) -> FlowLine {
     let (policy, rule) = decode::attribution(e.policy_id, |id| names.rule(id));
-    // Only a denial by the rules is the isolating policies' doing. A REVOKED
-    // event carries the direction of the packet that met the revoked flow,
-    // not always that of the rules that revoked it: it names none.
-    let by_rules = e.verdict != verdict::ALLOW && e.tier == tier::NETWORK_POLICY;
+    // Only a denial by the rules is the isolating policies' doing: those of
+    // the packet's direction, or for a revoked flow met by a reply, of the
+    // direction that opened it.
+    let by_rules = e.verdict != verdict::ALLOW && matches!(e.tier, tier::NETWORK_POLICY | tier::REVOKED);
+    let direction = u32::from(e.direction);
+    let rules_direction = if e.tier == tier::REVOKED && e.reply == 1 { 1 - direction } else { direction };
     let isolated_by = match pod {
-        Some(pod) if by_rules => names.isolating(pod, u32::from(e.direction)),
+        Some(pod) if by_rules => names.isolating(pod, rules_direction),
         _ => Vec::new(),
     };
     let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -241,7 +243,8 @@ mod tests {
     /// every pod and direction.
     struct Fixed {
         attributions: Attributions,
-        isolating: Vec<String>,
+        /// By direction.
+        isolating: [Vec<String>; 2],
     }
 
     impl Names for Fixed {
@@ -249,15 +252,16 @@ mod tests {
             self.attributions.get(id).map(|a| (a.policy.to_string(), a.rule))
         }
 
-        fn isolating(&self, _: &ObjectRef, _: u32) -> Vec<String> {
-            self.isolating.clone()
+        fn isolating(&self, _: &ObjectRef, direction: u32) -> Vec<String> {
+            self.isolating[direction as usize].clone()
         }
     }
 
     #[test]
     fn lines_name_the_pod_and_the_deciding_policy() {
         let pods = HashMap::from([(7, ObjectRef::new("x", "a"))]);
-        let mut names = Fixed { attributions: Attributions::default(), isolating: vec!["x/deny".into()] };
+        let isolating = [vec!["x/deny".to_owned()], vec!["x/out".to_owned()]];
+        let mut names = Fixed { attributions: Attributions::default(), isolating };
         let id = names.attributions.id(Attribution {
             policy: ObjectRef::new("x", "allow-b"),
             direction: Direction::Ingress,
@@ -275,11 +279,18 @@ mod tests {
         assert!(json.contains(r#""pod":"a""#) && json.contains(r#""policy":null"#), "{json}");
         assert!(json.contains(r#""isolated_by":["x/deny"]"#), "{json}");
         // Denials not of the rules' making name no policy.
-        for other in [tier::SPOOFED, tier::REVOKED, tier::DEFAULT_DENY] {
+        for other in [tier::SPOOFED, tier::DEFAULT_DENY] {
             let mut denied = event(verdict::DENY, 0);
             denied.tier = other;
             assert!(line("n1", &denied, pods.get(&7), &names, SystemTime::UNIX_EPOCH).isolated_by.is_empty());
         }
+        // A revoked flow names the policies of the direction that opened it.
+        let mut revoked = event(verdict::DENY, 0);
+        revoked.tier = tier::REVOKED;
+        assert_eq!(line("n1", &revoked, pods.get(&7), &names, SystemTime::UNIX_EPOCH).isolated_by, ["x/deny"]);
+        revoked.reply = 1;
+        let reply = line("n1", &revoked, pods.get(&7), &names, SystemTime::UNIX_EPOCH);
+        assert_eq!((reply.direction.as_str(), reply.isolated_by.as_slice()), ("ingress", &["x/out".to_owned()][..]));
     }
 
     #[test]
@@ -289,7 +300,8 @@ mod tests {
         let path = dir.join("flows.log");
         let out = Output::file(path.clone(), 1 << 20, 2).unwrap();
         let mut logger = FlowLogger::new(FlowLogConfig { accept: false, max_per_sec: 3 }, "n1".into(), out);
-        let (pods, names) = (HashMap::new(), Fixed { attributions: Attributions::default(), isolating: Vec::new() });
+        let names = Fixed { attributions: Attributions::default(), isolating: Default::default() };
+        let pods = HashMap::new();
         for _ in 0..5 {
             logger.record(&event(verdict::DENY, 0), &pods, &names, &Services::default());
             logger.record(&event(verdict::ALLOW, 0), &pods, &names, &Services::default());

@@ -95,6 +95,29 @@ fn established_flow_survives_an_update_that_allows_it_and_is_cut_by_one_that_doe
 }
 
 #[test]
+fn a_reply_that_meets_a_revoked_flow_says_whose_rules_revoked_it() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let b = host(env.pod("x/b"));
+    // b may send UDP to a:91; a's egress admits nothing of its own to b.
+    let rules = |ingress| PodRules { ingress: isolated(ingress), egress: isolated(Vec::new()) };
+    let mut maps = env.attach("x/a", &rules(vec![(b, vec![PortRule::ports(1, UDP, 91, 91)])])).unwrap();
+    let mut events = Events::open(env.dp.layout());
+    let (a_sock, b_sock) = (udp_socket(env.pod("x/a"), 91), udp_socket(env.pod("x/b"), 90));
+    let (a_addr, b_addr) =
+        (SocketAddr::new(env.pod("x/a").ip.into(), 91), SocketAddr::new(env.pod("x/b").ip.into(), 90));
+    assert!(udp_arrives(&b_sock, &a_sock, a_addr), "b opens the flow into a");
+    assert!(udp_arrives(&a_sock, &b_sock, b_addr), "a answers while it is tracked");
+    events.take();
+    // b loses its rule; a answers first after the update.
+    maps.apply(&rules(Vec::new())).unwrap();
+    assert!(!udp_arrives(&a_sock, &b_sock, b_addr), "the revoked flow carries no reply");
+    let revoked: Vec<_> = events.take().into_iter().filter(|e| e.tier == tier::REVOKED).collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    // Met on a's egress, revoked by its ingress rules.
+    assert_eq!((u32::from(revoked[0].direction), revoked[0].reply), (direction::EGRESS, 1));
+}
+
+#[test]
 fn conntrack_entries_expire_after_their_idle_timeout() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
     let udp = Duration::from_millis(1000);

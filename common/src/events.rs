@@ -61,7 +61,11 @@ pub struct PolicyEvent {
     pub verdict: u8,
     /// [`tier`].
     pub tier: u8,
-    pub _pad: [u8; 3],
+    /// 1 when a [`tier::REVOKED`] packet went the other way from the one
+    /// that opened its flow (a reply): the rules that revoked the flow are
+    /// those of the other direction. 0 otherwise.
+    pub reply: u8,
+    pub _pad: [u8; 2],
     /// Rule that allowed the packet, [`crate::policy::POLICY_ID_NONE`] otherwise.
     pub policy_id: u32,
     /// Host veth of the pod.

@@ -136,14 +136,15 @@ fn unjudgeable(ctx: &TcContext, dir: u32, why: u8) -> i32 {
     debug!(ctx, "dir {}: frame dropped unjudged (tier {})", dir, why);
     // Nothing about it can be trusted, so the event carries no addresses.
     let unknown = packet::unparsed();
-    emit(ctx, &unknown, dir, &Decision { allowed: false, tier: why, policy_id: POLICY_ID_NONE });
+    emit(ctx, &unknown, dir, &Decision { allowed: false, tier: why, policy_id: POLICY_ID_NONE }, 0);
     TC_ACT_SHOT
 }
 
 #[inline(never)]
 fn spoofed(ctx: &TcContext, packet: &Packet) -> i32 {
     debug!(ctx, "egress: packet from an address not the pod's dropped");
-    emit(ctx, packet, direction::EGRESS, &Decision { allowed: false, tier: tier::SPOOFED, policy_id: POLICY_ID_NONE });
+    let decision = Decision { allowed: false, tier: tier::SPOOFED, policy_id: POLICY_ID_NONE };
+    emit(ctx, packet, direction::EGRESS, &decision, 0);
     TC_ACT_SHOT
 }
 
@@ -155,9 +156,11 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
     if packet.fragment != Fragment::Later {
         match conntrack_verdict(dir, pod, packet) {
             Tracked::Pass => return PASS,
-            Tracked::Revoked => {
+            verdict @ (Tracked::Revoked | Tracked::RevokedReply) => {
                 debug!(ctx, "dir {}: tracked flow from port {} no longer allowed", dir, packet.src_port);
-                emit(ctx, packet, dir, &Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE });
+                let reply = u8::from(matches!(verdict, Tracked::RevokedReply));
+                let decision = Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE };
+                emit(ctx, packet, dir, &decision, reply);
                 return TC_ACT_SHOT;
             }
             Tracked::Miss => {}
@@ -169,7 +172,7 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
     // Events are sent from here, not from the callees: their frames and
     // `emit`'s would add up past the verifier's 512-byte stack cap.
     let decision = evaluate(dir, pod, packet);
-    emit(ctx, packet, dir, &decision);
+    emit(ctx, packet, dir, &decision, 0);
     if decision.allowed {
         return PASS;
     }
@@ -191,6 +194,9 @@ enum Tracked {
     Pass,
     /// Tracked, but the current policy no longer allows it: entry removed.
     Revoked,
+    /// [`Tracked::Revoked`], met by a packet going the other way from the
+    /// flow's first one: the other direction's rules revoked it.
+    RevokedReply,
 }
 
 /// The verdict for a packet of a tracked flow, if any: judged again when
@@ -217,7 +223,7 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
             if on_service_addr && dir == direction::EGRESS && is_service_frontend(&key) {
                 return Tracked::Miss;
             }
-            return Tracked::Revoked;
+            return if dir == flow_dir { Tracked::Revoked } else { Tracked::RevokedReply };
         }
         entry.generation = state.generation;
         entry.policy_id = decision.policy_id;
@@ -460,7 +466,7 @@ pub fn add_to_counter(ifindex: u32, slot: u32, packets: i64, bytes: i64) {
 }
 
 #[inline(never)]
-fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision) {
+fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision, reply: u8) {
     send(&PolicyEvent {
         src_addr: packet.src_addr,
         dst_addr: packet.dst_addr,
@@ -471,7 +477,8 @@ fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision) {
         direction: dir as u8,
         verdict: if d.allowed { verdict::ALLOW } else { verdict::DENY },
         tier: d.tier,
-        _pad: [0; 3],
+        reply,
+        _pad: [0; 2],
         policy_id: d.policy_id,
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         packet_len: ctx.len(),
