@@ -1,39 +1,70 @@
-//! Changes to this network namespace's links and routes, from the kernel's
-//! own notifications (rtnetlink multicast groups): a pod's veth appears, goes
-//! away, or gets the host route a CNI installs for the pod's address. The
-//! agent looks for pending pods' veths when one arrives, instead of polling.
-use futures::StreamExt;
+//! Changes to this network namespace's links, routes and addresses, from the
+//! kernel's own notifications (rtnetlink multicast groups): a pod's veth
+//! appears, goes away, or gets the host route a CNI installs for the pod's
+//! address; the node gains or loses an address. The agent looks for pending
+//! pods' veths when one arrives, instead of polling.
+use std::{collections::BTreeSet, net::IpAddr, net::Ipv6Addr};
+
+use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
+    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
     packet_core::NetlinkPayload,
-    packet_route::RouteNetlinkMessage,
+    packet_route::{RouteNetlinkMessage, address::AddressAttribute},
     sys::{AsyncSocket, SocketAddr},
 };
 use tokio::sync::mpsc;
 
-/// Subscribes to link and route changes; every one sends a `()` on the
-/// returned channel (coalesce them: a pod start makes several). Call from
-/// within the tokio runtime, in the namespace to watch.
-pub fn watch() -> std::io::Result<mpsc::UnboundedReceiver<()>> {
+/// What changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A link or a route.
+    Links,
+    /// An IPv6 address of the node.
+    Addresses,
+}
+
+/// Subscribes to link, route and IPv6 address changes; every one sends its
+/// kind on the returned channel (coalesce them: a pod start makes several).
+/// Call from within the tokio runtime, in the namespace to watch.
+pub fn watch() -> std::io::Result<mpsc::UnboundedReceiver<Change>> {
     let (mut connection, _handle, mut messages) = rtnetlink::new_connection()?;
-    let groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
+    let groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV6_IFADDR;
     connection.socket_mut().socket_mut().bind(&SocketAddr::new(0, groups))?;
     tokio::spawn(connection);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
             let NetlinkPayload::InnerMessage(inner) = message.payload else { continue };
-            let relevant = matches!(
-                inner,
+            let change = match inner {
                 RouteNetlinkMessage::NewLink(_)
-                    | RouteNetlinkMessage::DelLink(_)
-                    | RouteNetlinkMessage::NewRoute(_)
-                    | RouteNetlinkMessage::DelRoute(_)
-            );
-            if relevant && tx.send(()).is_err() {
+                | RouteNetlinkMessage::DelLink(_)
+                | RouteNetlinkMessage::NewRoute(_)
+                | RouteNetlinkMessage::DelRoute(_) => Change::Links,
+                RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => Change::Addresses,
+                _ => continue,
+            };
+            if tx.send(change).is_err() {
                 return;
             }
         }
     });
     Ok(rx)
+}
+
+/// The node's IPv6 addresses on every interface, link-local ones left out
+/// (the programs know those by their prefix).
+pub async fn ipv6_addrs() -> std::io::Result<BTreeSet<Ipv6Addr>> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let connection = tokio::spawn(connection);
+    let messages: Result<Vec<_>, _> = handle.address().get().execute().try_collect().await;
+    connection.abort();
+    let messages = messages.map_err(std::io::Error::other)?;
+    Ok(messages
+        .iter()
+        .flat_map(|m| &m.attributes)
+        .filter_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V6(v6)) if !v6.is_unicast_link_local() => Some(*v6),
+            _ => None,
+        })
+        .collect())
 }

@@ -6,7 +6,7 @@ mod support;
 
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, NodeTables},
+    datapath::{AttachMode, NodeAddrTable, NodeTables},
 };
 use na_harness::Probe;
 use serde_json::{Value, json};
@@ -312,6 +312,27 @@ fn veths_are_followed_as_the_kernel_reports_them_without_polling() {
     let old: u32 = old.and_then(|i| i.as_u64()).and_then(|i| i.try_into().ok()).unwrap();
     assert!(!tables.ifindexes().contains(&old), "the old ifindex {old} still leads to a's maps");
     assert!(tables.pods.get(&old, 0).is_err(), "the old ifindex {old} still has a's record");
+}
+
+#[test]
+fn the_nodes_ipv6_addresses_reach_the_programs_as_they_change() {
+    let (env, manifests, status_file) = a_closed();
+    let _agent = Agent::start(&env, &manifests, &status_file);
+    let known = || NodeAddrTable::open(&PinLayout::new(env.root())).and_then(|t| t.addrs()).unwrap_or_default();
+    wait_until("the node's address on lo is known", || known().contains(&na_harness::NODE_IP6));
+    // A CNI puts a pod's gateway address on its host veth, then takes it away.
+    let gateway: std::net::Ipv6Addr = "fd18::fe".parse().unwrap();
+    let veth = env.pod("x/a").host_veth.clone();
+    let ip = |op: &str| {
+        let args = ["-n", env.node.netns().name(), "addr", op, "fd18::fe/128", "dev", &veth];
+        let flags: &[&str] = if op == "add" { &["nodad"] } else { &[] };
+        assert!(std::process::Command::new("ip").args(args).args(flags).status().unwrap().success());
+    };
+    ip("add");
+    wait_until("the gateway address is known", || known().contains(&gateway));
+    ip("del");
+    wait_until("and forgotten", || !known().contains(&gateway));
+    assert!(known().iter().all(|a| !a.is_unicast_link_local()), "link-local addresses are exempt by prefix");
 }
 
 #[test]

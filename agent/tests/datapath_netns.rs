@@ -11,7 +11,10 @@ use na_common::{
     protocol::{TCP, UDP},
 };
 use na_harness::{Family, Probe};
-use support::Env;
+use support::{
+    Env,
+    raw::{send_frame_from, send_udp_from},
+};
 
 fn isolated(entries: impl IntoIterator<Item = (IpNet, Vec<PortRule>)>) -> DirectionRules {
     DirectionRules { mode: Mode::PoliciesApplied, entries: entries.into_iter().collect::<BTreeMap<_, _>>() }
@@ -248,54 +251,6 @@ fn a_recreated_veth_is_enforced_on_its_new_device() {
     assert!(known.contains(&new) && !known.contains(&old), "{known:?}");
 }
 
-/// Sends one UDP datagram from inside `from` with a source address of the
-/// sender's choosing (a raw socket, as any container with NET_RAW can open).
-fn send_udp_from(from: &na_harness::Pod, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, port: u16) {
-    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    packet.extend_from_slice(&src.octets());
-    packet.extend_from_slice(&dst.octets());
-    packet.extend_from_slice(&40000u16.to_be_bytes());
-    packet.extend_from_slice(&port.to_be_bytes());
-    packet.extend_from_slice(&13u16.to_be_bytes());
-    packet.extend_from_slice(&[0, 0]); // no UDP checksum (allowed in IPv4)
-    packet.extend_from_slice(b"hello");
-    let len = packet.len() as u16;
-    packet[2..4].copy_from_slice(&len.to_be_bytes());
-    let to = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
-        sin_zero: [0; 8],
-    };
-    send_raw(from, libc::AF_INET, libc::IPPROTO_RAW, &packet, || to);
-}
-
-/// Sends `bytes` from inside `from` on a raw socket of `domain` and
-/// `protocol`, as any container with NET_RAW can, to the address `to` makes
-/// (inside the pod's namespace).
-fn send_raw<A>(from: &na_harness::Pod, domain: i32, protocol: i32, bytes: &[u8], to: impl FnOnce() -> A + Send) {
-    from.netns()
-        .run(|| {
-            let addr = to();
-            // SAFETY: plain socket calls on a buffer and address that outlive them.
-            unsafe {
-                let fd = libc::socket(domain, libc::SOCK_RAW, protocol);
-                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-                let sent = libc::sendto(
-                    fd,
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<A>() as u32,
-                );
-                libc::close(fd);
-                assert_eq!(sent, bytes.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-            }
-        })
-        .unwrap();
-}
-
 #[test]
 fn a_pod_cannot_send_from_another_pods_address() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
@@ -319,14 +274,64 @@ fn a_pod_cannot_send_from_another_pods_address() {
 }
 
 #[test]
+fn a_pod_cannot_open_its_peers_way_in_with_one_forged_packet() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let (a, b) = (env.pod("x/a").ip, env.pod("x/b").ip);
+    // b sends to a's UDP/81 from its port 40000; a admits nothing from b
+    // and may send anything.
+    let b_sock = env.pod("x/b").netns().run(|| std::net::UdpSocket::bind(("0.0.0.0", 40000))).unwrap().unwrap();
+    b_sock.set_read_timeout(Some(std::time::Duration::from_millis(400))).unwrap();
+    let echoed = || {
+        let mut buf = [0u8; 16];
+        b_sock.send_to(b"hello", (a, 81)).is_ok() && b_sock.recv_from(&mut buf).is_ok()
+    };
+    assert!(echoed(), "baseline: nothing attached");
+    env.attach("x/a", &PodRules { ingress: isolated([]), egress: DirectionRules::default() }).unwrap();
+    assert!(!echoed(), "a's ingress denies b");
+    // a sends, out of its own eth0, the very packet b sends: were it tracked
+    // on a's egress hook as a flow a opened, b's real packets would pass as
+    // its replies.
+    let mut udp = Vec::new();
+    for field in [40000u16, 81, 13, 0] {
+        udp.extend_from_slice(&field.to_be_bytes());
+    }
+    udp.extend_from_slice(b"hello");
+    send_frame_from(env.pod("x/a"), 0x0800, &support::raw::ipv4(b, a, 17, &udp));
+    assert!(!echoed(), "b's packets ride a flow a forged in b's name");
+}
+
+#[test]
 fn the_node_keeps_resolving_an_isolated_pods_ipv6_address() {
     let mut env = Env::new(AttachMode::Auto).unwrap();
+    // The host side of the veth has only its link-local address: the node
+    // solicits from it, from its own address fd19::1 on lo.
+    keeps_resolving(&mut env, na_harness::NODE_IP6);
+}
+
+#[test]
+fn the_node_keeps_resolving_an_isolated_pod_from_a_global_address_on_its_veth() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    // As CNI ptp does: the pod's gateway address on the host side of its
+    // veth. The node's packets to the pod come from it, and so do its
+    // solicitations.
+    let gateway: std::net::Ipv6Addr = "fd18::fe".parse().unwrap();
+    let veth = env.pod("x/a").host_veth.clone();
+    let node = env.node.netns().name().to_owned();
+    let add = ["-n", &node, "addr", "add", "fd18::fe/128", "dev", &veth, "nodad"];
+    assert!(std::process::Command::new("ip").args(add).status().unwrap().success());
+    env.dp.set_node_addrs(&[gateway].into()).unwrap();
+    keeps_resolving(&mut env, gateway);
+}
+
+/// Attaches x/a admitting only `node_source`'s TCP/80 and sending nothing
+/// unprompted, then checks three times over that the node resolves a's
+/// IPv6 address from scratch (a multicast solicitation, a's advertisement)
+/// and by unicast probes: the node's solicitations in and a's answers out
+/// pass as neighbour discovery between the pod and its host, not by any rule.
+fn keeps_resolving(env: &mut Env, node_source: std::net::Ipv6Addr) {
     let node = env.node.netns().name().to_owned();
     let (veth, ip6) = (env.pod("x/a").host_veth.clone(), env.pod("x/a").ip6.to_string());
-    // a admits only the node's TCP/80 and sends nothing unprompted: the
-    // node's solicitations in and a's advertisements out pass as neighbour
-    // discovery between the pod and its host, not by any rule.
-    let from_node = [(IpNet::from(IpAddr::V6(na_harness::NODE_IP6)), vec![PortRule::ports(1, TCP, 80, 80)])];
+    let from_node = [(IpNet::from(IpAddr::V6(node_source)), vec![PortRule::ports(1, TCP, 80, 80)])];
     env.attach("x/a", &PodRules { ingress: isolated(from_node), egress: isolated([]) }).unwrap();
     let neigh = |args: &[&str]| {
         let out = std::process::Command::new("ip").args(["-n", &node, "-6", "neigh"]).args(args).output().unwrap();
@@ -335,13 +340,12 @@ fn the_node_keeps_resolving_an_isolated_pods_ipv6_address() {
     };
     let state = || neigh(&["show", &ip6, "dev", &veth]);
     for round in 0..3 {
-        // Resolution from scratch: a multicast solicitation, a's advertisement.
         neigh(&["flush", "dev", &veth]);
         let addr = std::net::SocketAddr::new(IpAddr::V6(env.pod("x/a").ip6), 80);
         let timeout = std::time::Duration::from_millis(1500);
-        let reached =
-            env.node.netns().run(move || std::net::TcpStream::connect_timeout(&addr, timeout).is_ok()).unwrap();
-        assert!(reached, "round {round}: the node reaches a (neighbour entry: {})", state());
+        let connected = env.node.netns().run(move || std::net::TcpStream::connect_timeout(&addr, timeout)).unwrap();
+        let connected = connected.unwrap_or_else(|e| panic!("round {round}: the node reaches a: {e} ({})", state()));
+        assert_eq!(connected.local_addr().unwrap().ip(), IpAddr::V6(node_source), "the node's source");
         // Unreachability detection: unicast solicitations until a answers.
         neigh(&["change", &ip6, "dev", &veth, "nud", "probe"]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -350,23 +354,6 @@ fn the_node_keeps_resolving_an_isolated_pods_ipv6_address() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
-}
-
-/// Sends one raw Ethernet frame of `ethertype` out of `from`'s eth0 (an
-/// AF_PACKET socket, as any container with NET_RAW can open).
-fn send_frame_from(from: &na_harness::Pod, ethertype: u16, payload: &[u8]) {
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0a]);
-    frame.extend_from_slice(&ethertype.to_be_bytes());
-    frame.extend_from_slice(payload);
-    send_raw(from, libc::AF_PACKET, 0, &frame, || {
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = nix::net::if_::if_nametoindex("eth0").unwrap() as i32;
-        addr.sll_halen = 6;
-        addr
-    });
 }
 
 #[test]

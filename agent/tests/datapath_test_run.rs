@@ -25,6 +25,7 @@ use na_agent::{
 };
 use na_common::{
     conntrack::{FlowKey, FlowState, tcp_state},
+    direction,
     events::{tier, verdict},
     names::{MAP_CONNTRACK, PROG_EGRESS, PROG_INGRESS},
     policy::PortRule,
@@ -465,6 +466,43 @@ fn packets_leaving_a_pod_from_addresses_not_its_own_are_dropped_as_spoofed() {
 }
 
 #[test]
+fn neighbour_discovery_with_the_nodes_own_global_addresses_passes() {
+    let p = pod();
+    // A global address on the host side of a veth (CNI ptp puts the pod's
+    // gateway there): the host solicits the pod from it, and the pod's
+    // advertisements and probes go back to it.
+    const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe);
+    let other_out = p.egress.on(p.other);
+    let other_ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
+    let na = vec![136, 0, 0, 0, 0, 0, 0, 0];
+    // (case, program, packet)
+    let cases = [
+        (
+            "a solicitation from the node's address into the pod",
+            &p.ingress,
+            v6_with(NODE6, POD6, 255, &[], ICMPV6, &ns()),
+        ),
+        ("an advertisement leaving the pod for it", &other_out, v6_with(other_ll, NODE6, 255, &[], ICMPV6, &na)),
+        ("a probe leaving the pod for it", &other_out, v6_with(other_ll, NODE6, 255, &[], ICMPV6, &ns())),
+    ];
+    // Both directions are isolated and neither admits NODE6.
+    for (name, prog, packet) in &cases {
+        assert_eq!(run(prog, packet), SHOT, "{name}: judged as ICMPv6 while the address is not the node's");
+    }
+    let node: std::collections::BTreeSet<Ipv6Addr> = [NODE6].into();
+    assert_eq!(p.dp.set_node_addrs(&node).unwrap(), 1);
+    for (name, prog, packet) in &cases {
+        assert_eq!(run(prog, packet), OK, "{name}");
+    }
+    let far = v6_with(NODE6, POD6, 64, &[], ICMPV6, &ns());
+    assert_eq!(run(&p.ingress, &far), SHOT, "not with a hop limit below 255: routed, so not from the node");
+    let to_peer = v6_with(other_ll, PEER6, 255, &[], ICMPV6, &na);
+    assert_eq!(run(&other_out, &to_peer), SHOT, "nor to an address that is not the node's");
+    assert_eq!(p.dp.set_node_addrs(&Default::default()).unwrap(), 1, "the address goes");
+    assert_eq!(run(&p.ingress, &cases[0].2), SHOT, "and with it the exemption");
+}
+
+#[test]
 fn frames_neither_ip_nor_arp_pass_only_where_the_pod_is_not_isolated() {
     let p = pod();
     let mut ring = Events::open(p.dp.layout());
@@ -702,7 +740,9 @@ const TIMEOUTS: Timeouts = Timeouts {
     other: Duration::from_secs(2),
     unreplied: Duration::from_secs(3),
     tcp_closing: Duration::from_secs(4),
+    tcp_reset: Duration::from_secs(5),
     udp: Duration::from_secs(6),
+    revoked: Duration::from_secs(7),
     tcp_established: Duration::from_secs(8),
 };
 const MARGIN: Duration = Duration::from_millis(500);
@@ -738,40 +778,111 @@ fn expires_after(p: &Pod, name: &str, key: &FlowKey, reply: &[u8], timeout: Dura
     assert!(conntrack(p).get(key, 0).is_err(), "{name}: the program removed the expired entry");
 }
 
-/// The packets that close a TCP flow, in order: (sent by the pod, flags).
-type Closing = &'static [(bool, u8)];
+/// The packets that close a TCP flow, in order: (sent by the pod, flags, the state after it).
+type Closing = &'static [(bool, u8, u8)];
 
 #[test]
-fn tcp_flows_keep_the_long_timeout_until_fin_or_rst_and_the_short_one_after() {
+fn tcp_flows_keep_the_long_timeout_until_fin_or_rst_and_a_short_one_after() {
+    use tcp_state::{CLOSING, RESET};
     let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
     // The pod's egress is open; its ingress admits nothing from OTHER4, so
     // the peer's packets pass only as part of a tracked flow.
     let out = |sport, flags| V4::new(POD4, OTHER4, TCP).packet(&tcp(sport, 85, flags));
     let back = |sport, flags| V4::new(OTHER4, POD4, TCP).packet(&tcp(85, sport, flags));
-    // (case, source port, what closes the flow)
-    let cases: [(&str, u16, Closing); 5] = [
-        ("established", 41000, &[]),
-        ("FIN from the pod, then the peer", 41001, &[(true, FIN | ACK), (false, FIN | ACK)]),
-        ("FIN from the peer, then the pod", 41002, &[(false, FIN | ACK), (true, FIN | ACK)]),
-        ("RST from the pod", 41003, &[(true, RST)]),
-        ("RST from the peer", 41004, &[(false, RST)]),
+    // (case, source port, what closes the flow, the timeout after it)
+    let cases: [(&str, u16, Closing, Duration); 6] = [
+        ("established", 41000, &[], TIMEOUTS.tcp_established),
+        (
+            "FIN from the pod, then the peer",
+            41001,
+            &[(true, FIN | ACK, CLOSING), (false, FIN | ACK, CLOSING)],
+            TIMEOUTS.tcp_closing,
+        ),
+        (
+            "FIN from the peer, then the pod",
+            41002,
+            &[(false, FIN | ACK, CLOSING), (true, FIN | ACK, CLOSING)],
+            TIMEOUTS.tcp_closing,
+        ),
+        ("RST from the pod", 41003, &[(true, RST, RESET)], TIMEOUTS.tcp_reset),
+        ("RST from the peer", 41004, &[(false, RST, RESET)], TIMEOUTS.tcp_reset),
+        (
+            "FIN, then RST, then FIN",
+            41005,
+            &[(true, FIN | ACK, CLOSING), (false, RST, RESET), (true, FIN | ACK, RESET)],
+            TIMEOUTS.tcp_reset,
+        ),
     ];
-    for (name, sport, closing) in cases {
+    for (name, sport, closing, timeout) in cases {
         assert_eq!(run(&p.egress, &out(sport, SYN)), OK);
         assert_eq!(run(&p.ingress, &back(sport, SYN | ACK)), OK, "{name}: the peer answers a tracked flow");
         assert_eq!(run(&p.egress, &out(sport, ACK)), OK);
         let key = tracked(&p, TCP, sport);
         let state = || conntrack(&p).get(&key, 0).unwrap().tcp_state;
         assert_eq!(state(), tcp_state::OPEN, "{name}");
-        for (by_pod, flags) in closing {
+        for (by_pod, flags, after) in closing {
             let (prog, packet) =
                 if *by_pod { (&p.egress, out(sport, *flags)) } else { (&p.ingress, back(sport, *flags)) };
             assert_eq!(run(prog, &packet), OK, "{name}");
-            assert_eq!(state(), tcp_state::CLOSING, "{name}: closing from its first FIN or RST on");
+            assert_eq!(state(), *after, "{name}: after flags {flags:#x}");
         }
-        let timeout = if closing.is_empty() { TIMEOUTS.tcp_established } else { TIMEOUTS.tcp_closing };
         expires_after(&p, name, &key, &back(sport, ACK), timeout);
     }
+}
+
+#[test]
+fn a_revoked_flow_stays_cut_both_ways_until_it_idles_out_or_is_allowed_again() {
+    let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
+    let mut ring = Events::open(p.dp.layout());
+    // The pod's ingress admits PEER4 to its TCP ports 80-90; its egress is
+    // open. It opens a flow from its port 85 to PEER4:7000, so the peer's
+    // half of that flow is also what the ingress rules admit as new.
+    let out = |flags| V4::new(POD4, PEER4, TCP).packet(&tcp(85, 7000, flags));
+    let back = |flags| V4::new(PEER4, POD4, TCP).packet(&tcp(7000, 85, flags));
+    assert_eq!(run(&p.egress, &out(SYN)), OK);
+    assert_eq!(run(&p.ingress, &back(SYN | ACK)), OK);
+    let key = tracked(&p, TCP, 85);
+    let ingress = || DirectionRules {
+        mode: Mode::PoliciesApplied,
+        entries: [(IpNet::from(IpAddr::from(PEER4)), vec![PortRule::ports(1, TCP, 80, 90)])].into(),
+    };
+    let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
+    let mut maps = p
+        .dp
+        .load_pod(&p.id, p.ingress.ifindex, addrs, &PodRules { ingress: ingress(), egress: DirectionRules::default() })
+        .unwrap();
+    let closed = PodRules {
+        ingress: ingress(),
+        egress: DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() },
+    };
+    maps.apply(&closed).unwrap();
+    ring.take();
+    // The pod's egress no longer admits the flow. The peer keeps sending
+    // (retransmitting, or on purpose): its packets must not reopen the flow
+    // as one its ingress admits, which would carry the pod's packets out as
+    // replies.
+    for round in 0..3 {
+        assert_eq!(run(&p.ingress, &back(ACK)), SHOT, "round {round}: the peer's packet meets the revocation");
+        assert_eq!(run(&p.egress, &out(ACK)), SHOT, "round {round}: the pod's packet too");
+    }
+    let events = ring.take();
+    assert!(events.len() >= 6 && events.iter().all(|e| e.tier == tier::REVOKED), "{events:?}");
+    assert_eq!(conntrack(&p).get(&key, 0).unwrap().revoked, 1);
+    // Allowed again: the flow goes on where it was.
+    maps.apply(&PodRules { ingress: ingress(), egress: DirectionRules::default() }).unwrap();
+    assert_eq!(run(&p.egress, &out(ACK)), OK, "allowed again");
+    assert_eq!(run(&p.ingress, &back(ACK)), OK);
+    assert_eq!(conntrack(&p).get(&key, 0).unwrap().revoked, 0);
+    // Revoked again, and left idle past the revoked timeout: the entry is
+    // gone, and the peer's next packet is judged as the new flow it looks like.
+    maps.apply(&closed).unwrap();
+    assert_eq!(run(&p.ingress, &back(ACK)), SHOT);
+    age(&p, &key, TIMEOUTS.revoked - MARGIN);
+    assert_eq!(run(&p.ingress, &back(ACK)), SHOT, "revoked until its timeout");
+    age(&p, &key, TIMEOUTS.revoked + MARGIN);
+    assert_eq!(run(&p.ingress, &back(ACK)), OK, "after it: a new flow the ingress rules admit");
+    let reopened = conntrack(&p).get(&key, 0).unwrap();
+    assert_eq!((u32::from(reopened.direction), reopened.revoked), (direction::INGRESS, 0));
 }
 
 #[test]

@@ -35,8 +35,28 @@ pub struct FlowKey {
 pub mod tcp_state {
     /// Any flow that is not a TCP flow past FIN or RST.
     pub const OPEN: u8 = 0;
-    /// A TCP flow that has seen FIN or RST.
+    /// A TCP flow that has seen FIN (and no RST).
     pub const CLOSING: u8 = 1;
+    /// A TCP flow that has seen RST: over, as Linux's CLOSE state. A peer
+    /// spraying segments the pod answers with RST holds each entry only
+    /// this long.
+    pub const RESET: u8 = 2;
+
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+
+    /// The state after a segment with `flags`: FIN winds an open flow down,
+    /// RST ends any, and nothing brings one back.
+    #[inline(always)]
+    pub fn after(state: u8, flags: u8) -> u8 {
+        if flags & RST != 0 {
+            RESET
+        } else if flags & FIN != 0 && state == OPEN {
+            CLOSING
+        } else {
+            state
+        }
+    }
 }
 
 /// Idle timeouts by default, in seconds (the agent may set others at load
@@ -45,8 +65,10 @@ pub mod timeout {
     /// An established TCP flow: as long as Linux keeps one (5 days), so idle
     /// long-lived connections are never cut by us first.
     pub const TCP_ESTABLISHED_SECS: u64 = 432_000;
-    /// A TCP flow after FIN or RST.
+    /// A TCP flow after FIN.
     pub const TCP_CLOSING_SECS: u64 = 120;
+    /// A TCP flow after RST (Linux conntrack's CLOSE).
+    pub const TCP_RESET_SECS: u64 = 10;
     /// A UDP or SCTP flow.
     pub const UDP_SECS: u64 = 180;
     /// A TCP, UDP or SCTP flow that has not seen a reply yet (as Linux
@@ -55,6 +77,11 @@ pub mod timeout {
     pub const UNREPLIED_SECS: u64 = 30;
     /// Anything else (ICMP echo, other protocols).
     pub const OTHER_SECS: u64 = 30;
+    /// A flow the policy revoked, after its last packet: TCP's longest
+    /// retransmission interval (`TCP_RTO_MAX`), so the ends' retransmissions
+    /// keep meeting the revocation instead of opening the flow anew from
+    /// the other side.
+    pub const REVOKED_SECS: u64 = 120;
 }
 
 /// Which idle timeout a flow gets; the programs and the agent's sweeper
@@ -63,17 +90,21 @@ pub mod timeout {
 pub enum TimeoutClass {
     TcpEstablished,
     TcpClosing,
+    TcpReset,
     Udp,
     Unreplied,
+    Revoked,
     Other,
 }
 
 impl TimeoutClass {
     #[inline(always)]
-    pub fn of(protocol: u8, state: u8, replied: bool) -> Self {
+    pub fn of(protocol: u8, flow: &FlowState) -> Self {
         match protocol {
-            crate::protocol::TCP if state == tcp_state::CLOSING => Self::TcpClosing,
-            _ if !replied && crate::protocol::has_ports(protocol) => Self::Unreplied,
+            _ if flow.revoked != 0 => Self::Revoked,
+            crate::protocol::TCP if flow.tcp_state == tcp_state::RESET => Self::TcpReset,
+            crate::protocol::TCP if flow.tcp_state == tcp_state::CLOSING => Self::TcpClosing,
+            _ if flow.replied == 0 && crate::protocol::has_ports(protocol) => Self::Unreplied,
             crate::protocol::TCP => Self::TcpEstablished,
             crate::protocol::UDP | crate::protocol::SCTP => Self::Udp,
             _ => Self::Other,
@@ -85,9 +116,11 @@ impl TimeoutClass {
 pub mod timeout_globals {
     pub const TCP_ESTABLISHED: &str = "TIMEOUT_TCP_ESTABLISHED_NS";
     pub const TCP_CLOSING: &str = "TIMEOUT_TCP_CLOSING_NS";
+    pub const TCP_RESET: &str = "TIMEOUT_TCP_RESET_NS";
     pub const UDP: &str = "TIMEOUT_UDP_NS";
     pub const UNREPLIED: &str = "TIMEOUT_UNREPLIED_NS";
     pub const OTHER: &str = "TIMEOUT_OTHER_NS";
+    pub const REVOKED: &str = "TIMEOUT_REVOKED_NS";
 }
 
 #[repr(C)]
@@ -112,7 +145,12 @@ pub struct FlowState {
     pub via_service: u8,
     /// The endpoint's port, host byte order (flows via a Service only).
     pub endpoint_port: u16,
-    pub _pad: [u8; 2],
+    /// 1 once the policy revoked the flow: its packets either way are
+    /// dropped (not judged as new flows, which would let the peer's side
+    /// reopen what the pod's rules closed) until the entry idles out or a
+    /// policy change allows the flow again.
+    pub revoked: u8,
+    pub _pad: [u8; 1],
     /// The endpoint's address (flows via a Service only).
     pub endpoint_addr: crate::Addr,
 }

@@ -55,6 +55,7 @@ fn conntrack_layout() {
     assert_eq!(offset_of!(FlowState, replied), 18);
     assert_eq!(offset_of!(FlowState, via_service), 19);
     assert_eq!(offset_of!(FlowState, endpoint_port), 20);
+    assert_eq!(offset_of!(FlowState, revoked), 22);
     assert_eq!(offset_of!(FlowState, endpoint_addr), 24);
     assert_eq!(size_of::<FragKey>(), 44);
     assert_eq!(offset_of!(FragKey, id), 32);
@@ -133,14 +134,36 @@ fn a_pod_owns_only_its_addresses() {
 }
 
 #[test]
-fn flows_without_a_reply_get_the_short_timeout() {
+fn flows_get_the_timeout_of_their_state() {
     use crate::protocol::{ICMP, TCP, UDP};
-    assert_eq!(TimeoutClass::of(TCP, tcp_state::OPEN, false), TimeoutClass::Unreplied);
-    assert_eq!(TimeoutClass::of(TCP, tcp_state::OPEN, true), TimeoutClass::TcpEstablished);
-    assert_eq!(TimeoutClass::of(TCP, tcp_state::CLOSING, false), TimeoutClass::TcpClosing);
-    assert_eq!(TimeoutClass::of(UDP, tcp_state::OPEN, false), TimeoutClass::Unreplied);
-    assert_eq!(TimeoutClass::of(UDP, tcp_state::OPEN, true), TimeoutClass::Udp);
-    assert_eq!(TimeoutClass::of(ICMP, tcp_state::OPEN, false), TimeoutClass::Other);
+    let flow = |tcp_state, replied, revoked| FlowState { tcp_state, replied, revoked, ..FlowState::default() };
+    let cases = [
+        (TCP, flow(tcp_state::OPEN, 0, 0), TimeoutClass::Unreplied),
+        (TCP, flow(tcp_state::OPEN, 1, 0), TimeoutClass::TcpEstablished),
+        (TCP, flow(tcp_state::CLOSING, 0, 0), TimeoutClass::TcpClosing),
+        (TCP, flow(tcp_state::RESET, 1, 0), TimeoutClass::TcpReset),
+        (TCP, flow(tcp_state::OPEN, 1, 1), TimeoutClass::Revoked),
+        (UDP, flow(tcp_state::OPEN, 0, 0), TimeoutClass::Unreplied),
+        (UDP, flow(tcp_state::OPEN, 1, 0), TimeoutClass::Udp),
+        (UDP, flow(tcp_state::OPEN, 1, 1), TimeoutClass::Revoked),
+        (ICMP, flow(tcp_state::OPEN, 0, 0), TimeoutClass::Other),
+        (ICMP, flow(tcp_state::OPEN, 0, 1), TimeoutClass::Revoked),
+    ];
+    for (protocol, flow, class) in cases {
+        assert_eq!(TimeoutClass::of(protocol, &flow), class, "{protocol} {flow:?}");
+    }
+}
+
+#[test]
+fn fin_winds_a_tcp_flow_down_and_rst_ends_it_for_good() {
+    use tcp_state::{CLOSING, OPEN, RESET, after};
+    let (fin, rst, ack, fin_ack) = (0x01, 0x04, 0x10, 0x11);
+    assert_eq!(after(OPEN, ack), OPEN);
+    assert_eq!(after(OPEN, fin_ack), CLOSING);
+    assert_eq!(after(OPEN, rst), RESET);
+    assert_eq!(after(CLOSING, rst | ack), RESET);
+    assert_eq!(after(RESET, fin), RESET, "a FIN after RST does not reopen the wait");
+    assert_eq!(after(RESET, ack), RESET);
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod conntrack;
 pub mod decision;
 pub mod events;
 pub mod names;
+pub mod node;
 pub mod pod_state;
 pub mod policy;
 pub mod service;
@@ -100,6 +101,7 @@ macro_rules! user_pod {
 }
 #[cfg(feature = "user")]
 user_pod!(
+    Addr,
     policy::LpmKeyData,
     policy::PortRule,
     policy::RuleSet,

@@ -34,6 +34,8 @@ pub const MAP_COUNTERS: &str = "counters";
 pub const MAP_EVENTS: &str = "policy_events";
 /// Service frontend -> the Service's number.
 pub const MAP_SERVICE_ADDRS: &str = "service_addrs";
+/// The node's own IPv6 addresses (see `na_common::node`).
+pub const MAP_NODE_ADDRS: &str = "node_addrs";
 /// Per CPU: the packet `handle_egress` left to `judge_dnat`.
 pub const MAP_DNAT_PENDING: &str = "dnat_pending";
 /// Whether `judge_dnat` is linked, and the kernel offsets it reads with.
@@ -44,7 +46,7 @@ pub const MAP_LOGS: &str = "AYA_LOGS";
 pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
 /// Maps of the node's one program pair, pinned once and shared by every pod.
-pub const GLOBAL_MAPS: [&str; 11] = [
+pub const GLOBAL_MAPS: [&str; 12] = [
     MAP_POD_TABLE,
     MAP_INGRESS_TRIES,
     MAP_EGRESS_TRIES,
@@ -54,6 +56,7 @@ pub const GLOBAL_MAPS: [&str; 11] = [
     MAP_EVENTS,
     MAP_LOGS,
     MAP_SERVICE_ADDRS,
+    MAP_NODE_ADDRS,
     MAP_DNAT_PENDING,
     MAP_DNAT_HOOK,
 ];

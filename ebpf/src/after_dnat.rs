@@ -155,7 +155,8 @@ fn judge_endpoint(slot: &DnatPending, target: &Target) -> i32 {
             replied: 0,
             via_service: 1,
             endpoint_port: port,
-            _pad: [0; 2],
+            revoked: 0,
+            _pad: [0; 1],
             endpoint_addr: *endpoint,
         };
         let _ = table.insert(key, entry, 0);

@@ -6,7 +6,9 @@
 //! pod's is dropped; neighbour discovery between the pod and its host passes;
 //! fragments after the first follow their first fragment; an ICMP error about
 //! a live flow of the pod passes; tracked flows pass (judged again when the
-//! pod's policy generation moved on, and cut if no longer allowed);
+//! pod's policy generation moved on, and cut if no longer allowed: a cut
+//! flow's packets either way are dropped until it idles out, so the side
+//! whose rules still allow it cannot reopen it mid-stream);
 //! a new flow leaving the pod for a Service address is left to the
 //! netfilter program that judges it after DNAT (`after_dnat`);
 //! everything else is judged by the pod state and the rules, and tracked
@@ -37,8 +39,9 @@ use aya_log_ebpf::debug;
 use crate::{
     maps::{
         CONNTRACK_TABLES, COUNTER_MAP, Conntrack, DNAT_HOOK, DNAT_PENDING, EGRESS_TRIES, FRAGMENTS, INGRESS_TRIES,
-        POD_TABLE, POLICY_EVENTS, SERVICE_ADDRS, TIMEOUT_OTHER_NS, TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS,
-        TIMEOUT_UDP_NS, TIMEOUT_UNREPLIED_NS, UNKNOWN_POD_DENY,
+        NODE_ADDRS, POD_TABLE, POLICY_EVENTS, SERVICE_ADDRS, TIMEOUT_OTHER_NS, TIMEOUT_REVOKED_NS,
+        TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_TCP_RESET_NS, TIMEOUT_UDP_NS, TIMEOUT_UNREPLIED_NS,
+        UNKNOWN_POD_DENY,
     },
     packet::{self, Fragment, Packet, Parsed},
 };
@@ -47,8 +50,6 @@ const PASS: i32 = TCX_NEXT;
 /// Refreshing `last_seen` on every packet would bounce its cache line between
 /// CPUs; this granularity is far below any idle timeout.
 const LAST_SEEN_GRANULARITY_NS: u64 = 100_000_000;
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
 
 /// The pod a packet belongs to, as the programs see it.
 struct Pod<'a> {
@@ -114,14 +115,20 @@ fn source_is_pods(record: &PodRecord, packet: &Packet) -> bool {
 
 /// Neighbour discovery is exempt from policy only between the pod and its
 /// host, the one neighbour a veth has: leaving the pod towards link-local or
-/// multicast addresses, entering it from link-local ones. Anything else is
-/// judged as the ICMPv6 it is.
+/// multicast addresses or the node's own, entering it from link-local ones
+/// or the node's own. Anything else is judged as the ICMPv6 it is.
+#[inline(never)]
 fn neighbour_exempt(dir: u32, packet: &Packet) -> bool {
     if dir == direction::EGRESS {
-        is_link_local(&packet.dst_addr) || packet.dst_addr.0[0] == 0xff
+        is_link_local(&packet.dst_addr) || packet.dst_addr.0[0] == 0xff || is_nodes(&packet.dst_addr)
     } else {
-        is_link_local(&packet.src_addr)
+        is_link_local(&packet.src_addr) || is_nodes(&packet.src_addr)
     }
+}
+
+fn is_nodes(addr: &Addr) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { NODE_ADDRS.get(addr).is_some() }
 }
 
 /// fe80::/10 (only IPv6 packets are neighbour discovery).
@@ -192,7 +199,9 @@ enum Tracked {
     Miss,
     /// Tracked and still allowed.
     Pass,
-    /// Tracked, but the current policy no longer allows it: entry removed.
+    /// Tracked, but the current policy no longer allows it: the entry
+    /// stays, marked revoked, so the flow's later packets either way meet
+    /// the revocation too.
     Revoked,
     /// [`Tracked::Revoked`], met by a packet going the other way from the
     /// flow's first one: the other direction's rules revoked it.
@@ -214,25 +223,37 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     let state = pod.state(flow_dir);
     if state.generation != entry.generation {
         let decision = decide(pod.ifindex, &state, flow_dir, &opening_query(flow_dir, &key, entry));
-        if !decision.allowed {
-            let on_service_addr = entry.via_service == 0 && flow_dir == direction::EGRESS;
-            let _ = table.remove(key);
+        if decision.allowed {
+            entry.revoked = 0;
+            entry.policy_id = decision.policy_id;
+        } else if entry.revoked == 0 {
             // Tracked on a Service address (the pod was not isolated, or the
             // hook not linked, when it opened): its next packet leaving the
             // pod is handed over and judged on its endpoint instead.
-            if on_service_addr && dir == direction::EGRESS && is_service_frontend(&key) {
+            if entry.via_service == 0
+                && flow_dir == direction::EGRESS
+                && dir == direction::EGRESS
+                && is_service_frontend(&key)
+            {
+                let _ = table.remove(key);
                 return Tracked::Miss;
             }
-            return if dir == flow_dir { Tracked::Revoked } else { Tracked::RevokedReply };
+            entry.revoked = 1;
         }
         entry.generation = state.generation;
-        entry.policy_id = decision.policy_id;
+    }
+    if entry.revoked != 0 {
+        // Every packet refreshes the revocation: retransmissions from
+        // either end keep meeting it.
+        entry.last_seen_ns = now;
+        return if dir == flow_dir { Tracked::Revoked } else { Tracked::RevokedReply };
     }
     if dir != flow_dir && entry.replied == 0 {
         entry.replied = 1;
     }
-    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        entry.tcp_state = tcp_state::CLOSING;
+    let tcp = tcp_state::after(entry.tcp_state, packet.tcp_flags);
+    if tcp != entry.tcp_state {
+        entry.tcp_state = tcp;
     }
     if now.saturating_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
         entry.last_seen_ns = now;
@@ -327,7 +348,7 @@ fn evaluate(dir: u32, pod: &Pod, packet: &Packet) -> Decision {
 #[inline(never)]
 fn track(pod: &Pod, dir: u32, packet: &Packet, policy_id: u32, generation: u32) {
     let Some(table) = pod.conntrack else { return };
-    let tcp = if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 { tcp_state::CLOSING } else { tcp_state::OPEN };
+    let tcp = tcp_state::after(tcp_state::OPEN, packet.tcp_flags);
     let entry = FlowState {
         last_seen_ns: clock(),
         policy_id,
@@ -337,7 +358,8 @@ fn track(pod: &Pod, dir: u32, packet: &Packet, policy_id: u32, generation: u32) 
         replied: 0,
         via_service: 0,
         endpoint_port: 0,
-        _pad: [0; 2],
+        revoked: 0,
+        _pad: [0; 1],
         endpoint_addr: na_common::Addr([0; 16]),
     };
     let _ = table.insert(flow_key(dir, packet), entry, 0);
@@ -368,7 +390,7 @@ fn quote_is_live(table: &Conntrack, pod: &Pod, dir: u32, error: &Packet, quote: 
     let Some(entry) = tracked(table, &key, clock()) else { return false };
     // SAFETY: the pointer is to a live map value.
     let entry = unsafe { &*entry };
-    entry.generation == pod.state(u32::from(entry.direction)).generation
+    entry.revoked == 0 && entry.generation == pod.state(u32::from(entry.direction)).generation
 }
 
 #[inline(never)]
@@ -386,7 +408,7 @@ fn tracked(table: &Conntrack, key: &FlowKey, now: u64) -> Option<*mut FlowState>
     let entry = table.get_ptr_mut(key)?;
     // SAFETY: the pointer is to a live map value.
     let flow = unsafe { &*entry };
-    if now.saturating_sub(flow.last_seen_ns) > idle_timeout(key.protocol, flow.tcp_state, flow.replied != 0) {
+    if now.saturating_sub(flow.last_seen_ns) > idle_timeout(key.protocol, flow) {
         let _ = table.remove(key);
         return None;
     }
@@ -400,9 +422,11 @@ fn clock() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-fn idle_timeout(proto: u8, state: u8, replied: bool) -> u64 {
-    match TimeoutClass::of(proto, state, replied) {
+fn idle_timeout(proto: u8, flow: &FlowState) -> u64 {
+    match TimeoutClass::of(proto, flow) {
         TimeoutClass::TcpClosing => TIMEOUT_TCP_CLOSING_NS.load(),
+        TimeoutClass::TcpReset => TIMEOUT_TCP_RESET_NS.load(),
+        TimeoutClass::Revoked => TIMEOUT_REVOKED_NS.load(),
         TimeoutClass::TcpEstablished => TIMEOUT_TCP_ESTABLISHED_NS.load(),
         TimeoutClass::Udp => TIMEOUT_UDP_NS.load(),
         TimeoutClass::Unreplied => TIMEOUT_UNREPLIED_NS.load(),

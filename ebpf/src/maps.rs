@@ -14,8 +14,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use na_common::{
+    Addr,
     conntrack::{DEFAULT_FLOWS_PER_POD, FlowKey, FlowState, FragKey, fragments, timeout},
     events::RING_BYTES,
+    node::MAX_NODE_ADDRS,
     pod_state::{MAX_PODS, PodCounterSlots, PodRecord},
     policy::{LpmKeyData, MAX_PREFIXES, RuleSet},
     service::{DnatHook, DnatPending, MAX_SERVICE_ADDRS, ServiceEntry, ServiceKey},
@@ -59,6 +61,10 @@ pub static POLICY_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 pub static SERVICE_ADDRS: HashMap<ServiceKey, ServiceEntry> =
     HashMap::with_max_entries(MAX_SERVICE_ADDRS, BPF_F_NO_PREALLOC);
 
+/// The node's own IPv6 addresses (see `na_common::node`).
+#[map(name = "node_addrs")]
+pub static NODE_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(MAX_NODE_ADDRS, BPF_F_NO_PREALLOC);
+
 #[map(name = "dnat_pending")]
 pub static DNAT_PENDING: PerCpuArray<DnatPending> = PerCpuArray::with_max_entries(1, 0);
 
@@ -72,11 +78,15 @@ pub static TIMEOUT_TCP_ESTABLISHED_NS: Global<u64> = Global::new(timeout::TCP_ES
 #[unsafe(no_mangle)]
 pub static TIMEOUT_TCP_CLOSING_NS: Global<u64> = Global::new(timeout::TCP_CLOSING_SECS * NS);
 #[unsafe(no_mangle)]
+pub static TIMEOUT_TCP_RESET_NS: Global<u64> = Global::new(timeout::TCP_RESET_SECS * NS);
+#[unsafe(no_mangle)]
 pub static TIMEOUT_UDP_NS: Global<u64> = Global::new(timeout::UDP_SECS * NS);
 #[unsafe(no_mangle)]
 pub static TIMEOUT_UNREPLIED_NS: Global<u64> = Global::new(timeout::UNREPLIED_SECS * NS);
 #[unsafe(no_mangle)]
 pub static TIMEOUT_OTHER_NS: Global<u64> = Global::new(timeout::OTHER_SECS * NS);
+#[unsafe(no_mangle)]
+pub static TIMEOUT_REVOKED_NS: Global<u64> = Global::new(timeout::REVOKED_SECS * NS);
 /// `na_common::pod_state::unknown_pod`: 1 in strict mode.
 #[unsafe(no_mangle)]
 pub static UNKNOWN_POD_DENY: Global<u8> = Global::new(0);

@@ -64,7 +64,9 @@ pub struct FlowRow {
     pub src_port: u16,
     pub dst: IpAddr,
     pub dst_port: u16,
-    /// `unreplied` (no reply seen yet), `open`, or `closing` (TCP after FIN or RST).
+    /// `revoked` (cut by a policy change; its packets are dropped either
+    /// way until it idles out), `reset` (TCP after RST), `closing` (TCP
+    /// after FIN), `unreplied` (no reply seen yet), or `open`.
     pub state: String,
     pub policy: String,
     /// Seconds since its last packet (refreshed at most every 100 ms).
@@ -179,9 +181,11 @@ pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, C
         let peer = (decode::addr(k.family, k.peer_addr.0), k.peer_port);
         let ((src, src_port), (dst, dst_port)) =
             if u32::from(v.direction) == direction::EGRESS { (pod, peer) } else { (peer, pod) };
-        let state = match (v.tcp_state, v.replied) {
-            (tcp_state::CLOSING, _) => "closing",
-            (_, 0) => "unreplied",
+        let state = match (v.revoked, v.tcp_state, v.replied) {
+            (1.., _, _) => "revoked",
+            (_, tcp_state::RESET, _) => "reset",
+            (_, tcp_state::CLOSING, _) => "closing",
+            (_, _, 0) => "unreplied",
             _ => "open",
         };
         rows.push(FlowRow {

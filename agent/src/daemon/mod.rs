@@ -29,6 +29,7 @@ use crate::{
     config::{Args, EnforcingMode},
     datapath::{Datapath, KernelLogLevel, Timeouts},
     flowlog::{self, FlowLogConfig, FlowLogger, Output},
+    links::Change,
     reconcile::{Reconciler, SyncReport},
     sandbox::{AddOutcome, Request, Sandbox},
     source::{
@@ -93,6 +94,10 @@ pub async fn run(args: Args) -> Result<()> {
         Ok(()) => info!("flows to Service addresses are judged after DNAT"),
         Err(e) => warn!("{e}; flows to Service addresses are judged on the Service address itself"),
     }
+    // Subscribed before the first read of anything it reports: nothing
+    // changed in between goes unseen.
+    let mut links = crate::links::watch().context("subscribing to link, route and address changes")?;
+    sync_node_addrs(&datapath).await;
 
     // Exactly one source feeds the reconciler; the other channel stays closed.
     let (tx, mut changed) = mpsc::unbounded_channel();
@@ -203,7 +208,6 @@ pub async fn run(args: Args) -> Result<()> {
     });
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut links = crate::links::watch().context("subscribing to link and route changes")?;
     let mut retry = tokio::time::interval(RETRY);
     let mut sweep = tokio::time::interval(args.conntrack_sweep_interval);
     loop {
@@ -255,10 +259,17 @@ pub async fn run(args: Args) -> Result<()> {
                 }
                 node.answer(batch);
             }
-            Some(()) = links.recv() => {
+            Some(change) = links.recv() => {
                 tokio::time::sleep(LINK_SETTLE).await;
-                while links.try_recv().is_ok() {}
-                if node.reconciler.relink() || node.reconciler.has_pending() {
+                let mut changes = vec![change];
+                while let Ok(change) = links.try_recv() {
+                    changes.push(change);
+                }
+                if changes.contains(&Change::Addresses) {
+                    sync_node_addrs(node.reconciler.datapath()).await;
+                }
+                let links_changed = changes.contains(&Change::Links);
+                if links_changed && (node.reconciler.relink() || node.reconciler.has_pending()) {
                     node.sync(None);
                 }
             }
@@ -278,6 +289,21 @@ pub async fn run(args: Args) -> Result<()> {
     }
     info!("exiting; programs stay attached and pinned for the next agent");
     Ok(())
+}
+
+/// Gives the programs the node's IPv6 addresses, with which neighbour
+/// discovery passes. On failure ND with the node's global addresses is
+/// judged as the ICMPv6 it is (closed); nothing opens.
+async fn sync_node_addrs(datapath: &Datapath) {
+    let addrs = match crate::links::ipv6_addrs().await {
+        Ok(addrs) => addrs,
+        Err(e) => return warn!("reading the node's IPv6 addresses: {e}"),
+    };
+    match datapath.set_node_addrs(&addrs) {
+        Ok(0) => {}
+        Ok(changed) => info!(addresses = addrs.len(), changed, "node addresses given to the programs"),
+        Err(e) => warn!("giving the programs the node's addresses: {e}"),
+    }
 }
 
 /// What the loop keeps between turns.

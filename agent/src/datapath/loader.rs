@@ -1,7 +1,8 @@
 //! The agent's handle on the datapath: the node's program pair, loaded once,
 //! and each pod's maps, attachments and rules.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -14,6 +15,7 @@ use aya::{
 use na_common::{
     conntrack::{DEFAULT_FLOWS_PER_POD, FlowState, TimeoutClass, timeout, timeout_globals},
     names::{MAP_CONNTRACK, MAP_EGRESS, MAP_INGRESS, POD_MAPS},
+    node::MAX_NODE_ADDRS,
 };
 use thiserror::Error;
 
@@ -59,17 +61,24 @@ pub enum DatapathError {
     Services(#[from] super::ServicesError),
     #[error("the DNAT hook: {0}")]
     DnatHook(#[from] super::dnat_hook::DnatHookError),
+    #[error("the node has {0} IPv6 addresses; its table holds {MAX_NODE_ADDRS}")]
+    TooManyNodeAddrs(usize),
 }
 
 /// Conntrack idle timeouts, baked into each pod's programs at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub tcp_established: Duration,
+    /// TCP flows after FIN.
     pub tcp_closing: Duration,
+    /// TCP flows after RST.
+    pub tcp_reset: Duration,
     pub udp: Duration,
     /// TCP, UDP and SCTP flows that have not seen a reply.
     pub unreplied: Duration,
     pub other: Duration,
+    /// Flows the policy revoked, after their last packet.
+    pub revoked: Duration,
 }
 
 impl Default for Timeouts {
@@ -77,9 +86,11 @@ impl Default for Timeouts {
         Self {
             tcp_established: Duration::from_secs(timeout::TCP_ESTABLISHED_SECS),
             tcp_closing: Duration::from_secs(timeout::TCP_CLOSING_SECS),
+            tcp_reset: Duration::from_secs(timeout::TCP_RESET_SECS),
             udp: Duration::from_secs(timeout::UDP_SECS),
             unreplied: Duration::from_secs(timeout::UNREPLIED_SECS),
             other: Duration::from_secs(timeout::OTHER_SECS),
+            revoked: Duration::from_secs(timeout::REVOKED_SECS),
         }
     }
 }
@@ -87,8 +98,10 @@ impl Default for Timeouts {
 impl Timeouts {
     /// The idle timeout of a flow, as the programs apply it.
     pub fn idle_timeout_ns(&self, proto: u8, flow: &FlowState) -> u64 {
-        let d = match TimeoutClass::of(proto, flow.tcp_state, flow.replied != 0) {
+        let d = match TimeoutClass::of(proto, flow) {
             TimeoutClass::TcpClosing => self.tcp_closing,
+            TimeoutClass::TcpReset => self.tcp_reset,
+            TimeoutClass::Revoked => self.revoked,
             TimeoutClass::TcpEstablished => self.tcp_established,
             TimeoutClass::Udp => self.udp,
             TimeoutClass::Unreplied => self.unreplied,
@@ -98,14 +111,16 @@ impl Timeouts {
     }
 
     /// (object global, nanoseconds) pairs.
-    pub(super) fn globals(&self) -> [(&'static str, u64); 5] {
+    pub(super) fn globals(&self) -> [(&'static str, u64); 7] {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         [
             (timeout_globals::TCP_ESTABLISHED, ns(self.tcp_established)),
             (timeout_globals::TCP_CLOSING, ns(self.tcp_closing)),
+            (timeout_globals::TCP_RESET, ns(self.tcp_reset)),
             (timeout_globals::UDP, ns(self.udp)),
             (timeout_globals::UNREPLIED, ns(self.unreplied)),
             (timeout_globals::OTHER, ns(self.other)),
+            (timeout_globals::REVOKED, ns(self.revoked)),
         ]
     }
 }
@@ -232,6 +247,16 @@ impl Datapath {
     pub fn set_services(&self, frontends: &BTreeMap<super::Frontend, u32>) -> Result<usize, DatapathError> {
         drop(self.programs()?);
         Ok(super::ServiceTable::open(&self.layout)?.sync(frontends)?)
+    }
+
+    /// Makes the node's own IPv6 addresses, with which neighbour discovery
+    /// passes, `addrs`; returns how many entries changed.
+    pub fn set_node_addrs(&self, addrs: &BTreeSet<Ipv6Addr>) -> Result<usize, DatapathError> {
+        if addrs.len() > MAX_NODE_ADDRS as usize {
+            return Err(DatapathError::TooManyNodeAddrs(addrs.len()));
+        }
+        drop(self.programs()?);
+        Ok(super::NodeAddrTable::open(&self.layout)?.sync(addrs)?)
     }
 
     /// The programs' version and how this handle got them, for the status file.

@@ -208,6 +208,34 @@ pub(super) fn map_err(op: &'static str, map: &'static str) -> impl Fn(MapError) 
     move |source| RulesError::Map { op, map, source }
 }
 
+/// Makes the node's table `map` (pinned as `name`) hold exactly `wanted`:
+/// the entries no longer wanted go first (room for new ones in a full
+/// table), then new and changed ones. Returns how many entries changed.
+pub(super) fn sync_table<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    wanted: &std::collections::HashMap<K, V>,
+) -> Result<usize, RulesError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    let present: std::collections::HashMap<K, V> =
+        map.iter().collect::<Result<_, _>>().map_err(map_err("read", name))?;
+    let mut changed = 0;
+    for key in present.keys().filter(|k| !wanted.contains_key(k)) {
+        map.remove(key).map_err(map_err("remove from", name))?;
+        changed += 1;
+    }
+    for (key, value) in wanted {
+        if present.get(key) != Some(value) {
+            map.insert(key, value, 0).map_err(map_err("insert into", name))?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use na_common::{family, policy::PortRule};

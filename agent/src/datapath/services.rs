@@ -11,7 +11,7 @@ use na_common::{
     service::{MAX_SERVICE_ADDRS, ServiceEntry, ServiceKey},
 };
 
-use super::rules::{RulesError, map_err, open_pinned};
+use super::rules::{RulesError, open_pinned, sync_table};
 use crate::bpffs::PinLayout;
 
 /// `frontend` as the table's key.
@@ -53,23 +53,7 @@ impl ServiceTable {
         if frontends.len() > MAX_SERVICE_ADDRS as usize {
             return Err(ServicesError::TooMany { count: frontends.len() });
         }
-        let wanted: std::collections::HashMap<ServiceKey, u32> =
-            frontends.iter().map(|(f, id)| (service_key(f), *id)).collect();
-        let present: std::collections::HashMap<ServiceKey, ServiceEntry> =
-            self.0.iter().collect::<Result<_, _>>().map_err(map_err("read", MAP_SERVICE_ADDRS))?;
-        let mut changed = 0;
-        for key in present.keys().filter(|k| !wanted.contains_key(k)) {
-            self.0.remove(key).map_err(map_err("remove from", MAP_SERVICE_ADDRS))?;
-            changed += 1;
-        }
-        for (key, &service_id) in &wanted {
-            if present.get(key).is_none_or(|e| e.service_id != service_id) {
-                self.0
-                    .insert(key, ServiceEntry { service_id }, 0)
-                    .map_err(map_err("insert into", MAP_SERVICE_ADDRS))?;
-                changed += 1;
-            }
-        }
-        Ok(changed)
+        let wanted = frontends.iter().map(|(f, &service_id)| (service_key(f), ServiceEntry { service_id })).collect();
+        Ok(sync_table(&mut self.0, MAP_SERVICE_ADDRS, &wanted)?)
     }
 }

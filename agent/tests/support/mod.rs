@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod deploy;
 pub mod fake_apiserver;
+pub mod raw;
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
