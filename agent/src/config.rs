@@ -59,8 +59,10 @@ pub struct Args {
     /// Kernel-side debug log level (aya-log); off costs nothing.
     #[arg(long, value_enum, default_value_t = KernelLogLevel::Off, env = "NA_EBPF_LOG_LEVEL")]
     pub ebpf_log_level: KernelLogLevel,
-    /// How often idle conntrack entries are reclaimed.
-    #[arg(long, value_parser = humantime_secs, default_value = "60", env = "NA_CONNTRACK_SWEEP_INTERVAL")]
+    /// How often idle conntrack entries are reclaimed. With the 10 s a
+    /// finished TCP connection is kept, a pod's table holds the connections
+    /// of about 20 s at this default.
+    #[arg(long, value_parser = humantime_secs, default_value = "10", env = "NA_CONNTRACK_SWEEP_INTERVAL")]
     pub conntrack_sweep_interval: Duration,
     /// Flows each pod's conntrack table holds. A full table tracks no new
     /// flow (and evicts none); its memory follows what it holds, plus 16

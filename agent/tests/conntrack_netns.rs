@@ -154,9 +154,9 @@ fn a_revoked_flow_is_not_reopened_mid_stream_by_its_peer() {
 #[test]
 fn a_peer_spraying_segments_the_pod_resets_holds_its_table_only_briefly() {
     const CAPACITY: u32 = 64;
-    let tcp_reset = Duration::from_millis(1500);
+    let tcp_closed = Duration::from_millis(1500);
     let mut env = Env::new(AttachMode::Auto).unwrap();
-    env.dp = env.dp.clone().with_timeouts(Timeouts { tcp_reset, ..Timeouts::default() }).with_flows_per_pod(CAPACITY);
+    env.dp = env.dp.clone().with_timeouts(Timeouts { tcp_closed, ..Timeouts::default() }).with_flows_per_pod(CAPACITY);
     let (b, c) = (host(env.pod("x/b")), host(env.pod("x/c")));
     // a admits b and c on TCP/80, where it serves.
     let rules = |peer| (peer, vec![PortRule::ports(1, TCP, 80, 80)]);
@@ -184,11 +184,40 @@ fn a_peer_spraying_segments_the_pod_resets_holds_its_table_only_briefly() {
     assert!(states.iter().all(|&s| s == tcp_state::RESET), "each one reset by a; states: {states:?}");
     assert!(echoes(&mut live), "the live flow keeps its entry");
     // Reset flows are reclaimed after the short reset timeout, not FIN's.
-    std::thread::sleep(tcp_reset + Duration::from_millis(300));
+    std::thread::sleep(tcp_closed + Duration::from_millis(300));
     assert_eq!(env.dp.sweep_conntrack(&id).unwrap(), sprayed.len(), "the sweep reclaims the spray's entries");
     assert!(echoes(&mut live), "and only those");
     let mut fresh = connect(env.pod("x/b"), a_ip.into(), 80);
     assert!(echoes(&mut fresh), "b's real connection is tracked again");
+}
+
+#[test]
+fn a_pod_serving_many_short_connections_keeps_room_for_new_ones() {
+    const CAPACITY: u32 = 64;
+    let tcp_closed = Duration::from_millis(1000);
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.dp = env.dp.clone().with_timeouts(Timeouts { tcp_closed, ..Timeouts::default() }).with_flows_per_pod(CAPACITY);
+    let b = host(env.pod("x/b"));
+    // a serves b on TCP/80 and may send nothing of its own: every answer
+    // needs its connection's entry.
+    let ingress = isolated(vec![(b, vec![PortRule::ports(1, TCP, 80, 80)])]);
+    env.attach("x/a", &PodRules { ingress, egress: isolated(vec![]) }).unwrap();
+    let id = na_agent::pod_id::PodId::new("x", "a");
+    let a = env.pod("x/a").ip.into();
+    // Each round opens as many connections, one after another, as a's table
+    // holds, and closes each: finished, both ends' FINs seen, they are kept
+    // only the short closed timeout, so the sweep after it makes room for
+    // the next round. Kept as long as a half-closed one, they would fill
+    // the table, and the next round's answers would be dropped.
+    for round in 0..3 {
+        for i in 0..CAPACITY {
+            let mut conn = connect(env.pod("x/b"), a, 80);
+            assert!(echoes(&mut conn), "round {round}, connection {i}");
+        }
+        std::thread::sleep(tcp_closed + Duration::from_millis(500));
+        let reclaimed = env.dp.sweep_conntrack(&id).unwrap();
+        assert!(reclaimed + 2 >= CAPACITY as usize, "round {round}: only {reclaimed} finished connections reclaimed");
+    }
 }
 
 #[test]
@@ -208,6 +237,8 @@ fn conntrack_entries_expire_after_their_idle_timeout() {
         (SocketAddr::new(env.pod("x/a").ip.into(), 91), SocketAddr::new(env.pod("x/b").ip.into(), 90));
     assert!(udp_arrives(&a_sock, &b_sock, b_addr));
     assert!(udp_arrives(&b_sock, &a_sock, a_addr), "b answers while the flow is tracked");
+    // On after the answer: a stream, with UDP's own timeout.
+    assert!(udp_arrives(&a_sock, &b_sock, b_addr));
     std::thread::sleep(udp + Duration::from_millis(600));
     assert!(!udp_arrives(&b_sock, &a_sock, a_addr), "after the idle timeout b's packet is a new, denied flow");
     assert!(udp_arrives(&a_sock, &b_sock, b_addr), "a can open the flow again");

@@ -24,7 +24,7 @@ use na_agent::{
     pod_id::PodId,
 };
 use na_common::{
-    conntrack::{FlowKey, FlowState, tcp_state},
+    conntrack::{FlowKey, FlowState, replied, tcp_state},
     direction,
     events::{tier, verdict},
     names::{MAP_CONNTRACK, PROG_EGRESS, PROG_INGRESS},
@@ -740,7 +740,7 @@ const TIMEOUTS: Timeouts = Timeouts {
     other: Duration::from_secs(2),
     unreplied: Duration::from_secs(3),
     tcp_closing: Duration::from_secs(4),
-    tcp_reset: Duration::from_secs(5),
+    tcp_closed: Duration::from_secs(5),
     udp: Duration::from_secs(6),
     revoked: Duration::from_secs(7),
     tcp_established: Duration::from_secs(8),
@@ -782,35 +782,37 @@ fn expires_after(p: &Pod, name: &str, key: &FlowKey, reply: &[u8], timeout: Dura
 type Closing = &'static [(bool, u8, u8)];
 
 #[test]
-fn tcp_flows_keep_the_long_timeout_until_fin_or_rst_and_a_short_one_after() {
-    use tcp_state::{CLOSING, RESET};
+fn tcp_flows_keep_the_long_timeout_until_fin_and_a_short_one_once_over() {
+    use tcp_state::{CLOSED, CLOSING, CLOSING_REPLY, RESET};
     let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
     // The pod's egress is open; its ingress admits nothing from OTHER4, so
     // the peer's packets pass only as part of a tracked flow.
     let out = |sport, flags| V4::new(POD4, OTHER4, TCP).packet(&tcp(sport, 85, flags));
     let back = |sport, flags| V4::new(OTHER4, POD4, TCP).packet(&tcp(85, sport, flags));
     // (case, source port, what closes the flow, the timeout after it)
-    let cases: [(&str, u16, Closing, Duration); 6] = [
+    let cases: [(&str, u16, Closing, Duration); 8] = [
         ("established", 41000, &[], TIMEOUTS.tcp_established),
+        ("FIN from the pod only", 41006, &[(true, FIN | ACK, CLOSING)], TIMEOUTS.tcp_closing),
+        ("FIN from the peer only", 41007, &[(false, FIN | ACK, CLOSING_REPLY)], TIMEOUTS.tcp_closing),
         (
             "FIN from the pod, then the peer",
             41001,
-            &[(true, FIN | ACK, CLOSING), (false, FIN | ACK, CLOSING)],
-            TIMEOUTS.tcp_closing,
+            &[(true, FIN | ACK, CLOSING), (false, FIN | ACK, CLOSED)],
+            TIMEOUTS.tcp_closed,
         ),
         (
             "FIN from the peer, then the pod",
             41002,
-            &[(false, FIN | ACK, CLOSING), (true, FIN | ACK, CLOSING)],
-            TIMEOUTS.tcp_closing,
+            &[(false, FIN | ACK, CLOSING_REPLY), (true, FIN | ACK, CLOSED)],
+            TIMEOUTS.tcp_closed,
         ),
-        ("RST from the pod", 41003, &[(true, RST, RESET)], TIMEOUTS.tcp_reset),
-        ("RST from the peer", 41004, &[(false, RST, RESET)], TIMEOUTS.tcp_reset),
+        ("RST from the pod", 41003, &[(true, RST, RESET)], TIMEOUTS.tcp_closed),
+        ("RST from the peer", 41004, &[(false, RST, RESET)], TIMEOUTS.tcp_closed),
         (
             "FIN, then RST, then FIN",
             41005,
             &[(true, FIN | ACK, CLOSING), (false, RST, RESET), (true, FIN | ACK, RESET)],
-            TIMEOUTS.tcp_reset,
+            TIMEOUTS.tcp_closed,
         ),
     ];
     for (name, sport, closing, timeout) in cases {
@@ -898,16 +900,18 @@ fn other_protocols_expire_after_their_own_timeouts() {
         ("GRE", GRE, 0, vec![0; 4], vec![0; 4], TIMEOUTS.other),
     ];
     for (name, protocol, sport, sent, answer, timeout) in cases {
-        let answer = V4::new(OTHER4, POD4, protocol).packet(&answer);
-        assert_eq!(run(&p.egress, &V4::new(POD4, OTHER4, protocol).packet(&sent)), OK, "{name}");
+        let (sent, answer) =
+            (V4::new(POD4, OTHER4, protocol).packet(&sent), V4::new(OTHER4, POD4, protocol).packet(&answer));
+        assert_eq!(run(&p.egress, &sent), OK, "{name}");
         assert_eq!(run(&p.ingress, &answer), OK, "{name}: the peer answers");
+        assert_eq!(run(&p.egress, &sent), OK, "{name}: and the conversation goes on");
         let key = tracked(&p, protocol, sport);
         expires_after(&p, name, &key, &answer, timeout);
     }
 }
 
 #[test]
-fn flows_that_never_saw_a_reply_expire_after_the_short_unreplied_timeout() {
+fn flows_that_never_saw_a_reply_or_only_one_answer_expire_after_the_short_timeout() {
     let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
     // (case, protocol, the pod's payload, the peer's, timeout once answered)
     let cases = [
@@ -923,10 +927,20 @@ fn flows_that_never_saw_a_reply_expire_after_the_short_unreplied_timeout() {
         assert_eq!(conntrack(&p).get(&key, 0).unwrap().replied, 0, "{name}");
         age(&p, &key, TIMEOUTS.unreplied + MARGIN);
         assert_eq!(run(&p.ingress, &answer), SHOT, "{name}: an unanswered flow is gone after the unreplied timeout");
-        // Answered: the protocol's own timeout.
+        // Answered: TCP's own timeout; for UDP, one request and its answer
+        // (a DNS lookup) keep the short one.
         assert_eq!(run(&p.egress, &sent), OK, "{name}");
         assert_eq!(run(&p.ingress, &answer), OK, "{name}");
-        assert_eq!(conntrack(&p).get(&key, 0).unwrap().replied, 1, "{name}: the answer marks the flow replied");
+        assert_eq!(conntrack(&p).get(&key, 0).unwrap().replied, replied::ONCE, "{name}: the answer marks the flow");
+        if protocol == UDP {
+            age(&p, &key, TIMEOUTS.unreplied + MARGIN);
+            assert_eq!(run(&p.ingress, &answer), SHOT, "{name}: one answer and no more, gone after the short timeout");
+            // A conversation: the pod speaks again after the answer.
+            for (prog, packet) in [(&p.egress, &sent), (&p.ingress, &answer), (&p.egress, &sent)] {
+                assert_eq!(run(prog, packet), OK, "{name}");
+            }
+            assert_eq!(conntrack(&p).get(&key, 0).unwrap().replied, replied::STREAM, "{name}");
+        }
         expires_after(&p, name, &key, &answer, answered);
     }
 }
@@ -937,9 +951,11 @@ fn the_sweep_removes_expired_entries_only_and_never_one_tracked_again_since_it_r
     let open = |sport| V4::new(POD4, OTHER4, UDP).packet(&l4(UDP, sport, 53));
     let reply = |sport| V4::new(OTHER4, POD4, UDP).packet(&l4(UDP, 53, sport));
     let (live, idle, revived) = (43000, 43001, 43002);
+    // Streams, each: a request, its answer, and more.
     for sport in [live, idle, revived] {
         assert_eq!(run(&p.egress, &open(sport)), OK);
         assert_eq!(run(&p.ingress, &reply(sport)), OK, "port {sport}: the peer answers a tracked flow");
+        assert_eq!(run(&p.egress, &open(sport)), OK);
     }
     let ports = || conntrack(&p).keys().filter_map(Result::ok).map(|k| k.pod_port).collect::<BTreeSet<_>>();
     age(&p, &tracked(&p, UDP, live), TIMEOUTS.udp - MARGIN);

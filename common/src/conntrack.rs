@@ -35,26 +35,39 @@ pub struct FlowKey {
 pub mod tcp_state {
     /// Any flow that is not a TCP flow past FIN or RST.
     pub const OPEN: u8 = 0;
-    /// A TCP flow that has seen FIN (and no RST).
+    /// A TCP flow whose opener has sent FIN (and older programs' value for
+    /// FIN or RST from either end).
     pub const CLOSING: u8 = 1;
     /// A TCP flow that has seen RST: over, as Linux's CLOSE state. A peer
     /// spraying segments the pod answers with RST holds each entry only
-    /// this long.
+    /// briefly.
     pub const RESET: u8 = 2;
+    /// A TCP flow both ends have sent FIN in: over but for the last ACK
+    /// and retransmitted FINs. A pod serving many short connections holds
+    /// each one's entry only briefly, not for FIN's long wait.
+    pub const CLOSED: u8 = 3;
+    /// A TCP flow whose other end (not its opener) has sent FIN.
+    pub const CLOSING_REPLY: u8 = 4;
 
     const FIN: u8 = 0x01;
     const RST: u8 = 0x04;
 
-    /// The state after a segment with `flags`: FIN winds an open flow down,
-    /// RST ends any, and nothing brings one back.
+    /// The state after a segment with `flags`, sent by the flow's opener or
+    /// (`reply`) its other end: FIN winds the flow down, FIN from both ends
+    /// or RST from either ends it, and nothing brings it back.
     #[inline(always)]
-    pub fn after(state: u8, flags: u8) -> u8 {
+    pub fn after(state: u8, flags: u8, reply: bool) -> u8 {
         if flags & RST != 0 {
-            RESET
-        } else if flags & FIN != 0 && state == OPEN {
-            CLOSING
-        } else {
-            state
+            return RESET;
+        }
+        if flags & FIN == 0 {
+            return state;
+        }
+        match (state, reply) {
+            (OPEN, false) => CLOSING,
+            (OPEN, true) => CLOSING_REPLY,
+            (CLOSING, true) | (CLOSING_REPLY, false) => CLOSED,
+            _ => state,
         }
     }
 }
@@ -65,15 +78,18 @@ pub mod timeout {
     /// An established TCP flow: as long as Linux keeps one (5 days), so idle
     /// long-lived connections are never cut by us first.
     pub const TCP_ESTABLISHED_SECS: u64 = 432_000;
-    /// A TCP flow after FIN.
+    /// A TCP flow after FIN from one end.
     pub const TCP_CLOSING_SECS: u64 = 120;
-    /// A TCP flow after RST (Linux conntrack's CLOSE).
-    pub const TCP_RESET_SECS: u64 = 10;
-    /// A UDP or SCTP flow.
+    /// A TCP flow that is over: RST, or FIN from both ends (Linux
+    /// conntrack's CLOSE; Cilium keeps closed connections 10 s too).
+    pub const TCP_CLOSED_SECS: u64 = 10;
+    /// A UDP or SCTP flow that went on after its first answer (a stream).
     pub const UDP_SECS: u64 = 180;
-    /// A TCP, UDP or SCTP flow that has not seen a reply yet (as Linux
-    /// conntrack's unreplied UDP timeout): an allowed peer spraying packets
-    /// that open nothing cannot fill the table for long.
+    /// A TCP, UDP or SCTP flow that has not seen a reply yet, or a UDP or
+    /// SCTP flow of one request and its answer (as Linux conntrack's UDP
+    /// timeout for what is not a stream): an allowed peer spraying packets
+    /// that open nothing cannot fill the table for long, and neither can a
+    /// pod's DNS lookups, each a flow of its own.
     pub const UNREPLIED_SECS: u64 = 30;
     /// Anything else (ICMP echo, other protocols).
     pub const OTHER_SECS: u64 = 30;
@@ -84,13 +100,35 @@ pub mod timeout {
     pub const REVOKED_SECS: u64 = 120;
 }
 
+/// How far a flow has gone both ways.
+pub mod replied {
+    /// Only the opener's packets so far.
+    pub const NONE: u8 = 0;
+    /// A reply passed.
+    pub const ONCE: u8 = 1;
+    /// A packet passed after the first reply: a conversation, not one
+    /// request and its answer.
+    pub const STREAM: u8 = 2;
+
+    /// The value after a packet, `reply` when it went the other way from
+    /// the flow's first.
+    #[inline(always)]
+    pub fn after(replied: u8, reply: bool) -> u8 {
+        match replied {
+            NONE if reply => ONCE,
+            ONCE => STREAM,
+            other => other,
+        }
+    }
+}
+
 /// Which idle timeout a flow gets; the programs and the agent's sweeper
 /// must agree on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutClass {
     TcpEstablished,
     TcpClosing,
-    TcpReset,
+    TcpClosed,
     Udp,
     Unreplied,
     Revoked,
@@ -102,9 +140,10 @@ impl TimeoutClass {
     pub fn of(protocol: u8, flow: &FlowState) -> Self {
         match protocol {
             _ if flow.revoked != 0 => Self::Revoked,
-            crate::protocol::TCP if flow.tcp_state == tcp_state::RESET => Self::TcpReset,
-            crate::protocol::TCP if flow.tcp_state == tcp_state::CLOSING => Self::TcpClosing,
-            _ if flow.replied == 0 && crate::protocol::has_ports(protocol) => Self::Unreplied,
+            crate::protocol::TCP if matches!(flow.tcp_state, tcp_state::RESET | tcp_state::CLOSED) => Self::TcpClosed,
+            crate::protocol::TCP if flow.tcp_state != tcp_state::OPEN => Self::TcpClosing,
+            _ if flow.replied == replied::NONE && crate::protocol::has_ports(protocol) => Self::Unreplied,
+            crate::protocol::UDP | crate::protocol::SCTP if flow.replied == replied::ONCE => Self::Unreplied,
             crate::protocol::TCP => Self::TcpEstablished,
             crate::protocol::UDP | crate::protocol::SCTP => Self::Udp,
             _ => Self::Other,
@@ -116,7 +155,7 @@ impl TimeoutClass {
 pub mod timeout_globals {
     pub const TCP_ESTABLISHED: &str = "TIMEOUT_TCP_ESTABLISHED_NS";
     pub const TCP_CLOSING: &str = "TIMEOUT_TCP_CLOSING_NS";
-    pub const TCP_RESET: &str = "TIMEOUT_TCP_RESET_NS";
+    pub const TCP_CLOSED: &str = "TIMEOUT_TCP_CLOSED_NS";
     pub const UDP: &str = "TIMEOUT_UDP_NS";
     pub const UNREPLIED: &str = "TIMEOUT_UNREPLIED_NS";
     pub const OTHER: &str = "TIMEOUT_OTHER_NS";
@@ -138,7 +177,7 @@ pub struct FlowState {
     pub direction: u8,
     /// [`tcp_state`].
     pub tcp_state: u8,
-    /// 1 once a reply passed.
+    /// [`replied`].
     pub replied: u8,
     /// 1 when the pod opened the flow to a Service address (the key's
     /// peer): the rules judged the endpoint DNAT chose, held below.

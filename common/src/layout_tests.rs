@@ -141,10 +141,14 @@ fn flows_get_the_timeout_of_their_state() {
         (TCP, flow(tcp_state::OPEN, 0, 0), TimeoutClass::Unreplied),
         (TCP, flow(tcp_state::OPEN, 1, 0), TimeoutClass::TcpEstablished),
         (TCP, flow(tcp_state::CLOSING, 0, 0), TimeoutClass::TcpClosing),
-        (TCP, flow(tcp_state::RESET, 1, 0), TimeoutClass::TcpReset),
+        (TCP, flow(tcp_state::CLOSING_REPLY, 1, 0), TimeoutClass::TcpClosing),
+        (TCP, flow(tcp_state::RESET, 1, 0), TimeoutClass::TcpClosed),
+        (TCP, flow(tcp_state::CLOSED, 1, 0), TimeoutClass::TcpClosed),
         (TCP, flow(tcp_state::OPEN, 1, 1), TimeoutClass::Revoked),
         (UDP, flow(tcp_state::OPEN, 0, 0), TimeoutClass::Unreplied),
-        (UDP, flow(tcp_state::OPEN, 1, 0), TimeoutClass::Udp),
+        (UDP, flow(tcp_state::OPEN, 1, 0), TimeoutClass::Unreplied),
+        (UDP, flow(tcp_state::OPEN, 2, 0), TimeoutClass::Udp),
+        (TCP, flow(tcp_state::OPEN, 2, 0), TimeoutClass::TcpEstablished),
         (UDP, flow(tcp_state::OPEN, 1, 1), TimeoutClass::Revoked),
         (ICMP, flow(tcp_state::OPEN, 0, 0), TimeoutClass::Other),
         (ICMP, flow(tcp_state::OPEN, 0, 1), TimeoutClass::Revoked),
@@ -155,15 +159,31 @@ fn flows_get_the_timeout_of_their_state() {
 }
 
 #[test]
-fn fin_winds_a_tcp_flow_down_and_rst_ends_it_for_good() {
-    use tcp_state::{CLOSING, OPEN, RESET, after};
+fn a_flow_becomes_a_stream_once_it_goes_on_after_its_first_reply() {
+    use replied::{NONE, ONCE, STREAM, after};
+    assert_eq!(after(NONE, false), NONE, "the opener again");
+    assert_eq!(after(NONE, true), ONCE);
+    assert_eq!(after(ONCE, false), STREAM);
+    assert_eq!(after(ONCE, true), STREAM);
+    assert_eq!(after(STREAM, true), STREAM);
+}
+
+#[test]
+fn fin_from_one_end_winds_a_tcp_flow_down_and_from_both_or_rst_ends_it() {
+    use tcp_state::{CLOSED, CLOSING, CLOSING_REPLY, OPEN, RESET, after};
     let (fin, rst, ack, fin_ack) = (0x01, 0x04, 0x10, 0x11);
-    assert_eq!(after(OPEN, ack), OPEN);
-    assert_eq!(after(OPEN, fin_ack), CLOSING);
-    assert_eq!(after(OPEN, rst), RESET);
-    assert_eq!(after(CLOSING, rst | ack), RESET);
-    assert_eq!(after(RESET, fin), RESET, "a FIN after RST does not reopen the wait");
-    assert_eq!(after(RESET, ack), RESET);
+    assert_eq!(after(OPEN, ack, false), OPEN);
+    assert_eq!(after(OPEN, fin_ack, false), CLOSING);
+    assert_eq!(after(OPEN, fin_ack, true), CLOSING_REPLY);
+    assert_eq!(after(CLOSING, fin_ack, false), CLOSING, "the same end's FIN again");
+    assert_eq!(after(CLOSING, fin_ack, true), CLOSED);
+    assert_eq!(after(CLOSING_REPLY, fin, false), CLOSED);
+    assert_eq!(after(CLOSING_REPLY, ack, false), CLOSING_REPLY);
+    assert_eq!(after(OPEN, rst, true), RESET);
+    assert_eq!(after(CLOSING, rst | ack, false), RESET);
+    assert_eq!(after(CLOSED, rst, false), RESET);
+    assert_eq!(after(RESET, fin, true), RESET, "nothing reopens a reset flow");
+    assert_eq!(after(CLOSED, fin, true), CLOSED);
 }
 
 #[test]

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use na_common::{
     Addr,
-    conntrack::{FlowKey, FlowState, FragKey, TimeoutClass, tcp_state},
+    conntrack::{FlowKey, FlowState, FragKey, TimeoutClass, replied, tcp_state},
     decision::{self, Decision, Query},
     direction,
     events::{PolicyEvent, counter_index, tier, verdict},
@@ -40,8 +40,8 @@ use crate::{
     maps::{
         CONNTRACK_TABLES, COUNTER_MAP, Conntrack, DNAT_HOOK, DNAT_PENDING, EGRESS_TRIES, FRAGMENTS, INGRESS_TRIES,
         NODE_ADDRS, POD_TABLE, POLICY_EVENTS, SERVICE_ADDRS, TIMEOUT_OTHER_NS, TIMEOUT_REVOKED_NS,
-        TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_TCP_RESET_NS, TIMEOUT_UDP_NS, TIMEOUT_UNREPLIED_NS,
-        UNKNOWN_POD_DENY,
+        TIMEOUT_TCP_CLOSED_NS, TIMEOUT_TCP_CLOSING_NS, TIMEOUT_TCP_ESTABLISHED_NS, TIMEOUT_UDP_NS,
+        TIMEOUT_UNREPLIED_NS, UNKNOWN_POD_DENY,
     },
     packet::{self, Fragment, Packet, Parsed},
 };
@@ -248,10 +248,11 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
         entry.last_seen_ns = now;
         return if dir == flow_dir { Tracked::Revoked } else { Tracked::RevokedReply };
     }
-    if dir != flow_dir && entry.replied == 0 {
-        entry.replied = 1;
+    let replied = replied::after(entry.replied, dir != flow_dir);
+    if replied != entry.replied {
+        entry.replied = replied;
     }
-    let tcp = tcp_state::after(entry.tcp_state, packet.tcp_flags);
+    let tcp = tcp_state::after(entry.tcp_state, packet.tcp_flags, dir != flow_dir);
     if tcp != entry.tcp_state {
         entry.tcp_state = tcp;
     }
@@ -348,14 +349,14 @@ fn evaluate(dir: u32, pod: &Pod, packet: &Packet) -> Decision {
 #[inline(never)]
 fn track(pod: &Pod, dir: u32, packet: &Packet, policy_id: u32, generation: u32) {
     let Some(table) = pod.conntrack else { return };
-    let tcp = tcp_state::after(tcp_state::OPEN, packet.tcp_flags);
+    let tcp = tcp_state::after(tcp_state::OPEN, packet.tcp_flags, false);
     let entry = FlowState {
         last_seen_ns: clock(),
         policy_id,
         generation,
         direction: dir as u8,
         tcp_state: tcp,
-        replied: 0,
+        replied: replied::NONE,
         via_service: 0,
         endpoint_port: 0,
         revoked: 0,
@@ -425,7 +426,7 @@ fn clock() -> u64 {
 fn idle_timeout(proto: u8, flow: &FlowState) -> u64 {
     match TimeoutClass::of(proto, flow) {
         TimeoutClass::TcpClosing => TIMEOUT_TCP_CLOSING_NS.load(),
-        TimeoutClass::TcpReset => TIMEOUT_TCP_RESET_NS.load(),
+        TimeoutClass::TcpClosed => TIMEOUT_TCP_CLOSED_NS.load(),
         TimeoutClass::Revoked => TIMEOUT_REVOKED_NS.load(),
         TimeoutClass::TcpEstablished => TIMEOUT_TCP_ESTABLISHED_NS.load(),
         TimeoutClass::Udp => TIMEOUT_UDP_NS.load(),

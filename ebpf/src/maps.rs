@@ -78,7 +78,7 @@ pub static TIMEOUT_TCP_ESTABLISHED_NS: Global<u64> = Global::new(timeout::TCP_ES
 #[unsafe(no_mangle)]
 pub static TIMEOUT_TCP_CLOSING_NS: Global<u64> = Global::new(timeout::TCP_CLOSING_SECS * NS);
 #[unsafe(no_mangle)]
-pub static TIMEOUT_TCP_RESET_NS: Global<u64> = Global::new(timeout::TCP_RESET_SECS * NS);
+pub static TIMEOUT_TCP_CLOSED_NS: Global<u64> = Global::new(timeout::TCP_CLOSED_SECS * NS);
 #[unsafe(no_mangle)]
 pub static TIMEOUT_UDP_NS: Global<u64> = Global::new(timeout::UDP_SECS * NS);
 #[unsafe(no_mangle)]

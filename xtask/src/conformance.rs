@@ -1,5 +1,6 @@
-//! The NetworkPolicy conformance suite: `tests/cases` against the agent in
-//! local mode on network-namespace pods.
+//! The NetworkPolicy conformance suite: `tests/cases` and the cases
+//! Cyclonus' generator makes, against the agent in local mode on
+//! network-namespace pods.
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -26,6 +27,17 @@ pub struct Options {
     /// Also write a Markdown table of the results here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Also run every case Cyclonus' generator makes (230, each in both
+    /// families, at pod and Service addresses).
+    #[arg(long)]
+    generated: bool,
+}
+
+impl Options {
+    /// Every case there is, hand-written and generated.
+    pub fn with_generated() -> Self {
+        Self { generated: true, ..Self::default() }
+    }
 }
 
 /// Builds the agent and the runner, then runs the cases.
@@ -51,6 +63,9 @@ pub fn run_suite(o: &Options) -> Result<()> {
     }
     if let Some(r) = &o.report {
         runner.arg("--report").arg(here.join(r));
+    }
+    if o.generated {
+        runner.arg("--generated");
     }
     exec(&mut runner, "running the conformance cases")
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use aya::maps::{HashMap, Map, MapData};
 use ipnet::IpNet;
 use na_common::{
-    conntrack::{FlowKey, FlowState, FragKey, tcp_state},
+    conntrack::{FlowKey, FlowState, FragKey, replied, tcp_state},
     direction,
     pod_state::{PodRecord, PodState},
 };
@@ -65,8 +65,10 @@ pub struct FlowRow {
     pub dst: IpAddr,
     pub dst_port: u16,
     /// `revoked` (cut by a policy change; its packets are dropped either
-    /// way until it idles out), `reset` (TCP after RST), `closing` (TCP
-    /// after FIN), `unreplied` (no reply seen yet), or `open`.
+    /// way until it idles out), `reset` (TCP after RST), `closed` (TCP after
+    /// FIN from both ends), `closing` (TCP after FIN from one), `unreplied`
+    /// (no reply seen yet), `answered` (UDP or SCTP: one request and its
+    /// answer so far, kept as briefly as an unreplied flow), or `open`.
     pub state: String,
     pub policy: String,
     /// Seconds since its last packet (refreshed at most every 100 ms).
@@ -184,8 +186,10 @@ pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, C
         let state = match (v.revoked, v.tcp_state, v.replied) {
             (1.., _, _) => "revoked",
             (_, tcp_state::RESET, _) => "reset",
-            (_, tcp_state::CLOSING, _) => "closing",
-            (_, _, 0) => "unreplied",
+            (_, tcp_state::CLOSED, _) => "closed",
+            (_, tcp_state::CLOSING | tcp_state::CLOSING_REPLY, _) => "closing",
+            (_, _, replied::NONE) => "unreplied",
+            (_, _, replied::ONCE) if k.protocol != na_common::protocol::TCP => "answered",
             _ => "open",
         };
         rows.push(FlowRow {

@@ -69,10 +69,10 @@ pub enum DatapathError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub tcp_established: Duration,
-    /// TCP flows after FIN.
+    /// TCP flows after FIN from one end.
     pub tcp_closing: Duration,
-    /// TCP flows after RST.
-    pub tcp_reset: Duration,
+    /// TCP flows that are over: RST, or FIN from both ends.
+    pub tcp_closed: Duration,
     pub udp: Duration,
     /// TCP, UDP and SCTP flows that have not seen a reply.
     pub unreplied: Duration,
@@ -86,7 +86,7 @@ impl Default for Timeouts {
         Self {
             tcp_established: Duration::from_secs(timeout::TCP_ESTABLISHED_SECS),
             tcp_closing: Duration::from_secs(timeout::TCP_CLOSING_SECS),
-            tcp_reset: Duration::from_secs(timeout::TCP_RESET_SECS),
+            tcp_closed: Duration::from_secs(timeout::TCP_CLOSED_SECS),
             udp: Duration::from_secs(timeout::UDP_SECS),
             unreplied: Duration::from_secs(timeout::UNREPLIED_SECS),
             other: Duration::from_secs(timeout::OTHER_SECS),
@@ -100,7 +100,7 @@ impl Timeouts {
     pub fn idle_timeout_ns(&self, proto: u8, flow: &FlowState) -> u64 {
         let d = match TimeoutClass::of(proto, flow) {
             TimeoutClass::TcpClosing => self.tcp_closing,
-            TimeoutClass::TcpReset => self.tcp_reset,
+            TimeoutClass::TcpClosed => self.tcp_closed,
             TimeoutClass::Revoked => self.revoked,
             TimeoutClass::TcpEstablished => self.tcp_established,
             TimeoutClass::Udp => self.udp,
@@ -116,7 +116,7 @@ impl Timeouts {
         [
             (timeout_globals::TCP_ESTABLISHED, ns(self.tcp_established)),
             (timeout_globals::TCP_CLOSING, ns(self.tcp_closing)),
-            (timeout_globals::TCP_RESET, ns(self.tcp_reset)),
+            (timeout_globals::TCP_CLOSED, ns(self.tcp_closed)),
             (timeout_globals::UDP, ns(self.udp)),
             (timeout_globals::UNREPLIED, ns(self.unreplied)),
             (timeout_globals::OTHER, ns(self.other)),

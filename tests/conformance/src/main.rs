@@ -1,6 +1,8 @@
 //! `na-conformance`: every case in a directory, on real pods, enforced by a
 //! real agent. Run through `cargo xtask conformance`, which builds both.
 mod case;
+mod expected;
+mod generated;
 mod model;
 mod table;
 mod template;
@@ -18,6 +20,7 @@ use na_harness::Probe;
 
 use crate::{
     case::{Case, Expect, ProbeSpec, Verdict},
+    generated::{Action, GenCase, Probes},
     model::{Family, Via},
     table::{Outcome, Run, Table},
     world::World,
@@ -47,7 +50,14 @@ struct Args {
     /// Probe attempts for a cell that disagrees with its expectation.
     #[arg(long, default_value_t = 3)]
     tries: u32,
+    /// Also run every case Cyclonus' generator makes.
+    #[arg(long)]
+    generated: bool,
 }
+
+/// What a generated step probes when it probes everything the pods serve
+/// (Cyclonus also probes SCTP/80 and SCTP/81, which this kernel cannot carry).
+const ALL_PROBES: [Probe; 4] = [Probe::tcp(80), Probe::tcp(81), Probe::udp(80), Probe::udp(81)];
 
 fn main() -> ExitCode {
     match run(&Args::parse()) {
@@ -65,11 +75,10 @@ fn run(args: &Args) -> Result<bool> {
         Some(a) => a.clone(),
         None => std::env::current_exe()?.with_file_name("na-agent"),
     };
-    let cases = case::load_dir(&args.cases)?;
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     let mut runs = Vec::new();
     let mut runnable = Vec::new();
-    for case in cases {
+    for case in case::load_dir(&args.cases)? {
         match case {
             Ok(c) if wanted(&c.name) => runnable.push(c),
             Ok(_) => {}
@@ -77,6 +86,7 @@ fn run(args: &Args) -> Result<bool> {
                 println!("FAIL {e}");
                 runs.push(Run {
                     case: e.to_string(),
+                    group: HAND_WRITTEN.into(),
                     family: "-".into(),
                     via: "-".into(),
                     outcome: Outcome::Failed(e.to_string()),
@@ -85,41 +95,67 @@ fn run(args: &Args) -> Result<bool> {
             }
         }
     }
-    if runnable.is_empty() && runs.is_empty() {
-        bail!("no cases in {} match", args.cases.display());
-    }
     let mut world = World::new(&agent).context("setting up the pods and the agent")?;
     let vias: Vec<Via> = args.via.map_or_else(|| vec![Via::Pod, Via::Service], |v| vec![v]);
+    let families = [Family::Ipv4, Family::Ipv6].into_iter().filter(|f| args.family.is_none_or(|a| a == *f));
     for case in &runnable {
-        for &family in &case.families {
-            if args.family.is_some_and(|f| f != family) {
-                continue;
-            }
+        for &family in case.families.iter().filter(|f| args.family.is_none_or(|a| a == **f)) {
             for &via in &vias {
                 let start = Instant::now();
                 let outcome = match case.skip_reason() {
                     Some(why) => Outcome::Skipped(why),
-                    None => match run_case(&mut world, case, family, via, args.tries) {
-                        Ok(()) => Outcome::Passed,
-                        Err(e) => Outcome::Failed(format!("{e:#}")),
-                    },
+                    None => outcome(run_case(&mut world, case, family, via, args.tries)),
                 };
-                let time = start.elapsed();
-                let tag = format!("{family}, {via}");
-                match &outcome {
-                    Outcome::Passed => println!("PASS {} [{tag}] ({:.1} s)", case.name, time.as_secs_f64()),
-                    Outcome::Skipped(why) => println!("SKIP {} [{tag}]: {why}", case.name),
-                    Outcome::Failed(why) => println!("FAIL {} [{tag}] ({}):\n{why}", case.name, case.file.display()),
-                }
-                runs.push(Run {
-                    case: case.name.clone(),
-                    family: family.to_string(),
-                    via: via.to_string(),
+                runs.push(record(
+                    &case.name,
+                    HAND_WRITTEN,
+                    family,
+                    via,
                     outcome,
-                    time,
-                });
+                    start,
+                    &case.file.display().to_string(),
+                ));
             }
         }
+    }
+    if args.generated {
+        for family in families {
+            let zc = world.addresses(family)["z/c"];
+            let mut cases = generated::all(zc);
+            // Cyclonus' own filters are its tags: a tag matches too.
+            cases.retain(|c| wanted(&c.label()) || args.filter.as_deref().is_some_and(|f| c.tags.contains(f)));
+            for &via in &vias {
+                world.reset()?;
+                let open = Expect { default: Verdict::Allow, rules: Vec::new() };
+                let open = model::expected(&open, ProbeSpec::Run(ALL_PROBES[0]));
+                for (probe, seen) in ALL_PROBES.iter().zip(observe_all(
+                    &world,
+                    &ALL_PROBES,
+                    family,
+                    via,
+                    &[open.clone(), open.clone(), open.clone(), open.clone()],
+                    args.tries,
+                )?) {
+                    if !table::differences(&open, &seen).is_empty() {
+                        bail!(
+                            "model broken: with no policy, {probe} does not connect everywhere ({family}, {via})\n{}",
+                            table::mismatch(&open, &seen)
+                        );
+                    }
+                }
+                for case in &cases {
+                    let start = Instant::now();
+                    let outcome = match generated_skip_reason(case) {
+                        Some(why) => Outcome::Skipped(why),
+                        None => outcome(run_generated(&mut world, case, family, via, args.tries)),
+                    };
+                    runs.push(record(&case.label(), &case.kind.to_string(), family, via, outcome, start, "generated"));
+                }
+            }
+        }
+    }
+    if runs.is_empty() {
+        bail!("no cases match");
     }
     drop(world);
     let (passed, failed, skipped) = table::summary(&runs);
@@ -128,6 +164,85 @@ fn run(args: &Args) -> Result<bool> {
     }
     println!("conformance: {passed} passed, {failed} failed, {skipped} skipped");
     Ok(failed == 0)
+}
+
+/// The group of the case files' runs in the report.
+const HAND_WRITTEN: &str = "hand-written";
+
+fn outcome(result: Result<()>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Passed,
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    }
+}
+
+/// Prints one run's line and makes its row.
+fn record(name: &str, group: &str, family: Family, via: Via, outcome: Outcome, start: Instant, from: &str) -> Run {
+    let time = start.elapsed();
+    let tag = format!("{family}, {via}");
+    match &outcome {
+        Outcome::Passed => println!("PASS {name} [{tag}] ({:.1} s)", time.as_secs_f64()),
+        Outcome::Skipped(why) => println!("SKIP {name} [{tag}]: {why}"),
+        Outcome::Failed(why) => println!("FAIL {name} [{tag}] ({from}):\n{why}"),
+    }
+    Run {
+        case: name.to_owned(),
+        group: group.to_owned(),
+        family: family.to_string(),
+        via: via.to_string(),
+        outcome,
+        time,
+    }
+}
+
+/// Why a generated case cannot run here.
+fn generated_skip_reason(case: &GenCase) -> Option<String> {
+    let reshaping: Vec<String> = case.steps.iter().flat_map(|s| &s.actions).filter_map(Action::reshaping).collect();
+    (!reshaping.is_empty()).then(|| format!("{}; this runner's nine pods are fixed", reshaping.join(", ")))
+}
+
+/// A generated case from a clean slate: each step's actions applied, then
+/// what it probes checked against the reference evaluator's tables for the
+/// cluster as it then is.
+fn run_generated(world: &mut World, case: &GenCase, family: Family, via: Via, tries: u32) -> Result<()> {
+    world.reset()?;
+    for (i, step) in case.steps.iter().enumerate() {
+        world.apply_actions(&step.actions).with_context(|| format!("step {}", i + 1))?;
+        let cluster = world.cluster()?;
+        let addrs: Vec<std::net::IpAddr> = world.node.pods().iter().map(|p| family.harness().of(p)).collect();
+        let probes: &[Probe] = match step.probes {
+            Probes::All => &ALL_PROBES,
+            Probes::Tcp81 => &[Probe::tcp(81)],
+        };
+        let expected: Vec<Table> = probes.iter().map(|&p| expected::table(&cluster, &addrs, p)).collect();
+        let observed = observe_all(world, probes, family, via, &expected, tries)?;
+        for ((probe, e), o) in probes.iter().zip(&expected).zip(&observed) {
+            if !table::differences(e, o).is_empty() {
+                bail!("step {}, {probe}: connectivity differs\n{}", i + 1, table::mismatch(e, o));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`observe`] for several probes at once: each waits out its own
+/// timeouts, so together they take as long as one.
+fn observe_all(
+    world: &World,
+    probes: &[Probe],
+    family: Family,
+    via: Via,
+    expected: &[Table],
+    tries: u32,
+) -> Result<Vec<Table>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = probes
+            .iter()
+            .zip(expected)
+            .map(|(&probe, expected)| s.spawn(move || observe(world, probe, family, via, expected, tries)))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("probe thread panicked")).collect()
+    })
 }
 
 /// One case from a clean slate: each step applied, then every probe checked

@@ -49,6 +49,9 @@ pub enum Outcome {
 
 pub struct Run {
     pub case: String,
+    /// `hand-written` for the case files; the family (in Cyclonus' sense) of
+    /// a generated case.
+    pub group: String,
     pub family: String,
     /// How probes addressed their destination ([`crate::model::Via`]).
     pub via: String,
@@ -64,12 +67,37 @@ policy (else it fails as a broken model). A probe is denied only when it times o
 fails the case. A connection where a denial is expected fails at once; only timeouts where a connection is expected \
 are probed again (up to three tries).";
 
-/// The Markdown report: one row per case, family and way of probing.
+/// How the generated cases are made and judged.
+const HOW_GENERATED: &str = "Generated cases are Cyclonus' (mattfenwick/cyclonus, `pkg/generator`), every family on: \
+the same policies, steps and names on the same x/y/z × a/b/c model, numbered in Cyclonus' order (names repeat there). \
+Their expected tables come from `na-policy`'s reference evaluator at every step, not from the agent. A step probes \
+TCP and UDP on 80 and 81; Cyclonus also probes SCTP, which this kernel cannot carry.";
+
+/// The Markdown report: counts per group, then one row per case, family and
+/// way of probing.
 pub fn report(runs: &[Run]) -> String {
     let (passed, failed, skipped) = summary(runs);
     let mut out = format!(
-        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n{HOW_JUDGED}\n\n| case | family | probed at | result | time |\n|---|---|---|---|---|\n"
+        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n{HOW_JUDGED}\n\n{HOW_GENERATED}\n\n| group | passed | failed | skipped |\n|---|---|---|---|\n"
     );
+    let mut groups: Vec<&str> = Vec::new();
+    for r in runs {
+        if !groups.contains(&r.group.as_str()) {
+            groups.push(&r.group);
+        }
+    }
+    for group in groups {
+        let of_group: Vec<&Run> = runs.iter().filter(|r| r.group == group).collect();
+        let count = |f: fn(&Outcome) -> bool| of_group.iter().filter(|r| f(&r.outcome)).count();
+        let _ = writeln!(
+            out,
+            "| {group} | {} | {} | {} |",
+            count(|o| *o == Outcome::Passed),
+            count(|o| matches!(o, Outcome::Failed(_))),
+            count(|o| matches!(o, Outcome::Skipped(_)))
+        );
+    }
+    out.push_str("\n| case | family | probed at | result | time |\n|---|---|---|---|---|\n");
     for r in runs {
         let result = match &r.outcome {
             Outcome::Passed => "passed".to_owned(),
@@ -125,6 +153,7 @@ mod tests {
     fn report_rows_and_totals() {
         let run = |outcome| Run {
             case: "a | b".into(),
+            group: "hand-written".into(),
             family: "ipv4".into(),
             via: "Service IP".into(),
             outcome,
@@ -138,5 +167,6 @@ mod tests {
         assert!(text.contains("1 passed, 1 failed, 1 skipped"), "{text}");
         assert!(text.contains("| a \\| b | ipv4 | Service IP | **failed**: boom | 1.5 s |"), "{text}");
         assert!(text.contains("skipped: no SCTP"), "{text}");
+        assert!(text.contains("| hand-written | 1 | 1 | 1 |"), "{text}");
     }
 }

@@ -53,7 +53,7 @@ fn placeholder(inner: &str, addrs: &Addresses, v6: bool) -> Result<String, Strin
 
 /// The `/bits` network holding `addr`, as CIDR text; `None` past the
 /// family's length.
-fn network(addr: IpAddr, bits: u8) -> Option<String> {
+pub fn network(addr: IpAddr, bits: u8) -> Option<String> {
     let bits = u32::from(bits);
     Some(match addr {
         IpAddr::V4(a) => {

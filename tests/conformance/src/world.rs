@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 
 use crate::{
     case::Step,
+    expected::Cluster,
+    generated::Action,
     model::{self, Family, NAMESPACE_NAME_LABEL, Via},
     template::{self, Addresses},
 };
@@ -203,14 +205,72 @@ impl World {
         self.publish()
     }
 
+    /// Applies a generated step's actions and waits for the agent to
+    /// enforce them. Creating a policy that exists, or updating or deleting
+    /// one that does not, is an error, as it is for Cyclonus.
+    pub fn apply_actions(&mut self, actions: &[Action]) -> Result<()> {
+        let key = |policy: &Value| {
+            format!(
+                "{}/{}",
+                policy["metadata"]["namespace"].as_str().unwrap_or_default(),
+                policy["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        };
+        for action in actions {
+            match action {
+                Action::CreatePolicy(p) => {
+                    if self.policies.insert(key(p), p.clone()).is_some() {
+                        bail!("create: policy {} exists", key(p));
+                    }
+                }
+                Action::UpdatePolicy(p) => {
+                    if self.policies.insert(key(p), p.clone()).is_none() {
+                        bail!("update: no policy {}", key(p));
+                    }
+                }
+                Action::DeletePolicy(ns, name) => {
+                    if self.policies.remove(&format!("{ns}/{name}")).is_none() {
+                        bail!("delete: no policy {ns}/{name}");
+                    }
+                }
+                Action::SetPodLabels(pod, labels) => {
+                    *self.labels.get_mut(pod).with_context(|| format!("set labels: no pod {pod}"))? = labels.clone();
+                }
+                Action::SetNamespaceLabels(ns, labels) => {
+                    let slot =
+                        self.namespace_labels.get_mut(ns).with_context(|| format!("set labels: no namespace {ns}"))?;
+                    *slot = labels.clone();
+                    slot.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
+                }
+                other => bail!("{other:?}: this runner's pods and namespaces are fixed"),
+            }
+        }
+        self.publish()
+    }
+
+    /// The cluster's objects as last published, for the reference evaluator.
+    pub fn cluster(&self) -> Result<Cluster> {
+        fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+            serde_json::from_value(v).context("a manifest the runner wrote")
+        }
+        Ok(Cluster {
+            namespaces: self.namespace_documents().into_iter().map(parse).collect::<Result<_>>()?,
+            pods: self.node.pods().iter().map(|p| parse(self.pod_manifest(p))).collect::<Result<_>>()?,
+            policies: self.policies.values().cloned().map(parse).collect::<Result<_>>()?,
+        })
+    }
+
+    fn namespace_documents(&self) -> Vec<Value> {
+        self.namespace_labels
+            .iter()
+            .map(|(ns, labels)| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}))
+            .collect()
+    }
+
     /// Writes the whole cluster as one file (renamed in, so the agent never
     /// reads half of it) and waits until the agent reports enforcing it.
     fn publish(&mut self) -> Result<()> {
-        let mut docs: Vec<Value> = self
-            .namespace_labels
-            .iter()
-            .map(|(ns, labels)| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}))
-            .collect();
+        let mut docs = self.namespace_documents();
         docs.extend(self.node.pods().iter().map(|p| self.pod_manifest(p)));
         docs.extend(self.node.pods().iter().enumerate().map(|(i, p)| service_manifest(i, p)));
         docs.extend(self.policies.values().cloned());
@@ -225,8 +285,10 @@ impl World {
 
     fn pod_manifest(&self, pod: &na_harness::Pod) -> Value {
         let key = pod.key();
-        // One container per served port, named as upstream names them.
-        let containers: Vec<Value> = [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP")]
+        // One container per port, named as upstream names them; the SCTP
+        // ones serve nothing here (no SCTP in this kernel) but name their
+        // ports for policies, as Cyclonus' pods do.
+        let containers: Vec<Value> = [(80, "TCP"), (80, "UDP"), (80, "SCTP"), (81, "TCP"), (81, "UDP"), (81, "SCTP")]
             .iter()
             .map(|(port, proto)| {
                 let name = format!("serve-{port}-{}", proto.to_lowercase());
