@@ -20,7 +20,7 @@ use na_harness::Probe;
 
 use crate::{
     case::{Case, Expect, ProbeSpec, Verdict},
-    generated::{Action, GenCase, Probes},
+    generated::{GenCase, Probes},
     model::{Family, Via},
     table::{Outcome, Run, Table},
     world::World,
@@ -139,16 +139,13 @@ fn run(args: &Args) -> Result<bool> {
                     if !table::differences(&open, &seen).is_empty() {
                         bail!(
                             "model broken: with no policy, {probe} does not connect everywhere ({family}, {via})\n{}",
-                            table::mismatch(&open, &seen)
+                            table::mismatch(&world.keys(), &open, &seen)
                         );
                     }
                 }
                 for case in &cases {
                     let start = Instant::now();
-                    let outcome = match generated_skip_reason(case) {
-                        Some(why) => Outcome::Skipped(why),
-                        None => outcome(run_generated(&mut world, case, family, via, args.tries)),
-                    };
+                    let outcome = outcome(run_generated(&mut world, case, family, via, args.tries));
                     runs.push(record(&case.label(), &case.kind.to_string(), family, via, outcome, start, "generated"));
                 }
             }
@@ -195,12 +192,6 @@ fn record(name: &str, group: &str, family: Family, via: Via, outcome: Outcome, s
     }
 }
 
-/// Why a generated case cannot run here.
-fn generated_skip_reason(case: &GenCase) -> Option<String> {
-    let reshaping: Vec<String> = case.steps.iter().flat_map(|s| &s.actions).filter_map(Action::reshaping).collect();
-    (!reshaping.is_empty()).then(|| format!("{}; this runner's nine pods are fixed", reshaping.join(", ")))
-}
-
 /// A generated case from a clean slate: each step's actions applied, then
 /// what it probes checked against the reference evaluator's tables for the
 /// cluster as it then is.
@@ -209,7 +200,7 @@ fn run_generated(world: &mut World, case: &GenCase, family: Family, via: Via, tr
     for (i, step) in case.steps.iter().enumerate() {
         world.apply_actions(&step.actions).with_context(|| format!("step {}", i + 1))?;
         let cluster = world.cluster()?;
-        let addrs: Vec<std::net::IpAddr> = world.node.pods().iter().map(|p| family.harness().of(p)).collect();
+        let addrs: Vec<std::net::IpAddr> = world.pods().iter().map(|p| family.harness().of(p)).collect();
         let probes: &[Probe] = match step.probes {
             Probes::All => &ALL_PROBES,
             Probes::Tcp81 => &[Probe::tcp(81)],
@@ -218,7 +209,7 @@ fn run_generated(world: &mut World, case: &GenCase, family: Family, via: Via, tr
         let observed = observe_all(world, probes, family, via, &expected, tries)?;
         for ((probe, e), o) in probes.iter().zip(&expected).zip(&observed) {
             if !table::differences(e, o).is_empty() {
-                bail!("step {}, {probe}: connectivity differs\n{}", i + 1, table::mismatch(e, o));
+                bail!("step {}, {probe}: connectivity differs\n{}", i + 1, table::mismatch(&world.keys(), e, o));
             }
         }
     }
@@ -257,7 +248,11 @@ fn run_case(world: &mut World, case: &Case, family: Family, via: Via, tries: u32
             let expected = model::expected(&step.expect, spec);
             let observed = observe(world, probe, family, via, &expected, tries)?;
             if !table::differences(&expected, &observed).is_empty() {
-                bail!("step {}, {spec}: connectivity differs\n{}", i + 1, table::mismatch(&expected, &observed));
+                bail!(
+                    "step {}, {spec}: connectivity differs\n{}",
+                    i + 1,
+                    table::mismatch(&world.keys(), &expected, &observed)
+                );
             }
         }
     }
@@ -282,7 +277,7 @@ fn baseline(world: &World, case: &Case, family: Family, via: Via, tries: u32) ->
         if !table::differences(&expected, &observed).is_empty() {
             bail!(
                 "model broken: with no policy, {spec} does not connect everywhere\n{}",
-                table::mismatch(&expected, &observed)
+                table::mismatch(&world.keys(), &expected, &observed)
             );
         }
     }
@@ -296,7 +291,8 @@ fn baseline(world: &World, case: &Case, family: Family, via: Via, tries: u32) ->
 /// is still a leak. Cells that needed another try are reported.
 fn observe(world: &World, probe: Probe, family: Family, via: Via, expected: &Table, tries: u32) -> Result<Table> {
     let targets = world.targets(family, via);
-    let mut observed = na_harness::matrix_to(&world.node, probe, &targets)?;
+    let pods = world.pods();
+    let mut observed = na_harness::matrix_from(&pods, probe, &targets)?;
     let mut retried = std::collections::BTreeSet::new();
     for _ in 1..tries {
         let cells = table::differences(expected, &observed);
@@ -304,13 +300,12 @@ fn observe(world: &World, probe: Probe, family: Family, via: Via, expected: &Tab
         if cells.is_empty() || cells.iter().any(|&(i, j)| observed[i][j] == Some(true)) {
             break;
         }
-        let pods = world.node.pods();
         let again: Vec<Result<bool>> = std::thread::scope(|s| {
             let handles: Vec<_> = cells
                 .iter()
                 .map(|&(i, j)| {
-                    let to = targets[j];
-                    s.spawn(move || probe.run(&pods[i], to))
+                    let (from, to) = (pods[i], targets[j]);
+                    s.spawn(move || probe.run(from, to))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("probe thread panicked")).collect()

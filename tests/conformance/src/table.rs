@@ -4,15 +4,12 @@ use std::{fmt::Write, time::Duration};
 
 use na_harness::{render_table, verdict_cells};
 
-use crate::model::pod_keys;
-
 /// `[from][to]`; `None` where nothing is judged.
 pub type Table = Vec<Vec<Option<bool>>>;
 
 /// Expected, observed, and their comparison (`.` same, `X` different), rows
 /// are sources and columns destinations.
-pub fn mismatch(expected: &Table, observed: &Table) -> String {
-    let names = pod_keys();
+pub fn mismatch(names: &[String], expected: &Table, observed: &Table) -> String {
     let comparison: Vec<Vec<char>> = expected
         .iter()
         .zip(observed)
@@ -20,9 +17,9 @@ pub fn mismatch(expected: &Table, observed: &Table) -> String {
         .collect();
     format!(
         "expected (rows: from, columns: to):\n{}observed:\n{}comparison (X where they differ):\n{}",
-        render_table(&names, &verdict_cells(expected)),
-        render_table(&names, &verdict_cells(observed)),
-        render_table(&names, &comparison)
+        render_table(names, &verdict_cells(expected)),
+        render_table(names, &verdict_cells(observed)),
+        render_table(names, &comparison)
     )
 }
 
@@ -134,6 +131,7 @@ pub fn summary(runs: &[Run]) -> (usize, usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::pod_keys;
 
     #[test]
     fn comparison_marks_the_differing_cells() {
@@ -142,7 +140,7 @@ mod tests {
         let mut observed = expected.clone();
         observed[1][0] = Some(false);
         assert_eq!(differences(&expected, &observed), [(1, 0)]);
-        let text = mismatch(&expected, &observed);
+        let text = mismatch(&pod_keys(), &expected, &observed);
         let comparison = text.split("comparison").nth(1).unwrap();
         let row = comparison.lines().find(|l| l.starts_with("x/b")).unwrap();
         assert_eq!(row.split_whitespace().nth(1), Some("X"), "{text}");

@@ -36,6 +36,10 @@ const NODE: &str = "conformance-node";
 const PIN_PREFIX: &str = "na-conformance-";
 /// The ports every pod serves, on TCP and UDP, and its Service forwards.
 const PORTS: [u16; 2] = [80, 81];
+/// Pods a case may create (Cyclonus' `x/d`, `y-2/a`, `y-2/b`, `w/a`): built
+/// with the others, serving from the start, but in the cluster (the
+/// manifests, the probes) only from their creation to their deletion.
+const CREATABLE: [&str; 4] = ["x/d", "y-2/a", "y-2/b", "w/a"];
 /// How long the agent may take to apply one change before the step fails.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -47,7 +51,9 @@ pub struct World {
     pub node: Node,
     _pins: Removed,
     dir: Removed,
+    /// The pods in the cluster, with their labels.
     labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// The namespaces in the cluster, with their labels.
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     policies: BTreeMap<String, Value>,
 }
@@ -102,9 +108,10 @@ impl World {
         let pins = Removed(PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}{tag}")));
         std::fs::create_dir_all(dir.0.join("manifests"))?;
         let mut node = Node::new()?;
-        for (i, key) in model::pod_keys().iter().enumerate() {
+        let keys = model::pod_keys().into_iter().chain(CREATABLE.map(String::from));
+        for (i, key) in keys.enumerate() {
             let (ns, pod) = key.split_once('/').expect("model keys are ns/pod");
-            let host = u8::try_from(i + 2).expect("nine pods");
+            let host = u8::try_from(i + 2).expect("a dozen pods");
             let ip6 = Ipv6Addr::new(0xfd18, 0, 0, 0, 0, 0, 0, u16::from(host));
             node.add_pod(ns, pod, Ipv4Addr::new(198, 18, 0, host), ip6, &host_veth_name(DEFAULT_PREFIX, ns, pod))?;
         }
@@ -160,18 +167,27 @@ impl World {
         self.publish()
     }
 
+    /// The pods in the cluster, in table order.
+    pub fn pods(&self) -> Vec<&na_harness::Pod> {
+        self.node.pods().iter().filter(|p| self.labels.contains_key(&p.key())).collect()
+    }
+
+    /// Their keys, in table order.
+    pub fn keys(&self) -> Vec<String> {
+        self.pods().iter().map(|p| p.key()).collect()
+    }
+
     /// Each pod's address in `family`.
     pub fn addresses(&self, family: Family) -> Addresses {
         self.node.pods().iter().map(|p| (p.key(), family.harness().of(p))).collect::<BTreeMap<String, IpAddr>>()
     }
 
-    /// Where probes reach each pod, in table order.
+    /// Where probes reach each pod in the cluster, in table order.
     pub fn targets(&self, family: Family, via: Via) -> Vec<IpAddr> {
+        let pods = self.node.pods().iter().enumerate().filter(|(_, p)| self.labels.contains_key(&p.key()));
         match via {
-            Via::Pod => self.node.pods().iter().map(|p| family.harness().of(p)).collect(),
-            Via::Service => {
-                (0..self.node.pods().len()).map(|i| service_addrs(i)[usize::from(family == Family::Ipv6)]).collect()
-            }
+            Via::Pod => pods.map(|(_, p)| family.harness().of(p)).collect(),
+            Via::Service => pods.map(|(i, _)| service_addrs(i)[usize::from(family == Family::Ipv6)]).collect(),
         }
     }
 
@@ -242,7 +258,33 @@ impl World {
                     *slot = labels.clone();
                     slot.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
                 }
-                other => bail!("{other:?}: this runner's pods and namespaces are fixed"),
+                Action::CreateNamespace(ns, labels) => {
+                    let mut labels = labels.clone();
+                    labels.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
+                    if self.namespace_labels.insert(ns.clone(), labels).is_some() {
+                        bail!("create: namespace {ns} exists");
+                    }
+                }
+                Action::DeleteNamespace(ns) => {
+                    if self.namespace_labels.remove(ns).is_none() {
+                        bail!("delete: no namespace {ns}");
+                    }
+                    self.labels.retain(|key, _| !key.starts_with(&format!("{ns}/")));
+                }
+                Action::CreatePod(pod, labels) => {
+                    let ns = pod.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
+                    if !CREATABLE.contains(&pod.as_str()) || !self.namespace_labels.contains_key(ns) {
+                        bail!("create: pod {pod} is not one this runner can create, or namespace {ns} is missing");
+                    }
+                    if self.labels.insert(pod.clone(), labels.clone()).is_some() {
+                        bail!("create: pod {pod} exists");
+                    }
+                }
+                Action::DeletePod(pod) => {
+                    if self.labels.remove(pod).is_none() {
+                        bail!("delete: no pod {pod}");
+                    }
+                }
             }
         }
         self.publish()
@@ -255,7 +297,7 @@ impl World {
         }
         Ok(Cluster {
             namespaces: self.namespace_documents().into_iter().map(parse).collect::<Result<_>>()?,
-            pods: self.node.pods().iter().map(|p| parse(self.pod_manifest(p))).collect::<Result<_>>()?,
+            pods: self.pods().into_iter().map(|p| parse(self.pod_manifest(p))).collect::<Result<_>>()?,
             policies: self.policies.values().cloned().map(parse).collect::<Result<_>>()?,
         })
     }
@@ -271,8 +313,9 @@ impl World {
     /// reads half of it) and waits until the agent reports enforcing it.
     fn publish(&mut self) -> Result<()> {
         let mut docs = self.namespace_documents();
-        docs.extend(self.node.pods().iter().map(|p| self.pod_manifest(p)));
-        docs.extend(self.node.pods().iter().enumerate().map(|(i, p)| service_manifest(i, p)));
+        docs.extend(self.pods().into_iter().map(|p| self.pod_manifest(p)));
+        let present = self.node.pods().iter().enumerate().filter(|(_, p)| self.labels.contains_key(&p.key()));
+        docs.extend(present.map(|(i, p)| service_manifest(i, p)));
         docs.extend(self.policies.values().cloned());
         let text: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
         let manifests = self.dir.0.join("manifests");
@@ -331,7 +374,7 @@ impl World {
 
 /// The ClusterIPs of pod `i`'s Service: IPv4, IPv6.
 fn service_addrs(i: usize) -> [IpAddr; 2] {
-    let host = u8::try_from(10 + i).expect("nine pods");
+    let host = u8::try_from(10 + i).expect("a dozen pods");
     [IpAddr::V4(Ipv4Addr::new(10, 96, 0, host)), IpAddr::V6(Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, u16::from(host)))]
 }
 

@@ -19,5 +19,7 @@ pub mod synthetic;
 
 pub use netns::NetNs;
 pub use node::{NODE_IP, NODE_IP6, Node, Pod};
-pub use probe::{Family, PROBE_TIMEOUT, Probe, Proto, matrix, matrix_to, render, render_table, verdict_cells};
+pub use probe::{
+    Family, PROBE_TIMEOUT, Probe, Proto, matrix, matrix_from, matrix_to, render, render_table, verdict_cells,
+};
 pub use server::Servers;

@@ -118,7 +118,13 @@ pub fn matrix(node: &Node, probe: Probe, family: Family) -> Result<Vec<Vec<Optio
 
 /// [`matrix`], reaching pod `j` at `to[j]` (its Service's address, say).
 pub fn matrix_to(node: &Node, probe: Probe, to: &[IpAddr]) -> Result<Vec<Vec<Option<bool>>>> {
-    let pods = node.pods();
+    let pods: Vec<&Pod> = node.pods().iter().collect();
+    matrix_from(&pods, probe, to)
+}
+
+/// [`matrix_to`] among some of the node's pods: from `pods[i]` to the pod
+/// reached at `to[j]`, `pods[j]` itself (the diagonal) not probed.
+pub fn matrix_from(pods: &[&Pod], probe: Probe, to: &[IpAddr]) -> Result<Vec<Vec<Option<bool>>>> {
     std::thread::scope(|s| {
         let handles: Vec<Vec<_>> = pods
             .iter()

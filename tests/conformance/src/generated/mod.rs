@@ -80,19 +80,6 @@ pub enum Action {
     DeletePod(String),
 }
 
-impl Action {
-    /// What it does, if it changes the set of pods or namespaces.
-    pub fn reshaping(&self) -> Option<String> {
-        match self {
-            Self::CreateNamespace(ns, labels) => Some(format!("creates namespace {ns} {labels:?}")),
-            Self::DeleteNamespace(ns) => Some(format!("deletes namespace {ns}")),
-            Self::CreatePod(pod, labels) => Some(format!("creates pod {pod} {labels:?}")),
-            Self::DeletePod(pod) => Some(format!("deletes pod {pod}")),
-            _ => None,
-        }
-    }
-}
-
 impl GenCase {
     fn one_step(kind: Kind, description: &str, tags: &[&'static str], actions: Vec<Action>) -> Self {
         let tags = tag_set(tags);
