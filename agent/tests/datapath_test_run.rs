@@ -833,6 +833,25 @@ fn tcp_flows_keep_the_long_timeout_until_fin_and_a_short_one_once_over() {
 }
 
 #[test]
+fn a_new_connection_on_a_finished_ones_port_starts_afresh() {
+    let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
+    let out = |flags| V4::new(POD4, OTHER4, TCP).packet(&tcp(41100, 85, flags));
+    let back = |flags| V4::new(OTHER4, POD4, TCP).packet(&tcp(85, 41100, flags));
+    for (prog, packet) in [(&p.egress, out(SYN)), (&p.ingress, back(SYN | ACK)), (&p.ingress, back(RST))] {
+        assert_eq!(run(prog, &packet), OK);
+    }
+    let key = tracked(&p, TCP, 41100);
+    let entry = || conntrack(&p).get(&key, 0).unwrap();
+    assert_eq!((entry().tcp_state, entry().replied), (tcp_state::RESET, replied::STREAM));
+    // The pod connects again from the same port: a new connection, not the
+    // old one's 10 s remainder.
+    assert_eq!(run(&p.egress, &out(SYN)), OK);
+    assert_eq!((entry().tcp_state, entry().replied), (tcp_state::OPEN, replied::NONE));
+    assert_eq!(run(&p.ingress, &back(SYN | ACK)), OK);
+    expires_after(&p, "reopened", &key, &back(ACK), TIMEOUTS.tcp_established);
+}
+
+#[test]
 fn a_revoked_flow_stays_cut_both_ways_until_it_idles_out_or_is_allowed_again() {
     let p = pod_with(|dp| dp.with_timeouts(TIMEOUTS));
     let mut ring = Events::open(p.dp.layout());
@@ -885,6 +904,33 @@ fn a_revoked_flow_stays_cut_both_ways_until_it_idles_out_or_is_allowed_again() {
     assert_eq!(run(&p.ingress, &back(ACK)), OK, "after it: a new flow the ingress rules admit");
     let reopened = conntrack(&p).get(&key, 0).unwrap();
     assert_eq!((u32::from(reopened.direction), reopened.revoked), (direction::INGRESS, 0));
+}
+
+#[test]
+fn a_revoked_datagram_flow_is_forgotten_so_the_peers_next_datagram_is_judged_as_new() {
+    let p = pod();
+    // The pod's ingress admits SCTP from PEER4 to its port 5000; its egress
+    // is open. It opens SCTP from that port to PEER4:7000.
+    let out = V4::new(POD4, PEER4, SCTP).packet(&l4(SCTP, 5000, 7000));
+    let back = V4::new(PEER4, POD4, SCTP).packet(&l4(SCTP, 7000, 5000));
+    assert_eq!(run(&p.egress, &out), OK);
+    assert_eq!(run(&p.ingress, &back), OK);
+    let ingress = DirectionRules {
+        mode: Mode::PoliciesApplied,
+        entries: [(IpNet::from(IpAddr::from(PEER4)), vec![PortRule::ports(2, SCTP, 5000, 5000)])].into(),
+    };
+    let closed = DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() };
+    let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
+    p.dp.load_pod(&p.id, p.ingress.ifindex, addrs, &PodRules { ingress, egress: closed }).unwrap();
+    // The pod's egress no longer admits it: the packet that meets the change
+    // is dropped and the flow forgotten. No handshake tells the peer's next
+    // datagram from one opening a flow of its own, which the pod's ingress
+    // admits: it is judged as that, and the pod answers it.
+    assert_eq!(run(&p.ingress, &back), SHOT, "the revoked flow's packet");
+    assert_eq!(run(&p.ingress, &back), OK, "the peer's next datagram, a flow the ingress rules admit");
+    assert_eq!(run(&p.egress, &out), OK, "answered");
+    let entry = conntrack(&p).get(&tracked(&p, SCTP, 5000), 0).unwrap();
+    assert_eq!((u32::from(entry.direction), entry.revoked), (direction::INGRESS, 0));
 }
 
 #[test]

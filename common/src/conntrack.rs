@@ -50,15 +50,21 @@ pub mod tcp_state {
     pub const CLOSING_REPLY: u8 = 4;
 
     const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
     const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
 
     /// The state after a segment with `flags`, sent by the flow's opener or
     /// (`reply`) its other end: FIN winds the flow down, FIN from both ends
-    /// or RST from either ends it, and nothing brings it back.
+    /// or RST from either ends it, and only a new connection's SYN from the
+    /// opener (a port reused) opens an ended one again.
     #[inline(always)]
     pub fn after(state: u8, flags: u8, reply: bool) -> u8 {
         if flags & RST != 0 {
             return RESET;
+        }
+        if flags & (SYN | ACK) == SYN && !reply && matches!(state, RESET | CLOSED) {
+            return OPEN;
         }
         if flags & FIN == 0 {
             return state;
@@ -93,7 +99,7 @@ pub mod timeout {
     pub const UNREPLIED_SECS: u64 = 30;
     /// Anything else (ICMP echo, other protocols).
     pub const OTHER_SECS: u64 = 30;
-    /// A flow the policy revoked, after its last packet: TCP's longest
+    /// A TCP flow the policy revoked, after its last packet: TCP's longest
     /// retransmission interval (`TCP_RTO_MAX`), so the ends' retransmissions
     /// keep meeting the revocation instead of opening the flow anew from
     /// the other side.
@@ -141,9 +147,9 @@ impl TimeoutClass {
         match protocol {
             _ if flow.revoked != 0 => Self::Revoked,
             crate::protocol::TCP if matches!(flow.tcp_state, tcp_state::RESET | tcp_state::CLOSED) => Self::TcpClosed,
-            crate::protocol::TCP if flow.tcp_state != tcp_state::OPEN => Self::TcpClosing,
             _ if flow.replied == replied::NONE && crate::protocol::has_ports(protocol) => Self::Unreplied,
             crate::protocol::UDP | crate::protocol::SCTP if flow.replied == replied::ONCE => Self::Unreplied,
+            crate::protocol::TCP if flow.tcp_state != tcp_state::OPEN => Self::TcpClosing,
             crate::protocol::TCP => Self::TcpEstablished,
             crate::protocol::UDP | crate::protocol::SCTP => Self::Udp,
             _ => Self::Other,
@@ -184,10 +190,12 @@ pub struct FlowState {
     pub via_service: u8,
     /// The endpoint's port, host byte order (flows via a Service only).
     pub endpoint_port: u16,
-    /// 1 once the policy revoked the flow: its packets either way are
-    /// dropped (not judged as new flows, which would let the peer's side
-    /// reopen what the pod's rules closed) until the entry idles out or a
-    /// policy change allows the flow again.
+    /// 1 once the policy revoked the flow (TCP only): its packets either way
+    /// are dropped (not judged as new flows, which would let the peer's side
+    /// reopen mid-stream what the pod's rules closed) until the entry idles
+    /// out or a policy change allows the flow again. Other protocols have
+    /// no handshake to tell a flow's continuation from a new one: their
+    /// revoked entries are removed.
     pub revoked: u8,
     pub _pad: [u8; 1],
     /// The endpoint's address (flows via a Service only).

@@ -140,7 +140,9 @@ fn flows_get_the_timeout_of_their_state() {
     let cases = [
         (TCP, flow(tcp_state::OPEN, 0, 0), TimeoutClass::Unreplied),
         (TCP, flow(tcp_state::OPEN, 1, 0), TimeoutClass::TcpEstablished),
-        (TCP, flow(tcp_state::CLOSING, 0, 0), TimeoutClass::TcpClosing),
+        (TCP, flow(tcp_state::CLOSING, 0, 0), TimeoutClass::Unreplied),
+        (TCP, flow(tcp_state::CLOSING, 1, 0), TimeoutClass::TcpClosing),
+        (TCP, flow(tcp_state::RESET, 0, 0), TimeoutClass::TcpClosed),
         (TCP, flow(tcp_state::CLOSING_REPLY, 1, 0), TimeoutClass::TcpClosing),
         (TCP, flow(tcp_state::RESET, 1, 0), TimeoutClass::TcpClosed),
         (TCP, flow(tcp_state::CLOSED, 1, 0), TimeoutClass::TcpClosed),
@@ -184,6 +186,12 @@ fn fin_from_one_end_winds_a_tcp_flow_down_and_from_both_or_rst_ends_it() {
     assert_eq!(after(CLOSED, rst, false), RESET);
     assert_eq!(after(RESET, fin, true), RESET, "nothing reopens a reset flow");
     assert_eq!(after(CLOSED, fin, true), CLOSED);
+    let (syn, syn_ack) = (0x02, 0x12);
+    assert_eq!(after(RESET, syn, false), OPEN, "a new connection on a reused port");
+    assert_eq!(after(CLOSED, syn, false), OPEN);
+    assert_eq!(after(CLOSED, syn, true), CLOSED, "not from the other end");
+    assert_eq!(after(CLOSED, syn_ack, false), CLOSED);
+    assert_eq!(after(CLOSING, syn, false), CLOSING, "not while the connection winds down");
 }
 
 #[test]

@@ -4,5 +4,6 @@
 //! gateway address on it): the host then solicits the pod from that address,
 //! and the pod's advertisements and reachability probes go back to it.
 
-/// Addresses the node's table holds.
-pub const MAX_NODE_ADDRS: u32 = 1024;
+/// Addresses the node's table holds (not preallocated: kube-proxy in IPVS
+/// mode puts every IPv6 ClusterIP on the node too).
+pub const MAX_NODE_ADDRS: u32 = 65_536;

@@ -14,7 +14,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
 use na_common::{
     Addr,
-    conntrack::{FlowKey, FlowState, tcp_state},
+    conntrack::{FlowKey, FlowState, replied, tcp_state},
     decision::{Decision, Query},
     direction,
     events::{PolicyEvent, counter_index, verdict},
@@ -152,7 +152,7 @@ fn judge_endpoint(slot: &DnatPending, target: &Target) -> i32 {
             generation: state.generation,
             direction: dir as u8,
             tcp_state: tcp_state::OPEN,
-            replied: 0,
+            replied: replied::NONE,
             via_service: 1,
             endpoint_port: port,
             revoked: 0,

@@ -7,7 +7,7 @@
 //! fragments after the first follow their first fragment; an ICMP error about
 //! a live flow of the pod passes; tracked flows pass (judged again when the
 //! pod's policy generation moved on, and cut if no longer allowed: a cut
-//! flow's packets either way are dropped until it idles out, so the side
+//! TCP flow's packets either way are dropped until it idles out, so the side
 //! whose rules still allow it cannot reopen it mid-stream);
 //! a new flow leaving the pod for a Service address is left to the
 //! netfilter program that judges it after DNAT (`after_dnat`);
@@ -199,9 +199,9 @@ enum Tracked {
     Miss,
     /// Tracked and still allowed.
     Pass,
-    /// Tracked, but the current policy no longer allows it: the entry
-    /// stays, marked revoked, so the flow's later packets either way meet
-    /// the revocation too.
+    /// Tracked, but the current policy no longer allows it: a TCP flow's
+    /// entry stays, marked revoked, so its later packets either way meet the
+    /// revocation too; others are forgotten.
     Revoked,
     /// [`Tracked::Revoked`], met by a packet going the other way from the
     /// flow's first one: the other direction's rules revoked it.
@@ -223,44 +223,58 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     let state = pod.state(flow_dir);
     if state.generation != entry.generation {
         let decision = decide(pod.ifindex, &state, flow_dir, &opening_query(flow_dir, &key, entry));
-        if decision.allowed {
-            entry.revoked = 0;
-            entry.policy_id = decision.policy_id;
-        } else if entry.revoked == 0 {
-            // Tracked on a Service address (the pod was not isolated, or the
-            // hook not linked, when it opened): its next packet leaving the
-            // pod is handed over and judged on its endpoint instead.
-            if entry.via_service == 0
-                && flow_dir == direction::EGRESS
-                && dir == direction::EGRESS
-                && is_service_frontend(&key)
-            {
-                let _ = table.remove(key);
+        if !decision.allowed && key.protocol != protocol::TCP {
+            // Without a handshake, the peer's next datagram may as well
+            // start a flow the other direction's rules admit: forgotten,
+            // the flow's next packet is judged as new.
+            let _ = table.remove(key);
+            if handed_over(dir, flow_dir, entry, &key) {
                 return Tracked::Miss;
             }
-            entry.revoked = 1;
+            return if dir == flow_dir { Tracked::Revoked } else { Tracked::RevokedReply };
+        }
+        entry.revoked = u8::from(!decision.allowed);
+        if decision.allowed {
+            entry.policy_id = decision.policy_id;
         }
         entry.generation = state.generation;
     }
     if entry.revoked != 0 {
-        // Every packet refreshes the revocation: retransmissions from
-        // either end keep meeting it.
-        entry.last_seen_ns = now;
+        if handed_over(dir, flow_dir, entry, &key) {
+            return Tracked::Miss;
+        }
+        // Packets refresh the revocation: retransmissions from either end
+        // keep meeting it.
+        if now.saturating_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+            entry.last_seen_ns = now;
+        }
         return if dir == flow_dir { Tracked::Revoked } else { Tracked::RevokedReply };
     }
-    let replied = replied::after(entry.replied, dir != flow_dir);
-    if replied != entry.replied {
-        entry.replied = replied;
-    }
-    let tcp = tcp_state::after(entry.tcp_state, packet.tcp_flags, dir != flow_dir);
+    let reply = dir != flow_dir;
+    let tcp = tcp_state::after(entry.tcp_state, packet.tcp_flags, reply);
+    // A new connection on the tuple of a finished one starts afresh.
+    let reopened = tcp == tcp_state::OPEN && entry.tcp_state != tcp_state::OPEN;
+    let replied = if reopened { replied::NONE } else { replied::after(entry.replied, reply) };
     if tcp != entry.tcp_state {
         entry.tcp_state = tcp;
+    }
+    if replied != entry.replied {
+        entry.replied = replied;
     }
     if now.saturating_sub(entry.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
         entry.last_seen_ns = now;
     }
     remember_first_fragment(pod.ifindex, packet, entry.policy_id);
     Tracked::Pass
+}
+
+/// Whether a packet leaving the pod belongs to a flow it opened to a Service
+/// address that was tracked on that address (the pod was not isolated, or
+/// the hook not linked, when it opened) and no longer allowed: it is handed
+/// over and judged on its endpoint instead, and the entry left to what that
+/// decides.
+fn handed_over(dir: u32, flow_dir: u32, entry: &FlowState, key: &FlowKey) -> bool {
+    entry.via_service == 0 && flow_dir == direction::EGRESS && dir == direction::EGRESS && is_service_frontend(key)
 }
 
 /// What the rules were asked about the flow's first packet, which `flow_dir`

@@ -189,7 +189,9 @@ pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, C
             (_, tcp_state::CLOSED, _) => "closed",
             (_, tcp_state::CLOSING | tcp_state::CLOSING_REPLY, _) => "closing",
             (_, _, replied::NONE) => "unreplied",
-            (_, _, replied::ONCE) if k.protocol != na_common::protocol::TCP => "answered",
+            (_, _, replied::ONCE) if matches!(k.protocol, na_common::protocol::UDP | na_common::protocol::SCTP) => {
+                "answered"
+            }
             _ => "open",
         };
         rows.push(FlowRow {

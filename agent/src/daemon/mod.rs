@@ -275,6 +275,9 @@ pub async fn run(args: Args) -> Result<()> {
             }
             _ = retry.tick(), if node.reconciler.has_failed() => node.sync(None),
             _ = sweep.tick() => {
+                // Also a resync of what netlink may have failed to report
+                // (its multicast drops messages under pressure).
+                sync_node_addrs(node.reconciler.datapath()).await;
                 for pod in node.reconciler.attached().collect::<Vec<_>>() {
                     match node.reconciler.datapath().sweep_conntrack(&pod) {
                         Ok(0) => {}
