@@ -151,12 +151,21 @@ fn a_revoked_flow_is_not_reopened_mid_stream_by_its_peer() {
     assert!(b_end.read_exact(&mut buf).is_err(), "a's segments left as replies");
 }
 
-#[test]
-fn a_peer_spraying_segments_the_pod_resets_holds_its_table_only_briefly() {
-    const CAPACITY: u32 = 64;
-    let tcp_closed = Duration::from_millis(1500);
+/// Flows each pod's table holds in the tests that fill one.
+const CAPACITY: u32 = 64;
+
+/// The pods, on a datapath whose tables hold [`CAPACITY`] flows and keep an
+/// ended TCP flow `tcp_closed`.
+fn small_tables(tcp_closed: Duration) -> Env {
     let mut env = Env::new(AttachMode::Auto).unwrap();
     env.dp = env.dp.clone().with_timeouts(Timeouts { tcp_closed, ..Timeouts::default() }).with_flows_per_pod(CAPACITY);
+    env
+}
+
+#[test]
+fn a_peer_spraying_segments_the_pod_resets_holds_its_table_only_briefly() {
+    let tcp_closed = Duration::from_millis(1500);
+    let mut env = small_tables(tcp_closed);
     let (b, c) = (host(env.pod("x/b")), host(env.pod("x/c")));
     // a admits b and c on TCP/80, where it serves.
     let rules = |peer| (peer, vec![PortRule::ports(1, TCP, 80, 80)]);
@@ -193,10 +202,8 @@ fn a_peer_spraying_segments_the_pod_resets_holds_its_table_only_briefly() {
 
 #[test]
 fn a_pod_serving_many_short_connections_keeps_room_for_new_ones() {
-    const CAPACITY: u32 = 64;
     let tcp_closed = Duration::from_millis(1000);
-    let mut env = Env::new(AttachMode::Auto).unwrap();
-    env.dp = env.dp.clone().with_timeouts(Timeouts { tcp_closed, ..Timeouts::default() }).with_flows_per_pod(CAPACITY);
+    let mut env = small_tables(tcp_closed);
     let b = host(env.pod("x/b"));
     // a serves b on TCP/80 and may send nothing of its own: every answer
     // needs its connection's entry.

@@ -203,20 +203,15 @@ impl World {
             };
             self.policies.insert(format!("{ns}/{name}"), policy);
         }
-        for key in &step.delete {
-            if self.policies.remove(key).is_none() {
-                bail!("delete: no policy {key}");
-            }
-        }
-        for (pod, labels) in &step.pod_labels {
-            let slot = self.labels.get_mut(pod).with_context(|| format!("podLabels: no pod {pod}"))?;
-            *slot = labels.clone();
-        }
-        for (ns, labels) in &step.namespace_labels {
-            let slot =
-                self.namespace_labels.get_mut(ns).with_context(|| format!("namespaceLabels: no namespace {ns}"))?;
-            *slot = labels.clone();
-            slot.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
+        let deletes = step.delete.iter().map(|key| {
+            let (ns, name) = key.split_once('/').unwrap_or((key, ""));
+            Action::DeletePolicy(ns.into(), name.into())
+        });
+        let pod_labels = step.pod_labels.iter().map(|(pod, labels)| Action::SetPodLabels(pod.clone(), labels.clone()));
+        let namespace_labels =
+            step.namespace_labels.iter().map(|(ns, labels)| Action::SetNamespaceLabels(ns.clone(), labels.clone()));
+        for action in deletes.chain(pod_labels).chain(namespace_labels) {
+            self.act(&action)?;
         }
         self.publish()
     }
@@ -225,6 +220,14 @@ impl World {
     /// enforce them. Creating a policy that exists, or updating or deleting
     /// one that does not, is an error, as it is for Cyclonus.
     pub fn apply_actions(&mut self, actions: &[Action]) -> Result<()> {
+        for action in actions {
+            self.act(action)?;
+        }
+        self.publish()
+    }
+
+    /// One change to the cluster, not yet published.
+    fn act(&mut self, action: &Action) -> Result<()> {
         let key = |policy: &Value| {
             format!(
                 "{}/{}",
@@ -232,62 +235,60 @@ impl World {
                 policy["metadata"]["name"].as_str().unwrap_or_default()
             )
         };
-        for action in actions {
-            match action {
-                Action::CreatePolicy(p) => {
-                    if self.policies.insert(key(p), p.clone()).is_some() {
-                        bail!("create: policy {} exists", key(p));
-                    }
+        match action {
+            Action::CreatePolicy(p) => {
+                if self.policies.insert(key(p), p.clone()).is_some() {
+                    bail!("create: policy {} exists", key(p));
                 }
-                Action::UpdatePolicy(p) => {
-                    if self.policies.insert(key(p), p.clone()).is_none() {
-                        bail!("update: no policy {}", key(p));
-                    }
+            }
+            Action::UpdatePolicy(p) => {
+                if self.policies.insert(key(p), p.clone()).is_none() {
+                    bail!("update: no policy {}", key(p));
                 }
-                Action::DeletePolicy(ns, name) => {
-                    if self.policies.remove(&format!("{ns}/{name}")).is_none() {
-                        bail!("delete: no policy {ns}/{name}");
-                    }
+            }
+            Action::DeletePolicy(ns, name) => {
+                if self.policies.remove(&format!("{ns}/{name}")).is_none() {
+                    bail!("delete: no policy {ns}/{name}");
                 }
-                Action::SetPodLabels(pod, labels) => {
-                    *self.labels.get_mut(pod).with_context(|| format!("set labels: no pod {pod}"))? = labels.clone();
+            }
+            Action::SetPodLabels(pod, labels) => {
+                *self.labels.get_mut(pod).with_context(|| format!("set labels: no pod {pod}"))? = labels.clone();
+            }
+            Action::SetNamespaceLabels(ns, labels) => {
+                let slot =
+                    self.namespace_labels.get_mut(ns).with_context(|| format!("set labels: no namespace {ns}"))?;
+                *slot = labels.clone();
+                slot.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
+            }
+            Action::CreateNamespace(ns, labels) => {
+                let mut labels = labels.clone();
+                labels.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
+                if self.namespace_labels.insert(ns.clone(), labels).is_some() {
+                    bail!("create: namespace {ns} exists");
                 }
-                Action::SetNamespaceLabels(ns, labels) => {
-                    let slot =
-                        self.namespace_labels.get_mut(ns).with_context(|| format!("set labels: no namespace {ns}"))?;
-                    *slot = labels.clone();
-                    slot.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
+            }
+            Action::DeleteNamespace(ns) => {
+                if self.namespace_labels.remove(ns).is_none() {
+                    bail!("delete: no namespace {ns}");
                 }
-                Action::CreateNamespace(ns, labels) => {
-                    let mut labels = labels.clone();
-                    labels.insert(NAMESPACE_NAME_LABEL.into(), ns.clone());
-                    if self.namespace_labels.insert(ns.clone(), labels).is_some() {
-                        bail!("create: namespace {ns} exists");
-                    }
+                self.labels.retain(|key, _| !key.starts_with(&format!("{ns}/")));
+            }
+            Action::CreatePod(pod, labels) => {
+                let ns = pod.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
+                if !CREATABLE.contains(&pod.as_str()) || !self.namespace_labels.contains_key(ns) {
+                    bail!("create: pod {pod} is not one this runner can create, or namespace {ns} is missing");
                 }
-                Action::DeleteNamespace(ns) => {
-                    if self.namespace_labels.remove(ns).is_none() {
-                        bail!("delete: no namespace {ns}");
-                    }
-                    self.labels.retain(|key, _| !key.starts_with(&format!("{ns}/")));
+                if self.labels.insert(pod.clone(), labels.clone()).is_some() {
+                    bail!("create: pod {pod} exists");
                 }
-                Action::CreatePod(pod, labels) => {
-                    let ns = pod.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
-                    if !CREATABLE.contains(&pod.as_str()) || !self.namespace_labels.contains_key(ns) {
-                        bail!("create: pod {pod} is not one this runner can create, or namespace {ns} is missing");
-                    }
-                    if self.labels.insert(pod.clone(), labels.clone()).is_some() {
-                        bail!("create: pod {pod} exists");
-                    }
-                }
-                Action::DeletePod(pod) => {
-                    if self.labels.remove(pod).is_none() {
-                        bail!("delete: no pod {pod}");
-                    }
+            }
+            Action::DeletePod(pod) => {
+                if self.labels.remove(pod).is_none() {
+                    bail!("delete: no pod {pod}");
                 }
             }
         }
-        self.publish()
+        Ok(())
     }
 
     /// The cluster's objects as last published, for the reference evaluator.
