@@ -28,7 +28,7 @@ pub enum BpffsError {
 
 /// The pin directories under one root:
 /// `programs/<prog>_<version>`, `maps/<pod>_<map>`, `maps/global_<map>`, `links/<pod>_<prog>`,
-/// `links/global_<name>`.
+/// `links/global_<name>`, `spares/<slot>_<map>`.
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     root: PathBuf,
@@ -67,6 +67,22 @@ impl PinLayout {
             .find_map(|prog| Some((prog, file_name.strip_prefix(prog)?.strip_prefix('_')?)))
     }
 
+    /// Maps of slots made ready ahead of the pods that take them.
+    pub fn spares_dir(&self) -> PathBuf {
+        self.root.join("spares")
+    }
+
+    /// Map `map` of spare slot `slot`.
+    pub fn spare(&self, slot: u32, map: &str) -> PathBuf {
+        self.spares_dir().join(format!("{slot}_{map}"))
+    }
+
+    /// The slot and map name of a pin in [`Self::spares_dir`].
+    pub fn parse_spare_pin(file_name: &str) -> Option<(u32, &str)> {
+        let (slot, map) = file_name.split_once('_')?;
+        Some((slot.parse().ok()?, map))
+    }
+
     pub fn map(&self, pod: &PodId, map: &str) -> PathBuf {
         self.maps_dir().join(pod.pin_name(map))
     }
@@ -93,7 +109,7 @@ impl PinLayout {
     /// creates the layout's directories.
     pub fn prepare(&self) -> Result<(), BpffsError> {
         ensure_bpffs(&self.root)?;
-        for dir in [self.programs_dir(), self.maps_dir(), self.links_dir()] {
+        for dir in [self.programs_dir(), self.maps_dir(), self.links_dir(), self.spares_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| BpffsError::CreateDir { path: dir.clone(), source })?;
         }
         Ok(())

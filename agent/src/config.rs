@@ -69,6 +69,13 @@ pub struct Args {
     /// bytes per slot of hash buckets.
     #[arg(long, default_value_t = na_common::conntrack::DEFAULT_FLOWS_PER_POD, env = "NA_CONNTRACK_FLOWS_PER_POD")]
     pub conntrack_flows_per_pod: u32,
+    /// Pod slots kept ready: maps made and registered in the node's arrays
+    /// of maps before a pod needs them (each registration waits for an RCU
+    /// grace period, 8-30 ms), so a new pod's start waits for none. Each
+    /// costs three empty maps (a few KiB). 0 makes each pod's slot when it
+    /// starts.
+    #[arg(long, default_value_t = 8, env = "NA_SPARE_SLOTS")]
+    pub spare_slots: usize,
     /// Written after every reconcile: the attached pods and what each rule id
     /// in the maps stands for (`na-cli` reads it), and what is applied.
     #[arg(long, default_value = DEFAULT_STATUS_FILE, env = "NA_STATUS_FILE")]

@@ -5,8 +5,12 @@ mod support;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
-use na_agent::datapath::{AttachMode, DirectionRules, Mode, PodRules};
+use na_agent::{
+    datapath::{AttachMode, DirectionRules, Mode, NodeTables, PinnedMaps, PodRules},
+    pod_id::PodId,
+};
 use na_common::{
+    names::MAP_INGRESS,
     policy::PortRule,
     protocol::{TCP, UDP},
 };
@@ -393,4 +397,96 @@ fn frames_neither_ip_nor_arp_leave_a_pod_only_where_its_egress_is_open() {
     send_frame_from(env.pod("x/a"), 0x8100, &tagged);
     send_frame_from(env.pod("x/a"), 0x8847, mpls);
     assert_eq!(counted(&env), (before.0 + 2, before.1));
+}
+
+/// The spare slots under `env`'s pin root: slot and ingress trie id.
+fn spares(env: &Env) -> BTreeMap<u32, u32> {
+    let dir = env.dp.layout().spares_dir();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let (slot, map) = na_agent::bpffs::PinLayout::parse_spare_pin(&name)?;
+            (map == MAP_INGRESS).then_some(slot)
+        })
+        .map(|slot| (slot, map_id(&env.dp.layout().spare(slot, MAP_INGRESS))))
+        .collect()
+}
+
+fn map_id(pin: &std::path::Path) -> u32 {
+    aya::maps::MapData::from_pin(pin).unwrap().info().unwrap().id()
+}
+
+/// Waits (bounded) until `env` has `n` spare slots.
+fn await_spares(env: &Env, n: usize) -> BTreeMap<u32, u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = spares(env);
+        if found.len() == n {
+            return found;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} spare slots, not {n}", found.len());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn slot_of(env: &Env, key: &str) -> u32 {
+    let pod = env.pod(key);
+    let ifindex = env.node.netns().run(|| nix::net::if_::if_nametoindex(pod.host_veth.as_str())).unwrap().unwrap();
+    let tables = NodeTables::open(env.dp.layout()).unwrap();
+    tables.records().into_iter().find(|(i, _)| *i == ifindex).expect("the pod's record").1.slot
+}
+
+#[test]
+fn pods_take_slots_made_ahead_and_leave_them_emptied() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.dp = env.dp.clone().with_spare_slots(2);
+    drop(env.dp.programs().unwrap());
+    let ready = await_spares(&env, 2);
+    let b = host(&env, "x/b");
+    env.attach(
+        "x/a",
+        &PodRules { ingress: isolated([(b, vec![PortRule::ports(1, TCP, 80, 80)])]), ..Default::default() },
+    )
+    .unwrap();
+    // The pod's maps are a spare's, made and registered before it started.
+    let slot = slot_of(&env, "x/a");
+    let trie = map_id(&env.dp.layout().map(&PodId::new("x", "a"), MAP_INGRESS));
+    assert_eq!(ready.get(&slot), Some(&trie), "a took spare {slot}? spares were {ready:?}");
+    assert!(env.reaches("x/b", "x/a", Probe::tcp(80)) && !env.reaches("x/c", "x/a", Probe::tcp(80)));
+    // Made again in the background, elsewhere.
+    let again = await_spares(&env, 2);
+    assert!(!again.contains_key(&slot), "{again:?}");
+    env.detach("x/a").unwrap();
+    assert!(env.reaches("x/c", "x/a", Probe::tcp(80)));
+    // Emptied in the background, so a's maps are freed.
+    let tables = NodeTables::open(env.dp.layout()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tables.trie_at(slot).is_some() {
+        assert!(std::time::Instant::now() < deadline, "a's slot still holds its maps");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_spare_whose_slot_was_refilled_by_someone_else_is_not_taken() {
+    let mut env = Env::new(AttachMode::Auto).unwrap();
+    env.dp = env.dp.clone().with_spare_slots(1);
+    drop(env.dp.programs().unwrap());
+    env.attach("x/c", &PodRules::default()).unwrap();
+    let (&spare, _) = await_spares(&env, 1).iter().next().unwrap();
+    // Another agent (another handle on the same pins) put other maps in the
+    // spare's slot: c's.
+    let c = PinnedMaps::of_pod(env.dp.layout(), &PodId::new("x", "c")).unwrap();
+    NodeTables::open(env.dp.layout()).unwrap().register(spare, &c.inner()).unwrap();
+    let b = host(&env, "x/b");
+    env.attach(
+        "x/a",
+        &PodRules { ingress: isolated([(b, vec![PortRule::ports(1, TCP, 80, 80)])]), ..Default::default() },
+    )
+    .unwrap();
+    assert_ne!(slot_of(&env, "x/a"), spare);
+    // Judged by a's own rules, not by the maps the slot held.
+    assert!(env.reaches("x/b", "x/a", Probe::tcp(80)), "a's rules admit b");
+    assert!(!env.reaches("x/c", "x/a", Probe::tcp(80)), "a's rules isolate it from c");
 }

@@ -67,12 +67,13 @@ fn conntrack_layout() {
 
 #[test]
 fn pod_record_layout() {
-    assert_eq!(size_of::<PodRecord>(), 40);
+    assert_eq!(size_of::<PodRecord>(), 48);
     assert_eq!(offset_of!(PodRecord, states), 0);
     assert_eq!(offset_of!(PodRecord, ipv4), 16);
     assert_eq!(offset_of!(PodRecord, has_ipv4), 20);
     assert_eq!(offset_of!(PodRecord, has_ipv6), 21);
     assert_eq!(offset_of!(PodRecord, ipv6), 24);
+    assert_eq!(offset_of!(PodRecord, slot), 40);
     assert_eq!(size_of::<PodCounterSlots>(), 16 * COUNTERS as usize);
 }
 

@@ -38,6 +38,23 @@ impl Addr {
         unsafe { *(self as *const Self).cast::<[u64; 2]>() }
     }
 
+    /// An IPv4 address in this form, built from whole words: byte-wise,
+    /// the BPF target zeroes the other 12 bytes in a call to a byte loop
+    /// (some 50 instructions).
+    #[inline(always)]
+    pub fn from_ipv4(octets: [u8; 4]) -> Self {
+        let words = [u32::from_ne_bytes(octets), 0, 0, 0];
+        // SAFETY: 16 bytes either way, and any bytes are a valid `Addr`.
+        unsafe { core::mem::transmute::<[u32; 4], Self>(words) }
+    }
+
+    /// The unspecified address (zero), built from two words.
+    #[inline(always)]
+    pub fn zero() -> Self {
+        // SAFETY: as in `from_ipv4`.
+        unsafe { core::mem::transmute::<[u64; 2], Self>([0, 0]) }
+    }
+
     #[inline(always)]
     pub fn is_zero(&self) -> bool {
         let w = self.words();

@@ -18,13 +18,13 @@ pub const MAP_CONNTRACK: &str = "conntrack_map";
 /// Maps each pod owns, in the order `na-cli` lists them.
 pub const POD_MAPS: [&str; 3] = [MAP_INGRESS, MAP_EGRESS, MAP_CONNTRACK];
 
-/// ifindex -> the pod's isolation state per direction.
+/// ifindex -> the pod's isolation state per direction and its slot.
 pub const MAP_POD_TABLE: &str = "pod_table";
-/// ifindex -> the pod's ingress trie.
+/// Slot (see `pod_state::PodRecord::slot`) -> the pod's ingress trie.
 pub const MAP_INGRESS_TRIES: &str = "ingress_tries";
-/// ifindex -> the pod's egress trie.
+/// Slot (see `pod_state::PodRecord::slot`) -> the pod's egress trie.
 pub const MAP_EGRESS_TRIES: &str = "egress_tries";
-/// ifindex -> the pod's conntrack table.
+/// Slot (see `pod_state::PodRecord::slot`) -> the pod's conntrack table.
 pub const MAP_CONNTRACK_TABLES: &str = "conntrack_maps";
 /// Verdicts of first fragments, for the fragments that follow (all pods).
 pub const MAP_FRAGMENTS: &str = "frag_map";

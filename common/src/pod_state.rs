@@ -16,8 +16,8 @@ pub const DEFAULT_ALLOW: u8 = 1;
 /// Policies isolate the pod: the trie decides, a miss is denied.
 pub const POLICIES_APPLIED: u8 = 2;
 
-/// How many pods one node's tables hold (a veth beyond it cannot be enforced
-/// and the agent reports it).
+/// How many pods one node's tables hold, spare slots included (a veth beyond
+/// it cannot be enforced and the agent reports it).
 pub const MAX_PODS: u32 = 4096;
 
 /// Bit of [`PodState::state`] holding the active rule set; the bits below it
@@ -67,6 +67,12 @@ pub struct PodRecord {
     pub has_ipv6: u8,
     pub _pad: [u8; 2],
     pub ipv6: crate::Addr,
+    /// Index of the pod's own maps (its tries, its conntrack table) in the
+    /// node's arrays of maps. The agent registers a slot's maps ahead of the
+    /// pod (a spare slot), so starting a pod writes only this record and its
+    /// rules: an update of a map of maps waits for an RCU grace period.
+    pub slot: u32,
+    pub _pad2: [u8; 4],
 }
 
 impl PodRecord {

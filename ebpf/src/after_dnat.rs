@@ -40,7 +40,7 @@ pub fn judge(ctx: *mut c_void) -> i32 {
         return NF_ACCEPT;
     }
     slot.armed = 0;
-    let mut target = Target { endpoint: Addr([0; 16]), port: 0, len: 0 };
+    let mut target = Target { endpoint: Addr::zero(), port: 0, len: 0 };
     match destination(ctx, slot, &mut target) {
         Read::Left => judge_endpoint(slot, &target),
         Read::Other => NF_ACCEPT,
@@ -79,15 +79,14 @@ fn try_destination(ctx: *mut c_void, slot: &DnatPending, target: &mut Target) ->
     let skb: u64 = unsafe { bpf_probe_read_kernel((ctx as *const u64).wrapping_add(1))? };
     let data: u64 = unsafe { bpf_probe_read_kernel((skb + u64::from(hook.skb_data_offset)) as *const u64)? };
     target.len = unsafe { bpf_probe_read_kernel((skb + u64::from(hook.skb_len_offset)) as *const u32)? };
-    let mut src = Addr([0; 16]);
-    let mut dst = Addr([0; 16]);
+    let (src, dst);
     let l4: u64 = if slot.family == family::IPV4 {
         let h: [u8; 20] = unsafe { bpf_probe_read_kernel(data as *const [u8; 20])? };
         if h[0] >> 4 != 4 || h[9] != slot.protocol {
             return Ok(Read::Other);
         }
-        src.0[..4].copy_from_slice(&h[12..16]);
-        dst.0[..4].copy_from_slice(&h[16..20]);
+        src = Addr::from_ipv4([h[12], h[13], h[14], h[15]]);
+        dst = Addr::from_ipv4([h[16], h[17], h[18], h[19]]);
         u64::from(h[0] & 0x0f) * 4
     } else {
         let h: [u8; 8] = unsafe { bpf_probe_read_kernel(data as *const [u8; 8])? };
@@ -122,9 +121,9 @@ fn judge_endpoint(slot: &DnatPending, target: &Target) -> i32 {
     // `handle_egress` found the pod; one removed since fails closed.
     let Some(record) = POD_TABLE.get_ptr(slot.ifindex) else { return NF_DROP };
     // SAFETY: records are replaced whole, never written in place.
-    let state = unsafe { (*record).states[dir as usize] };
+    let (state, pod_slot) = unsafe { ((*record).states[dir as usize], (*record).slot) };
     let query = Query { family: slot.family, peer: *endpoint, protocol: slot.protocol, port: Some(port) };
-    let decision = judge::decide(slot.ifindex, &state, dir, &query);
+    let decision = judge::decide(pod_slot, &state, dir, &query);
     report(slot, endpoint, port, len, &decision);
     if !decision.allowed {
         // `handle_egress` counted it as passed, on this CPU.
@@ -132,9 +131,7 @@ fn judge_endpoint(slot: &DnatPending, target: &Target) -> i32 {
         add_to_counter(slot.ifindex, counter_index(dir, verdict::DENY), 1, i64::from(len));
         return NF_DROP;
     }
-    // SAFETY: the outer map is not preallocated, so the inner map stays
-    // valid for this run.
-    if let Some(table) = unsafe { CONNTRACK_TABLES.get(&slot.ifindex) } {
+    if let Some(table) = CONNTRACK_TABLES.get(pod_slot) {
         let key = FlowKey {
             pod_addr: slot.src_addr,
             peer_addr: slot.service_addr,

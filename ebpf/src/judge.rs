@@ -78,9 +78,9 @@ pub fn judge(ctx: &TcContext, dir: u32) -> i32 {
     // read here lives until this run ends: its states and addresses belong
     // together.
     let record = unsafe { &*record };
-    // SAFETY: the table is not preallocated, so the inner map a lookup
-    // returns stays valid for this run even if the agent replaces it.
-    let pod = Pod { ifindex, record, conntrack: unsafe { CONNTRACK_TABLES.get(&ifindex) } };
+    // The inner map a lookup returns stays valid for this run even if the
+    // agent replaces it (inner maps are freed after an RCU grace period).
+    let pod = Pod { ifindex, record, conntrack: CONNTRACK_TABLES.get(record.slot) };
     let isolated = pod.state(dir).mode() != pod_state::DEFAULT_ALLOW;
     let action = match packet::parse(ctx) {
         Parsed::Arp => PASS,
@@ -222,7 +222,7 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     let flow_dir = u32::from(entry.direction);
     let state = pod.state(flow_dir);
     if state.generation != entry.generation {
-        let decision = decide(pod.ifindex, &state, flow_dir, &opening_query(flow_dir, &key, entry));
+        let decision = decide(pod.record.slot, &state, flow_dir, &opening_query(flow_dir, &key, entry));
         if !decision.allowed && key.protocol != protocol::TCP {
             // Without a handshake, the peer's next datagram may as well
             // start a flow the other direction's rules admit: forgotten,
@@ -341,7 +341,7 @@ fn evaluate(dir: u32, pod: &Pod, packet: &Packet) -> Decision {
     let state = pod.state(dir);
     let peer = if dir == direction::INGRESS { packet.src_addr } else { packet.dst_addr };
     let decision = decide(
-        pod.ifindex,
+        pod.record.slot,
         &state,
         dir,
         &Query { family: packet.family, peer, protocol: packet.protocol, port: packet.dst_port },
@@ -375,7 +375,7 @@ fn track(pod: &Pod, dir: u32, packet: &Packet, policy_id: u32, generation: u32) 
         endpoint_port: 0,
         revoked: 0,
         _pad: [0; 1],
-        endpoint_addr: na_common::Addr([0; 16]),
+        endpoint_addr: na_common::Addr::zero(),
     };
     let _ = table.insert(flow_key(dir, packet), entry, 0);
 }
@@ -409,11 +409,10 @@ fn quote_is_live(table: &Conntrack, pod: &Pod, dir: u32, error: &Packet, quote: 
 }
 
 #[inline(never)]
-pub fn decide(ifindex: u32, state: &PodState, dir: u32, query: &Query) -> Decision {
+pub fn decide(slot: u32, state: &PodState, dir: u32, query: &Query) -> Decision {
     let tries = if dir == direction::INGRESS { &INGRESS_TRIES } else { &EGRESS_TRIES };
-    // SAFETY: the outer map is not preallocated (see `pod`), and trie values
-    // are only read.
-    decision::decide(state, query, |data, prefix_len| unsafe { tries.get_value(&ifindex, &Key::new(prefix_len, data)) })
+    let trie = tries.get(slot);
+    decision::decide(state, query, |data, prefix_len| trie?.get(&Key::new(prefix_len, data)))
 }
 
 /// The entry of `key`, unless it is missing or idle past its timeout at

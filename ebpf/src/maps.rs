@@ -2,14 +2,16 @@
 //!
 //! One program pair serves every pod: the pod is found by the ifindex of the
 //! host veth the packet is on, in `pod_table`, and its own tries and
-//! conntrack table are inner maps of the `*_tries` / `conntrack_maps` maps of
-//! maps, under the same key. Maps holding pod pointers or records are not
-//! preallocated, so a replaced or removed entry is freed only after every
-//! program run that could still see it (RCU).
+//! conntrack table are inner maps of the `*_tries` / `conntrack_maps` arrays
+//! of maps, at the slot its record names (an array lookup the kernel
+//! inlines, where a hash costs a call and a hash of the key). The pod table
+//! is not preallocated, and inner maps are freed only after every program
+//! run that could still see them (RCU), so a replaced or removed entry never
+//! changes under a running program.
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{self, HashOfMaps},
+    btf_maps::{self, ArrayOfMaps},
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -36,13 +38,13 @@ pub type Conntrack = btf_maps::HashMap<FlowKey, FlowState, { DEFAULT_FLOWS_PER_P
 pub static POD_TABLE: HashMap<u32, PodRecord> = HashMap::with_max_entries(MAX_PODS, BPF_F_NO_PREALLOC);
 
 #[btf_map(name = "ingress_tries")]
-pub static INGRESS_TRIES: HashOfMaps<u32, Trie, PODS, NO_PREALLOC> = HashOfMaps::new();
+pub static INGRESS_TRIES: ArrayOfMaps<Trie, PODS> = ArrayOfMaps::new();
 
 #[btf_map(name = "egress_tries")]
-pub static EGRESS_TRIES: HashOfMaps<u32, Trie, PODS, NO_PREALLOC> = HashOfMaps::new();
+pub static EGRESS_TRIES: ArrayOfMaps<Trie, PODS> = ArrayOfMaps::new();
 
 #[btf_map(name = "conntrack_maps")]
-pub static CONNTRACK_TABLES: HashOfMaps<u32, Conntrack, PODS, NO_PREALLOC> = HashOfMaps::new();
+pub static CONNTRACK_TABLES: ArrayOfMaps<Conntrack, PODS> = ArrayOfMaps::new();
 
 /// First fragments' verdicts, by datagram and veth: value is the admitting rule id.
 #[map(name = "frag_map")]

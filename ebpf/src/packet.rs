@@ -149,8 +149,8 @@ fn try_ipv4(ctx: &TcContext, off: usize, depth: Depth) -> Result<Parsed, ()> {
     let id = u16::from_be_bytes([h[4], h[5]]);
     let frag = u16::from_be_bytes([h[6], h[7]]);
     let mut packet = new_packet(family::IPV4, h[9]);
-    packet.src_addr.0[..4].copy_from_slice(&h[12..16]);
-    packet.dst_addr.0[..4].copy_from_slice(&h[16..20]);
+    packet.src_addr = Addr::from_ipv4([h[12], h[13], h[14], h[15]]);
+    packet.dst_addr = Addr::from_ipv4([h[16], h[17], h[18], h[19]]);
     packet.frag_id = u32::from(id);
     packet.fragment = if frag & IPV4_FRAG_OFFSET != 0 {
         Fragment::Later
@@ -236,8 +236,8 @@ fn new_packet(family: u8, protocol: u8) -> Packet {
     Packet {
         neighbour: false,
         family,
-        src_addr: Addr([0; 16]),
-        dst_addr: Addr([0; 16]),
+        src_addr: Addr::zero(),
+        dst_addr: Addr::zero(),
         protocol,
         src_port: 0,
         dst_port: None,

@@ -76,7 +76,8 @@ pub async fn run(args: Args) -> Result<()> {
         .with_timeouts(Timeouts::default())
         .with_log_level(args.ebpf_log_level)
         .with_strict(strict)
-        .with_flows_per_pod(args.conntrack_flows_per_pod);
+        .with_flows_per_pod(args.conntrack_flows_per_pod)
+        .with_spare_slots(args.spare_slots);
     let compiler = Compiler::new(CompileOptions {
         node_name: args.node_name.clone(),
         node_ips: args.node_ips.clone(),

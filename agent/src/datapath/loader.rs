@@ -14,19 +14,21 @@ use aya::{
 };
 use na_common::{
     conntrack::{DEFAULT_FLOWS_PER_POD, FlowState, TimeoutClass, timeout, timeout_globals},
-    names::{MAP_CONNTRACK, MAP_EGRESS, MAP_INGRESS, POD_MAPS},
+    names::{MAP_EGRESS, MAP_INGRESS},
     node::MAX_NODE_ADDRS,
+    pod_state::MAX_PODS,
 };
 use thiserror::Error;
 
 use na_policy::PodRules;
 
 use super::{
-    AttachMode, PROGRAMS,
-    attach::{self, remove_pin},
+    AttachMode, PROGRAMS, attach,
     programs::Programs,
+    rules::open_pinned,
     rules::{PodAddrs, PodMaps, RulesError},
-    tables::{self, InnerMaps, NodeTables},
+    slots::{PinnedMaps, Slots},
+    tables::NodeTables,
 };
 use crate::{
     bpffs::{BpffsError, PinLayout},
@@ -61,6 +63,8 @@ pub enum DatapathError {
     Services(#[from] super::ServicesError),
     #[error("the DNAT hook: {0}")]
     DnatHook(#[from] super::dnat_hook::DnatHookError),
+    #[error("the node's tables hold {MAX_PODS} pods, spare slots included: no slot is free")]
+    NoSlot,
     #[error("the node has {0} IPv6 addresses; its table holds {MAX_NODE_ADDRS}")]
     TooManyNodeAddrs(usize),
 }
@@ -143,6 +147,7 @@ pub struct Datapath {
     flows_per_pod: u32,
     /// Loaded on first use, once per handle (and so per agent).
     programs: Arc<Mutex<Option<Programs>>>,
+    slots: Slots,
 }
 
 /// How much the programs log through aya-log (the agent forwards it to its own log).
@@ -164,12 +169,22 @@ impl Datapath {
     pub fn new(layout: PinLayout, attach_mode: AttachMode) -> Result<Self, DatapathError> {
         layout.prepare()?;
         Ok(Self {
+            slots: Slots::new(layout.clone(), DEFAULT_FLOWS_PER_POD, 0),
             layout,
             attach_mode,
             settings: Settings::default(),
             flows_per_pod: DEFAULT_FLOWS_PER_POD,
             programs: Arc::default(),
         })
+    }
+
+    /// Keeps `spares` slots ready (filled in the background once the
+    /// programs are loaded), so a new pod's start waits for no RCU grace
+    /// period on the node's arrays of maps. 0 (the default) fills each
+    /// pod's slot when it starts.
+    pub fn with_spare_slots(mut self, spares: usize) -> Self {
+        self.slots = Slots::new(self.layout.clone(), self.flows_per_pod, spares);
+        self
     }
 
     pub fn with_log_level(self, log_level: KernelLogLevel) -> Self {
@@ -190,6 +205,7 @@ impl Datapath {
     /// Capacity of the conntrack table of each pod attached from now on.
     pub fn with_flows_per_pod(mut self, flows: u32) -> Self {
         self.flows_per_pod = flows;
+        self.slots = Slots::new(self.layout.clone(), flows, self.slots.target());
         self
     }
 
@@ -215,6 +231,7 @@ impl Datapath {
             let loaded = Programs::load_or_adopt(&self.layout, &self.settings)?;
             NodeTables::open(&self.layout)?.ensure_counters(na_common::pod_state::UNKNOWN_POD)?;
             *programs = Some(loaded);
+            self.slots.wake_refill();
         }
         Ok(programs)
     }
@@ -322,8 +339,8 @@ impl Datapath {
             .is_ok_and(|known| known.contains(&ifindex))
     }
 
-    /// Creates or reuses `pod`'s maps, registers them under `ifindex` and
-    /// writes `rules`, without attaching anything.
+    /// Gives `pod` its maps under `ifindex` (those it has there, else a
+    /// fresh slot's) and writes `rules`, without attaching anything.
     pub fn load_pod(
         &self,
         pod: &PodId,
@@ -333,84 +350,61 @@ impl Datapath {
     ) -> Result<PodMaps, DatapathError> {
         // The node's tables are created (and pinned) with the programs.
         drop(self.programs()?);
-        let ingress = self.pod_map(pod, MAP_INGRESS, || tables::create_trie(MAP_INGRESS))?;
-        let egress = self.pod_map(pod, MAP_EGRESS, || tables::create_trie(MAP_EGRESS))?;
         let mut tables = NodeTables::open(&self.layout)?;
-        // A veth recreated under the pod leaves its maps known by the old
-        // ifindex; that key now belongs to no pod of ours.
-        let stale: Vec<u32> = tables.ifindexes_of(&ingress).into_iter().filter(|i| *i != ifindex).collect();
-        // A new veth is a new sandbox (a new network namespace, perhaps a
-        // new pod under the same name while no agent watched): no flow of
-        // the old one can be alive, and none may be admitted as if it were.
-        if !stale.is_empty() {
-            remove_pin(&self.layout.map(pod, MAP_CONNTRACK))?;
-        }
-        let conntrack =
-            self.pod_map(pod, MAP_CONNTRACK, || tables::create_conntrack(MAP_CONNTRACK, self.flows_per_pod))?;
-        let mut previous = None;
-        for stale in stale {
-            // Checked again: another pod attached meanwhile may have taken
-            // the freed ifindex (a narrow window remains; see the
-            // concurrency note in `Reconciler::attach_all`).
-            if tables.has_trie(stale, &ingress) {
-                previous = previous.or(tables.pods.get(&stale, 0).ok());
-                tables.forget(stale)?;
+        let registered = tables.registrations_of_pod(&self.layout, pod).unwrap_or_default();
+        let (slot, stale) = match registered.iter().find(|(i, _)| *i == ifindex) {
+            // Known under this veth (an agent restart, new rules): its maps,
+            // conntrack included, stay.
+            Some(&(_, slot)) => (slot, None),
+            // A new veth is a new sandbox (a new network namespace, perhaps
+            // a new pod under the same name while no agent watched): no flow
+            // of the old one can be alive, and none may be admitted as if it
+            // were, so the pod gets fresh maps. Its old ones are freed below.
+            None => {
+                let old = (!registered.is_empty()).then(|| PinnedMaps::of_pod(&self.layout, pod)).transpose()?;
+                (self.slots.take(&mut tables, pod)?, old)
             }
-        }
-        tables.register(ifindex, &InnerMaps { ingress: &ingress, egress: &egress, conntrack: &conntrack })?;
-        if let Some(record) = previous
-            && tables.pods.get(&ifindex, 0).is_err()
-        {
-            // Continue the sets and generations the tries were written with.
-            tables.pods.insert(ifindex, record, 0).map_err(|e| RulesError::Map {
-                op: "write",
-                map: "pod_table",
-                source: e,
-            })?;
-        }
+        };
+        tables.ensure_counters(ifindex)?;
+        let maps = PinnedMaps::of_pod(&self.layout, pod)?;
         let typed = |data: MapData, name: &'static str| -> Result<super::rules::Trie, DatapathError> {
             let map = Map::from_map_data(data).map_err(|e| RulesError::Map { op: "open", map: name, source: e })?;
             Ok(map.try_into().map_err(|e: MapError| RulesError::Map { op: "open", map: name, source: e })?)
         };
-        let mut maps =
-            PodMaps::new(typed(ingress, MAP_INGRESS)?, typed(egress, MAP_EGRESS)?, tables.pods, ifindex, addrs);
-        maps.apply(rules)?;
-        Ok(maps)
-    }
-
-    /// The pod's map `name` from its pin, or made by `create` and pinned.
-    fn pod_map(
-        &self,
-        pod: &PodId,
-        name: &str,
-        create: impl FnOnce() -> Result<MapData, RulesError>,
-    ) -> Result<MapData, DatapathError> {
-        let pin = self.layout.map(pod, name);
-        if let Ok(map) = MapData::from_pin(&pin) {
-            return Ok(map);
+        let (ingress, egress) = (typed(maps.ingress, MAP_INGRESS)?, typed(maps.egress, MAP_EGRESS)?);
+        let pods = open_pinned(&self.layout.global_map(na_common::names::MAP_POD_TABLE))?;
+        let mut pod_maps = PodMaps::new(ingress, egress, pods, ifindex, slot, addrs);
+        pod_maps.apply(rules)?;
+        for (old_ifindex, old_slot) in registered.into_iter().filter(|(i, _)| *i != ifindex) {
+            // Checked again: another pod attached meanwhile may have taken
+            // the freed ifindex (a narrow window remains; see the
+            // concurrency note in `Reconciler::attach_all`).
+            if tables.pods.get(&old_ifindex, 0).is_ok_and(|record| record.slot == old_slot) {
+                tables.forget(old_ifindex)?;
+            }
+            if let Some(old) = &stale {
+                tables.clear(old_slot, &old.inner())?;
+            }
         }
-        let map = create()?;
-        map.pin(&pin).map_err(|e| DatapathError::Pin(pin.clone(), e.to_string()))?;
-        Ok(map)
+        Ok(pod_maps)
     }
 
     /// Detaches the programs from `pod`'s veth `ifname` (if it still exists),
-    /// removes its entries from the node's tables and every pin of the pod.
+    /// removes its records from the node's tables, empties its slot and
+    /// removes every pin of the pod.
     pub fn detach_pod(&self, pod: &PodId, ifname: Option<&str>) -> Result<(), DatapathError> {
         for (name, _, hook) in PROGRAMS {
             attach::detach(ifname, name, hook, &self.layout.link(pod, name))?;
         }
-        if let Ok(trie) = MapData::from_pin(self.layout.map(pod, MAP_INGRESS))
-            && let Ok(mut tables) = NodeTables::open(&self.layout)
-        {
-            for ifindex in tables.ifindexes_of(&trie) {
+        let mut tables = NodeTables::open(&self.layout).ok();
+        let mut slots = Vec::new();
+        if let Some(tables) = &mut tables {
+            for (ifindex, slot) in tables.registrations_of_pod(&self.layout, pod).unwrap_or_default() {
                 tables.forget(ifindex)?;
+                slots.push(slot);
             }
         }
-        for map in POD_MAPS {
-            remove_pin(&self.layout.map(pod, map))?;
-        }
-        Ok(())
+        self.slots.release(tables.as_mut(), pod, &slots)
     }
 
     /// Removes `pod`'s conntrack entries idle past their timeout; returns how many.

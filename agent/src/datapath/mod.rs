@@ -10,6 +10,7 @@ mod node_addrs;
 mod programs;
 mod rules;
 mod services;
+mod slots;
 mod stats;
 mod sweep;
 mod sys;
@@ -22,9 +23,10 @@ pub use node_addrs::NodeAddrTable;
 pub use programs::{Origin, Programs};
 pub use rules::{PodAddrs, PodMaps, PodTable, RulesError, Trie, open_pinned};
 pub use services::{Frontend, ServiceTable, ServicesError};
+pub use slots::PinnedMaps;
 pub use stats::{PodCounters, Totals, counters, pod_counters};
 pub use sweep::{Expired, ktime_now_ns};
-pub use tables::NodeTables;
+pub use tables::{InnerMaps, NodeTables};
 
 /// The eBPF object built from the `na-ebpf` crate by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf"));

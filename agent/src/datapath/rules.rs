@@ -89,6 +89,7 @@ pub struct PodMaps {
     egress: Trie,
     pods: PodTable,
     ifindex: u32,
+    slot: u32,
     addrs: PodAddrs,
     /// When this handle last flipped (`None`: not since opened, so another
     /// writer may just have).
@@ -96,8 +97,8 @@ pub struct PodMaps {
 }
 
 impl PodMaps {
-    pub fn new(ingress: Trie, egress: Trie, pods: PodTable, ifindex: u32, addrs: PodAddrs) -> Self {
-        Self { ingress, egress, pods, ifindex, addrs, flipped: None }
+    pub fn new(ingress: Trie, egress: Trie, pods: PodTable, ifindex: u32, slot: u32, addrs: PodAddrs) -> Self {
+        Self { ingress, egress, pods, ifindex, slot, addrs, flipped: None }
     }
 
     /// Addresses the next [`Self::apply`] writes.
@@ -135,6 +136,7 @@ impl PodMaps {
             PodRecord { states: [PodState::new(pod_state::DEFAULT_DENY, 0, start); 2], ..PodRecord::default() }
         });
         let mut next = current;
+        next.slot = self.slot;
         self.addrs.write_into(&mut next);
         for (trie, dir, wanted) in
             [(&mut self.ingress, INGRESS, &rules.ingress), (&mut self.egress, EGRESS, &rules.egress)]

@@ -46,3 +46,18 @@ pub fn inner_map_id(outer: BorrowedFd<'_>, key: u32) -> io::Result<Option<u32>> 
         Err(e) => Err(e),
     }
 }
+
+/// Deletes `key` from `map`; an absent key is fine. aya 0.14 offers no
+/// delete for arrays of maps, where the kernel has one (it empties the slot).
+pub fn delete_elem(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    // SAFETY: the union member of the map element commands, wholly set.
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = map.as_raw_fd() as u32;
+    elem.key = &key as *const u32 as u64;
+    match sys_bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,8 +1,9 @@
 //! The node-wide maps that lead from a veth's ifindex to its pod: the pod
-//! table, the maps of per-pod tries and conntrack tables, the counters.
+//! table, the arrays of per-pod tries and conntrack tables (by the slot the
+//! pod's record names), the counters.
 use std::os::fd::{AsFd, OwnedFd};
 
-use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use na_common::{
     conntrack::{FlowKey, FlowState},
     names::{MAP_CONNTRACK_TABLES, MAP_COUNTERS, MAP_EGRESS_TRIES, MAP_INGRESS_TRIES, MAP_POD_TABLE},
@@ -43,15 +44,13 @@ impl NodeTables {
         })
     }
 
-    /// Points `ifindex` at a pod's maps and gives it counters (kept if it has
-    /// them). The pod record is written separately, by the rules.
+    /// Puts a pod's maps at `slot` of the node's arrays of maps.
     ///
     /// Every update of a map of maps waits for an RCU grace period (the
     /// kernel makes sure no program still sees the old inner map), some
-    /// 10-20 ms: entries that already point at the pod's maps (an agent
-    /// restart) are left alone, and the others are written concurrently so
-    /// their waits overlap.
-    pub fn register(&mut self, ifindex: u32, maps: &InnerMaps) -> Result<(), RulesError> {
+    /// 10-20 ms: the three are written concurrently so their waits overlap,
+    /// and slots are filled ahead of the pods that take them (`slots`).
+    pub fn register(&mut self, slot: u32, maps: &InnerMaps) -> Result<(), RulesError> {
         let outer = [
             (&mut self.ingress, maps.ingress, MAP_INGRESS_TRIES),
             (&mut self.egress, maps.egress, MAP_EGRESS_TRIES),
@@ -60,14 +59,35 @@ impl NodeTables {
         std::thread::scope(|s| {
             let writes: Vec<_> = outer
                 .into_iter()
-                .filter(|(table, inner, _)| !table.points_at(ifindex, map_id(inner)))
                 .map(|(table, inner, name)| {
-                    s.spawn(move || table.map.insert(ifindex, inner, 0).map_err(map_err("insert into", name)))
+                    s.spawn(move || table.map.set(slot, inner, 0).map_err(map_err("write", name)))
                 })
                 .collect();
             writes.into_iter().try_for_each(|w| w.join().expect("map update thread"))
-        })?;
-        self.ensure_counters(ifindex)
+        })
+    }
+
+    /// Empties `slot` if it holds the maps `maps` (concurrently, as
+    /// [`Self::register`]), so they are freed; a slot someone filled since
+    /// is left alone.
+    pub fn clear(&mut self, slot: u32, maps: &InnerMaps) -> Result<(), RulesError> {
+        let outer = [
+            (&self.ingress, maps.ingress, MAP_INGRESS_TRIES),
+            (&self.egress, maps.egress, MAP_EGRESS_TRIES),
+            (&self.conntrack, maps.conntrack, MAP_CONNTRACK_TABLES),
+        ];
+        std::thread::scope(|s| {
+            let deletes: Vec<_> = outer
+                .into_iter()
+                .filter(|(table, inner, _)| table.points_at(slot, map_id(inner)))
+                .map(|(table, _, name)| {
+                    s.spawn(move || {
+                        sys::delete_elem(table.fd.as_fd(), slot).map_err(|e| map_err("delete from", name)(e.into()))
+                    })
+                })
+                .collect();
+            deletes.into_iter().try_for_each(|d| d.join().expect("map update thread"))
+        })
     }
 
     /// Gives `ifindex` counters unless it has them (the programs only add
@@ -82,45 +102,66 @@ impl NodeTables {
         Ok(())
     }
 
-    /// Whether `ifindex`'s ingress trie is the map `trie`: the pod was
-    /// registered under this very veth before.
-    pub fn has_trie(&self, ifindex: u32, trie: &MapData) -> bool {
-        self.ingress.points_at(ifindex, map_id(trie))
+    /// Whether `slot` holds exactly `maps`.
+    pub fn holds(&self, slot: u32, maps: &InnerMaps) -> bool {
+        self.ingress.points_at(slot, map_id(maps.ingress))
+            && self.egress.points_at(slot, map_id(maps.egress))
+            && self.conntrack.points_at(slot, map_id(maps.conntrack))
     }
 
-    /// Removes everything keyed by `ifindex`; absent entries are fine.
+    /// The id of the ingress trie at `slot`, if any.
+    pub fn trie_at(&self, slot: u32) -> Option<u32> {
+        self.ingress.id_at(slot)
+    }
+
+    /// Removes `ifindex`'s record and counters: from then on the veth counts
+    /// as no pod's. The record's slot keeps its maps (see [`Self::clear`]).
     pub fn forget(&mut self, ifindex: u32) -> Result<(), RulesError> {
         let gone = |r: Result<(), MapError>, map: &'static str| match r {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(map_err("delete from", map)(e)),
         };
-        // The record first: from then on the veth counts as no pod's.
         gone(self.pods.remove(&ifindex), MAP_POD_TABLE)?;
-        gone(self.ingress.map.remove(&ifindex), MAP_INGRESS_TRIES)?;
-        gone(self.egress.map.remove(&ifindex), MAP_EGRESS_TRIES)?;
-        gone(self.conntrack.map.remove(&ifindex), MAP_CONNTRACK_TABLES)?;
         gone(self.counters.remove(&ifindex), MAP_COUNTERS)
     }
 
-    /// Every ifindex whose ingress trie is the map `trie`.
-    pub fn ifindexes_of(&self, trie: &MapData) -> Vec<u32> {
-        let id = map_id(trie);
-        self.ifindexes().into_iter().filter(|k| self.ingress.points_at(*k, id)).collect()
+    /// Every pod record: ifindex and slot.
+    pub fn records(&self) -> Vec<(u32, PodRecord)> {
+        self.pods.iter().filter_map(Result::ok).collect()
     }
 
-    /// The ifindexes under which the tables know `pod` (normally one; none
-    /// when it is not registered), found by its pinned trie.
-    pub fn ifindexes_of_pod(&self, layout: &PinLayout, pod: &crate::pod_id::PodId) -> Result<Vec<u32>, RulesError> {
+    /// Every (ifindex, slot) whose record leads to the ingress trie `trie`.
+    pub fn registrations_of(&self, trie: &MapData) -> Vec<(u32, u32)> {
+        let id = map_id(trie);
+        self.records()
+            .into_iter()
+            .filter(|(_, record)| self.ingress.points_at(record.slot, id))
+            .map(|(ifindex, record)| (ifindex, record.slot))
+            .collect()
+    }
+
+    /// Every (ifindex, slot) under which the tables know `pod` (normally
+    /// one; none when it is not registered), found by its pinned trie.
+    pub fn registrations_of_pod(
+        &self,
+        layout: &PinLayout,
+        pod: &crate::pod_id::PodId,
+    ) -> Result<Vec<(u32, u32)>, RulesError> {
         let path = layout.map(pod, na_common::names::MAP_INGRESS);
         let trie =
             MapData::from_pin(&path).map_err(|source| RulesError::Open { path: path.display().to_string(), source })?;
-        Ok(self.ifindexes_of(&trie))
+        Ok(self.registrations_of(&trie))
+    }
+
+    /// The ifindexes under which the tables know `pod`.
+    pub fn ifindexes_of_pod(&self, layout: &PinLayout, pod: &crate::pod_id::PodId) -> Result<Vec<u32>, RulesError> {
+        Ok(self.registrations_of_pod(layout, pod)?.into_iter().map(|(ifindex, _)| ifindex).collect())
     }
 
     /// Every ifindex the tables know a pod by.
     pub fn ifindexes(&self) -> Vec<u32> {
-        self.ingress.map.keys().filter_map(Result::ok).collect()
+        self.pods.keys().filter_map(Result::ok).collect()
     }
 
     /// A pod's per-CPU counters.
@@ -136,33 +177,35 @@ fn map_id(map: &MapData) -> Option<u32> {
     map.info().map(|i| i.id()).map_err(|e| tracing::warn!("reading a pod map's id: {e}")).ok()
 }
 
-/// A map of maps: aya's handle writes it, and a descriptor of its own reads
-/// which inner map a key holds (by id, as [`sys::inner_map_id`] explains).
+/// An array of maps: aya's handle writes it, and a descriptor of its own
+/// reads which inner map a slot holds (by id, as [`sys::inner_map_id`]
+/// explains) and empties slots (aya 0.14 has no delete for it).
 struct Outer {
-    map: HashOfMaps<MapData, u32>,
+    map: ArrayOfMaps<MapData>,
     fd: OwnedFd,
 }
 
 impl Outer {
-    /// Whether the entry under `ifindex` is the map with id `inner`. An
-    /// error other than a missing entry is logged: read as "no" silently,
-    /// it would leave stale entries behind unnoticed (as reading through
-    /// aya, which needs CAP_SYS_ADMIN, once did).
-    fn points_at(&self, ifindex: u32, inner: Option<u32>) -> bool {
-        match sys::inner_map_id(self.fd.as_fd(), ifindex) {
-            Ok(found) => found.is_some() && found == inner,
-            Err(e) => {
-                tracing::warn!(ifindex, "reading a map of maps: {e}");
-                false
-            }
-        }
+    /// The id of the map at `slot`. An error other than an empty slot is
+    /// logged: read as "none" silently, it would leave stale entries behind
+    /// unnoticed (as reading through aya, which needs CAP_SYS_ADMIN, once did).
+    fn id_at(&self, slot: u32) -> Option<u32> {
+        sys::inner_map_id(self.fd.as_fd(), slot)
+            .map_err(|e| tracing::warn!(slot, "reading a map of maps: {e}"))
+            .ok()
+            .flatten()
+    }
+
+    /// Whether the map at `slot` is the one with id `inner`.
+    fn points_at(&self, slot: u32, inner: Option<u32>) -> bool {
+        inner.is_some() && self.id_at(slot) == inner
     }
 
     fn open(path: &std::path::Path) -> Result<Self, RulesError> {
         let open = |source| RulesError::Open { path: path.display().to_string(), source };
         let data = MapData::from_pin(path).map_err(open)?;
         let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| open(MapError::IoError(e)))?;
-        let map = HashOfMaps::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)?;
+        let map = ArrayOfMaps::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)?;
         Ok(Self { map, fd })
     }
 }
