@@ -72,8 +72,8 @@ pub struct Args {
     /// Pod slots kept ready: maps made and registered in the node's arrays
     /// of maps before a pod needs them (each registration waits for an RCU
     /// grace period, 8-30 ms), so a new pod's start waits for none. Each
-    /// costs three empty maps (a few KiB). 0 makes each pod's slot when it
-    /// starts.
+    /// costs what an idle pod's maps do (about 130 KiB, mostly the conntrack
+    /// table's hash buckets). 0 makes each pod's slot when it starts.
     #[arg(long, default_value_t = 8, env = "NA_SPARE_SLOTS")]
     pub spare_slots: usize,
     /// Written after every reconcile: the attached pods and what each rule id

@@ -224,6 +224,11 @@ impl Datapath {
         self.flows_per_pod
     }
 
+    /// How many spare slots are ready now.
+    pub fn spare_slots(&self) -> Result<usize, DatapathError> {
+        Ok(self.slots.spares()?.len())
+    }
+
     /// The node's programs, adopted from their pins or loaded now.
     pub fn programs(&self) -> Result<MutexGuard<'_, Option<Programs>>, DatapathError> {
         let mut programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());

@@ -172,8 +172,9 @@ impl Slots {
     fn send(&self, job: Job) {
         let sender = self.worker.get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Job>();
-            let slots = self.clone();
-            // The thread ends when every handle sharing this sender is gone.
+            // Without the sender: the thread ends when every handle sharing
+            // it is gone.
+            let slots = Self { worker: Arc::default(), ..self.clone() };
             std::thread::Builder::new()
                 .name("na-pod-slots".into())
                 .spawn(move || {
