@@ -198,7 +198,8 @@ fn shared_map_memory_kib(env: &Env) -> Result<u64> {
 /// Kernel memory charged to the spare slots' maps (the agent's default count).
 fn spare_map_memory_kib(env: &Env) -> Result<u64> {
     let layout = env.dp.layout();
-    let pins: Vec<_> = std::fs::read_dir(layout.spares_dir())?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let pins: Vec<_> =
+        std::fs::read_dir(layout.spares_dir())?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     Ok(memlock_bytes(&pins)? / 1024)
 }
 

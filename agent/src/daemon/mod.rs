@@ -345,7 +345,7 @@ impl Daemon {
     /// reconciler; what could not be read keeps its last good version.
     fn reload(&mut self) {
         let Some(dir) = &self.manifests else { return };
-        let mut loaded = manifests::keep_last_good(&self.snapshot, manifests::load_dir(dir));
+        let mut loaded = manifests::keep_last_good(&self.snapshot, manifests::load_dir_after(dir, &self.snapshot));
         self.status.errors.clear();
         for e in std::mem::take(&mut loaded.errors) {
             error!("{e} (the object keeps its last good version, if it had one)");

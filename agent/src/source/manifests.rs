@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::{Event, Kind, Object, ObjectKey};
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{file}: document {document}: {reason}")]
 pub struct ManifestError {
     pub file: String,
@@ -45,6 +45,23 @@ pub struct Loaded {
     /// directory can compute it too and so tell when the agent has applied
     /// what it wrote.
     pub revision: String,
+    /// Files this read parsed: the others were unchanged since the read it
+    /// followed.
+    pub parsed: usize,
+    /// What each file gave this read, for the next one.
+    memo: BTreeMap<String, FileMemo>,
+}
+
+/// What one file gave a read: the next read takes an unchanged file's
+/// objects from that read's result instead of parsing it again (parsing
+/// is most of a read: 20 ms for a thousand pods).
+#[derive(Clone, Debug)]
+struct FileMemo {
+    digest: [u8; 20],
+    keys: Vec<ObjectKey>,
+    errors: Vec<ManifestError>,
+    broken: bool,
+    invalid: BTreeSet<ObjectKey>,
 }
 
 /// Objects a read could not see, though they may still be there.
@@ -79,6 +96,12 @@ pub fn keep_last_good(previous: &Loaded, mut loaded: Loaded) -> Loaded {
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursing).
 pub fn load_dir(dir: &Path) -> Loaded {
+    load_dir_after(dir, &Loaded::default())
+}
+
+/// [`load_dir`], parsing only the files that changed since `previous` (a
+/// read of the same directory, after [`keep_last_good`]).
+pub fn load_dir_after(dir: &Path, previous: &Loaded) -> Loaded {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_manifest(p)).collect(),
         Err(e) => {
@@ -99,7 +122,12 @@ pub fn load_dir(dir: &Path) -> Loaded {
                 digest.update(base.as_bytes());
                 digest.update((text.len() as u64).to_le_bytes());
                 digest.update(text.as_bytes());
-                parse_into(&name, &text, &mut loaded);
+                let file_digest: [u8; 20] = Sha1::digest(text.as_bytes()).into();
+                let memo = previous.memo.get(&name).filter(|m| m.digest == file_digest);
+                match memo.and_then(|m| replay(&name, m, previous, &mut loaded)) {
+                    Some(()) => {}
+                    None => parse_file(&name, &text, file_digest, &mut loaded),
+                }
             }
             Err(e) => {
                 loaded.unreadable.files.insert(name.clone());
@@ -109,6 +137,48 @@ pub fn load_dir(dir: &Path) -> Loaded {
     }
     loaded.revision = hex::encode(digest.finalize());
     loaded
+}
+
+/// Adds to `loaded` what `file`, unchanged, gave the read `previous`; None
+/// (nothing added) when that read has not all of it (another file's object
+/// took one of its keys).
+fn replay(file: &str, memo: &FileMemo, previous: &Loaded, loaded: &mut Loaded) -> Option<()> {
+    let objects: Vec<(&ObjectKey, &Object)> = memo
+        .keys
+        .iter()
+        .map(|key| previous.origins.get(key).filter(|o| *o == file).and(previous.objects.get(key)).map(|o| (key, o)))
+        .collect::<Option<_>>()?;
+    for (key, object) in objects {
+        loaded.origins.insert(key.clone(), file.to_owned());
+        loaded.objects.insert(key.clone(), object.clone());
+    }
+    loaded.errors.extend(memo.errors.iter().cloned());
+    if memo.broken {
+        loaded.unreadable.files.insert(file.to_owned());
+    }
+    loaded.unreadable.objects.extend(memo.invalid.iter().cloned());
+    loaded.memo.insert(file.to_owned(), memo.clone());
+    Some(())
+}
+
+/// Parses `file` into `loaded` and remembers what it gave.
+fn parse_file(file: &str, text: &str, digest: [u8; 20], loaded: &mut Loaded) {
+    let mut one = Loaded::default();
+    parse_into(file, text, &mut one);
+    let memo = FileMemo {
+        digest,
+        keys: one.objects.keys().cloned().collect(),
+        errors: one.errors.clone(),
+        broken: one.unreadable.files.contains(file),
+        invalid: one.unreadable.objects.clone(),
+    };
+    loaded.objects.append(&mut one.objects);
+    loaded.origins.append(&mut one.origins);
+    loaded.errors.append(&mut one.errors);
+    loaded.unreadable.files.append(&mut one.unreadable.files);
+    loaded.unreadable.objects.append(&mut one.unreadable.objects);
+    loaded.memo.insert(file.to_owned(), memo);
+    loaded.parsed += 1;
 }
 
 fn is_manifest(p: &Path) -> bool {
@@ -382,6 +452,101 @@ mod tests {
         assert_eq!(s.len(), 1);
         let (_, e) = parse(&POD.replace("spec:", "spce:"));
         assert_eq!(e[0].reason, "v1 Pod: unknown field spce");
+    }
+
+    #[test]
+    fn a_read_after_another_parses_only_changed_files_and_sees_what_a_fresh_read_sees() {
+        let dir = std::env::temp_dir().join(format!("na-manifests-memo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let other = POD.replace("name: a,", "name: b,");
+        let invalid = POD.replace("spec:", "spce:").replace("name: a,", "name: c,");
+        // Each step's files; every read follows the previous step's.
+        let steps: [&[(&str, &str)]; 7] = [
+            &[("1.yaml", POD), ("2.yaml", POLICY)],
+            // One file changes.
+            &[
+                (
+                    "1.yaml",
+                    &format!(
+                        "{POD}---
+{other}"
+                    ),
+                ),
+                ("2.yaml", POLICY),
+            ],
+            // A later file takes a key of an unchanged earlier one, then lets it go.
+            &[
+                (
+                    "1.yaml",
+                    &format!(
+                        "{POD}---
+{other}"
+                    ),
+                ),
+                (
+                    "2.yaml",
+                    &format!(
+                        "{POLICY}---
+{}",
+                        POD.replace("app: a", "app: z")
+                    ),
+                ),
+            ],
+            &[
+                (
+                    "1.yaml",
+                    &format!(
+                        "{POD}---
+{other}"
+                    ),
+                ),
+                ("2.yaml", POLICY),
+            ],
+            // Broken YAML and an invalid document in a file that then stays as it is.
+            &[
+                (
+                    "1.yaml",
+                    &format!(
+                        "{POD}---
+{invalid}---
+kind: ["
+                    ),
+                ),
+                ("2.yaml", POLICY),
+            ],
+            &[
+                (
+                    "1.yaml",
+                    &format!(
+                        "{POD}---
+{invalid}---
+kind: ["
+                    ),
+                ),
+                ("2.yaml", POLICY),
+                ("3.yaml", &other),
+            ],
+            &[("2.yaml", POLICY)],
+        ];
+        let mut held = Loaded::default();
+        let mut parsed = Vec::new();
+        for files in steps {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                std::fs::remove_file(entry.unwrap().path()).unwrap();
+            }
+            for (name, text) in files {
+                std::fs::write(dir.join(name), text).unwrap();
+            }
+            let fresh = keep_last_good(&held, load_dir(&dir));
+            let after = keep_last_good(&held, load_dir_after(&dir, &held));
+            assert_eq!(after.objects, fresh.objects, "{files:?}");
+            assert_eq!(after.origins, fresh.origins, "{files:?}");
+            assert_eq!(after.errors, fresh.errors, "{files:?}");
+            parsed.push(after.parsed);
+            held = after;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(parsed, [2, 1, 1, 2, 1, 1, 0]);
     }
 
     #[test]
