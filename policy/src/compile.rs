@@ -1,6 +1,7 @@
 //! The compiler: holds the cluster, knows which local pods a change touches,
 //! and turns a pod's selecting policies into its [`PodRules`].
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
@@ -54,7 +55,8 @@ pub struct Compiler {
     options: CompileOptions,
     namespaces: HashMap<String, Labels>,
     pods: BTreeMap<ObjectRef, PodInfo>,
-    pods_by_namespace: BTreeMap<String, BTreeSet<ObjectRef>>,
+    /// How many known pods each namespace has (those with none are left out).
+    pods_per_namespace: BTreeMap<String, usize>,
     policies: BTreeMap<ObjectRef, Policy>,
     invalid: BTreeMap<ObjectRef, PolicyError>,
     attributions: Attributions,
@@ -123,7 +125,7 @@ impl Compiler {
     }
 
     fn set_namespace_labels(&mut self, name: String, labels: Labels) {
-        let old = self.namespace_labels(&name);
+        let old = self.namespace_labels(&name).into_owned();
         if old == labels {
             self.namespaces.insert(name, labels);
             return;
@@ -147,8 +149,11 @@ impl Compiler {
         }
     }
 
-    fn namespace_labels(&self, name: &str) -> Labels {
-        self.namespaces.get(name).cloned().unwrap_or_else(|| cluster::implicit_namespace_labels(name))
+    fn namespace_labels(&self, name: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(labels) => Cow::Borrowed(labels),
+            None => Cow::Owned(cluster::implicit_namespace_labels(name)),
+        }
     }
 
     pub fn upsert_pod(&mut self, pod: &Pod) {
@@ -212,13 +217,18 @@ impl Compiler {
         };
         match new {
             Some(info) => {
-                self.pods_by_namespace.entry(key.namespace.clone()).or_default().insert(key.clone());
-                self.pods.insert(key.clone(), info);
+                if self.pods.insert(key.clone(), info).is_none() {
+                    *self.pods_per_namespace.entry(key.namespace.clone()).or_default() += 1;
+                }
             }
             None => {
-                self.pods.remove(&key);
-                if let Some(set) = self.pods_by_namespace.get_mut(&key.namespace) {
-                    set.remove(&key);
+                if self.pods.remove(&key).is_some()
+                    && let Some(count) = self.pods_per_namespace.get_mut(&key.namespace)
+                {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.pods_per_namespace.remove(&key.namespace);
+                    }
                 }
             }
         }
@@ -266,11 +276,7 @@ impl Compiler {
     fn mark_selected_by(&mut self, policy: &ObjectRef) {
         let Some(pol) = self.policies.get(policy) else { return };
         let selected: Vec<ObjectRef> = self
-            .pods_by_namespace
-            .get(&policy.namespace)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.pods.get(k))
+            .pods_in(&policy.namespace)
             .filter(|p| self.is_local(p) && pol.pod_selector.matches(&p.labels))
             .map(|p| p.key.clone())
             .collect();
@@ -515,14 +521,20 @@ impl Compiler {
         namespaces: Option<&'a crate::selector::Selector>,
         pods: &'a crate::selector::Selector,
     ) -> impl Iterator<Item = &'a PodInfo> + 'a {
-        self.pods_by_namespace
-            .iter()
-            .filter(move |(ns, _)| match namespaces {
+        self.pods_per_namespace
+            .keys()
+            .filter(move |ns| match namespaces {
                 None => ns.as_str() == policy_namespace,
                 Some(sel) => sel.matches(&self.namespace_labels(ns)),
             })
-            .flat_map(|(_, keys)| keys.iter().filter_map(|k| self.pods.get(k)))
+            .flat_map(|ns| self.pods_in(ns))
             .filter(move |p| p.is_peer() && pods.matches(&p.labels))
+    }
+
+    /// The known pods of namespace `ns`: a range of `pods`, which orders by
+    /// namespace first (a lookup per pod was most of a compile).
+    fn pods_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods.range(ObjectRef::new(ns, "")..).take_while(move |(k, _)| k.namespace == ns).map(|(_, p)| p)
     }
 }
 
