@@ -184,6 +184,11 @@ impl Datapath {
     /// pod's slot when it starts.
     pub fn with_spare_slots(mut self, spares: usize) -> Self {
         self.slots = Slots::new(self.layout.clone(), self.flows_per_pod, spares);
+        // Loaded already (a clone of a handle that loaded them): no load
+        // will start the refill.
+        if self.programs.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            self.slots.wake_refill();
+        }
         self
     }
 
