@@ -351,7 +351,7 @@ impl Daemon {
             error!("{e} (the object keeps its last good version, if it had one)");
             self.status.record_error(e.to_string());
         }
-        for event in manifests::diff(&self.snapshot.objects, &loaded.objects) {
+        for event in manifests::diff(&self.snapshot.objects, &mut loaded.objects) {
             self.apply_update(Update::Event(event));
         }
         self.status.revision = std::mem::take(&mut loaded.revision);

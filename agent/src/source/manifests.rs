@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::Deserialize;
@@ -29,14 +30,26 @@ pub struct ManifestError {
 }
 
 /// Everything a directory holds, by key (a later file wins on duplicates).
-pub type Snapshot = BTreeMap<ObjectKey, Object>;
+pub type Snapshot = BTreeMap<ObjectKey, Entry>;
+
+/// One object of a read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The file it came from.
+    pub file: Arc<str>,
+    /// Of the document as parsed (its JSON form, keys sorted): equal
+    /// digests, same object.
+    pub digest: [u8; 20],
+    /// The object, when this read parsed it; between reads the agent keeps
+    /// only the file and digest (the compiler holds what policy needs; whole
+    /// API objects were some 4.6 KB each).
+    pub object: Option<Object>,
+}
 
 /// One read of the directory.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub objects: Snapshot,
-    /// The file each object came from.
-    pub origins: BTreeMap<ObjectKey, String>,
     /// Bad documents, reported and skipped.
     pub errors: Vec<ManifestError>,
     /// What this read could not vouch for: see [`keep_last_good`].
@@ -79,16 +92,12 @@ pub struct Unreadable {
 /// `loaded`, with the last good version (from `previous`) of every object it
 /// could not read.
 pub fn keep_last_good(previous: &Loaded, mut loaded: Loaded) -> Loaded {
-    for (key, object) in &previous.objects {
-        let origin = previous.origins.get(key);
+    for (key, entry) in &previous.objects {
         let unseen = loaded.unreadable.all
             || loaded.unreadable.objects.contains(key)
-            || origin.is_some_and(|f| loaded.unreadable.files.contains(f));
+            || loaded.unreadable.files.contains(&*entry.file);
         if unseen && !loaded.objects.contains_key(key) {
-            loaded.objects.insert(key.clone(), object.clone());
-            if let Some(origin) = origin {
-                loaded.origins.insert(key.clone(), origin.clone());
-            }
+            loaded.objects.insert(key.clone(), entry.clone());
         }
     }
     loaded
@@ -143,14 +152,13 @@ pub fn load_dir_after(dir: &Path, previous: &Loaded) -> Loaded {
 /// (nothing added) when that read has not all of it (another file's object
 /// took one of its keys).
 fn replay(file: &str, memo: &FileMemo, previous: &Loaded, loaded: &mut Loaded) -> Option<()> {
-    let objects: Vec<(&ObjectKey, &Object)> = memo
+    let entries: Vec<(&ObjectKey, &Entry)> = memo
         .keys
         .iter()
-        .map(|key| previous.origins.get(key).filter(|o| *o == file).and(previous.objects.get(key)).map(|o| (key, o)))
+        .map(|key| previous.objects.get(key).filter(|e| &*e.file == file).map(|e| (key, e)))
         .collect::<Option<_>>()?;
-    for (key, object) in objects {
-        loaded.origins.insert(key.clone(), file.to_owned());
-        loaded.objects.insert(key.clone(), object.clone());
+    for (key, entry) in entries {
+        loaded.objects.insert(key.clone(), entry.clone());
     }
     loaded.errors.extend(memo.errors.iter().cloned());
     if memo.broken {
@@ -173,7 +181,6 @@ fn parse_file(file: &str, text: &str, digest: [u8; 20], loaded: &mut Loaded) {
         invalid: one.unreadable.objects.clone(),
     };
     loaded.objects.append(&mut one.objects);
-    loaded.origins.append(&mut one.origins);
     loaded.errors.append(&mut one.errors);
     loaded.unreadable.files.append(&mut one.unreadable.files);
     loaded.unreadable.objects.append(&mut one.unreadable.objects);
@@ -195,6 +202,7 @@ pub fn is_manifest_name(p: &Path) -> bool {
 
 /// Parses the documents of one file (JSON is YAML too) into `loaded`.
 pub fn parse_into(file: &str, text: &str, loaded: &mut Loaded) {
+    let origin: Arc<str> = file.into();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let err = |reason: String| ManifestError { file: file.to_owned(), document: i + 1, reason };
         let value = match serde_json::Value::deserialize(doc) {
@@ -214,11 +222,11 @@ pub fn parse_into(file: &str, text: &str, loaded: &mut Loaded) {
         };
         for (at, value) in items {
             let named = raw_key(&value);
+            let digest = Sha1::digest(value.to_string().as_bytes()).into();
             match object(value) {
                 Ok(Some(obj)) => match obj.key() {
                     Some(key) => {
-                        loaded.origins.insert(key.clone(), file.to_owned());
-                        loaded.objects.insert(key, obj);
+                        loaded.objects.insert(key, Entry { file: origin.clone(), digest, object: Some(obj) });
                     }
                     None => loaded.errors.push(err(format!("{at}metadata.name missing"))),
                 },
@@ -322,11 +330,20 @@ pub fn unknown_fields(given: &serde_json::Value, known: &serde_json::Value) -> V
     out
 }
 
-/// The events that turn `old` into `new`.
-pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Event> {
+/// The events that turn `old` into `new`, which gives its objects to them:
+/// what `new` no longer holds is deleted, what it parsed differently from
+/// `old` is applied. `new` keeps what the next read needs, files and
+/// digests; the compiler holds the objects from then on.
+pub fn diff(old: &Snapshot, new: &mut Snapshot) -> Vec<Event> {
     let mut events: Vec<Event> =
         old.keys().filter(|k| !new.contains_key(k)).map(|k| Event::Deleted(k.clone())).collect();
-    events.extend(new.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(_, v)| Event::Applied(v.clone())));
+    for (key, entry) in new.iter_mut() {
+        if let Some(object) = entry.object.take()
+            && old.get(key).map(|o| o.digest) != Some(entry.digest)
+        {
+            events.push(Event::Applied(object));
+        }
+    }
     events
 }
 
@@ -529,7 +546,7 @@ kind: ["
             &[("2.yaml", POLICY)],
         ];
         let mut held = Loaded::default();
-        let mut parsed = Vec::new();
+        let (mut parsed, mut events) = (Vec::new(), Vec::new());
         for files in steps {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 std::fs::remove_file(entry.unwrap().path()).unwrap();
@@ -537,16 +554,19 @@ kind: ["
             for (name, text) in files {
                 std::fs::write(dir.join(name), text).unwrap();
             }
-            let fresh = keep_last_good(&held, load_dir(&dir));
-            let after = keep_last_good(&held, load_dir_after(&dir, &held));
+            let mut fresh = keep_last_good(&held, load_dir(&dir));
+            let mut after = keep_last_good(&held, load_dir_after(&dir, &held));
+            let changes = diff(&held.objects, &mut fresh.objects);
+            assert_eq!(diff(&held.objects, &mut after.objects), changes, "{files:?}");
             assert_eq!(after.objects, fresh.objects, "{files:?}");
-            assert_eq!(after.origins, fresh.origins, "{files:?}");
             assert_eq!(after.errors, fresh.errors, "{files:?}");
             parsed.push(after.parsed);
+            events.push(changes.len());
             held = after;
         }
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(parsed, [2, 1, 1, 2, 1, 1, 0]);
+        assert_eq!(events, [2, 1, 1, 1, 0, 0, 2], "events of each step");
     }
 
     #[test]
@@ -572,11 +592,17 @@ kind: ["
     #[test]
     fn diff_yields_deletions_and_changes_only() {
         let (old, _) = parse(POD);
-        let (new, _) = parse(&POD.replace("app: a", "app: b"));
-        let events = diff(&old, &new);
+        let (mut new, _) = parse(&POD.replace("app: a", "app: b"));
+        let held = new.clone();
+        let events = diff(&old, &mut new);
         assert!(matches!(events.as_slice(), [Event::Applied(Object::Pod(_))]));
-        assert!(diff(&new, &new).is_empty());
-        let gone = diff(&new, &Snapshot::new());
+        assert!(new.values().all(|e| e.object.is_none()), "the objects went into the events");
+        // Parsed again, the same object is no change; the same text in
+        // another layout neither.
+        assert!(diff(&new, &mut held.clone()).is_empty());
+        let (mut reflowed, _) = parse(&POD.replace("app: a", "app: b").replace("{name: a, ", "{ name: a,  "));
+        assert!(diff(&held, &mut reflowed).is_empty());
+        let gone = diff(&new, &mut Snapshot::new());
         assert!(matches!(gone.as_slice(), [Event::Deleted(ObjectKey { kind: Kind::Pod, .. })]));
     }
 }
