@@ -31,6 +31,8 @@ use crate::{
 const LOCAL_PODS: usize = 110;
 /// Pods timed through a load, attach and detach before the agent starts.
 const TIMED_ATTACHES: usize = 20;
+/// Pods on the node whose veths never appear.
+const PENDING_PODS: usize = 50;
 /// The agent's default `--spare-slots`.
 const SPARE_SLOTS: usize = 8;
 
@@ -86,13 +88,15 @@ pub fn run(full: bool) -> Result<Figures> {
 
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
-    write_cluster(&env, &manifests, &local);
+    write_cluster(&env, &manifests, &local, true);
     let (agent, took) = start_agent(&env, &manifests, &status_file)?;
     f.insert("startup_110_pods_ms".into(), json!(stats::round(took.as_secs_f64() * 1e3, 0)));
     let pid = agent.pid();
     f.insert("agent_startup_cpu_s".into(), json!(stats::round(cpu_seconds(pid)?, 2)));
     // The programs verified above are this agent's version: it adopts them.
     f.insert("startup_programs".into(), status(&status_file)["programs"]["origin"].clone());
+    let pending = status(&status_file)["pending"].as_array().map_or(0, Vec::len);
+    ensure!(pending == PENDING_PODS, "{pending} pods pending, not {PENDING_PODS}");
     let mut pods_kib = 0;
     for (ns, name) in &local {
         pods_kib += map_memory_kib(&env, &PodId::new(ns, name))?;
@@ -104,7 +108,8 @@ pub fn run(full: bool) -> Result<Figures> {
     let all_kib = pods_kib + shared_kib + spares_kib;
     f.insert("map_memory_110_pods_mib".into(), json!(stats::round(all_kib as f64 / 1024.0, 1)));
     std::thread::sleep(Duration::from_secs(2));
-    f.insert("agent_rss_mib".into(), json!(stats::round(proc_status_kib(pid, "VmRSS")? / 1024.0, 1)));
+    let rss_kib = proc_status_kib(pid, "VmRSS")?;
+    f.insert("agent_rss_mib".into(), json!(stats::round(rss_kib / 1024.0, 1)));
     f.insert("agent_peak_rss_mib".into(), json!(stats::round(proc_status_kib(pid, "VmHWM")? / 1024.0, 1)));
     let before = cpu_seconds(pid)?;
     std::thread::sleep(idle_window);
@@ -112,7 +117,7 @@ pub fn run(full: bool) -> Result<Figures> {
     f.insert("agent_idle_cpu_percent".into(), json!(stats::round(idle, 2)));
     f.insert(
         "scale".into(),
-        json!({"local_pods": LOCAL_PODS, "cluster_pods": NAMESPACES * PODS_PER_NAMESPACE,
+        json!({"local_pods": LOCAL_PODS, "pending_pods": PENDING_PODS, "cluster_pods": NAMESPACES * PODS_PER_NAMESPACE,
                "policies": NAMESPACES * POLICIES_PER_NAMESPACE}),
     );
     agent.kill();
@@ -122,6 +127,16 @@ pub fn run(full: bool) -> Result<Figures> {
     let (agent, took) = start_agent(&env, &manifests, &status_file)?;
     f.insert("restart_110_pods_ms".into(), json!(stats::round(took.as_secs_f64() * 1e3, 0)));
     f.insert("agent_restart_cpu_s".into(), json!(stats::round(cpu_seconds(agent.pid())?, 2)));
+    agent.kill();
+    // The same node in a cluster of its own pods only: what the others cost.
+    write_cluster(&env, &manifests, &local, false);
+    let _ = std::fs::remove_file(&status_file);
+    let (agent, _) = start_agent(&env, &manifests, &status_file)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let alone_kib = proc_status_kib(agent.pid(), "VmRSS")?;
+    f.insert("agent_rss_local_pods_only_mib".into(), json!(stats::round(alone_kib / 1024.0, 1)));
+    let others = (NAMESPACES * PODS_PER_NAMESPACE - LOCAL_PODS) as f64;
+    f.insert("bytes_per_cluster_pod".into(), json!(stats::round((rss_kib - alone_kib) * 1024.0 / others, 0)));
     agent.kill();
 
     let (swept, seconds) = sweep_full_table(&env, &local[0])?;
@@ -174,7 +189,9 @@ fn time_attaches(
     Ok(ms)
 }
 
-fn write_cluster(env: &Env, manifests: &Manifests, local: &[(String, String)]) {
+/// The synthetic cluster with `local` pods on the agent's node (and the
+/// pending ones); without `remote`, no pod of other nodes.
+fn write_cluster(env: &Env, manifests: &Manifests, local: &[(String, String)], remote: bool) {
     let namespaces: Vec<Value> = (0..NAMESPACES).map(synthetic::namespace).collect();
     manifests.write("namespaces.yaml", &namespaces);
     let mut pods = Vec::new();
@@ -185,11 +202,20 @@ fn write_cluster(env: &Env, manifests: &Manifests, local: &[(String, String)]) {
                     let p = env.pod(&format!("{}/{}", local[k].0, local[k].1));
                     Placement::Local { node: NODE, ip: p.ip, ip6: p.ip6 }
                 }
-                None => Placement::Remote,
+                None if remote => Placement::Remote,
+                None => continue,
             };
             pods.push(synthetic::pod(ns, i, placement));
         }
     }
+    // Scheduled here, their sandboxes never made: pending, and costing
+    // nothing while nothing changes.
+    pods.extend((0..PENDING_PODS).map(|i| {
+        let (ip, ip6) = (std::net::Ipv4Addr::new(10, 254, 0, i as u8), format!("fd00:254::{i:x}").parse().unwrap());
+        let mut pod = synthetic::pod(0, i, Placement::Local { node: NODE, ip, ip6 });
+        pod["metadata"]["name"] = json!(format!("pending-{i}"));
+        pod
+    }));
     manifests.write("pods.yaml", &pods);
     let policies: Vec<Value> =
         (0..NAMESPACES).flat_map(|ns| (0..POLICIES_PER_NAMESPACE).map(move |i| synthetic::policy(ns, i))).collect();

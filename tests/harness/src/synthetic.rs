@@ -16,8 +16,9 @@ pub fn namespace(ns: usize) -> Value {
                         "labels": {"team": format!("t{}", ns % 7), "env": if ns.is_multiple_of(3) { "prod" } else { "dev" }}}})
 }
 
-/// Where a pod runs and its addresses; remote pods get addresses from 10/8
-/// and fd00::/64 by their number.
+/// Where a pod runs and its addresses; remote pods run on `remote-<k>`
+/// (never a node a benchmark's agent is on) and get addresses from 10/8 and
+/// fd00::/64 by their number.
 pub enum Placement<'a> {
     Remote,
     Local { node: &'a str, ip: Ipv4Addr, ip6: Ipv6Addr },
@@ -28,7 +29,7 @@ pub fn pod(ns: usize, i: usize, placement: Placement) -> Value {
     let n = ns * PODS_PER_NAMESPACE + i;
     let (node, ip, ip6) = match placement {
         Placement::Remote => (
-            format!("node-{}", 1 + n % 40),
+            format!("remote-{}", n % 40),
             format!("10.{}.{}.{}", n / 65536, (n / 256) % 256, n % 256),
             format!("fd00::{:x}", n + 1),
         ),
