@@ -57,8 +57,65 @@ pub struct SyncReport {
     pub detached: Vec<String>,
     /// Local pods whose veth is not there yet; retried.
     pub pending: Vec<String>,
-    /// Pods left as they were, with why.
-    pub errors: Vec<String>,
+    /// What failed, with why.
+    pub errors: Vec<ReconcileError>,
+}
+
+/// One failure of a sync: its kind (for metrics) and the whole story (for
+/// the log and the status file).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReconcileError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What a reconcile error was about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A pod's policies did not compile (too many rules or prefixes for its
+    /// maps): it is enforced closed, admitting only the node.
+    Compile,
+    /// A new pod's maps or programs could not be loaded or attached: it
+    /// stays as it was (unenforced, or blocked in strict mode), retried.
+    Attach,
+    /// An attached pod's new rules could not be written: its last rules
+    /// stay, retried.
+    Update,
+    /// A removed pod's programs or pins could not be removed.
+    Detach,
+    /// The node's Service frontends could not be written.
+    Services,
+    /// State a previous agent left (pods gone, older programs) could not be
+    /// cleaned up.
+    Cleanup,
+}
+
+impl ErrorKind {
+    pub const ALL: [Self; 6] = [Self::Compile, Self::Attach, Self::Update, Self::Detach, Self::Services, Self::Cleanup];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Compile => "compile",
+            Self::Attach => "attach",
+            Self::Update => "update",
+            Self::Detach => "detach",
+            Self::Services => "services",
+            Self::Cleanup => "cleanup",
+        }
+    }
+}
+
+impl SyncReport {
+    fn error(&mut self, kind: ErrorKind, message: impl std::fmt::Display) {
+        self.errors.push(ReconcileError { kind, message: message.to_string() });
+    }
 }
 
 pub struct Reconciler {
@@ -229,7 +286,7 @@ impl Reconciler {
             let frontends = self.services.frontends(&self.compiler.options().node_ips);
             match self.datapath.set_services(&frontends) {
                 Ok(_) => self.services_dirty = false,
-                Err(e) => report.errors.push(format!("Service frontends: {e}")),
+                Err(e) => report.error(ErrorKind::Services, format!("Service frontends: {e}")),
             }
         }
         let mut todo = self.compiler.take_dirty();
@@ -248,7 +305,7 @@ impl Reconciler {
                 Ok(rules) => new.extend(self.converge(key, rules, &mut report)),
                 Err(CompileError::UnknownPod(_)) if self.assumed.contains(&key) => {
                     let rules = self.compiler.compile_unknown(&key).unwrap_or_else(|e| {
-                        report.errors.push(e.to_string());
+                        report.error(ErrorKind::Compile, e);
                         self.compiler.fail_closed(&key)
                     });
                     new.extend(self.converge(key, rules, &mut report));
@@ -257,7 +314,7 @@ impl Reconciler {
                 // alone. The pod is compiled again whenever something it
                 // depends on changes.
                 Err(e) => {
-                    report.errors.push(e.to_string());
+                    report.error(ErrorKind::Compile, e);
                     let closed = self.compiler.fail_closed(&key);
                     new.extend(self.converge(key, closed, &mut report));
                 }
@@ -304,7 +361,7 @@ impl Reconciler {
                         self.attached.insert(p.key.clone(), a);
                     }
                     Err(e) => {
-                        report.errors.push(format!("pod {}: {e}", p.key));
+                        report.error(ErrorKind::Attach, format!("pod {}: {e}", p.key));
                         self.failed.insert(p.key.clone());
                     }
                 }
@@ -336,7 +393,7 @@ impl Reconciler {
                         report.updated.push(key.to_string());
                     }
                     Err(e) => {
-                        report.errors.push(format!("pod {key}: {e}"));
+                        report.error(ErrorKind::Update, format!("pod {key}: {e}"));
                         self.failed.insert(key);
                     }
                 }
@@ -443,8 +500,8 @@ impl Reconciler {
 
     fn why_not_attached(&self, key: &ObjectRef, report: &SyncReport) -> String {
         let prefix = format!("pod {key}:");
-        if let Some(e) = report.errors.iter().find(|e| e.starts_with(&prefix)) {
-            return e.clone();
+        if let Some(e) = report.errors.iter().find(|e| e.message.starts_with(&prefix)) {
+            return e.message.clone();
         }
         if self.pending.contains(key) {
             return format!(
@@ -525,7 +582,7 @@ impl Reconciler {
         match self.datapath.detach_pod(&id, veth.as_deref()) {
             Ok(()) if veth.is_some() => report.detached.push(key.to_string()),
             Ok(()) => {}
-            Err(e) => report.errors.push(format!("pod {key}: {e}")),
+            Err(e) => report.error(ErrorKind::Detach, format!("pod {key}: {e}")),
         }
     }
 
@@ -539,16 +596,16 @@ impl Reconciler {
             .collect();
         let pinned = match crate::datapath::inventory::pinned_pods(self.datapath.layout()) {
             Ok(pinned) => pinned,
-            Err(e) => return report.errors.push(format!("reading pinned pods: {e}")),
+            Err(e) => return report.error(ErrorKind::Cleanup, format!("reading pinned pods: {e}")),
         };
         for pod in pinned.into_iter().filter(|id| !keep.contains(id)) {
             match self.datapath.detach_pod(&pod, None) {
                 Ok(()) => report.detached.push(pod.to_string()),
-                Err(e) => report.errors.push(format!("orphaned pod state {pod}: {e}")),
+                Err(e) => report.error(ErrorKind::Cleanup, format!("orphaned pod state {pod}: {e}")),
             }
         }
         if let Err(e) = self.datapath.remove_stale_programs() {
-            report.errors.push(format!("removing programs of older versions: {e}"));
+            report.error(ErrorKind::Cleanup, format!("removing programs of older versions: {e}"));
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::{
 use crate::{
     bpffs::PinLayout,
     datapath::{NodeTables, counters},
+    reconcile::ErrorKind,
 };
 
 /// Upper bounds of the latency histograms, in seconds.
@@ -82,7 +83,8 @@ pub struct Telemetry {
     pub ready: bool,
     /// Attached pods with the ifindex their counters are kept under.
     pub pods: Vec<(ObjectRef, u32)>,
-    pub reconcile_errors: u64,
+    /// Reconcile errors by kind, in [`ErrorKind::ALL`]'s order.
+    reconcile_errors: [u64; ErrorKind::ALL.len()],
     /// Watch failures (each retried with backoff, relisting after a 410).
     pub watch_errors: u64,
     programming: Histogram,
@@ -96,7 +98,7 @@ impl Telemetry {
             layout,
             ready: false,
             pods: Vec::new(),
-            reconcile_errors: 0,
+            reconcile_errors: [0; ErrorKind::ALL.len()],
             watch_errors: 0,
             programming: Histogram::default(),
             cni_add: Histogram::default(),
@@ -107,6 +109,10 @@ impl Telemetry {
     /// Records the time from an object change to its maps being written.
     pub fn observe_programming(&mut self, d: Duration) {
         self.programming.observe(d);
+    }
+
+    pub fn observe_reconcile_error(&mut self, kind: ErrorKind) {
+        self.reconcile_errors[kind as usize] += 1;
     }
 
     /// Records a CNI ADD: how it ended and how long the agent took to answer.
@@ -120,9 +126,11 @@ impl Telemetry {
         let mut s = String::new();
         s.push_str("# HELP na_pods_enforced Local pods with programs attached.\n# TYPE na_pods_enforced gauge\n");
         let _ = writeln!(s, "na_pods_enforced {}", self.pods.len());
-        s.push_str("# HELP na_reconcile_errors_total Pods left as they were because writing them failed.\n");
+        s.push_str("# HELP na_reconcile_errors_total Reconcile failures, by kind (retried every 2 s).\n");
         s.push_str("# TYPE na_reconcile_errors_total counter\n");
-        let _ = writeln!(s, "na_reconcile_errors_total {}", self.reconcile_errors);
+        for (kind, n) in ErrorKind::ALL.iter().zip(self.reconcile_errors) {
+            let _ = writeln!(s, "na_reconcile_errors_total{{kind=\"{}\"}} {n}", kind.label());
+        }
         s.push_str(
             "# HELP na_watch_errors_total API watch failures, each retried.\n# TYPE na_watch_errors_total counter\n",
         );
@@ -228,5 +236,10 @@ mod tests {
         assert!(text.contains("na_cni_adds_total{result=\"failed\"} 0"), "{text}");
         assert!(text.contains("na_cni_add_seconds_bucket{le=\"0.01\"} 0"), "{text}");
         assert!(text.contains("na_cni_add_seconds_bucket{le=\"0.025\"} 1"), "{text}");
+        t.observe_reconcile_error(ErrorKind::Attach);
+        t.observe_reconcile_error(ErrorKind::Attach);
+        let text = t.render();
+        assert!(text.contains("na_reconcile_errors_total{kind=\"attach\"} 2"), "{text}");
+        assert!(text.contains("na_reconcile_errors_total{kind=\"compile\"} 0"), "{text}");
     }
 }

@@ -447,7 +447,7 @@ impl Daemon {
         status.attached = reconciler.attached().map(|id| id.to_string()).collect();
         status.pending = r.pending.clone();
         for e in &r.errors {
-            status.record_error(e.clone());
+            status.record_error(e.message.clone());
         }
         status.pods = reconciler.pod_entries();
         let attributions = reconciler.compiler().attributions();
@@ -472,7 +472,9 @@ impl Daemon {
 
         let mut t = self.telemetry.lock().expect("telemetry lock");
         t.pods = reconciler.pods_by_ifindex().into_iter().map(|(ifindex, pod)| (pod, ifindex)).collect();
-        t.reconcile_errors += r.errors.len() as u64;
+        for e in &r.errors {
+            t.observe_reconcile_error(e.kind);
+        }
         if let Some(since) = since
             && !(r.attached.is_empty() && r.updated.is_empty() && r.detached.is_empty())
         {
