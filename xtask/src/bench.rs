@@ -71,11 +71,16 @@ const DATAPATH: (&str, &str) = (
      address known to it in advance); `cni_add_burst_20_*`: 20 pods started at once, their ADDs concurrent \
      (the agent settles ADDs that arrive together in one pass). **Scale**: the node's one-time \
      program verification (`program_verify_ms`, instructions the verifier processed); load and attach time per \
-     pod (20 pods, before the agent starts; TCX links, then clsact filters as `_netlink`); the agent enforcing \
-     110 local pods of the 5,000-pod, 1,000-policy synthetic cluster (the compiler's), adopting the programs \
-     verified before (a restart, or any start after the first): time and CPU to attach all, RSS after, idle \
-     CPU; kernel memory (`memlock`) of one pod's maps, of the node's shared maps, and of everything with 110 \
-     pods; sweeper rate on a full conntrack table. Figures marked (configured) are settings, not measurements.",
+     pod (20 pods, before the agent starts, each once the 8 spare slots the agent keeps are made again; TCX \
+     links, then clsact filters as `_netlink`); the agent enforcing 110 local pods of the 5,000-pod, \
+     1,000-policy synthetic cluster (the compiler's), with 50 more pods scheduled on the node whose veths never \
+     appear (pending), adopting the programs verified before (any start after the first): time and CPU to \
+     attach all (`startup_110_pods_ms`: every pod attached afresh), RSS after, idle CPU; an agent restart \
+     (`restart_110_pods_ms`: programs, maps and links adopted); the agent's RSS with the node's pods alone, \
+     and from the difference `bytes_per_cluster_pod` (what each other pod of the cluster costs, allocator \
+     retention included); kernel memory (`memlock`) of one pod's maps, of the node's shared maps, of the \
+     spare slots, and of everything with 110 pods; sweeper rate on a full conntrack table. Figures marked \
+     (configured) are settings, not measurements.",
 );
 
 pub fn run(options: &Options) -> Result<()> {
