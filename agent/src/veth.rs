@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use rtnetlink::{
-    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
@@ -47,15 +47,7 @@ pub fn host_route_ifindex(ip: IpAddr) -> Option<u32> {
     message.attributes.push(RouteAttribute::Destination(RouteAddress::from(ip)));
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
     request.header.flags = NLM_F_REQUEST;
-    request.finalize();
-    let mut bytes = vec![0; request.buffer_len()];
-    request.serialize(&mut bytes);
-
-    let mut socket = Socket::new(NETLINK_ROUTE).ok()?;
-    socket.bind_auto().ok()?;
-    socket.connect(&SocketAddr::new(0, 0)).ok()?;
-    socket.send(&bytes, 0).ok()?;
-    let (reply, _) = socket.recv_from_full().ok()?;
+    let (reply, _) = request_socket(request)?.recv_from_full().ok()?;
     // No route at all comes back as an error message.
     let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) =
         NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).ok()?.payload
@@ -73,27 +65,63 @@ pub fn host_route_ifindex(ip: IpAddr) -> Option<u32> {
 
 /// The addresses host routes lead to through `iface`: a pod's, found from
 /// its veth when nothing else says them (a VPC CNI call for a pod the agent
-/// does not know yet).
+/// does not know yet). One route dump per family from the kernel.
 pub fn routed_through(iface: &str) -> Vec<IpAddr> {
-    // The kernel's own host routes (the local table's, shown in the IPv6
-    // table) lead to this node's addresses, never to a pod's.
-    let own = own_addresses();
-    [false, true]
+    let Ok(ifindex) = nix::net::if_::if_nametoindex(iface) else { return Vec::new() };
+    [(AddressFamily::Inet, 32), (AddressFamily::Inet6, 128)]
         .into_iter()
-        .flat_map(host_routes)
-        .filter(|(i, ip)| i == iface && is_pod_address(*ip) && !own.contains(ip))
-        .map(|(_, ip)| ip)
+        .flat_map(|(family, host_len)| host_routes(family, host_len, ifindex).unwrap_or_default())
+        .filter(|ip| is_pod_address(*ip))
         .collect()
 }
 
-fn own_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    addrs
-        .filter_map(|a| {
-            let a = a.address?;
-            a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-        })
-        .collect()
+/// Destinations of this namespace's unicast host routes (prefix length
+/// `host_len`) through `ifindex`. The node's own addresses have host routes
+/// too, of type local: not these.
+fn host_routes(family: AddressFamily, host_len: u8, ifindex: u32) -> Option<Vec<IpAddr>> {
+    let mut message = RouteMessage::default();
+    message.header.address_family = family;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket = request_socket(request)?;
+    let mut out = Vec::new();
+    loop {
+        let (reply, _) = socket.recv_from_full().ok()?;
+        let mut at = 0;
+        // A reply holds several messages; the dump ends with a Done.
+        while at < reply.len() {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..]).ok()?;
+            at += (message.header.length as usize).max(1).next_multiple_of(4);
+            match message.payload {
+                NetlinkPayload::Done(_) => return Some(out),
+                NetlinkPayload::Error(_) => return None,
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route))
+                    if route.header.destination_prefix_length == host_len
+                        && route.header.kind == RouteType::Unicast
+                        && route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex)) =>
+                {
+                    out.extend(route.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                        _ => None,
+                    }));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A route socket that has sent `request`.
+fn request_socket(mut request: NetlinkMessage<RouteNetlinkMessage>) -> Option<Socket> {
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    let mut socket = Socket::new(NETLINK_ROUTE).ok()?;
+    socket.bind_auto().ok()?;
+    socket.connect(&SocketAddr::new(0, 0)).ok()?;
+    socket.send(&bytes, 0).ok()?;
+    Some(socket)
 }
 
 /// Unicast, and not link-local: what a pod is given.
@@ -105,55 +133,9 @@ fn is_pod_address(ip: IpAddr) -> bool {
     !(ip.is_multicast() || ip.is_unspecified() || ip.is_loopback() || link_local)
 }
 
-/// This namespace's host routes of one family: (interface, destination).
-fn host_routes(v6: bool) -> Vec<(String, IpAddr)> {
-    let file = if v6 { "/proc/net/ipv6_route" } else { "/proc/net/route" };
-    let table = std::fs::read_to_string(file).unwrap_or_default();
-    if v6 { host_routes_v6(&table) } else { host_routes_v4(&table) }
-}
-
-/// `/proc/net/route`: interface, destination and mask as the kernel's
-/// in-memory (network order) words printed in hex.
-fn host_routes_v4(table: &str) -> Vec<(String, IpAddr)> {
-    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(|w| IpAddr::from(w.to_le_bytes()));
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (iface, dest, mask) = (f.first()?, word(f.get(1)?)?, f.get(7)?);
-            (*mask == "FFFFFFFF").then(|| (iface.to_string(), dest))
-        })
-        .collect()
-}
-
-/// `/proc/net/ipv6_route`: destination, prefix length, ..., interface last.
-fn host_routes_v6(table: &str) -> Vec<(String, IpAddr)> {
-    table
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let dest = u128::from_str_radix(f.first()?, 16).ok().map(|d| IpAddr::from(d.to_be_bytes()))?;
-            (*f.get(1)? == "80").then(|| Some((f.last()?.to_string(), dest))).flatten()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_routes_from_proc_tables() {
-        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                  eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-                  cali7f3\t030012C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(host_routes_v4(v4), [("cali7f3".to_string(), ip("198.18.0.3"))], "only host routes");
-        let v6 = "fd180000000000000000000000000003 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001  lxc9\n\
-                  fd180000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001  eth0\n";
-        assert_eq!(host_routes_v6(v6), [("lxc9".to_string(), ip("fd18::3"))], "a /64 is not a pod route");
-    }
 
     #[test]
     fn matches_vpc_cni_rule() {
