@@ -1,4 +1,8 @@
 //! Keeps every local pod's datapath equal to what its policies compile to.
+mod dataplane;
+#[cfg(test)]
+mod tests;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -8,13 +12,15 @@ use na_policy::{CompileError, Compiler, Direction, ObjectRef, PodRules, PolicyEr
 use serde::Serialize;
 
 use crate::{
-    datapath::{Datapath, PodAddrs, PodMaps},
+    datapath::{Datapath, PodAddrs},
     pod_id::PodId,
     sandbox::{AddOutcome, Sandbox},
     source::{Event, Kind, Object},
     status::{IsolatedBy, PodEntry},
     veth::host_veth_name,
 };
+
+pub use dataplane::{Dataplane, PodProgram};
 
 /// How many pods are attached at once: each attachment mostly waits for
 /// RCU grace periods, and concurrent waits overlap.
@@ -30,12 +36,12 @@ pub enum ApplyError {
 }
 
 /// A pod whose programs are attached.
-struct Attached {
+struct Attached<P> {
     /// Empty while the pod is assumed (see [`Reconciler::add_all`]).
     uid: String,
     veth: String,
     ifindex: u32,
-    maps: PodMaps,
+    maps: P,
     rules: PodRules,
     addrs: PodAddrs,
 }
@@ -118,11 +124,11 @@ impl SyncReport {
     }
 }
 
-pub struct Reconciler {
+pub struct Reconciler<D: Dataplane = Datapath> {
     compiler: Compiler,
-    datapath: Datapath,
+    datapath: D,
     veth_prefix: String,
-    attached: BTreeMap<ObjectRef, Attached>,
+    attached: BTreeMap<ObjectRef, Attached<D::Pod>>,
     /// Local pods whose veth is not there yet.
     pending: BTreeSet<ObjectRef>,
     /// Pods whose attachment or rules update failed.
@@ -139,8 +145,8 @@ pub struct Reconciler {
     services_dirty: bool,
 }
 
-impl Reconciler {
-    pub fn new(compiler: Compiler, datapath: Datapath, veth_prefix: String) -> Self {
+impl<D: Dataplane> Reconciler<D> {
+    pub fn new(compiler: Compiler, datapath: D, veth_prefix: String) -> Self {
         Self {
             compiler,
             datapath,
@@ -159,7 +165,7 @@ impl Reconciler {
         &self.compiler
     }
 
-    pub fn datapath(&self) -> &Datapath {
+    pub fn datapath(&self) -> &D {
         &self.datapath
     }
 
@@ -428,12 +434,12 @@ impl Reconciler {
     fn find_veth(&self, key: &ObjectRef) -> Option<String> {
         let reported = self.sandboxes.get(key).and_then(|s| s.host_interface.clone());
         let named = host_veth_name(&self.veth_prefix, &key.namespace, &key.name);
-        let exists = |name: &String| nix::net::if_::if_nametoindex(name.as_str()).is_ok();
+        let exists = |name: &String| self.datapath.link_index(name).is_some();
         reported
             .into_iter()
             .chain([named])
             .find(exists)
-            .or_else(|| self.ips(key).into_iter().find_map(crate::veth::by_route))
+            .or_else(|| self.ips(key).into_iter().find_map(|ip| self.datapath.link_by_route(ip)))
     }
 
     /// Whether the pod is known (from the API server or the manifests) as
@@ -471,7 +477,7 @@ impl Reconciler {
             if self.ips(&key).is_empty()
                 && let Some(veth) = self.find_veth(&key)
             {
-                self.sandboxes.get_mut(&key).expect("just inserted").ips = crate::veth::routed_through(&veth);
+                self.sandboxes.get_mut(&key).expect("just inserted").ips = self.datapath.routed_through(&veth);
             }
             let ips = self.ips(&key);
             self.compiler.set_pod_ips(&key, &ips);
@@ -562,7 +568,7 @@ impl Reconciler {
         let moved: Vec<ObjectRef> = self
             .attached
             .iter()
-            .filter(|(_, a)| nix::net::if_::if_nametoindex(a.veth.as_str()).ok() != Some(a.ifindex))
+            .filter(|(_, a)| self.datapath.link_index(&a.veth) != Some(a.ifindex))
             .map(|(k, _)| k.clone())
             .collect();
         for key in &moved {
@@ -594,7 +600,7 @@ impl Reconciler {
             .attached()
             .chain(self.pending.iter().chain(&self.failed).map(|k| PodId::new(&k.namespace, &k.name)))
             .collect();
-        let pinned = match crate::datapath::inventory::pinned_pods(self.datapath.layout()) {
+        let pinned = match self.datapath.pinned_pods() {
             Ok(pinned) => pinned,
             Err(e) => return report.error(ErrorKind::Cleanup, format!("reading pinned pods: {e}")),
         };
