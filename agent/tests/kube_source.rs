@@ -18,7 +18,7 @@ use na_agent::source::{
 };
 use serde_json::{Value, json};
 use support::fake_apiserver::{Cluster, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, Request, SERVICES, Server, serve};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 /// The longest any wait may last.
 const BOUND: Duration = Duration::from_secs(30);
@@ -77,7 +77,7 @@ fn from(r: &Request) -> u64 {
 /// The agent's watchers on a fake cluster, and what they reported.
 struct Watched {
     server: Server,
-    rx: UnboundedReceiver<Update>,
+    rx: Receiver<Update>,
     /// The cluster as the reports so far describe it.
     objects: BTreeMap<ObjectKey, Object>,
     synced: BTreeMap<Kind, usize>,
@@ -89,7 +89,7 @@ impl Watched {
     fn start(cluster: Cluster) -> Self {
         let server = serve(TcpListener::bind("127.0.0.1:0").unwrap(), cluster);
         let config = kube::Config::new(format!("http://127.0.0.1:{}", server.port).parse().unwrap());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
         spawn(client(config).unwrap(), tx);
         Self { server, rx, objects: BTreeMap::new(), synced: BTreeMap::new(), errors: Vec::new(), deleted: Vec::new() }
     }

@@ -57,6 +57,9 @@ pub struct Compiler {
     pods: BTreeMap<ObjectRef, PodInfo>,
     /// How many known pods each namespace has (those with none are left out).
     pods_per_namespace: BTreeMap<String, usize>,
+    /// How many local pods each namespace has: only policies there can
+    /// select one, so only they are asked whether a change touches them.
+    local_per_namespace: BTreeMap<String, usize>,
     policies: BTreeMap<ObjectRef, Policy>,
     invalid: BTreeMap<ObjectRef, PolicyError>,
     attributions: Attributions,
@@ -131,8 +134,7 @@ impl Compiler {
             return;
         }
         let touched: Vec<ObjectRef> = self
-            .policies
-            .values()
+            .policies_near_local_pods()
             .filter(|p| {
                 Direction::BOTH.iter().flat_map(|d| p.rules(*d).into_iter().flatten()).any(|r| {
                     r.peers.iter().flatten().any(|peer| match peer {
@@ -187,14 +189,14 @@ impl Compiler {
                 self.dirty.insert(key.clone());
             }
         }
-        // Policies that could name this pod as a peer, before or after.
+        // Policies that could name this pod as a peer, before or after
+        // (those that select no local pod make nothing dirty).
         let ns_labels = self.namespace_labels(&key.namespace);
         let versions: Vec<&PodInfo> = old.iter().chain(new.iter()).filter(|p| p.is_peer()).collect();
         let touched: Vec<ObjectRef> = if versions.is_empty() {
             Vec::new()
         } else {
-            self.policies
-                .values()
+            self.policies_near_local_pods()
                 .filter(|pol| {
                     Direction::BOTH.iter().any(|d| {
                         pol.rules(*d).into_iter().flatten().any(|r| match &r.peers {
@@ -215,20 +217,20 @@ impl Compiler {
                 .map(|p| p.key.clone())
                 .collect()
         };
+        let (was_local, is_local) =
+            (old.as_ref().is_some_and(|p| self.is_local(p)), new.as_ref().is_some_and(|p| self.is_local(p)));
+        if was_local != is_local {
+            count(&mut self.local_per_namespace, &key.namespace, is_local);
+        }
         match new {
             Some(info) => {
                 if self.pods.insert(key.clone(), info).is_none() {
-                    *self.pods_per_namespace.entry(key.namespace.clone()).or_default() += 1;
+                    count(&mut self.pods_per_namespace, &key.namespace, true);
                 }
             }
             None => {
-                if self.pods.remove(&key).is_some()
-                    && let Some(count) = self.pods_per_namespace.get_mut(&key.namespace)
-                {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.pods_per_namespace.remove(&key.namespace);
-                    }
+                if self.pods.remove(&key).is_some() {
+                    count(&mut self.pods_per_namespace, &key.namespace, false);
                 }
             }
         }
@@ -456,6 +458,11 @@ impl Compiler {
     }
 
     /// Policies of one namespace: keys sort by namespace first.
+    /// Policies of namespaces with local pods: only they can select one.
+    fn policies_near_local_pods(&self) -> impl Iterator<Item = &Policy> {
+        self.local_per_namespace.keys().flat_map(|ns| self.policies_in(ns))
+    }
+
     fn policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
         self.policies
             .range(ObjectRef::new(namespace, "")..)
@@ -546,6 +553,19 @@ struct Memo {
     /// Entries of a direction made only of target-independent rules, by the
     /// rules' ids.
     entries: HashMap<(Direction, Vec<u32>), BTreeMap<IpNet, Vec<PortRule>>>,
+}
+
+/// Counts one more (`up`) or one fewer of `key` in `counts`, which leaves
+/// out what it counts none of.
+fn count(counts: &mut BTreeMap<String, usize>, key: &str, up: bool) {
+    if up {
+        *counts.entry(key.to_owned()).or_default() += 1;
+    } else if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 fn has_named_port(rule: &Rule) -> bool {

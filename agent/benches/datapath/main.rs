@@ -7,6 +7,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod big_cluster;
 mod cni;
 mod enforce;
 mod per_packet;
@@ -28,12 +29,13 @@ fn main() {
     // `--only <section>` runs one section (for working on it).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
     let mut figures = Figures::new();
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("per_packet", per_packet::run),
         ("service", service::run),
         ("enforce", enforce::run),
         ("cni", cni::run),
         ("scale", scale::run),
+        ("big_cluster", big_cluster::run),
     ];
     for (name, section) in sections {
         if only.is_some_and(|o| o != name) {

@@ -279,7 +279,7 @@ fn sweep_full_table(env: &Env, (ns, name): &(String, String)) -> Result<(usize, 
 }
 
 /// User plus system CPU seconds of `pid`.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').context("odd stat")?.1;
@@ -291,7 +291,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / hz)
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Result<f64> {
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -51,6 +51,8 @@ const DEBOUNCE: Duration = Duration::from_millis(2);
 const RETRY: Duration = Duration::from_secs(2);
 /// How long the burst of link and route changes of one pod start may last.
 const LINK_SETTLE: Duration = Duration::from_millis(2);
+/// Watch updates waiting for the loop, at most (about two list pages).
+const KUBE_BACKLOG: usize = 1024;
 
 /// `--check-config`: prints the settings as resolved, or fails naming the bad one.
 pub fn check_config(args: &Args) -> Result<()> {
@@ -102,7 +104,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     // Exactly one source feeds the reconciler; the other channel stays closed.
     let (tx, mut changed) = mpsc::unbounded_channel();
-    let (kube_tx, mut kube_rx) = mpsc::unbounded_channel();
+    let (kube_tx, mut kube_rx) = mpsc::channel(KUBE_BACKLOG);
     let mut client = None;
     let _watcher = match &args.manifests {
         Some(dir) => Some(manifest_watch::watch(dir, tx).with_context(|| format!("watching {}", dir.display()))?),

@@ -15,7 +15,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use super::{Event, Kind, Object, ObjectKey};
 
@@ -54,8 +54,10 @@ pub fn client(mut config: kube::Config) -> kube::Result<Client> {
 }
 
 /// Starts the watchers, one per [`watched_resources`]; they run until `tx`
-/// is closed.
-pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
+/// is closed. `tx` is bounded: a watcher whose updates are not taken waits,
+/// and asks the API server for nothing meanwhile (the objects of a big list
+/// wait in the server, not in the agent's memory).
+pub fn spawn(client: Client, tx: Sender<Update>) {
     tokio::spawn(watch(
         Api::<Namespace>::all(client.clone()),
         Kind::Namespace,
@@ -83,7 +85,7 @@ pub fn spawn(client: Client, tx: UnboundedSender<Update>) {
     ));
 }
 
-async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: UnboundedSender<Update>)
+async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: Sender<Update>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
@@ -126,7 +128,7 @@ where
             Err(e) => vec![Update::WatchError(kind, e.to_string())],
         };
         for u in updates {
-            if tx.send(u).is_err() {
+            if tx.send(u).await.is_err() {
                 return;
             }
         }

@@ -249,7 +249,16 @@ impl Cluster {
                 ),
             );
         }
-        let objects = self.objects_at(path, rv);
+        // The collection as it is, unless it changed since `rv`: a copy
+        // for every page of a big list would cost the list's size each.
+        let c = &self.collections[path];
+        let then;
+        let objects = if c.history.last().is_none_or(|ch| ch.rv <= rv) {
+            &c.objects
+        } else {
+            then = self.objects_at(path, rv);
+            &then
+        };
         // `limit` 0 or absent: everything.
         let size = limit.filter(|&l| l > 0).unwrap_or(usize::MAX).min(self.page_size);
         let items: Vec<&Value> = objects.values().skip(offset).take(size).collect();
@@ -259,7 +268,6 @@ impl Cluster {
             metadata["continue"] = json!(format!("{rv}.{next}"));
             metadata["remainingItemCount"] = json!(objects.len() - next);
         }
-        let c = &self.collections[path];
         (200, json!({"kind": c.list_kind, "apiVersion": c.api_version, "metadata": metadata, "items": items}))
     }
 

@@ -1,0 +1,84 @@
+//! Memory at the scale of a large cluster: 150,000 pods in 3,000 namespaces
+//! and 10,000 policies, watched through the fake API server in Kubernetes
+//! mode (lists in pages, as from a real one), with 10 of the pods on the
+//! agent's node: the agent's RSS once it enforces them, and that per
+//! cluster pod.
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use na_agent::datapath::AttachMode;
+use na_harness::synthetic::{self, PODS_PER_NAMESPACE, Placement};
+use serde_json::json;
+
+use crate::{
+    Figures,
+    scale::{cpu_seconds, proc_status_kib},
+    stats,
+    support::{
+        Env,
+        agent::{ApiInNode, NODE},
+        fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES},
+    },
+};
+
+const CLUSTER_NAMESPACES: usize = 3_000;
+/// Namespaces with policies (the synthetic cluster's ten each).
+const POLICY_NAMESPACES: usize = 1_000;
+const POLICIES_PER_NAMESPACE: usize = 10;
+const LOCAL_PODS: usize = 10;
+
+pub fn run(_full: bool) -> Result<Figures> {
+    // Spread over the cluster; each the first pod of its namespace.
+    let local: Vec<usize> = (0..LOCAL_PODS).map(|k| k * CLUSTER_NAMESPACES / LOCAL_PODS).collect();
+    let names: Vec<(String, String)> = local.iter().map(|ns| (format!("ns-{ns}"), "pod-0".to_owned())).collect();
+    let refs: Vec<(&str, &str)> = names.iter().map(|(n, p)| (n.as_str(), p.as_str())).collect();
+    eprintln!("bench: big cluster: building 150,000 pods");
+    let env = Env::without_servers(AttachMode::Auto, &refs)?;
+    let mut cluster = Cluster::new();
+    for ns in 0..CLUSTER_NAMESPACES {
+        cluster.apply(NAMESPACES, synthetic::namespace(ns));
+        for i in 0..PODS_PER_NAMESPACE {
+            let placement = if i == 0 && local.contains(&ns) {
+                let p = env.pod(&format!("ns-{ns}/pod-0"));
+                Placement::Local { node: NODE, ip: p.ip, ip6: p.ip6 }
+            } else {
+                Placement::Remote
+            };
+            cluster.apply(PODS, synthetic::pod(ns, i, placement));
+        }
+    }
+    for ns in 0..POLICY_NAMESPACES {
+        for i in 0..POLICIES_PER_NAMESPACE {
+            cluster.apply(POLICIES, synthetic::policy(ns, i));
+        }
+    }
+    let api = ApiInNode::serve(&env, cluster);
+    let t0 = Instant::now();
+    let agent = api.agent(&env);
+    let deadline = t0 + Duration::from_secs(600);
+    while api.attached() < LOCAL_PODS {
+        if Instant::now() > deadline {
+            bail!("the agent did not attach its {LOCAL_PODS} pods in 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t0.elapsed();
+    let cpu = cpu_seconds(agent.pid())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_kib = proc_status_kib(agent.pid(), "VmRSS")?;
+    let peak_kib = proc_status_kib(agent.pid(), "VmHWM")?;
+    agent.kill();
+    let pods = CLUSTER_NAMESPACES * PODS_PER_NAMESPACE;
+    let mut f = Figures::new();
+    f.insert("agent_rss_150k_pods_mib".into(), json!(stats::round(rss_kib / 1024.0, 1)));
+    f.insert("agent_peak_rss_150k_pods_mib".into(), json!(stats::round(peak_kib / 1024.0, 1)));
+    f.insert("bytes_per_cluster_pod_150k".into(), json!(stats::round(rss_kib * 1024.0 / pods as f64, 0)));
+    f.insert("startup_150k_pods_s".into(), json!(stats::round(took.as_secs_f64(), 1)));
+    f.insert("agent_startup_150k_pods_cpu_s".into(), json!(stats::round(cpu, 1)));
+    f.insert(
+        "big_cluster".into(),
+        json!({"cluster_pods": pods, "namespaces": CLUSTER_NAMESPACES,
+               "policies": POLICY_NAMESPACES * POLICIES_PER_NAMESPACE, "local_pods": LOCAL_PODS}),
+    );
+    Ok(f)
+}
