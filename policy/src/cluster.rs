@@ -1,5 +1,5 @@
 //! The cluster as the compiler sees it: just the fields policy needs.
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use na_common::protocol;
@@ -45,7 +45,9 @@ pub struct NamedPort {
 pub struct PodInfo {
     pub key: ObjectRef,
     pub uid: String,
-    pub labels: Labels,
+    /// Shared by every pod with the same labels (see `Compiler`): replicas
+    /// of one workload have the same, and a label set's map is ~500 bytes.
+    pub labels: Arc<Labels>,
     pub ips: Vec<IpAddr>,
     pub node_name: Option<String>,
     pub host_network: bool,
@@ -81,7 +83,7 @@ impl PodInfo {
         Some(Self {
             key,
             uid: pod.metadata.uid.clone().unwrap_or_default(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels: Arc::new(pod.metadata.labels.clone().unwrap_or_default()),
             ips,
             node_name: spec.and_then(|s| s.node_name.clone()),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),

@@ -2,8 +2,9 @@
 //! and turns a pod's selecting policies into its [`PodRules`].
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -60,6 +61,8 @@ pub struct Compiler {
     /// How many local pods each namespace has: only policies there can
     /// select one, so only they are asked whether a change touches them.
     local_per_namespace: BTreeMap<String, usize>,
+    /// Every pod's label set, once: pods with the same labels share it.
+    label_sets: HashSet<Arc<Labels>>,
     policies: BTreeMap<ObjectRef, Policy>,
     invalid: BTreeMap<ObjectRef, PolicyError>,
     attributions: Attributions,
@@ -180,6 +183,7 @@ impl Compiler {
     }
 
     fn set_pod(&mut self, key: ObjectRef, new: Option<PodInfo>) {
+        let new = new.map(|info| PodInfo { labels: self.intern(&info.labels), ..info });
         let old = self.pods.get(&key).cloned();
         if old == new {
             return;
@@ -236,6 +240,24 @@ impl Compiler {
         }
         for p in touched {
             self.mark_selected_by(&p);
+        }
+        // The old label set, if no pod has it any more (here and in the
+        // set: two references).
+        if let Some(labels) = old.map(|o| o.labels)
+            && Arc::strong_count(&labels) == 2
+        {
+            self.label_sets.remove(&*labels);
+        }
+    }
+
+    /// The shared copy of `labels`.
+    fn intern(&mut self, labels: &Arc<Labels>) -> Arc<Labels> {
+        match self.label_sets.get(&**labels) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.label_sets.insert(labels.clone());
+                labels.clone()
+            }
         }
     }
 
@@ -438,7 +460,7 @@ impl Compiler {
     /// [`Self::compile_unknown`] compiles it.
     pub fn isolating(&self, key: &ObjectRef, dir: Direction) -> Vec<ObjectRef> {
         let unlabelled = Labels::default();
-        let labels = self.pods.get(key).map_or(&unlabelled, |p| &p.labels);
+        let labels = self.pods.get(key).map_or(&unlabelled, |p| p.labels.as_ref());
         self.selecting(&key.namespace, labels, dir).cloned().collect()
     }
 

@@ -338,3 +338,23 @@ fn addresses_a_cni_reported_reach_the_pod_and_the_policies_naming_it() {
     assert_eq!(c.pod(&key).unwrap().ips, [ip("10.0.0.9")]);
     assert!(c.take_dirty().is_empty());
 }
+
+#[test]
+fn pods_with_the_same_labels_share_one_set_which_goes_with_the_last() {
+    let mut c = Compiler::new(CompileOptions::default());
+    c.upsert_pod(&pod("x", "a", json!({"app": "web"}), "10.0.0.1", "elsewhere"));
+    c.upsert_pod(&pod("y", "b", json!({"app": "web"}), "10.0.0.2", "elsewhere"));
+    c.upsert_pod(&pod("x", "c", json!({"app": "db"}), "10.0.0.3", "elsewhere"));
+    let labels = |c: &Compiler, ns: &str, name: &str| c.pod(&ObjectRef::new(ns, name)).unwrap().labels.clone();
+    assert!(Arc::ptr_eq(&labels(&c, "x", "a"), &labels(&c, "y", "b")));
+    assert_eq!(c.label_sets.len(), 2);
+    // Relabelled: its old set stays for the pod that still has it.
+    c.upsert_pod(&pod("x", "a", json!({"app": "db"}), "10.0.0.1", "elsewhere"));
+    assert!(Arc::ptr_eq(&labels(&c, "x", "a"), &labels(&c, "x", "c")));
+    assert_eq!(c.label_sets.len(), 2);
+    c.remove_pod(&ObjectRef::new("y", "b"));
+    assert_eq!(c.label_sets.len(), 1, "no pod has app=web any more");
+    c.remove_pod(&ObjectRef::new("x", "a"));
+    c.remove_pod(&ObjectRef::new("x", "c"));
+    assert!(c.label_sets.is_empty());
+}
