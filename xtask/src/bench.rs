@@ -16,6 +16,10 @@ pub struct Options {
     /// Longer windows and more repetitions (the quick profile takes under 10 minutes).
     #[arg(long)]
     full: bool,
+    /// Only write BENCHMARKS.md again from bench/results.json (after its
+    /// descriptions change); measures nothing.
+    #[arg(long)]
+    report_only: bool,
 }
 
 /// Benchmarks and the figures they report, with how each is measured.
@@ -57,8 +61,8 @@ const DATAPATH: (&str, &str) = (
      `policy_to_enforced`: the policy admitting the client is removed or restored, until a fresh connection \
      from the client sees the change (10 ms attempts; a block must be seen 3 times in a row); \
      `kube_policy_to_enforced`: the same policy changes made in the fake API server's store, with the agent \
-     in Kubernetes mode watching it (no directory to read: the difference is local mode's reading of its \
-     manifests, 1,000 peer pods among them, on every change); \
+     in Kubernetes mode watching it (no directory to read: local mode reads the \
+     manifest files that changed, parsing only those, 1,000 peer pods in another); \
      `pod_to_enforced`: a new pod's manifest lands (its veth exists) until its closed-ingress policy holds; \
      `relabel_1000_pods_ms`: a namespace label change that adds or removes 1,000 peer pods (2,000 prefixes) \
      from the server's rules, until the agent reports that revision applied. **Pod start through CNI** \
@@ -87,8 +91,15 @@ const DATAPATH: (&str, &str) = (
 );
 
 pub fn run(options: &Options) -> Result<()> {
-    setup::run_all()?;
     let path = workspace_root().join("bench/results.json");
+    if options.report_only {
+        let text = std::fs::read_to_string(&path).context("reading bench/results.json")?;
+        let results: BTreeMap<String, Value> = serde_json::from_str(&text).context("parsing bench/results.json")?;
+        std::fs::write(workspace_root().join("BENCHMARKS.md"), report(&results))?;
+        eprintln!("xtask: wrote BENCHMARKS.md from bench/results.json");
+        return Ok(());
+    }
+    setup::run_all()?;
     // Only what this run measured: a section that failed says so, it does
     // not leave an older run's figures under this run's machine line.
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
@@ -265,12 +276,22 @@ const DATAPATH_KEYS: &[&str] = &[
     "startup_110_pods_ms",
     "startup_programs",
     "agent_startup_cpu_s",
+    "restart_110_pods_ms",
+    "agent_restart_cpu_s",
     "agent_rss_mib",
     "agent_peak_rss_mib",
+    "agent_rss_local_pods_only_mib",
+    "bytes_per_cluster_pod",
     "agent_idle_cpu_percent",
     "map_memory_per_pod_kib",
     "map_memory_shared_kib",
+    "map_memory_spare_slots_kib",
     "map_memory_110_pods_mib",
     "conntrack_capacity_per_pod",
     "sweep_entries_per_s",
+    "startup_150k_pods_s",
+    "agent_startup_150k_pods_cpu_s",
+    "agent_rss_150k_pods_mib",
+    "agent_peak_rss_150k_pods_mib",
+    "bytes_per_cluster_pod_150k",
 ];
