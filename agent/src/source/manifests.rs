@@ -477,72 +477,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let other = POD.replace("name: a,", "name: b,");
         let invalid = POD.replace("spec:", "spce:").replace("name: a,", "name: c,");
+        let two = format!("{POD}---\n{other}");
+        let taken = format!("{POLICY}---\n{}", POD.replace("app: a", "app: z"));
+        let broken = format!("{POD}---\n{invalid}---\nkind: [");
         // Each step's files; every read follows the previous step's.
         let steps: [&[(&str, &str)]; 7] = [
             &[("1.yaml", POD), ("2.yaml", POLICY)],
             // One file changes.
-            &[
-                (
-                    "1.yaml",
-                    &format!(
-                        "{POD}---
-{other}"
-                    ),
-                ),
-                ("2.yaml", POLICY),
-            ],
+            &[("1.yaml", &two), ("2.yaml", POLICY)],
             // A later file takes a key of an unchanged earlier one, then lets it go.
-            &[
-                (
-                    "1.yaml",
-                    &format!(
-                        "{POD}---
-{other}"
-                    ),
-                ),
-                (
-                    "2.yaml",
-                    &format!(
-                        "{POLICY}---
-{}",
-                        POD.replace("app: a", "app: z")
-                    ),
-                ),
-            ],
-            &[
-                (
-                    "1.yaml",
-                    &format!(
-                        "{POD}---
-{other}"
-                    ),
-                ),
-                ("2.yaml", POLICY),
-            ],
+            &[("1.yaml", &two), ("2.yaml", &taken)],
+            &[("1.yaml", &two), ("2.yaml", POLICY)],
             // Broken YAML and an invalid document in a file that then stays as it is.
-            &[
-                (
-                    "1.yaml",
-                    &format!(
-                        "{POD}---
-{invalid}---
-kind: ["
-                    ),
-                ),
-                ("2.yaml", POLICY),
-            ],
-            &[
-                (
-                    "1.yaml",
-                    &format!(
-                        "{POD}---
-{invalid}---
-kind: ["
-                    ),
-                ),
-                ("2.yaml", POLICY),
-                ("3.yaml", &other),
-            ],
+            &[("1.yaml", &broken), ("2.yaml", POLICY)],
+            &[("1.yaml", &broken), ("2.yaml", POLICY), ("3.yaml", &other)],
             &[("2.yaml", POLICY)],
         ];
         let mut held = Loaded::default();
