@@ -127,11 +127,12 @@ pub fn load_dir_after(dir: &Path, previous: &Loaded) -> Loaded {
         match std::fs::read_to_string(&file) {
             Ok(text) => {
                 let base = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                // The revision covers each file's name and its digest, so
+                // the text is hashed once.
+                let file_digest: [u8; 20] = Sha1::digest(text.as_bytes()).into();
                 digest.update((base.len() as u64).to_le_bytes());
                 digest.update(base.as_bytes());
-                digest.update((text.len() as u64).to_le_bytes());
-                digest.update(text.as_bytes());
-                let file_digest: [u8; 20] = Sha1::digest(text.as_bytes()).into();
+                digest.update(file_digest);
                 let memo = previous.memo.get(&name).filter(|m| m.digest == file_digest);
                 match memo.and_then(|m| replay(&name, m, previous, &mut loaded)) {
                     Some(()) => {}
