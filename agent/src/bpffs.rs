@@ -116,6 +116,15 @@ impl PinLayout {
     }
 }
 
+/// Names of the pins in `dir`; none when it does not exist.
+pub fn pin_names(dir: &Path) -> io::Result<Vec<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether `path` (or its nearest existing ancestor) is on bpffs.
 pub fn is_bpffs(path: &Path) -> bool {
     path.ancestors()

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    bpffs::{PinLayout, is_bpffs},
+    bpffs::{PinLayout, is_bpffs, pin_names},
     pod_id::PodId,
 };
 
@@ -130,15 +130,5 @@ fn file_names(layout: &PinLayout, dir: &Path) -> Result<Vec<String>, InventoryEr
     if !is_bpffs(layout.root()) {
         return Err(InventoryError::NoBpffs(layout.root().display().to_string()));
     }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(InventoryError::Read { path: dir.display().to_string(), source }),
-    };
-    entries
-        .map(|e| {
-            e.map(|e| e.file_name().to_string_lossy().into_owned())
-                .map_err(|source| InventoryError::Read { path: dir.display().to_string(), source })
-        })
-        .collect()
+    pin_names(dir).map_err(|source| InventoryError::Read { path: dir.display().to_string(), source })
 }

@@ -362,21 +362,21 @@ impl Datapath {
         drop(self.programs()?);
         let mut tables = NodeTables::open(&self.layout)?;
         let registered = tables.registrations_of_pod(&self.layout, pod).unwrap_or_default();
-        let (slot, stale) = match registered.iter().find(|(i, _)| *i == ifindex) {
+        let (slot, maps, stale) = match registered.iter().find(|(i, _)| *i == ifindex) {
             // Known under this veth (an agent restart, new rules): its maps,
             // conntrack included, stay.
-            Some(&(_, slot)) => (slot, None),
+            Some(&(_, slot)) => (slot, PinnedMaps::of_pod(&self.layout, pod)?, None),
             // A new veth is a new sandbox (a new network namespace, perhaps
             // a new pod under the same name while no agent watched): no flow
             // of the old one can be alive, and none may be admitted as if it
             // were, so the pod gets fresh maps. Its old ones are freed below.
             None => {
                 let old = (!registered.is_empty()).then(|| PinnedMaps::of_pod(&self.layout, pod)).transpose()?;
-                (self.slots.take(&mut tables, pod)?, old)
+                let (slot, maps) = self.slots.take(&mut tables, pod)?;
+                (slot, maps, old)
             }
         };
         tables.ensure_counters(ifindex)?;
-        let maps = PinnedMaps::of_pod(&self.layout, pod)?;
         let typed = |data: MapData, name: &'static str| -> Result<super::rules::Trie, DatapathError> {
             let map = Map::from_map_data(data).map_err(|e| RulesError::Map { op: "open", map: name, source: e })?;
             Ok(map.try_into().map_err(|e: MapError| RulesError::Map { op: "open", map: name, source: e })?)
@@ -414,7 +414,7 @@ impl Datapath {
                 slots.push(slot);
             }
         }
-        self.slots.release(tables.as_mut(), pod, &slots)
+        self.slots.release(tables.as_ref(), pod, &slots)
     }
 
     /// Removes `pod`'s conntrack entries idle past their timeout; returns how many.

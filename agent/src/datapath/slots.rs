@@ -31,7 +31,10 @@ use super::{
     attach::remove_pin,
     tables::{self, InnerMaps, NodeTables},
 };
-use crate::{bpffs::PinLayout, pod_id::PodId};
+use crate::{
+    bpffs::{PinLayout, pin_names},
+    pod_id::PodId,
+};
 
 /// The node's slots as one handle (and its clones) manages them.
 #[derive(Clone, Debug)]
@@ -56,19 +59,20 @@ impl Slots {
         self.target
     }
 
-    /// A slot holding fresh maps, now pinned as `pod`'s: a spare if there is
-    /// one, else one filled now (which waits for the grace period).
-    pub fn take(&self, tables: &mut NodeTables, pod: &PodId) -> Result<u32, DatapathError> {
-        let slot = match self.claim(tables, pod)? {
-            Some(slot) => slot,
+    /// A slot holding fresh maps, now pinned as `pod`'s, and the maps: a
+    /// spare if there is one, else one filled now (which waits for the grace
+    /// period).
+    pub fn take(&self, tables: &mut NodeTables, pod: &PodId) -> Result<(u32, PinnedMaps), DatapathError> {
+        let taken = match self.claim(tables, pod)? {
+            Some(taken) => taken,
             None => self.fill(tables, |_, map| self.layout.map(pod, map))?,
         };
         self.wake_refill();
-        Ok(slot)
+        Ok(taken)
     }
 
     /// Takes a spare for `pod`, if any is still registered.
-    fn claim(&self, tables: &NodeTables, pod: &PodId) -> Result<Option<u32>, DatapathError> {
+    fn claim(&self, tables: &NodeTables, pod: &PodId) -> Result<Option<(u32, PinnedMaps)>, DatapathError> {
         for slot in self.spares()? {
             match std::fs::rename(self.layout.spare(slot, MAP_INGRESS), self.layout.map(pod, MAP_INGRESS)) {
                 Ok(()) => {}
@@ -84,7 +88,7 @@ impl Slots {
             // (its maps are then not these): such a spare is dropped.
             let maps = PinnedMaps::of_pod(&self.layout, pod)?;
             if tables.holds(slot, &maps.inner()) {
-                return Ok(Some(slot));
+                return Ok(Some((slot, maps)));
             }
             tracing::warn!(slot, "a spare slot no longer held its maps; dropped");
         }
@@ -93,7 +97,11 @@ impl Slots {
 
     /// Fills the lowest free slot with fresh maps and pins them where `pin`
     /// says (a spare's pins, or a pod's), the ingress trie last.
-    fn fill(&self, tables: &mut NodeTables, pin: impl Fn(u32, &str) -> PathBuf) -> Result<u32, DatapathError> {
+    fn fill(
+        &self,
+        tables: &mut NodeTables,
+        pin: impl Fn(u32, &str) -> PathBuf,
+    ) -> Result<(u32, PinnedMaps), DatapathError> {
         let slot = self.reserve(tables)?;
         let filled = (|| {
             let maps = PinnedMaps {
@@ -110,10 +118,10 @@ impl Slots {
                 remove_pin(&path)?;
                 data.pin(&path).map_err(|e| DatapathError::Pin(path.clone(), e.to_string()))?;
             }
-            Ok(())
+            Ok(maps)
         })();
         self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot);
-        filled.map(|()| slot)
+        filled.map(|maps| (slot, maps))
     }
 
     /// The lowest free slot, now reserved.
@@ -207,7 +215,7 @@ impl Slots {
                 Err(e) => tracing::warn!("making spare slots: {e}"),
             },
             Job::Clear(slot, maps) => {
-                if let Err(e) = NodeTables::open(&self.layout).and_then(|mut t| t.clear(slot, &maps.inner())) {
+                if let Err(e) = NodeTables::open(&self.layout).and_then(|t| t.clear(slot, &maps.inner())) {
                     tracing::warn!(slot, "emptying a pod's slot: {e}");
                 }
                 self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot);
@@ -219,16 +227,11 @@ impl Slots {
     /// pod's map pins, after its records are gone. With a background worker
     /// the slots are emptied there (each waits for a grace period),
     /// reserved till then so no one fills them meanwhile.
-    pub fn release(
-        &self,
-        mut tables: Option<&mut NodeTables>,
-        pod: &PodId,
-        slots: &[u32],
-    ) -> Result<(), DatapathError> {
+    pub fn release(&self, tables: Option<&NodeTables>, pod: &PodId, slots: &[u32]) -> Result<(), DatapathError> {
         for slot in slots {
             let Ok(maps) = PinnedMaps::of_pod(&self.layout, pod) else { break };
             if self.target == 0 {
-                if let Some(tables) = tables.as_deref_mut() {
+                if let Some(tables) = tables {
                     // Emptied while still pinned: no one fills a slot
                     // holding pinned maps.
                     tables.clear(*slot, &maps.inner())?;
@@ -273,13 +276,7 @@ impl PinnedMaps {
     }
 }
 
-/// File names in `dir`; none when it does not exist.
+/// Pin names in `dir`, as [`pin_names`] reads them.
 fn names_in(dir: &Path) -> Result<Vec<String>, DatapathError> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            Ok(entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(DatapathError::Pin(dir.to_owned(), e.to_string())),
-    }
+    pin_names(dir).map_err(|e| DatapathError::Pin(dir.to_owned(), e.to_string()))
 }

@@ -56,38 +56,23 @@ impl NodeTables {
             (&mut self.egress, maps.egress, MAP_EGRESS_TRIES),
             (&mut self.conntrack, maps.conntrack, MAP_CONNTRACK_TABLES),
         ];
-        std::thread::scope(|s| {
-            let writes: Vec<_> = outer
-                .into_iter()
-                .map(|(table, inner, name)| {
-                    s.spawn(move || table.map.set(slot, inner, 0).map_err(map_err("write", name)))
-                })
-                .collect();
-            writes.into_iter().try_for_each(|w| w.join().expect("map update thread"))
-        })
+        at_once(outer.map(|(table, inner, name)| move || table.map.set(slot, inner, 0).map_err(map_err("write", name))))
     }
 
     /// Empties `slot` if it holds the maps `maps` (concurrently, as
     /// [`Self::register`]), so they are freed; a slot someone filled since
     /// is left alone.
-    pub fn clear(&mut self, slot: u32, maps: &InnerMaps) -> Result<(), RulesError> {
+    pub fn clear(&self, slot: u32, maps: &InnerMaps) -> Result<(), RulesError> {
         let outer = [
             (&self.ingress, maps.ingress, MAP_INGRESS_TRIES),
             (&self.egress, maps.egress, MAP_EGRESS_TRIES),
             (&self.conntrack, maps.conntrack, MAP_CONNTRACK_TABLES),
         ];
-        std::thread::scope(|s| {
-            let deletes: Vec<_> = outer
-                .into_iter()
-                .filter(|(table, inner, _)| table.points_at(slot, map_id(inner)))
-                .map(|(table, _, name)| {
-                    s.spawn(move || {
-                        sys::delete_elem(table.fd.as_fd(), slot).map_err(|e| map_err("delete from", name)(e.into()))
-                    })
-                })
-                .collect();
-            deletes.into_iter().try_for_each(|d| d.join().expect("map update thread"))
-        })
+        at_once(outer.into_iter().filter(|(table, inner, _)| table.points_at(slot, map_id(inner))).map(
+            |(table, _, name)| {
+                move || sys::delete_elem(table.fd.as_fd(), slot).map_err(|e| map_err("delete from", name)(e.into()))
+            },
+        ))
     }
 
     /// Gives `ifindex` counters unless it has them (the programs only add
@@ -170,7 +155,18 @@ impl NodeTables {
     }
 }
 
-/// Whether `table` maps `ifindex` to the very map `inner`.
+/// Runs `updates` of the arrays of maps each in a thread of its own: each
+/// waits for an RCU grace period, and concurrent waits overlap.
+fn at_once<F>(updates: impl IntoIterator<Item = F>) -> Result<(), RulesError>
+where
+    F: FnOnce() -> Result<(), RulesError> + Send,
+{
+    std::thread::scope(|s| {
+        let running: Vec<_> = updates.into_iter().map(|update| s.spawn(update)).collect();
+        running.into_iter().try_for_each(|r| r.join().expect("map update thread"))
+    })
+}
+
 /// `map`'s kernel id; None (logged) when it cannot be read, which makes
 /// it point nowhere.
 fn map_id(map: &MapData) -> Option<u32> {
