@@ -6,7 +6,7 @@
 mod support;
 
 use anyhow::{Context, Result, ensure};
-use na_agent::{cli::trace::Trace, datapath::AttachMode};
+use na_agent::{datapath::AttachMode, inspect::trace::Trace};
 use na_harness::{Family, Probe, matrix, render};
 use serde_json::{Value, json};
 use support::{

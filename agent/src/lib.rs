@@ -2,13 +2,13 @@
 //! sync with the policy, and explains what is loaded (`na-cli`).
 
 pub mod bpffs;
-pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod decode;
 pub mod flowlog;
+pub mod inspect;
 pub mod links;
 pub mod pod_id;
 pub mod reconcile;

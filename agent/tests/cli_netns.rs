@@ -6,9 +6,9 @@ mod support;
 use std::{net::IpAddr, path::Path};
 
 use na_agent::{
-    cli::{dump::MapDump, loaded::LoadedProgram, pod::PodReport, trace::Trace},
-    datapath::AttachMode,
+    datapath::{AttachMode, inventory::PodAttachment},
     flowlog::FlowLine,
+    inspect::{dump::MapDump, pod::PodReport, trace::Trace},
     status,
 };
 use na_harness::{Family, Probe};
@@ -111,13 +111,13 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert!(text.contains("ALLOW  by x/c-egress egress[0]") && text.contains("Verdict: DENY"), "{text}");
 
     // dump-maps: each map of c, by the ids loaded-ebpfdata lists.
-    let loaded: Vec<LoadedProgram> = cli.json(&["ebpf", "loaded-ebpfdata"]);
+    let loaded: Vec<PodAttachment> = cli.json(&["ebpf", "loaded-ebpfdata"]);
     let map_id = |pod: &str, name: &str| {
         loaded.iter().filter(|p| p.pod_id == pod).flat_map(|p| &p.maps).find(|m| m.name == name).unwrap().id
     };
     let egress: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_c", "egress_map").to_string()]);
     assert_eq!(egress.pod_id, "x_c");
-    let na_agent::cli::dump::Contents::Rules { prefixes } = &egress.contents else { panic!("{egress:?}") };
+    let na_agent::inspect::dump::Contents::Rules { prefixes } = &egress.contents else { panic!("{egress:?}") };
     let live: Vec<String> = prefixes
         .iter()
         .filter(|p| p.active)
@@ -140,7 +140,7 @@ fn na_cli_explains_what_the_agent_loaded() {
     // The node's pod table: every pod's record, named from the status file.
     let state: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_c", "pod_table").to_string()]);
     assert_eq!(state.pod_id, "node");
-    let na_agent::cli::dump::Contents::PodTable { pods } = &state.contents else { panic!("{state:?}") };
+    let na_agent::inspect::dump::Contents::PodTable { pods } = &state.contents else { panic!("{state:?}") };
     let c_row = pods.iter().find(|p| p.pod_id.as_deref() == Some("x_c")).unwrap_or_else(|| panic!("{pods:?}"));
     let modes: Vec<(&str, &str)> = c_row.states.iter().map(|s| (s.direction.as_str(), s.mode.as_str())).collect();
     assert_eq!(modes, vec![("ingress", "default-allow"), ("egress", "policies-applied")]);
@@ -151,14 +151,14 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert_eq!(prog_ids.len(), 2, "one program per direction for the node: {loaded:?}");
     assert!(loaded.iter().all(|p| p.pin_path.contains("/links/")), "{loaded:?}");
     let flows: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_a", "conntrack_map").to_string()]);
-    let na_agent::cli::dump::Contents::Conntrack { flows } = &flows.contents else { panic!("{flows:?}") };
+    let na_agent::inspect::dump::Contents::Conntrack { flows } = &flows.contents else { panic!("{flows:?}") };
     assert!(
         flows.iter().any(|f| f.src == IpAddr::from(b.ip) && f.dst_port == 80 && f.policy == "x/a-from-b ingress[0]"),
         "{flows:?}"
     );
     assert!(flows.iter().all(|f| f.idle_secs < 600.0 && f.timeout_secs > 0));
     let counters: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_a", "counters").to_string()]);
-    let na_agent::cli::dump::Contents::Counters { pods } = &counters.contents else { panic!("{counters:?}") };
+    let na_agent::inspect::dump::Contents::Counters { pods } = &counters.contents else { panic!("{counters:?}") };
     let a_row = pods.iter().find(|p| p.pod_id.as_deref() == Some("x_a")).unwrap_or_else(|| panic!("{pods:?}"));
     let counters = &a_row.counters;
     assert!(counters.ingress_allowed.packets > 0 && counters.ingress_denied.packets > 0, "{counters:?}");
@@ -199,11 +199,11 @@ fn na_cli_explains_what_the_agent_loaded() {
 
     // An attachment whose veth is gone (the agent stopped, the CNI deleted the
     // sandbox) is flagged: nothing is enforced for that pod.
-    let loaded: Vec<LoadedProgram> = cli.json(&["ebpf", "loaded-ebpfdata"]);
+    let loaded: Vec<PodAttachment> = cli.json(&["ebpf", "loaded-ebpfdata"]);
     assert!(loaded.iter().all(|p| p.device.is_some()), "{loaded:?}");
     drop(_agent);
     env.node.delete_veth("x/c").unwrap();
-    let loaded: Vec<LoadedProgram> = cli.json(&["ebpf", "loaded-ebpfdata"]);
+    let loaded: Vec<PodAttachment> = cli.json(&["ebpf", "loaded-ebpfdata"]);
     let gone: std::collections::BTreeSet<&str> =
         loaded.iter().filter(|p| p.device.is_none()).map(|p| p.pod_id.as_str()).collect();
     assert_eq!(gone, std::collections::BTreeSet::from(["x_c"]));

@@ -1,13 +1,13 @@
 //! `na-cli pod <namespace>/<name> | <ip>`: everything the datapath holds for
 //! one pod, its rules grouped by the policy rule that produced them.
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use na_common::{direction, names};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CliError, Sources,
+    InspectError, Sources,
     read::{self, FlowRow},
 };
 use crate::{datapath::PodCounters, pod_id::PodId, status::Status};
@@ -65,22 +65,22 @@ pub struct Grant {
 }
 
 /// Resolves `which` (`namespace/name` or an address) to a pod id.
-pub fn resolve(sources: &Sources, which: &str) -> Result<(PodId, Option<Status>), CliError> {
+pub fn resolve(sources: &Sources, which: &str) -> Result<(PodId, Option<Status>), InspectError> {
     if let Ok(ip) = which.parse::<IpAddr>() {
         let status = sources.status("find the pod with an address")?;
         let id = status
             .pod_by_ip(ip)
             .map(|p| PodId::from_raw(p.pod_id.clone()))
-            .ok_or_else(|| CliError::NotFound(format!("no pod on this node has address {ip}")))?;
+            .ok_or_else(|| InspectError::NotFound(format!("no pod on this node has address {ip}")))?;
         return Ok((id, Some(status)));
     }
     let (namespace, name) = which
         .split_once('/')
-        .ok_or_else(|| CliError::BadArgument(format!("{which:?} is neither namespace/name nor an IP address")))?;
+        .ok_or_else(|| InspectError::BadArgument(format!("{which:?} is neither namespace/name nor an IP address")))?;
     Ok((PodId::new(namespace, name), sources.status_if_any()))
 }
 
-pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
+pub fn show(sources: &Sources, which: &str) -> Result<PodReport, InspectError> {
     let (id, status) = resolve(sources, which)?;
     let programs: Vec<ProgramRef> = crate::datapath::inventory::attachments(&sources.layout)?
         .into_iter()
@@ -88,7 +88,7 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
         .map(|p| ProgramRef { direction: p.direction, prog_id: p.prog_id })
         .collect();
     if programs.is_empty() {
-        return Err(CliError::NotFound(format!("no programs are loaded for {which} (pod id {id}) on this node")));
+        return Err(InspectError::NotFound(format!("no programs are loaded for {which} (pod id {id}) on this node")));
     }
     let status = status.as_ref();
     let entry = status.and_then(|s| s.pod_by_id(id.as_str()));
@@ -138,48 +138,4 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, CliError> {
         counters: read::pod_counters(layout, &id)?,
         flows: read::flows(&read::pinned(layout, &id, names::MAP_CONNTRACK)?, status)?,
     })
-}
-
-pub fn render(r: &PodReport) -> String {
-    let mut s = String::new();
-    let unknown = || "(not in the status file)".to_owned();
-    let _ = writeln!(s, "Pod            : {}", r.pod.clone().unwrap_or_else(unknown));
-    let _ = writeln!(s, "Pod Identifier : {}", r.pod_id);
-    let ips: Vec<String> = r.ips.iter().map(ToString::to_string).collect();
-    let _ = writeln!(s, "Addresses      : {}", if ips.is_empty() { unknown() } else { ips.join(", ") });
-    let _ = writeln!(s, "Host veth      : {}", r.veth.clone().unwrap_or_else(unknown));
-    if r.assumed {
-        let _ = writeln!(
-            s,
-            "Assumed        : started before the agent knew it; judged as a pod without labels until its object arrives"
-        );
-    }
-    for p in &r.programs {
-        let _ = writeln!(s, "Program        : {} (id {})", p.direction, p.prog_id);
-    }
-    for d in &r.directions {
-        let _ = writeln!(s, "\n{} : {} (generation {})", d.direction.to_uppercase(), d.mode, d.generation);
-        if d.mode == "default-allow" {
-            let _ = writeln!(s, "  no policy isolates this direction: everything passes");
-            continue;
-        }
-        if !d.isolated_by.is_empty() {
-            let _ = writeln!(s, "  isolated by {}", d.isolated_by.join(", "));
-        }
-        for p in &d.policies {
-            let _ = writeln!(s, "  {}", p.policy);
-            for g in &p.grants {
-                let _ = writeln!(s, "    {} {} {}", g.prefix, g.protocol, g.ports);
-            }
-        }
-        for h in &d.holes {
-            let _ = writeln!(s, "  except {h}: denied");
-        }
-        let _ = writeln!(s, "  anything else: denied");
-    }
-    let _ = writeln!(s, "\nCOUNTERS");
-    s.push_str(&read::counters_table(&r.counters));
-    let _ = writeln!(s, "\nTRACKED FLOWS ({})", r.flows.len());
-    s.push_str(&read::flow_rows_table(&r.flows));
-    s
 }

@@ -1,6 +1,6 @@
 //! `na-cli ebpf progs` / `maps`: the programs and maps in the kernel, ours by
 //! default (those pinned under the agent's root), every one with `--all`.
-use std::{collections::BTreeSet, fmt::Write as _};
+use std::collections::BTreeSet;
 
 use aya::{
     maps::{MapInfo, loaded_maps},
@@ -8,7 +8,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use super::{CliError, SEPARATOR};
+use super::InspectError;
 use crate::bpffs::PinLayout;
 
 #[derive(Debug, Serialize)]
@@ -32,13 +32,13 @@ pub struct MapRow {
 }
 
 /// Program and map ids reachable from the programs pinned under `layout`.
-fn ours(layout: &PinLayout) -> Result<(BTreeSet<u32>, BTreeSet<u32>), CliError> {
+fn ours(layout: &PinLayout) -> Result<(BTreeSet<u32>, BTreeSet<u32>), InspectError> {
     let progs = crate::datapath::inventory::attachments(layout)?;
     let maps = progs.iter().flat_map(|p| p.maps.iter().map(|m| m.id)).collect();
     Ok((progs.iter().map(|p| p.prog_id).collect(), maps))
 }
 
-pub fn progs(layout: &PinLayout, all: bool) -> Result<Vec<ProgRow>, CliError> {
+pub fn progs(layout: &PinLayout, all: bool) -> Result<Vec<ProgRow>, InspectError> {
     let keep = if all { None } else { Some(ours(layout)?.0) };
     rows(
         loaded_programs(),
@@ -53,7 +53,7 @@ pub fn progs(layout: &PinLayout, all: bool) -> Result<Vec<ProgRow>, CliError> {
     )
 }
 
-pub fn maps(layout: &PinLayout, all: bool) -> Result<Vec<MapRow>, CliError> {
+pub fn maps(layout: &PinLayout, all: bool) -> Result<Vec<MapRow>, InspectError> {
     let keep = if all { None } else { Some(ours(layout)?.1) };
     rows(loaded_maps(), keep, |i| i.id(), map_row)
 }
@@ -64,10 +64,10 @@ fn rows<I, E: std::fmt::Display, R>(
     keep: Option<BTreeSet<u32>>,
     id: impl Fn(&I) -> u32,
     row: impl Fn(&I) -> R,
-) -> Result<Vec<R>, CliError> {
+) -> Result<Vec<R>, InspectError> {
     let mut out = Vec::new();
     for info in infos {
-        let info = info.map_err(|e| CliError::Kernel(e.to_string()))?;
+        let info = info.map_err(|e| InspectError::Kernel(e.to_string()))?;
         if keep.as_ref().is_none_or(|k| k.contains(&id(&info))) {
             out.push(row(&info));
         }
@@ -84,27 +84,4 @@ fn map_row(info: &MapInfo) -> MapRow {
         value_size: info.value_size(),
         max_entries: info.max_entries(),
     }
-}
-
-pub fn render_progs(rows: &[ProgRow]) -> String {
-    let mut s = String::from("Programs currently loaded : \n");
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "Type : {} ID : {} Name : {} Associated maps count : {}",
-            r.prog_type, r.id, r.name, r.map_count
-        );
-        let _ = writeln!(s, "{SEPARATOR}");
-    }
-    s
-}
-
-pub fn render_maps(rows: &[MapRow]) -> String {
-    let mut s = String::from("Maps currently loaded : \n");
-    for r in rows {
-        let _ = writeln!(s, "Type : {} ID : {} Name : {}", r.map_type, r.id, r.name);
-        let _ = writeln!(s, "Keysize {} Valuesize {} MaxEntries {}", r.key_size, r.value_size, r.max_entries);
-        let _ = writeln!(s, "{SEPARATOR}");
-    }
-    s
 }

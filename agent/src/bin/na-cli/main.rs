@@ -2,13 +2,21 @@
 //! never changes eBPF state (`install` only copies this binary).
 use std::{io::Write as _, net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
+mod dump;
+mod events;
+mod inventory;
+mod loaded;
+mod pod;
+mod table;
+mod trace;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use na_agent::{
     bpffs::{DEFAULT_ROOT, PinLayout},
-    cli::{
-        CliError, Sources, dump,
-        events::{self, Origin, Until},
-        inventory, loaded, pod, trace,
+    datapath::inventory::attachments,
+    inspect::{
+        self, InspectError, Sources,
+        events::{Origin, Until},
     },
     status::DEFAULT_STATUS_FILE,
 };
@@ -108,39 +116,55 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("na-cli: {e}");
-            ExitCode::from(e.exit_code())
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-fn run(cli: &Cli) -> Result<String, CliError> {
+/// The process exit code: 3 no bpffs, 4 no such object, 5 permission,
+/// 6 bad argument, 7 held by the agent, 1 anything else (clap uses 2 for
+/// usage errors).
+fn exit_code(e: &InspectError) -> u8 {
+    match e {
+        InspectError::NoBpffs(_) => 3,
+        InspectError::NotFound(_) => 4,
+        InspectError::Permission(_) => 5,
+        InspectError::BadArgument(_) => 6,
+        InspectError::Busy(_) => 7,
+        InspectError::Read { .. } | InspectError::NoStatus { .. } | InspectError::Kernel(_) => 1,
+    }
+}
+
+fn run(cli: &Cli) -> Result<String, InspectError> {
     let sources = Sources { layout: PinLayout::new(&cli.bpffs_root), status_file: cli.status_file.clone() };
     let layout = &sources.layout;
     match &cli.command {
         Command::Ebpf { command: Ebpf::Progs { all } } => {
-            emit(cli.output, inventory::progs(layout, *all)?.as_slice(), inventory::render_progs)
+            emit(cli.output, inspect::inventory::progs(layout, *all)?.as_slice(), inventory::render_progs)
         }
         Command::Ebpf { command: Ebpf::Maps { all } } => {
-            emit(cli.output, inventory::maps(layout, *all)?.as_slice(), inventory::render_maps)
+            emit(cli.output, inspect::inventory::maps(layout, *all)?.as_slice(), inventory::render_maps)
         }
         Command::Ebpf { command: Ebpf::LoadedEbpfdata } => {
-            emit(cli.output, loaded::read(layout)?.as_slice(), loaded::render)
+            emit(cli.output, attachments(layout)?.as_slice(), loaded::render)
         }
         Command::Ebpf { command: Ebpf::DumpMaps { map_id } } => {
-            emit(cli.output, &dump::dump(&sources, *map_id)?, dump::render)
+            emit(cli.output, &inspect::dump::dump(&sources, *map_id)?, dump::render)
         }
-        Command::Pod { pod } => emit(cli.output, &pod::show(&sources, pod)?, pod::render),
+        Command::Pod { pod } => emit(cli.output, &inspect::pod::show(&sources, pod)?, pod::render),
         Command::Trace { src, dst, protocol } => {
             let (protocol, port) = trace::parse_protocol(protocol)?;
-            let packet = trace::Packet { src: *src, dst: *dst, protocol, port };
-            emit(cli.output, &trace::trace(&sources, packet)?, trace::render)
+            let packet = inspect::trace::Packet { src: *src, dst: *dst, protocol, port };
+            emit(cli.output, &inspect::trace::trace(&sources, packet)?, trace::render)
         }
         Command::Events { count, seconds } => {
             let duration = seconds
-                .map(|s| Duration::try_from_secs_f64(s).map_err(|e| CliError::BadArgument(format!("--seconds: {e}"))))
+                .map(|s| {
+                    Duration::try_from_secs_f64(s).map_err(|e| InspectError::BadArgument(format!("--seconds: {e}")))
+                })
                 .transpose()?;
             let output = cli.output;
-            let origin = events::follow(&sources, Until { count: *count, duration }, |line| {
+            let origin = inspect::events::follow(&sources, Until { count: *count, duration }, |line| {
                 let text = match output {
                     Output::Table => events::render(line),
                     Output::Json => serde_json::to_string(line).expect("plain data serialises"),
@@ -155,7 +179,7 @@ fn run(cli: &Cli) -> Result<String, CliError> {
             Ok(String::new())
         }
         Command::Install { dir } => {
-            install(dir).map_err(|source| CliError::Read { path: dir.display().to_string(), source })
+            install(dir).map_err(|source| InspectError::Read { path: dir.display().to_string(), source })
         }
     }
 }
@@ -179,7 +203,11 @@ fn install(dir: &std::path::Path) -> std::io::Result<String> {
 }
 
 /// `value` as a table or as JSON.
-fn emit<T: Serialize + ?Sized>(output: Output, value: &T, table: impl Fn(&T) -> String) -> Result<String, CliError> {
+fn emit<T: Serialize + ?Sized>(
+    output: Output,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> Result<String, InspectError> {
     Ok(match output {
         Output::Table => table(value),
         Output::Json => serde_json::to_string_pretty(value).expect("plain data serialises") + "\n",

@@ -2,11 +2,12 @@
 //! the node's program and the maps it reaches.
 use std::fmt::Write as _;
 
-use super::SEPARATOR;
-pub use crate::datapath::inventory::{MapRef, PodAttachment as LoadedProgram, attachments as read};
+use na_agent::datapath::inventory::PodAttachment;
+
+use crate::table::SEPARATOR;
 
 /// The listing in the style of `aws-eks-na-cli ebpf loaded-ebpfdata`.
-pub fn render(programs: &[LoadedProgram]) -> String {
+pub fn render(programs: &[PodAttachment]) -> String {
     let mut s = String::new();
     for p in programs {
         let _ = writeln!(s, "PinPath:  {}", p.pin_path);
@@ -30,11 +31,13 @@ pub fn render(programs: &[LoadedProgram]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use na_agent::datapath::inventory::MapRef;
+
     use super::*;
 
     #[test]
     fn renders_like_the_aws_tool() {
-        let p = LoadedProgram {
+        let p = PodAttachment {
             pin_path: "/sys/fs/bpf/netpol/links/x_a_handle_ingress".into(),
             pod_id: "x_a".into(),
             direction: "ingress".into(),
@@ -49,7 +52,7 @@ mod tests {
                     Map Name:  ingress_map\n\
                     Map ID:  7\n";
         assert_eq!(render(std::slice::from_ref(&p)), format!("{want}{SEPARATOR}\n"));
-        let gone = LoadedProgram { device: None, ..p };
+        let gone = PodAttachment { device: None, ..p };
         assert!(render(&[gone]).contains("Prog ID:  42\nDevice:  gone"), "an attachment without its device is flagged");
         assert_eq!(render(&[]), "No programs loaded\n");
     }

@@ -15,7 +15,7 @@ use std::{
 use aya::maps::{Map, MapData, RingBuf};
 use na_common::names::MAP_EVENTS;
 
-use super::{CliError, Sources};
+use super::{InspectError, Sources};
 use crate::{
     flowlog::{self, FlowLine},
     status::{self, Status},
@@ -47,10 +47,10 @@ pub enum Origin {
 }
 
 /// Follows events until `until`, handing each line to `out`.
-pub fn follow(sources: &Sources, until: Until, mut out: impl FnMut(&FlowLine)) -> Result<Origin, CliError> {
+pub fn follow(sources: &Sources, until: Until, mut out: impl FnMut(&FlowLine)) -> Result<Origin, InspectError> {
     let lock_path = status::events_lock_path(&sources.status_file);
     let lock = status::try_lock(&lock_path)
-        .map_err(|source| CliError::Read { path: lock_path.display().to_string(), source })?;
+        .map_err(|source| InspectError::Read { path: lock_path.display().to_string(), source })?;
     match lock {
         Some(_held) => {
             follow_ring(sources, until, &mut out)?;
@@ -63,7 +63,7 @@ pub fn follow(sources: &Sources, until: Until, mut out: impl FnMut(&FlowLine)) -
                     follow_file(Path::new(path), until, &mut out)?;
                     Ok(Origin::FlowLog(path.into()))
                 }
-                _ => Err(CliError::Busy(
+                _ => Err(InspectError::Busy(
                     "the agent reads the events and writes them to its standard output: read its log \
                      (kubectl logs), or set NA_FLOW_LOG_FILE"
                         .into(),
@@ -73,16 +73,16 @@ pub fn follow(sources: &Sources, until: Until, mut out: impl FnMut(&FlowLine)) -
     }
 }
 
-fn follow_ring(sources: &Sources, until: Until, out: &mut impl FnMut(&FlowLine)) -> Result<(), CliError> {
+fn follow_ring(sources: &Sources, until: Until, out: &mut impl FnMut(&FlowLine)) -> Result<(), InspectError> {
     let pin = sources.layout.global_map(MAP_EVENTS);
     let data = MapData::from_pin(&pin).map_err(|e| match e {
         aya::maps::MapError::SyscallError(ref s) if s.io_error.kind() == std::io::ErrorKind::NotFound => {
-            CliError::NotFound(format!("{}: no event ring yet (no pod has been loaded)", pin.display()))
+            InspectError::NotFound(format!("{}: no event ring yet (no pod has been loaded)", pin.display()))
         }
-        e => CliError::kernel(pin.display(), &e),
+        e => InspectError::kernel(pin.display(), &e),
     })?;
-    let mut ring = RingBuf::try_from(Map::from_map_data(data).map_err(|e| CliError::kernel(MAP_EVENTS, &e))?)
-        .map_err(|e| CliError::kernel(MAP_EVENTS, &e))?;
+    let mut ring = RingBuf::try_from(Map::from_map_data(data).map_err(|e| InspectError::kernel(MAP_EVENTS, &e))?)
+        .map_err(|e| InspectError::kernel(MAP_EVENTS, &e))?;
     // Records left from before are skipped: the kernel stamps no time on
     // them, so they would be shown as happening now.
     while ring.next().is_some() {}
@@ -116,9 +116,9 @@ fn line(status: &Status, event: &na_common::events::PolicyEvent) -> FlowLine {
 }
 
 /// Follows the agent's flow log from its current end, across rotations.
-fn follow_file(path: &Path, until: Until, out: &mut impl FnMut(&FlowLine)) -> Result<(), CliError> {
-    let read_err = |source| CliError::Read { path: path.display().to_string(), source };
-    let open = || -> Result<(BufReader<std::fs::File>, u64), CliError> {
+fn follow_file(path: &Path, until: Until, out: &mut impl FnMut(&FlowLine)) -> Result<(), InspectError> {
+    let read_err = |source| InspectError::Read { path: path.display().to_string(), source };
+    let open = || -> Result<(BufReader<std::fs::File>, u64), InspectError> {
         let mut file = std::fs::File::open(path).map_err(read_err)?;
         let end = file.seek(SeekFrom::End(0)).map_err(read_err)?;
         Ok((BufReader::new(file), end))
@@ -148,42 +148,4 @@ fn follow_file(path: &Path, until: Until, out: &mut impl FnMut(&FlowLine)) -> Re
         partial.clear();
     }
     Ok(())
-}
-
-/// One event in a line of text.
-pub fn render(l: &FlowLine) -> String {
-    let pod = match (&l.namespace, &l.pod) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        _ => "?".into(),
-    };
-    let src = super::read::socket(l.src_ip, l.src_port);
-    let dst = super::read::socket(l.dst_ip, l.dst_port);
-    let policy = match (&l.policy, l.rule) {
-        (Some(p), Some(r)) => crate::decode::rule_label(p, &l.direction, r),
-        (Some(p), None) => p.clone(),
-        _ if !l.isolated_by.is_empty() => format!("isolated by {}", l.isolated_by.join(",")),
-        _ => "-".into(),
-    };
-    format!("{} {pod} {} {src} -> {dst} {} {} {} {policy}", l.time, l.direction, l.protocol, l.verdict, l.tier)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_line_names_the_rule_that_allowed_or_the_policies_that_isolate() {
-        let mut l: FlowLine = serde_json::from_str(
-            r#"{"time":"1.000","node":"n","namespace":"x","pod":"a","direction":"ingress","src_ip":"10.0.0.2",
-                "src_port":40000,"dst_ip":"10.0.0.1","dst_port":80,"protocol":"TCP","verdict":"DENY",
-                "tier":"NETWORK_POLICY","policy":null,"rule":null,"isolated_by":["x/deny","x/web"]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            render(&l),
-            "1.000 x/a ingress 10.0.0.2:40000 -> 10.0.0.1:80 TCP DENY NETWORK_POLICY isolated by x/deny,x/web"
-        );
-        (l.verdict, l.policy, l.rule, l.isolated_by) = ("ACCEPT".into(), Some("x/web".into()), Some(0), Vec::new());
-        assert!(render(&l).ends_with("TCP ACCEPT NETWORK_POLICY x/web ingress[0]"), "{}", render(&l));
-    }
 }

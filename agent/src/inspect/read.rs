@@ -11,7 +11,7 @@ use na_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::CliError;
+use super::InspectError;
 use crate::{
     bpffs::PinLayout,
     datapath::{NodeTables, PodCounters, Timeouts, ktime_now_ns},
@@ -87,19 +87,19 @@ pub struct FragmentRow {
 }
 
 /// Opens map `id` from the kernel.
-pub fn by_id(id: u32) -> Result<MapData, CliError> {
+pub fn by_id(id: u32) -> Result<MapData, InspectError> {
     MapData::from_id(id).map_err(|e| match e {
         aya::maps::MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            CliError::NotFound(format!("no map with id {id}"))
+            InspectError::NotFound(format!("no map with id {id}"))
         }
-        e => CliError::kernel(format!("map {id}"), &e),
+        e => InspectError::kernel(format!("map {id}"), &e),
     })
 }
 
 /// An opened map as a `T`; `what` names it in errors.
-pub fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(data: MapData, what: &str) -> Result<T, CliError> {
-    let map = Map::from_map_data(data).map_err(|e| CliError::kernel(what, &e))?;
-    T::try_from(map).map_err(|e| CliError::kernel(what, &e))
+pub fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(data: MapData, what: &str) -> Result<T, InspectError> {
+    let map = Map::from_map_data(data).map_err(|e| InspectError::kernel(what, &e))?;
+    T::try_from(map).map_err(|e| InspectError::kernel(what, &e))
 }
 
 /// Opens `pod`'s pinned map `name` as a `T`.
@@ -107,27 +107,27 @@ pub fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
     layout: &PinLayout,
     pod: &PodId,
     name: &str,
-) -> Result<T, CliError> {
+) -> Result<T, InspectError> {
     let path = layout.map(pod, name);
-    crate::datapath::open_pinned(&path).map_err(|e| CliError::kernel(path.display(), &e))
+    crate::datapath::open_pinned(&path).map_err(|e| InspectError::kernel(path.display(), &e))
 }
 
 /// Both directions' states of `pod`, indexed by [`direction`].
-pub fn states(layout: &PinLayout, pod: &PodId) -> Result<[PodState; 2], CliError> {
-    let tables = NodeTables::open(layout).map_err(|e| CliError::kernel("pod_table", &e))?;
-    let found = tables.ifindexes_of_pod(layout, pod).map_err(|e| CliError::kernel(format!("pod {pod}"), &e))?;
+pub fn states(layout: &PinLayout, pod: &PodId) -> Result<[PodState; 2], InspectError> {
+    let tables = NodeTables::open(layout).map_err(|e| InspectError::kernel("pod_table", &e))?;
+    let found = tables.ifindexes_of_pod(layout, pod).map_err(|e| InspectError::kernel(format!("pod {pod}"), &e))?;
     let ifindex = *found
         .first()
-        .ok_or_else(|| CliError::NotFound(format!("pod {pod} has maps but no entry in the pod table")))?;
-    let record: PodRecord = tables.pods.get(&ifindex, 0).map_err(|e| CliError::kernel("pod_table", &e))?;
+        .ok_or_else(|| InspectError::NotFound(format!("pod {pod} has maps but no entry in the pod table")))?;
+    let record: PodRecord = tables.pods.get(&ifindex, 0).map_err(|e| InspectError::kernel("pod_table", &e))?;
     Ok(record.states)
 }
 
 /// The pod table: every veth's record, by ifindex.
-pub fn pod_table(map: &crate::datapath::PodTable) -> Result<Vec<(u32, [PodState; 2])>, CliError> {
+pub fn pod_table(map: &crate::datapath::PodTable) -> Result<Vec<(u32, [PodState; 2])>, InspectError> {
     let mut rows: Vec<(u32, [PodState; 2])> = Vec::new();
     for entry in map.iter() {
-        let (ifindex, record) = entry.map_err(|e| CliError::kernel("pod_table", &e))?;
+        let (ifindex, record) = entry.map_err(|e| InspectError::kernel("pod_table", &e))?;
         rows.push((ifindex, record.states));
     }
     rows.sort_by_key(|r| r.0);
@@ -151,10 +151,10 @@ pub fn state_rows(states: &[PodState; 2]) -> Vec<StateRow> {
 
 /// Every prefix of a trie, sorted by set then address; `active_set` marks
 /// the live one when known.
-pub fn prefixes(trie: &Trie, active_set: Option<u8>, status: Option<&Status>) -> Result<Vec<PrefixRow>, CliError> {
+pub fn prefixes(trie: &Trie, active_set: Option<u8>, status: Option<&Status>) -> Result<Vec<PrefixRow>, InspectError> {
     let mut rows = Vec::new();
     for entry in trie.iter() {
-        let (key, value) = entry.map_err(|e| CliError::kernel("policy trie", &e))?;
+        let (key, value) = entry.map_err(|e| InspectError::kernel("policy trie", &e))?;
         let data = key.data();
         let Some(prefix) = decode::prefix(&data, key.prefix_len()) else { continue };
         let live = usize::try_from(value.count).unwrap_or(usize::MAX).min(value.rules.len());
@@ -173,12 +173,12 @@ pub fn prefixes(trie: &Trie, active_set: Option<u8>, status: Option<&Status>) ->
     Ok(rows)
 }
 
-pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, CliError> {
+pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, InspectError> {
     let now = ktime_now_ns();
     let timeouts = Timeouts::default();
     let mut rows = Vec::new();
     for entry in map.iter() {
-        let (k, v) = entry.map_err(|e| CliError::kernel("conntrack_map", &e))?;
+        let (k, v) = entry.map_err(|e| InspectError::kernel("conntrack_map", &e))?;
         let pod = (decode::addr(k.family, k.pod_addr.0), k.pod_port);
         let peer = (decode::addr(k.family, k.peer_addr.0), k.peer_port);
         let ((src, src_port), (dst, dst_port)) =
@@ -211,10 +211,10 @@ pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, C
     Ok(rows)
 }
 
-pub fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<FragmentRow>, CliError> {
+pub fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<FragmentRow>, InspectError> {
     let mut rows = Vec::new();
     for entry in map.iter() {
-        let (k, policy_id) = entry.map_err(|e| CliError::kernel("frag_map", &e))?;
+        let (k, policy_id) = entry.map_err(|e| InspectError::kernel("frag_map", &e))?;
         rows.push(FragmentRow {
             protocol: decode::protocol_name(k.protocol),
             src: decode::addr(k.family, k.src_addr),
@@ -226,81 +226,6 @@ pub fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<Fragmen
     Ok(rows)
 }
 
-pub fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, CliError> {
-    crate::datapath::pod_counters(layout, pod).map_err(|e| CliError::kernel("counters", &e))
-}
-
-pub fn prefix_rows_table(rows: &[PrefixRow]) -> String {
-    let mut cells = Vec::new();
-    for r in rows {
-        let set = format!("{}{}", r.set, if r.active { " (active)" } else { "" });
-        if r.rules.is_empty() {
-            cells.push(vec![set.clone(), r.prefix.to_string(), "-".into(), "-".into(), "deny (except hole)".into()]);
-        }
-        for rule in &r.rules {
-            cells.push(vec![
-                set.clone(),
-                r.prefix.to_string(),
-                rule.protocol.clone(),
-                rule.ports.clone(),
-                rule.policy.clone(),
-            ]);
-        }
-    }
-    super::table(&["SET", "PREFIX", "PROTOCOL", "PORTS", "POLICY"], &cells)
-}
-
-pub fn state_rows_table(rows: &[StateRow]) -> String {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| vec![r.direction.clone(), r.mode.clone(), r.active_set.to_string(), r.generation.to_string()])
-        .collect();
-    super::table(&["DIRECTION", "MODE", "ACTIVE SET", "GENERATION"], &cells)
-}
-
-pub fn flow_rows_table(rows: &[FlowRow]) -> String {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.direction.clone(),
-                r.protocol.clone(),
-                socket(r.src, r.src_port),
-                socket(r.dst, r.dst_port),
-                r.state.clone(),
-                format!("{:.1}s", r.idle_secs),
-                format!("{}s", r.timeout_secs),
-                r.policy.clone(),
-            ]
-        })
-        .collect();
-    super::table(&["DIRECTION", "PROTOCOL", "SOURCE", "DESTINATION", "STATE", "IDLE", "TIMEOUT", "POLICY"], &cells)
-}
-
-pub fn fragment_rows_table(rows: &[FragmentRow]) -> String {
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| vec![r.protocol.clone(), r.src.to_string(), r.dst.to_string(), r.id.to_string(), r.policy.clone()])
-        .collect();
-    super::table(&["PROTOCOL", "SOURCE", "DESTINATION", "IP ID", "POLICY"], &cells)
-}
-
-pub fn counters_table(c: &PodCounters) -> String {
-    let row = |dir: &str, verdict: &str, t: &crate::datapath::Totals| {
-        vec![dir.into(), verdict.into(), t.packets.to_string(), t.bytes.to_string()]
-    };
-    super::table(
-        &["DIRECTION", "VERDICT", "PACKETS", "BYTES"],
-        &[
-            row("ingress", "allowed", &c.ingress_allowed),
-            row("ingress", "denied", &c.ingress_denied),
-            row("egress", "allowed", &c.egress_allowed),
-            row("egress", "denied", &c.egress_denied),
-        ],
-    )
-}
-
-/// `addr:port`, bracketed for IPv6.
-pub fn socket(addr: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(addr, port).to_string()
+pub fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, InspectError> {
+    crate::datapath::pod_counters(layout, pod).map_err(|e| InspectError::kernel("counters", &e))
 }

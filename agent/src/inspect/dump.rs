@@ -1,12 +1,10 @@
 //! `na-cli ebpf dump-maps <map-id>`: any of a pod's maps, or the node's pod
 //! table, counters and fragments, decoded by its kind.
-use std::fmt::Write as _;
-
 use na_common::{direction, names};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CliError, Sources,
+    InspectError, Sources,
     read::{self, FlowRow, FragmentRow, PrefixRow, StateRow},
 };
 use crate::{
@@ -53,12 +51,12 @@ pub struct PodCountersRow {
 /// Label for the node's shared maps.
 const NODE: &str = "node";
 
-pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, CliError> {
+pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, InspectError> {
     let data = read::by_id(map_id)?;
-    let info = data.info().map_err(|e| CliError::kernel(format!("map {map_id}"), &e))?;
+    let info = data.info().map_err(|e| InspectError::kernel(format!("map {map_id}"), &e))?;
     let name = info.name_as_str().unwrap_or_default().to_owned();
     if names::RING_MAPS.contains(&name.as_str()) {
-        return Err(CliError::BadArgument(format!(
+        return Err(InspectError::BadArgument(format!(
             "map {map_id} ({name}) is a ring buffer shared by every pod: follow it with `na-cli events`"
         )));
     }
@@ -77,7 +75,7 @@ pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, CliError> {
         Some(owner) => owner,
         None if shared || names::GLOBAL_MAPS.contains(&name.as_str()) => NODE.to_owned(),
         None => {
-            return Err(CliError::NotFound(format!(
+            return Err(InspectError::NotFound(format!(
                 "map {map_id} ({name}) is not one of the agent's maps; `na-cli ebpf maps` lists them"
             )));
         }
@@ -108,7 +106,7 @@ pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, CliError> {
         }
         names::MAP_FRAGMENTS => Contents::Fragments { datagrams: read::fragments(&read::typed(data, &name)?, status)? },
         names::MAP_COUNTERS => {
-            let tables = NodeTables::open(&sources.layout).map_err(|e| CliError::kernel(&name, &e))?;
+            let tables = NodeTables::open(&sources.layout).map_err(|e| InspectError::kernel(&name, &e))?;
             let mut pods = Vec::new();
             for ifindex in std::iter::once(na_common::pod_state::UNKNOWN_POD).chain(tables.ifindexes()) {
                 if let Ok(values) = tables.counters(ifindex) {
@@ -119,43 +117,10 @@ pub fn dump(sources: &Sources, map_id: u32) -> Result<MapDump, CliError> {
         }
         // The maps of maps, and maps the object adds that we do not decode (say, `.rodata`).
         other => {
-            return Err(CliError::BadArgument(format!(
+            return Err(InspectError::BadArgument(format!(
                 "map {map_id} ({other}) holds no state to decode here; dump a pod's own maps (`na-cli pod` lists them)"
             )));
         }
     };
     Ok(MapDump { map_id, name, pod_id: owner, contents })
-}
-
-pub fn render(d: &MapDump) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "Map ID : {}  Name : {}  Pod Identifier : {}", d.map_id, d.name, d.pod_id);
-    s.push_str(&match &d.contents {
-        Contents::Rules { prefixes } => read::prefix_rows_table(prefixes),
-        Contents::PodTable { pods } => pods
-            .iter()
-            .map(|p| {
-                format!(
-                    "ifindex {} ({})\n{}",
-                    p.ifindex,
-                    p.pod_id.as_deref().unwrap_or("?"),
-                    read::state_rows_table(&p.states)
-                )
-            })
-            .collect(),
-        Contents::Conntrack { flows } => read::flow_rows_table(flows),
-        Contents::Fragments { datagrams } => read::fragment_rows_table(datagrams),
-        Contents::Counters { pods } => pods
-            .iter()
-            .map(|p| {
-                let who = if p.ifindex == 0 {
-                    "veths without a pod record".to_owned()
-                } else {
-                    p.pod_id.clone().unwrap_or_else(|| "?".into())
-                };
-                format!("ifindex {} ({who})\n{}", p.ifindex, read::counters_table(&p.counters))
-            })
-            .collect(),
-    });
-    s
 }
