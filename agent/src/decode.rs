@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(ports(&PortRule::any(1)), "all");
 
         let status = Status {
-            rules: vec![RuleEntry { id: 1, policy: "x/p".into(), direction: "egress".into(), rule: 3 }],
+            rules: vec![RuleEntry { id: 1, policy: "x/p".into(), direction: "egress".into(), rule: 3 }].into(),
             ..Default::default()
         };
         assert_eq!(attribution_label(1, Some(&status)), "x/p egress[3]");

@@ -7,9 +7,12 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
 };
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 /// Where the agent writes it and `na-cli` reads it unless told otherwise.
 pub const DEFAULT_STATUS_FILE: &str = "/run/na-agent/status.json";
@@ -38,9 +41,10 @@ pub struct Status {
     /// The attached pods.
     #[serde(default)]
     pub pods: Vec<PodEntry>,
-    /// What each attribution id stands for.
+    /// What each attribution id the maps hold stands for, by id. Shared:
+    /// it changes only when policies do.
     #[serde(default)]
-    pub rules: Vec<RuleEntry>,
+    pub rules: Arc<[RuleEntry]>,
     /// Where the agent writes verdict events it reads from the ring: a file,
     /// `stdout`, or nothing when flow logs are off.
     #[serde(default)]
@@ -132,7 +136,7 @@ impl Status {
     }
 
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        write_whole(path, &serde_json::to_vec_pretty(self)?)
+        write_whole(path, &serde_json::to_vec(self)?)
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodEntry> {
@@ -154,10 +158,66 @@ impl Status {
     }
 
     pub fn rule(&self, id: u32) -> Option<&RuleEntry> {
-        // Ids are handed out densely from 1, so the list is indexed by them;
-        // the search is a fallback for a file written otherwise.
-        let at = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.rules.get(i));
-        at.filter(|r| r.id == id).or_else(|| self.rules.iter().find(|r| r.id == id))
+        self.rules.binary_search_by_key(&id, |r| r.id).ok().map(|at| &self.rules[at])
+    }
+}
+
+/// Writes the status file on a thread of its own, so the agent's loop never
+/// waits for serialising and writing it: the loop hands over each new
+/// status, and one handed over while the previous is being written replaces
+/// any still waiting (only the latest matters). Dropping the writer writes
+/// the last one handed over, then ends the thread.
+pub struct Writer {
+    shared: Arc<(Mutex<Handover>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Handover {
+    next: Option<Status>,
+    closed: bool,
+}
+
+impl Writer {
+    pub fn spawn(path: PathBuf) -> io::Result<Self> {
+        let shared = Arc::new((Mutex::new(Handover::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new().name("status-writer".into()).spawn(move || {
+            let (handover, wake) = &*theirs;
+            loop {
+                let next = {
+                    let mut h = wake
+                        .wait_while(handover.lock().expect("status lock"), |h| h.next.is_none() && !h.closed)
+                        .expect("status lock");
+                    match h.next.take() {
+                        Some(status) => status,
+                        None => return,
+                    }
+                };
+                if let Err(e) = next.write(&path) {
+                    warn!(file = %path.display(), "writing the status file: {e}");
+                }
+            }
+        })?;
+        Ok(Self { shared, thread: Some(thread) })
+    }
+
+    /// Hands `status` over to be written.
+    pub fn submit(&self, status: Status) {
+        let (handover, wake) = &*self.shared;
+        handover.lock().expect("status lock").next = Some(status);
+        wake.notify_one();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let (handover, wake) = &*self.shared;
+        handover.lock().expect("status lock").closed = true;
+        wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -266,7 +326,9 @@ mod tests {
                 assumed: true,
                 isolated_by: IsolatedBy { ingress: vec!["x/p".into()], egress: Vec::new() },
             }],
-            rules: vec![RuleEntry { id: 1, policy: "x/p".into(), direction: "ingress".into(), rule: 0 }],
+            rules: [1, 4]
+                .map(|id| RuleEntry { id, policy: format!("x/p{id}"), direction: "ingress".into(), rule: 0 })
+                .into(),
             ..Default::default()
         };
         status.write(&path).unwrap();
@@ -274,7 +336,7 @@ mod tests {
         assert_eq!(back, status);
         assert_eq!(back.pod_by_ip("fd00::2".parse().unwrap()).map(|p| p.name.as_str()), Some("a"));
         assert_eq!(back.pod_by_ifindex(9).map(|p| p.pod_id.as_str()), Some("x_a"));
-        assert_eq!(back.rule(1).map(|r| r.policy.as_str()), Some("x/p"));
+        assert_eq!(back.rule(4).map(|r| r.policy.as_str()), Some("x/p4"), "ids need not be dense");
         assert_eq!(back.rule(2), None);
 
         let lock = events_lock_path(&path);
@@ -283,6 +345,19 @@ mod tests {
         assert!(try_lock(&lock).unwrap().is_none(), "a second holder is refused");
         drop(held);
         assert!(try_lock(&lock).unwrap().is_some(), "free again once the holder closes it");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_writer_writes_the_latest_status_handed_over() {
+        let dir = std::env::temp_dir().join(format!("na-status-writer-{}", std::process::id()));
+        let path = dir.join("status.json");
+        let writer = Writer::spawn(path.clone()).unwrap();
+        for generation in 1..=50 {
+            writer.submit(Status { generation, ..Default::default() });
+        }
+        drop(writer);
+        assert_eq!(Status::read(&path).unwrap().generation, 50, "the last one handed over is the one on disk");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

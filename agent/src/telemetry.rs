@@ -22,7 +22,7 @@ use crate::{
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// A latency histogram over [`BUCKETS`].
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Histogram {
     buckets: [u64; BUCKETS.len()],
     count: u64,
@@ -76,7 +76,7 @@ impl AddResult {
 }
 
 /// What the agent reports; shared between its loop and the HTTP server.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Telemetry {
     layout: PinLayout,
     /// Set after the first full reconcile.
@@ -183,15 +183,18 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Mutex<Telemetry>>) -> s
                 return;
             };
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = {
-                let t = telemetry.lock().expect("telemetry lock");
-                match path {
-                    "/metrics" => ("200 OK", t.render()),
-                    "/healthz" => ("200 OK", "ok\n".to_owned()),
-                    "/readyz" if t.ready => ("200 OK", "ready\n".to_owned()),
-                    "/readyz" => ("503 Service Unavailable", "first reconcile not done\n".to_owned()),
-                    _ => ("404 Not Found", "not found\n".to_owned()),
-                }
+            // A copy: the agent's loop, which updates the figures, never
+            // waits for a scrape's map reads.
+            let t = telemetry.lock().expect("telemetry lock").clone();
+            let (status, body) = match path {
+                "/metrics" => match tokio::task::spawn_blocking(move || t.render()).await {
+                    Ok(body) => ("200 OK", body),
+                    Err(_) => ("500 Internal Server Error", "rendering failed\n".to_owned()),
+                },
+                "/healthz" => ("200 OK", "ok\n".to_owned()),
+                "/readyz" if t.ready => ("200 OK", "ready\n".to_owned()),
+                "/readyz" => ("503 Service Unavailable", "first reconcile not done\n".to_owned()),
+                _ => ("404 Not Found", "not found\n".to_owned()),
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -1,6 +1,6 @@
 //! Stable ids for "which rule of which policy allowed this", carried in every
 //! datapath entry and event.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use na_common::policy::POLICY_ID_HOST;
 
@@ -15,11 +15,17 @@ pub struct Attribution {
     pub rule: usize,
 }
 
-/// Hands out ids; an id, once given, always means the same rule.
+/// Hands out ids; an id, once given, always means the same rule, and a
+/// pruned id is never given again (an event read late names no rule rather
+/// than the wrong one).
 #[derive(Debug, Default)]
 pub struct Attributions {
     ids: HashMap<Attribution, u32>,
-    by_id: Vec<Attribution>,
+    by_id: BTreeMap<u32, Attribution>,
+    /// The last id given.
+    last: u32,
+    /// Changes whenever an id is given or pruned.
+    version: u64,
 }
 
 impl Attributions {
@@ -27,20 +33,49 @@ impl Attributions {
         if let Some(id) = self.ids.get(&a) {
             return *id;
         }
-        // Ids start at 1 (0 means "no rule"); the host id is reserved.
-        let id = u32::try_from(self.by_id.len() + 1).ok().filter(|id| *id != POLICY_ID_HOST).expect("ids left");
-        self.by_id.push(a.clone());
+        // Ids start at 1 (0 means "no rule"); the host id is reserved. Four
+        // billion rules ever seen by one agent are out of reach.
+        let id = (self.last + 1..).find(|id| *id != POLICY_ID_HOST).expect("ids left");
+        self.last = id;
+        self.version += 1;
+        self.by_id.insert(id, a.clone());
         self.ids.insert(a, id);
         id
     }
 
     pub fn get(&self, id: u32) -> Option<&Attribution> {
-        self.by_id.get(usize::try_from(id).ok()?.checked_sub(1)?)
+        self.by_id.get(&id)
     }
 
-    /// Every id given so far, in order.
+    /// Every id held, in order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Attribution)> {
-        self.by_id.iter().enumerate().map(|(i, a)| (i as u32 + 1, a))
+        self.by_id.iter().map(|(id, a)| (*id, a))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Changes whenever the set of ids does: readers that keep a copy of the
+    /// table rebuild it only then.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Forgets the ids `keep` refuses; returns how many went.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32, &Attribution) -> bool) -> usize {
+        let before = self.by_id.len();
+        self.by_id.retain(|id, a| keep(*id, a));
+        let gone = before - self.by_id.len();
+        if gone > 0 {
+            self.ids.retain(|_, id| self.by_id.contains_key(id));
+            self.version += 1;
+        }
+        gone
     }
 }
 
@@ -58,5 +93,22 @@ mod tests {
         assert_eq!(t.id(a.clone()), 1);
         assert_eq!(t.get(2), Some(&b));
         assert_eq!(t.get(0), None);
+    }
+
+    #[test]
+    fn pruned_ids_are_never_given_again() {
+        let mut t = Attributions::default();
+        let rule =
+            |name: &str, rule| Attribution { policy: ObjectRef::new("ns", name), direction: Direction::Egress, rule };
+        let (a, b) = (t.id(rule("a", 0)), t.id(rule("b", 0)));
+        let version = t.version();
+        assert_eq!(t.retain(|_, at| at.policy.name != "a"), 1);
+        assert_ne!(t.version(), version, "readers see the change");
+        assert_eq!(t.get(a), None);
+        assert_eq!(t.iter().map(|(id, _)| id).collect::<Vec<_>>(), vec![b]);
+        let again = t.id(rule("a", 0));
+        assert!(again > b, "the rule comes back under a new id, not {a} (events read late could name it)");
+        assert_eq!(t.retain(|_, _| true), 0);
+        assert_eq!(t.len(), 2);
     }
 }

@@ -66,6 +66,9 @@ pub struct Compiler {
     policies: BTreeMap<ObjectRef, Policy>,
     invalid: BTreeMap<ObjectRef, PolicyError>,
     attributions: Attributions,
+    /// A policy was replaced or removed since the attributions were last
+    /// pruned: some of their ids may stand for rules no policy has.
+    retired_rules: bool,
     dirty: BTreeSet<ObjectRef>,
 }
 
@@ -80,6 +83,30 @@ impl Compiler {
 
     pub fn attributions(&self) -> &Attributions {
         &self.attributions
+    }
+
+    /// Whether [`Self::prune_attributions`] may find something to forget.
+    pub fn has_retired_rules(&self) -> bool {
+        self.retired_rules
+    }
+
+    /// Forgets the attribution ids of rules no policy has any more (removed
+    /// policies, rules dropped from a list), except those in `in_use`: ids the
+    /// datapath still holds (a pod whose newer rules could not be written).
+    /// Returns how many went.
+    pub fn prune_attributions(&mut self, in_use: &HashSet<u32>) -> usize {
+        let policies = &self.policies;
+        let exists = |a: &Attribution| {
+            policies.get(&a.policy).and_then(|p| p.rules(a.direction)).is_some_and(|rules| a.rule < rules.len())
+        };
+        let mut held_for_datapath = false;
+        let gone = self.attributions.retain(|id, a| {
+            let keep = exists(a) || in_use.contains(&id);
+            held_for_datapath |= keep && !exists(a);
+            keep
+        });
+        self.retired_rules = held_for_datapath;
+        gone
     }
 
     /// Policies left out because they are invalid, with why.
@@ -268,6 +295,7 @@ impl Compiler {
         let Some(key) = ObjectRef::of(&np.metadata) else {
             return parsed.map(drop);
         };
+        self.retired_rules |= self.policies.contains_key(&key);
         self.mark_selected_by(&key);
         match parsed {
             Ok(policy) => {
@@ -291,6 +319,7 @@ impl Compiler {
     }
 
     pub fn remove_policy(&mut self, key: &ObjectRef) {
+        self.retired_rules |= self.policies.contains_key(key);
         self.mark_selected_by(key);
         self.policies.remove(key);
         self.invalid.remove(key);

@@ -283,6 +283,7 @@ const DATAPATH_KEYS: &[&str] = &[
     "agent_rss_local_pods_only_mib",
     "bytes_per_cluster_pod",
     "agent_idle_cpu_percent",
+    "status_file_kib",
     "map_memory_per_pod_kib",
     "map_memory_shared_kib",
     "map_memory_spare_slots_kib",

@@ -97,6 +97,9 @@ pub fn run(full: bool) -> Result<Figures> {
     f.insert("startup_programs".into(), status(&status_file)["programs"]["origin"].clone());
     let pending = status(&status_file)["pending"].as_array().map_or(0, Vec::len);
     ensure!(pending == PENDING_PODS, "{pending} pods pending, not {PENDING_PODS}");
+    // What every reconcile rewrites (on a thread of its own).
+    let status_kib = std::fs::metadata(&status_file)?.len() as f64 / 1024.0;
+    f.insert("status_file_kib".into(), json!(stats::round(status_kib, 1)));
     let mut pods_kib = 0;
     for (ns, name) in &local {
         pods_kib += map_memory_kib(&env, &PodId::new(ns, name))?;

@@ -150,6 +150,8 @@ pub async fn run(args: Args) -> Result<()> {
     let mut node = Daemon {
         reconciler: Reconciler::new(compiler, datapath, args.veth_prefix.clone()),
         status,
+        rules_version: None,
+        status_writer: status::Writer::spawn(args.status_file.clone()).context("starting the status file's writer")?,
         status_file: args.status_file.clone(),
         telemetry,
         manifests: args.manifests.clone(),
@@ -316,6 +318,9 @@ async fn sync_node_addrs(datapath: &Datapath) {
 struct Daemon {
     reconciler: Reconciler,
     status: Status,
+    /// The attributions' version `status.rules` was built from.
+    rules_version: Option<u64>,
+    status_writer: status::Writer,
     status_file: PathBuf,
     telemetry: Arc<Mutex<Telemetry>>,
     /// Local mode's directory, and what was last read from it.
@@ -453,16 +458,19 @@ impl Daemon {
         }
         status.pods = reconciler.pod_entries();
         let attributions = reconciler.compiler().attributions();
-        // Ids only grow, so only the new ones need converting.
-        status.rules.extend(attributions.iter().skip(status.rules.len()).map(|(id, a)| RuleEntry {
-            id,
-            policy: a.policy.to_string(),
-            direction: a.direction.to_string(),
-            rule: a.rule,
-        }));
-        if let Err(e) = status.write(&self.status_file) {
-            warn!(file = %self.status_file.display(), "writing the status file: {e}");
+        if self.rules_version != Some(attributions.version()) {
+            self.rules_version = Some(attributions.version());
+            status.rules = attributions
+                .iter()
+                .map(|(id, a)| RuleEntry {
+                    id,
+                    policy: a.policy.to_string(),
+                    direction: a.direction.to_string(),
+                    rule: a.rule,
+                })
+                .collect();
         }
+        self.status_writer.submit(status.clone());
         let services = reconciler.services().version();
         if self.services_written != Some(services) {
             let path = status::services_path(&self.status_file);

@@ -4,7 +4,7 @@ mod dataplane;
 mod tests;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
 };
 
@@ -327,7 +327,25 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
         self.attach_all(new, &mut report);
+        self.prune_attributions();
         report
+    }
+
+    /// Lets the compiler forget the rule ids that no policy has and no
+    /// pod's loaded entries carry any more, so that neither the table nor
+    /// the status file grows with every policy ever seen.
+    fn prune_attributions(&mut self) {
+        if !self.compiler.has_retired_rules() {
+            return;
+        }
+        let in_use: HashSet<u32> = self
+            .attached
+            .values()
+            .flat_map(|a| [&a.rules.ingress, &a.rules.egress])
+            .flat_map(|d| d.entries.values().flatten())
+            .map(|rule| rule.policy_id)
+            .collect();
+        self.compiler.prune_attributions(&in_use);
     }
 
     /// Attaches pods found ready by [`Self::converge`], several at a time.

@@ -10,7 +10,10 @@ use na_policy::{CompileOptions, Compiler, PodRules};
 use serde_json::json;
 
 use super::*;
-use crate::datapath::{DatapathError, Frontend, RulesError, inventory::InventoryError};
+use crate::{
+    datapath::{DatapathError, Frontend, RulesError, inventory::InventoryError},
+    source::ObjectKey,
+};
 
 const NODE: &str = "node-a";
 const PREFIX: &str = "eni";
@@ -28,7 +31,8 @@ enum Call {
 struct Fake {
     calls: Arc<Mutex<Vec<Call>>>,
     links: Mutex<BTreeMap<String, u32>>,
-    failing: Mutex<BTreeSet<String>>,
+    /// Pods whose attach, or whose rule writes, fail.
+    failing: Arc<Mutex<BTreeSet<String>>>,
     pinned: Mutex<BTreeSet<PodId>>,
 }
 
@@ -36,6 +40,7 @@ struct FakePod {
     pod: String,
     ifindex: u32,
     calls: Arc<Mutex<Vec<Call>>>,
+    failing: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Fake {
@@ -59,7 +64,7 @@ impl Dataplane for Fake {
         }
         self.calls.lock().unwrap().push(Call::Attach(name.clone()));
         let ifindex = self.link_index(ifname).expect("attached to a link that exists");
-        Ok(FakePod { pod: name, ifindex, calls: self.calls.clone() })
+        Ok(FakePod { pod: name, ifindex, calls: self.calls.clone(), failing: self.failing.clone() })
     }
 
     fn detach_pod(&self, pod: &PodId, _: Option<&str>) -> Result<(), DatapathError> {
@@ -100,6 +105,10 @@ impl PodProgram for FakePod {
     fn set_addrs(&mut self, _: PodAddrs) {}
 
     fn apply(&mut self, _: &PodRules) -> Result<(), RulesError> {
+        if self.failing.lock().unwrap().contains(&self.pod) {
+            let source = aya::maps::MapError::KeyNotFound;
+            return Err(RulesError::Map { op: "updating", map: "a trie", source });
+        }
         self.calls.lock().unwrap().push(Call::Apply(self.pod.clone()));
         Ok(())
     }
@@ -199,6 +208,32 @@ fn a_failed_attach_is_reported_and_retried() {
     let report = r.sync();
     assert!(report.errors.is_empty() && !r.has_failed());
     assert_eq!(r.datapath().take_calls(), [attach("a")]);
+}
+
+#[test]
+fn rule_ids_go_with_their_policy_once_no_loaded_entry_carries_them() {
+    let mut r = reconciler();
+    r.datapath().add_link("x/a", 10);
+    r.apply(pod("a", "u1", "10.0.0.1", "a")).unwrap();
+    let open = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "open", "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{}]}});
+    r.apply(Event::Applied(Object::NetworkPolicy(Box::new(serde_json::from_value(open).unwrap())))).unwrap();
+    r.sync();
+    let ids = |r: &Reconciler<Fake>| r.compiler().attributions().iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let held = ids(&r);
+    assert_eq!(held.len(), 1);
+
+    // The policy goes, but a's maps cannot be rewritten: they still carry
+    // its id, which must still name the rule.
+    r.datapath().failing.lock().unwrap().insert("x/a".into());
+    r.apply(Event::Deleted(ObjectKey { kind: Kind::NetworkPolicy, id: ObjectRef::new("x", "open") })).unwrap();
+    let report = r.sync();
+    assert!(matches!(report.errors.as_slice(), [ReconcileError { kind: ErrorKind::Update, .. }]), "{report:?}");
+    assert_eq!(ids(&r), held);
+    r.datapath().failing.lock().unwrap().clear();
+    r.sync();
+    assert!(ids(&r).is_empty(), "a's maps let go of it");
 }
 
 #[test]

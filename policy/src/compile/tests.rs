@@ -358,3 +358,35 @@ fn pods_with_the_same_labels_share_one_set_which_goes_with_the_last() {
     c.remove_pod(&ObjectRef::new("x", "c"));
     assert!(c.label_sets.is_empty());
 }
+
+#[test]
+fn attribution_ids_of_rules_no_policy_has_are_pruned_unless_still_loaded() {
+    let mut c = compiler();
+    let two_rules = json!({"podSelector": {}, "ingress": [
+        {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]},
+        {"ports": [{"port": 53, "protocol": "UDP"}]}]});
+    c.upsert_policy(&policy("x", "two", two_rules)).unwrap();
+    c.upsert_policy(&policy("x", "gone", json!({"podSelector": {}, "ingress": [{}]}))).unwrap();
+    rules(&mut c, "x", "a");
+    let id_of = |c: &Compiler, name: &str, rule: usize| {
+        c.attributions().iter().find(|(_, a)| a.policy.name == name && a.rule == rule).map(|(id, _)| id)
+    };
+    let (first, second, gone) = (id_of(&c, "two", 0), id_of(&c, "two", 1).unwrap(), id_of(&c, "gone", 0).unwrap());
+    assert_eq!(c.attributions().len(), 3);
+    assert!(!c.has_retired_rules(), "adding policies retires nothing");
+
+    // "two" loses its second rule and "gone" goes, while a pod still holds
+    // the second rule's entries (its newer rules could not be written).
+    let one_rule = json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]});
+    c.upsert_policy(&policy("x", "two", one_rule)).unwrap();
+    c.remove_policy(&ObjectRef::new("x", "gone"));
+    assert!(c.has_retired_rules());
+    assert_eq!(c.prune_attributions(&HashSet::from([second])), 1);
+    assert_eq!(c.attributions().get(gone), None);
+    assert!(c.attributions().get(second).is_some(), "the datapath still names it");
+    assert!(c.has_retired_rules(), "asked again once the datapath lets go");
+    assert_eq!(c.prune_attributions(&HashSet::new()), 1);
+    assert_eq!(c.attributions().len(), 1);
+    assert!(!c.has_retired_rules());
+    assert_eq!(id_of(&c, "two", 0), first, "a rule that stays keeps its id");
+}
