@@ -324,8 +324,10 @@ impl Datapath {
             let programs = programs.as_ref().expect("loaded above");
             PROGRAMS.map(|(name, _, hook)| (programs.pin(&self.layout, name), hook, self.layout.link(pod, name)))
         };
+        let tables = NodeTables::open(&self.layout)?;
+        let registered = tables.registrations_of_pod(&self.layout, pod).unwrap_or_default();
         // Whether the pod's pinned links (if any) belong to this device.
-        let same_device = self.registered_on(pod, ifindex);
+        let same_device = registered.iter().any(|(known, _)| *known == ifindex);
         std::thread::scope(|s| {
             let attaching: Vec<_> = pins
                 .iter()
@@ -336,17 +338,10 @@ impl Datapath {
                     })
                 })
                 .collect();
-            let registered = self.load_pod(pod, ifindex, addrs, rules);
+            let registered = self.load_registered(tables, registered, pod, ifindex, addrs, rules);
             attaching.into_iter().try_for_each(|a| a.join().expect("attach thread"))?;
             registered
         })
-    }
-
-    /// Whether the node's tables know `pod` under `ifindex` already.
-    fn registered_on(&self, pod: &PodId, ifindex: u32) -> bool {
-        NodeTables::open(&self.layout)
-            .and_then(|tables| tables.ifindexes_of_pod(&self.layout, pod))
-            .is_ok_and(|known| known.contains(&ifindex))
     }
 
     /// Gives `pod` its maps under `ifindex` (those it has there, else a
@@ -360,8 +355,22 @@ impl Datapath {
     ) -> Result<PodMaps, DatapathError> {
         // The node's tables are created (and pinned) with the programs.
         drop(self.programs()?);
-        let mut tables = NodeTables::open(&self.layout)?;
+        let tables = NodeTables::open(&self.layout)?;
         let registered = tables.registrations_of_pod(&self.layout, pod).unwrap_or_default();
+        self.load_registered(tables, registered, pod, ifindex, addrs, rules)
+    }
+
+    /// [`Self::load_pod`] with the (ifindex, slot) pairs the tables know
+    /// `pod` by, read once by the caller (a scan of the pod table).
+    fn load_registered(
+        &self,
+        mut tables: NodeTables,
+        registered: Vec<(u32, u32)>,
+        pod: &PodId,
+        ifindex: u32,
+        addrs: PodAddrs,
+        rules: &PodRules,
+    ) -> Result<PodMaps, DatapathError> {
         let (slot, maps, stale) = match registered.iter().find(|(i, _)| *i == ifindex) {
             // Known under this veth (an agent restart, new rules): its maps,
             // conntrack included, stay.
