@@ -42,7 +42,9 @@ const DATAPATH: (&str, &str) = (
      the node's FORWARD path with N non-matching rules, one per prefix, ahead of the accept rules and a final \
      drop (`iptables_N`, stateless, so every packet walks the chain); the same made stateful as kube-router and \
      Calico's iptables mode build it, conntrack ESTABLISHED accepted first and the N prefixes in one ipset \
-     (`iptables_stateful_N`); a program that only passes packets, on the same four hooks as ours (`floor`). \
+     (`iptables_stateful_N`); a program that only passes packets, on the same four hooks as ours (`floor`), and one \
+     that first looks its device up in a hash map, as ours look up the pod (`floor_lookup`: what one map \
+     lookup adds). \
      Configurations are interleaved within each round; each ratio is the median over rounds of the ratio to the \
      same round's no-program run, min and max beside it. `ns_per_packet_*` is the kernel's own account of our \
      programs' run time per run (`BPF_ENABLE_STATS`, on only while the section runs) during `rr` (established) \
@@ -202,10 +204,12 @@ const CONFIGURED: &[&str] = &["conntrack_capacity_per_pod"];
 /// The datapath figures the report tables, in order.
 const DATAPATH_KEYS: &[&str] = &[
     "ns_per_packet_floor",
+    "ns_per_packet_floor_lookup",
     "ns_per_packet_established_1",
     "ns_per_packet_established_1000",
     "ns_per_packet_established_10000",
     "ns_per_packet_floor_new_flow",
+    "ns_per_packet_floor_lookup_new_flow",
     "ns_per_packet_new_flow_1",
     "ns_per_packet_new_flow_1000",
     "ns_per_packet_new_flow_10000",

@@ -71,7 +71,7 @@ pub fn run(full: bool) -> Result<Figures> {
     // Run-time statistics are on for as long as this descriptor is open.
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
     let ours = ours_program_ids(&env)?;
-    let mut floor = Floor::load()?;
+    let mut floors = [Floor::load("pass")?, Floor::load("pass_after_lookup")?];
     // config -> per-round (rr, crr, throughput) ratios
     let mut ratios: BTreeMap<String, Vec<[f64; 3]>> = BTreeMap::new();
     // config -> per-round (established, new-flow) nanoseconds per packet
@@ -100,10 +100,12 @@ pub fn run(full: bool) -> Result<Figures> {
             ensure!(enforced, "the programs did not enforce (TCP/81 reached the server)");
             record(format!("ours_{n}"), m?);
         }
-        let floor_ids = floor.attach(&env)?;
-        let m = measure(&env, &sink, server.into(), window, &floor_ids);
-        floor.detach();
-        record("floor".into(), m?);
+        for (floor, name) in floors.iter_mut().zip(["floor", "floor_lookup"]) {
+            let floor_ids = floor.attach(&env)?;
+            let m = measure(&env, &sink, server.into(), window, &floor_ids);
+            floor.detach();
+            record(name.into(), m?);
+        }
         for stateful in [false, true] {
             for &n in &SIZES {
                 iptables_chain(&node, client.into(), server.into(), n, stateful)?;
@@ -121,7 +123,7 @@ pub fn run(full: bool) -> Result<Figures> {
         let new: Vec<f64> = per_round.iter().map(|r| r.1).collect();
         let (est_key, new_key) = match name.strip_prefix("ours_") {
             Some(n) => (format!("ns_per_packet_established_{n}"), format!("ns_per_packet_new_flow_{n}")),
-            None => ("ns_per_packet_floor".to_owned(), "ns_per_packet_floor_new_flow".to_owned()),
+            None => (format!("ns_per_packet_{name}"), format!("ns_per_packet_{name}_new_flow")),
         };
         stats::insert_spread(&mut f, &est_key, &est, 0);
         stats::insert_spread(&mut f, &new_key, &new, 0);
@@ -158,9 +160,10 @@ pub fn run_stats(ids: &[u32]) -> Result<(u64, u64)> {
     Ok(total)
 }
 
-/// The pass-everything program on both pods' veths, both hooks, as ours sit.
+/// A program of the floor object (`ebpf/src/floor.rs`) on both pods'
+/// veths, both hooks, as ours sit.
 struct Floor {
-    _object: Ebpf,
+    object: Ebpf,
     prog: SchedClassifier,
     links: Vec<aya::programs::tc::SchedClassifierLinkId>,
 }
@@ -168,21 +171,25 @@ struct Floor {
 static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/na-ebpf-floor"));
 
 impl Floor {
-    fn load() -> Result<Self> {
+    fn load(name: &str) -> Result<Self> {
         let mut object = Ebpf::load(FLOOR_OBJECT)?;
-        let prog: &mut SchedClassifier = object.program_mut("pass").context("no pass program")?.try_into()?;
+        let prog: &mut SchedClassifier = object.program_mut(name).context("no such floor program")?.try_into()?;
         prog.load()?;
-        let prog = SchedClassifier::from_program_info(prog.info()?, "pass".into())?;
-        Ok(Self { _object: object, prog, links: Vec::new() })
+        let prog = SchedClassifier::from_program_info(prog.info()?, name.to_owned().into())?;
+        Ok(Self { object, prog, links: Vec::new() })
     }
 
     /// Attaches; returns the program's id.
     fn attach(&mut self, env: &Env) -> Result<Vec<u32>> {
         let veths = [env.pod("x/client").host_veth.clone(), env.pod("x/server").host_veth.clone()];
         let prog = &mut self.prog;
+        let mut devices: aya::maps::HashMap<_, u32, u32> =
+            self.object.map_mut("devices").context("no devices map")?.try_into()?;
         let links = env.node.netns().run(|| -> Result<Vec<_>> {
             let mut links = Vec::new();
             for veth in &veths {
+                // What `pass_after_lookup` finds.
+                devices.insert(nix::net::if_::if_nametoindex(veth.as_str())?, 0, 0)?;
                 for (_, _, hook) in PROGRAMS {
                     let order = TcAttachOptions::TcxOrder(LinkOrder::default());
                     links.push(prog.attach_with_options(veth, hook, order)?);
