@@ -67,9 +67,14 @@ pub fn run(_full: bool) -> Result<Figures> {
     std::thread::sleep(Duration::from_secs(2));
     let rss_kib = proc_status_kib(agent.pid(), "VmRSS")?;
     let peak_kib = proc_status_kib(agent.pid(), "VmHWM")?;
-    agent.kill();
     let pods = CLUSTER_NAMESPACES * PODS_PER_NAMESPACE;
     let mut f = Figures::new();
+    let listed = api.cluster().bytes_sent(PODS, "list");
+    f.insert("api_list_bytes_per_pod_150k".into(), json!(stats::round(listed as f64 / pods as f64, 0)));
+    let (watched, cpu_us) = pod_changes(&api, agent.pid())?;
+    f.insert("api_watch_bytes_per_pod_change".into(), json!(stats::round(watched, 0)));
+    f.insert("agent_cpu_us_per_pod_change".into(), json!(stats::round(cpu_us, 1)));
+    agent.kill();
     f.insert("agent_rss_150k_pods_mib".into(), json!(stats::round(rss_kib / 1024.0, 1)));
     f.insert("agent_peak_rss_150k_pods_mib".into(), json!(stats::round(peak_kib / 1024.0, 1)));
     f.insert("bytes_per_cluster_pod_150k".into(), json!(stats::round(rss_kib * 1024.0 / pods as f64, 0)));
@@ -81,4 +86,46 @@ pub fn run(_full: bool) -> Result<Figures> {
                "policies": POLICY_NAMESPACES * POLICIES_PER_NAMESPACE, "local_pods": LOCAL_PODS}),
     );
     Ok(f)
+}
+
+/// Pod changes the steady state sees.
+const POD_CHANGES: usize = 1_000;
+
+/// Relabels [`POD_CHANGES`] pods of other nodes in the server's store (a
+/// rollout's churn) and waits until the agent has taken them all in; returns
+/// the bytes its pod watch received and the CPU time it spent, per change
+/// (microseconds).
+fn pod_changes(api: &ApiInNode, pid: u32) -> Result<(f64, f64)> {
+    let (watched, cpu) = (api.cluster().bytes_sent(PODS, "watch"), cpu_seconds(pid)?);
+    {
+        let mut cluster = api.cluster();
+        let changed: Vec<serde_json::Value> = cluster
+            .objects(PODS)
+            .filter(|p| p["spec"]["nodeName"] != NODE)
+            .take(POD_CHANGES)
+            .map(|p| {
+                let mut p = p.clone();
+                p["metadata"]["labels"]["rollout"] = json!("2");
+                p
+            })
+            .collect();
+        for pod in changed {
+            cluster.apply(PODS, pod);
+        }
+    }
+    // Taken in once the watch has sent everything and the agent is idle.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = (0, 0.0);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = (api.cluster().bytes_sent(PODS, "watch"), cpu_seconds(pid)?);
+        if now.0 == last.0 && now.1 - last.1 < 0.005 {
+            let per = |total: f64| total / POD_CHANGES as f64;
+            return Ok((per((now.0 - watched) as f64), per((now.1 - cpu) * 1e6)));
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not take in {POD_CHANGES} pod changes within 60 s");
+        }
+        last = now;
+    }
 }

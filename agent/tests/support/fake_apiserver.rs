@@ -72,6 +72,8 @@ pub struct Request {
     /// The status answered (a watch's 410 comes in its ERROR event), set
     /// before the answer is written: unset, the client cannot have it.
     pub code: Option<u16>,
+    /// Bytes of the answer's body (a watch's events) written so far.
+    pub bytes: u64,
 }
 
 struct Collection {
@@ -170,6 +172,11 @@ impl Cluster {
         for line in self.held.remove(path).unwrap_or_default() {
             self.watches.retain(|(_, p, tx)| *p != path || tx.send(line.clone()).is_ok());
         }
+    }
+
+    /// Bytes written in answers to `verb` requests of the collection at `path`.
+    pub fn bytes_sent(&self, path: &str, verb: &str) -> u64 {
+        self.requests_to(path, verb).map(|r| r.bytes).sum()
     }
 
     /// The objects of the collection at `path` now.
@@ -466,7 +473,7 @@ fn answer(conn: &mut TcpStream, cluster: &Mutex<Cluster>, (method, target): (Str
     };
     let (index, delay) = {
         let mut c = lock(cluster);
-        c.requests.push(Request { method, path: path.to_owned(), verb, params, code: None });
+        c.requests.push(Request { method, path: path.to_owned(), verb, params, code: None, bytes: 0 });
         (c.requests.len() - 1, c.delays.get(path).copied().unwrap_or_default())
     };
     // Slow to answer, as a server under load.
@@ -503,6 +510,7 @@ fn answer(conn: &mut TcpStream, cluster: &Mutex<Cluster>, (method, target): (Str
         reason(code),
         body.len()
     )?;
+    lock(cluster).requests[index].bytes = body.len() as u64;
     Ok(true)
 }
 
@@ -546,14 +554,19 @@ fn watch(conn: &mut TcpStream, cluster: &Mutex<Cluster>, mut c: MutexGuard<Clust
     c.watches.push((w.index, w.path, tx));
     let deadline = Instant::now() + c.max_watch.map_or(w.timeout, |max| max.min(w.timeout));
     drop(c);
+    let sent = |line: &str| lock(cluster).requests[w.index].bytes += line.len() as u64;
     for line in backlog {
         chunk(conn, &line)?;
+        sent(&line);
     }
     let mut next_mark = Instant::now() + BOOKMARK_EVERY;
     loop {
         let now = Instant::now();
         match rx.recv_timeout(deadline.min(next_mark).saturating_duration_since(now)) {
-            Ok(line) => chunk(conn, &line)?,
+            Ok(line) => {
+                chunk(conn, &line)?;
+                sent(&line);
+            }
             // Cut by a restart: no closing chunk, as a dying server sends none.
             Err(RecvTimeoutError::Disconnected) => return Ok(false),
             Err(RecvTimeoutError::Timeout) => {
@@ -569,6 +582,7 @@ fn watch(conn: &mut TcpStream, cluster: &Mutex<Cluster>, mut c: MutexGuard<Clust
                 };
                 for line in lines {
                     chunk(conn, &line)?;
+                    sent(&line);
                 }
                 if ended {
                     conn.write_all(b"0\r\n\r\n")?;
