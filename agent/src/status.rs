@@ -41,8 +41,10 @@ pub struct Status {
     /// The attached pods.
     #[serde(default)]
     pub pods: Vec<PodEntry>,
-    /// What each attribution id the maps hold stands for, by id. Shared:
-    /// it changes only when policies do.
+    /// What each attribution id stands for: every rule of the policies,
+    /// and retired rules while a pod's maps still carry them. Sorted by id
+    /// ([`Self::rule`] searches it); shared, as it changes only when
+    /// policies do.
     #[serde(default)]
     pub rules: Arc<[RuleEntry]>,
     /// Where the agent writes verdict events it reads from the ring: a file,
@@ -167,7 +169,7 @@ impl Status {
 /// status, and one handed over while the previous is being written replaces
 /// any still waiting (only the latest matters). Dropping the writer writes
 /// the last one handed over, then ends the thread.
-pub struct Writer {
+pub(crate) struct Writer {
     shared: Arc<(Mutex<Handover>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }

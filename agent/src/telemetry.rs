@@ -183,16 +183,18 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Mutex<Telemetry>>) -> s
                 return;
             };
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            // A copy: the agent's loop, which updates the figures, never
-            // waits for a scrape's map reads.
-            let t = telemetry.lock().expect("telemetry lock").clone();
             let (status, body) = match path {
-                "/metrics" => match tokio::task::spawn_blocking(move || t.render()).await {
-                    Ok(body) => ("200 OK", body),
-                    Err(_) => ("500 Internal Server Error", "rendering failed\n".to_owned()),
-                },
+                "/metrics" => {
+                    // Rendered from a copy: the agent's loop, which updates
+                    // the figures, never waits for a scrape's map reads.
+                    let t = telemetry.lock().expect("telemetry lock").clone();
+                    match tokio::task::spawn_blocking(move || t.render()).await {
+                        Ok(body) => ("200 OK", body),
+                        Err(_) => ("500 Internal Server Error", "rendering failed\n".to_owned()),
+                    }
+                }
                 "/healthz" => ("200 OK", "ok\n".to_owned()),
-                "/readyz" if t.ready => ("200 OK", "ready\n".to_owned()),
+                "/readyz" if telemetry.lock().expect("telemetry lock").ready => ("200 OK", "ready\n".to_owned()),
                 "/readyz" => ("503 Service Unavailable", "first reconcile not done\n".to_owned()),
                 _ => ("404 Not Found", "not found\n".to_owned()),
             };

@@ -16,8 +16,9 @@ pub struct Attribution {
 }
 
 /// Hands out ids; an id, once given, always means the same rule, and a
-/// pruned id is never given again (an event read late names no rule rather
-/// than the wrong one).
+/// pruned id is never given again by this table (an event read late names
+/// no rule rather than the wrong one). A new agent starts a new table: what
+/// it adopts (conntrack entries) may carry its predecessor's ids.
 #[derive(Debug, Default)]
 pub struct Attributions {
     ids: HashMap<Attribution, u32>,
@@ -33,9 +34,9 @@ impl Attributions {
         if let Some(id) = self.ids.get(&a) {
             return *id;
         }
-        // Ids start at 1 (0 means "no rule"); the host id is reserved. Four
-        // billion rules ever seen by one agent are out of reach.
-        let id = (self.last + 1..).find(|id| *id != POLICY_ID_HOST).expect("ids left");
+        // Ids start at 1 (0 means "no rule"); the host id (the last) is
+        // reserved. Four billion rules seen by one agent are out of reach.
+        let id = self.last.checked_add(1).filter(|id| *id != POLICY_ID_HOST).expect("attribution ids left");
         self.last = id;
         self.version += 1;
         self.by_id.insert(id, a.clone());
@@ -67,7 +68,7 @@ impl Attributions {
     }
 
     /// Forgets the ids `keep` refuses; returns how many went.
-    pub fn retain(&mut self, mut keep: impl FnMut(u32, &Attribution) -> bool) -> usize {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u32, &Attribution) -> bool) -> usize {
         let before = self.by_id.len();
         self.by_id.retain(|id, a| keep(*id, a));
         let gone = before - self.by_id.len();

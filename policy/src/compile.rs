@@ -85,7 +85,10 @@ impl Compiler {
         &self.attributions
     }
 
-    /// Whether [`Self::prune_attributions`] may find something to forget.
+    /// Whether [`Self::prune_attributions`] may find something to forget. It
+    /// stays so while the datapath holds a retired id, and each sync asks
+    /// again (a walk over the loaded entries, rare: a pod whose rules could
+    /// not be written).
     pub fn has_retired_rules(&self) -> bool {
         self.retired_rules
     }
@@ -101,9 +104,9 @@ impl Compiler {
         };
         let mut held_for_datapath = false;
         let gone = self.attributions.retain(|id, a| {
-            let keep = exists(a) || in_use.contains(&id);
-            held_for_datapath |= keep && !exists(a);
-            keep
+            let retired = !exists(a);
+            held_for_datapath |= retired && in_use.contains(&id);
+            !retired || in_use.contains(&id)
         });
         self.retired_rules = held_for_datapath;
         gone

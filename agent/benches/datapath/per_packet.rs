@@ -11,8 +11,9 @@
 //! The kernel's own accounting (`BPF_ENABLE_STATS`, held only while this
 //! section runs) gives our programs' nanoseconds per packet, on the
 //! established connection and under the connection-per-transaction load,
-//! next to a program that only passes packets, attached to the same hooks:
-//! the floor of any TC program.
+//! next to a program that only passes packets, attached to the same hooks
+//! (the floor of any TC program), and one that first does one hash-map
+//! lookup (what each of ours adds).
 use std::{
     collections::BTreeMap,
     io::{Read, Write},

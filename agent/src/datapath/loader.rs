@@ -338,9 +338,9 @@ impl Datapath {
                     })
                 })
                 .collect();
-            let registered = self.load_registered(tables, registered, pod, ifindex, addrs, rules);
+            let loaded = self.load_registered(tables, registered, pod, ifindex, addrs, rules);
             attaching.into_iter().try_for_each(|a| a.join().expect("attach thread"))?;
-            registered
+            loaded
         })
     }
 

@@ -65,7 +65,7 @@ pub struct Grant {
 }
 
 /// Resolves `which` (`namespace/name` or an address) to a pod id.
-pub fn resolve(sources: &Sources, which: &str) -> Result<(PodId, Option<Status>), InspectError> {
+pub(crate) fn resolve(sources: &Sources, which: &str) -> Result<(PodId, Option<Status>), InspectError> {
     if let Ok(ip) = which.parse::<IpAddr>() {
         let status = sources.status("find the pod with an address")?;
         let id = status

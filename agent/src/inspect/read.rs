@@ -20,9 +20,9 @@ use crate::{
     status::Status,
 };
 
-pub use crate::datapath::Trie;
-pub type Conntrack = HashMap<MapData, FlowKey, FlowState>;
-pub type Fragments = HashMap<MapData, FragKey, u32>;
+pub(crate) use crate::datapath::Trie;
+pub(crate) type Conntrack = HashMap<MapData, FlowKey, FlowState>;
+pub(crate) type Fragments = HashMap<MapData, FragKey, u32>;
 
 /// One prefix of a policy trie with the rules it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ pub struct FragmentRow {
 }
 
 /// Opens map `id` from the kernel.
-pub fn by_id(id: u32) -> Result<MapData, InspectError> {
+pub(crate) fn by_id(id: u32) -> Result<MapData, InspectError> {
     MapData::from_id(id).map_err(|e| match e {
         aya::maps::MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
             InspectError::NotFound(format!("no map with id {id}"))
@@ -97,13 +97,16 @@ pub fn by_id(id: u32) -> Result<MapData, InspectError> {
 }
 
 /// An opened map as a `T`; `what` names it in errors.
-pub fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(data: MapData, what: &str) -> Result<T, InspectError> {
+pub(crate) fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    data: MapData,
+    what: &str,
+) -> Result<T, InspectError> {
     let map = Map::from_map_data(data).map_err(|e| InspectError::kernel(what, &e))?;
     T::try_from(map).map_err(|e| InspectError::kernel(what, &e))
 }
 
 /// Opens `pod`'s pinned map `name` as a `T`.
-pub fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
+pub(crate) fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
     layout: &PinLayout,
     pod: &PodId,
     name: &str,
@@ -113,7 +116,7 @@ pub fn pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 /// Both directions' states of `pod`, indexed by [`direction`].
-pub fn states(layout: &PinLayout, pod: &PodId) -> Result<[PodState; 2], InspectError> {
+pub(crate) fn states(layout: &PinLayout, pod: &PodId) -> Result<[PodState; 2], InspectError> {
     let tables = NodeTables::open(layout).map_err(|e| InspectError::kernel("pod_table", &e))?;
     let found = tables.ifindexes_of_pod(layout, pod).map_err(|e| InspectError::kernel(format!("pod {pod}"), &e))?;
     let ifindex = *found
@@ -124,7 +127,7 @@ pub fn states(layout: &PinLayout, pod: &PodId) -> Result<[PodState; 2], InspectE
 }
 
 /// The pod table: every veth's record, by ifindex.
-pub fn pod_table(map: &crate::datapath::PodTable) -> Result<Vec<(u32, [PodState; 2])>, InspectError> {
+pub(crate) fn pod_table(map: &crate::datapath::PodTable) -> Result<Vec<(u32, [PodState; 2])>, InspectError> {
     let mut rows: Vec<(u32, [PodState; 2])> = Vec::new();
     for entry in map.iter() {
         let (ifindex, record) = entry.map_err(|e| InspectError::kernel("pod_table", &e))?;
@@ -134,7 +137,7 @@ pub fn pod_table(map: &crate::datapath::PodTable) -> Result<Vec<(u32, [PodState;
     Ok(rows)
 }
 
-pub fn state_rows(states: &[PodState; 2]) -> Vec<StateRow> {
+pub(crate) fn state_rows(states: &[PodState; 2]) -> Vec<StateRow> {
     [direction::INGRESS, direction::EGRESS]
         .into_iter()
         .map(|dir| {
@@ -151,7 +154,11 @@ pub fn state_rows(states: &[PodState; 2]) -> Vec<StateRow> {
 
 /// Every prefix of a trie, sorted by set then address; `active_set` marks
 /// the live one when known.
-pub fn prefixes(trie: &Trie, active_set: Option<u8>, status: Option<&Status>) -> Result<Vec<PrefixRow>, InspectError> {
+pub(crate) fn prefixes(
+    trie: &Trie,
+    active_set: Option<u8>,
+    status: Option<&Status>,
+) -> Result<Vec<PrefixRow>, InspectError> {
     let mut rows = Vec::new();
     for entry in trie.iter() {
         let (key, value) = entry.map_err(|e| InspectError::kernel("policy trie", &e))?;
@@ -173,7 +180,7 @@ pub fn prefixes(trie: &Trie, active_set: Option<u8>, status: Option<&Status>) ->
     Ok(rows)
 }
 
-pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, InspectError> {
+pub(crate) fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, InspectError> {
     let now = ktime_now_ns();
     let timeouts = Timeouts::default();
     let mut rows = Vec::new();
@@ -211,7 +218,7 @@ pub fn flows(map: &Conntrack, status: Option<&Status>) -> Result<Vec<FlowRow>, I
     Ok(rows)
 }
 
-pub fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<FragmentRow>, InspectError> {
+pub(crate) fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<FragmentRow>, InspectError> {
     let mut rows = Vec::new();
     for entry in map.iter() {
         let (k, policy_id) = entry.map_err(|e| InspectError::kernel("frag_map", &e))?;
@@ -226,6 +233,6 @@ pub fn fragments(map: &Fragments, status: Option<&Status>) -> Result<Vec<Fragmen
     Ok(rows)
 }
 
-pub fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, InspectError> {
+pub(crate) fn pod_counters(layout: &PinLayout, pod: &PodId) -> Result<PodCounters, InspectError> {
     crate::datapath::pod_counters(layout, pod).map_err(|e| InspectError::kernel("counters", &e))
 }

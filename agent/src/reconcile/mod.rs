@@ -6,6 +6,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use na_policy::{CompileError, Compiler, Direction, ObjectRef, PodRules, PolicyError, ServiceError, Services};
@@ -25,6 +26,9 @@ pub use dataplane::{Dataplane, PodProgram};
 /// How many pods are attached at once: each attachment mostly waits for
 /// RCU grace periods, and concurrent waits overlap.
 const PARALLEL_ATTACHES: usize = 16;
+/// How long the rule ids of deleted policies keep their names: verdict
+/// events already in the ring when a policy goes are read after.
+const KEEP_RETIRED: Duration = Duration::from_secs(10);
 
 /// An object the compiler could not take (left out; the rest goes on).
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +147,10 @@ pub struct Reconciler<D: Dataplane = Datapath> {
     /// Services changed since the node's frontends were last written (or
     /// writing them failed).
     services_dirty: bool,
+    /// Since when the compiler has had rule ids to prune, and how long they
+    /// are kept ([`KEEP_RETIRED`]).
+    retired_since: Option<Instant>,
+    keep_retired: Duration,
 }
 
 impl<D: Dataplane> Reconciler<D> {
@@ -158,6 +166,8 @@ impl<D: Dataplane> Reconciler<D> {
             assumed: BTreeSet::new(),
             services: Services::default(),
             services_dirty: true,
+            retired_since: None,
+            keep_retired: KEEP_RETIRED,
         }
     }
 
@@ -333,11 +343,17 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Lets the compiler forget the rule ids that no policy has and no
     /// pod's loaded entries carry any more, so that neither the table nor
-    /// the status file grows with every policy ever seen.
+    /// the status file grows with every policy ever seen. Not while a pod's
+    /// attachment is failing: its maps may carry ids no entry here shows.
     fn prune_attributions(&mut self) {
-        if !self.compiler.has_retired_rules() {
+        if !self.compiler.has_retired_rules() || !self.failed.is_empty() {
             return;
         }
+        let since = *self.retired_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.keep_retired {
+            return;
+        }
+        self.retired_since = None;
         let in_use: HashSet<u32> = self
             .attached
             .values()

@@ -230,8 +230,15 @@ fn rule_ids_go_with_their_policy_once_no_loaded_entry_carries_them() {
     r.apply(Event::Deleted(ObjectKey { kind: Kind::NetworkPolicy, id: ObjectRef::new("x", "open") })).unwrap();
     let report = r.sync();
     assert!(matches!(report.errors.as_slice(), [ReconcileError { kind: ErrorKind::Update, .. }]), "{report:?}");
+    r.keep_retired = Duration::ZERO;
+    r.sync();
     assert_eq!(ids(&r), held);
     r.datapath().failing.lock().unwrap().clear();
+    // Written now, but its name is kept a while for events read late.
+    r.keep_retired = Duration::from_secs(3600);
+    r.sync();
+    assert_eq!(ids(&r), held);
+    r.keep_retired = Duration::ZERO;
     r.sync();
     assert!(ids(&r).is_empty(), "a's maps let go of it");
 }
