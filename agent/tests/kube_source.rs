@@ -17,7 +17,9 @@ use na_agent::source::{
     kube::{Update, client, spawn},
 };
 use serde_json::{Value, json};
-use support::fake_apiserver::{Cluster, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, Request, SERVICES, Server, serve};
+use support::fake_apiserver::{
+    Cluster, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, Request, SERVICES, Server, VERSION, serve,
+};
 use tokio::sync::mpsc::Receiver;
 
 /// The longest any wait may last.
@@ -186,7 +188,9 @@ impl Watched {
                 g => format!("/apis/{g}/v1/{plural}"),
             })
             .collect();
-        for r in &self.cluster().requests {
+        // The version is public to every authenticated client
+        // (system:public-info-viewer), no grant of ours.
+        for r in self.cluster().requests.iter().filter(|r| r.path != VERSION) {
             assert_eq!(r.method, "GET");
             assert!(allowed.contains(&r.path), "{} is not a watched collection", r.path);
             assert!(na_agent::source::kube::VERBS.contains(&r.verb), "{} on {}", r.verb, r.path);
@@ -231,6 +235,57 @@ async fn paginated_lists_arrive_whole_and_changes_stream_over_one_watch() {
         w.until("the changes arrive", Watched::current).await;
     }
     assert_eq!(watches(&w), [1; COLLECTIONS.len()], "every change came over the watch opened after the list");
+    w.no_trouble();
+    w.asked_only_what_rbac_grants();
+}
+
+/// Whether `r` asked for the collection's initial state in its watch.
+fn streamed(r: &Request) -> bool {
+    r.params.get("sendInitialEvents").is_some_and(|v| v == "true")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_of_1_32_on_streams_the_initial_state_in_the_watch() {
+    let mut cluster = small();
+    cluster.version = (1, 33);
+    cluster.watch_list = true;
+    cluster.max_watch = Some(Duration::from_millis(500));
+    let mut w = Watched::start(cluster);
+    w.first_lists().await;
+    for path in COLLECTIONS {
+        let c = w.cluster();
+        assert_eq!(c.requests_to(path, "list").count(), 0, "{path} was never listed");
+        assert!(c.requests_to(path, "watch").next().is_some_and(streamed), "{path}'s first watch streamed it");
+    }
+    // Changes come over the watch; one that ended resumes from its
+    // bookmark without asking for the state again.
+    w.cluster().apply(PODS, pod("c", "c"));
+    w.until("c arrives", Watched::current).await;
+    w.until("the pods watch resumed", |w| w.cluster().requests_to(PODS, "watch").count() > 1).await;
+    w.cluster().apply(PODS, pod("d", "d"));
+    w.until("d arrives", Watched::current).await;
+    assert!(w.cluster().requests_to(PODS, "watch").skip(1).all(|r| !streamed(r) && from(r) > 0));
+    w.no_trouble();
+    w.asked_only_what_rbac_grants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_streamed_lists_is_listed_in_pages() {
+    let mut cluster = small();
+    // 1.32 or later, WatchList turned off.
+    cluster.version = (1, 33);
+    cluster.watch_list = false;
+    let mut w = Watched::start(cluster);
+    w.first_lists().await;
+    for path in COLLECTIONS {
+        let c = w.cluster();
+        let watches: Vec<(bool, Option<u16>)> = c.requests_to(path, "watch").map(|r| (streamed(r), r.code)).collect();
+        assert_eq!(watches[0], (true, Some(422)), "{path}: asked to stream once, refused");
+        assert!(watches[1..].iter().all(|(streamed, _)| !streamed), "{path}: never asked again");
+        assert_eq!(c.requests_to(path, "list").count(), 1, "{path} listed instead");
+    }
+    w.cluster().apply(PODS, pod("c", "c"));
+    w.until("c arrives", Watched::current).await;
     w.no_trouble();
     w.asked_only_what_rbac_grants();
 }

@@ -2,6 +2,11 @@
 //! NetworkPolicies, Services and EndpointSlices in all namespaces. kube-rs relists after a 410 and backs
 //! off after errors; meanwhile the last state stays enforced. Objects that
 //! vanished while a watch was down are found when the relist completes.
+//!
+//! Each collection's initial state comes streamed in its watch where the
+//! server can (Kubernetes 1.32 and later, WatchList on), so the server never
+//! builds a list of it; in pages of [`LIST_PAGE`] otherwise, or once the
+//! server refuses the stream. Bookmarks keep a resumed watch from relisting.
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
@@ -16,6 +21,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
+use tracing::{info, warn};
 
 use super::{Event, Kind, Object, ObjectKey};
 
@@ -42,6 +48,47 @@ pub fn watched_resources() -> [(String, String); 5] {
     [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>(), of::<Service>(), of::<EndpointSlice>()]
 }
 
+/// Objects per page of an initial list.
+pub const LIST_PAGE: u32 = 500;
+/// The first minor version of Kubernetes 1 whose API server streams a
+/// watch's initial state unless told not to (WatchList: beta, on by default).
+const STREAMS_SINCE: u32 = 32;
+
+/// How the watchers get a collection's initial state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialList {
+    /// Streamed in the watch (`sendInitialEvents`).
+    Stream,
+    /// Listed in pages, then watched.
+    Pages,
+}
+
+/// [`InitialList::Stream`] where the server's version has it on by
+/// default; pages where it does not, or where the version cannot be read.
+pub async fn initial_list(client: &Client) -> InitialList {
+    match client.apiserver_version().await {
+        Ok(v) if streams(&v.major, &v.minor) => InitialList::Stream,
+        Ok(v) => {
+            info!(version = %v.git_version, "the API server predates streamed lists: listing in pages");
+            InitialList::Pages
+        }
+        Err(e) => {
+            warn!("reading the API server's version ({e}): listing in pages");
+            InitialList::Pages
+        }
+    }
+}
+
+/// Whether Kubernetes `major`.`minor` (a minor may read `32+`) streams lists.
+fn streams(major: &str, minor: &str) -> bool {
+    let number = |s: &str| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u32>().ok();
+    match (number(major), number(minor)) {
+        (Some(1), Some(minor)) => minor >= STREAMS_SINCE,
+        (Some(major), _) => major > 1,
+        _ => false,
+    }
+}
+
 /// A client for the watchers, without kube-rs's default retry of 503s inside
 /// the client (15 tries, sleeps doubling from 5 ms plus up to twice as much
 /// jitter: 3 to 8 minutes in all). The watchers back off and retry themselves
@@ -58,41 +105,66 @@ pub fn client(mut config: kube::Config) -> kube::Result<Client> {
 /// and asks the API server for nothing meanwhile (the objects of a big list
 /// wait in the server, not in the agent's memory).
 pub fn spawn(client: Client, tx: Sender<Update>) {
-    tokio::spawn(watch(
-        Api::<Namespace>::all(client.clone()),
-        Kind::Namespace,
-        |o| Object::Namespace(Box::new(o)),
-        tx.clone(),
-    ));
-    tokio::spawn(watch(Api::<Pod>::all(client.clone()), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone()));
-    tokio::spawn(watch(
-        Api::<NetworkPolicy>::all(client.clone()),
-        Kind::NetworkPolicy,
-        |o| Object::NetworkPolicy(Box::new(o)),
-        tx.clone(),
-    ));
-    tokio::spawn(watch(
-        Api::<Service>::all(client.clone()),
-        Kind::Service,
-        |o| Object::Service(Box::new(o)),
-        tx.clone(),
-    ));
-    tokio::spawn(watch(
-        Api::<EndpointSlice>::all(client),
-        Kind::EndpointSlice,
-        |o| Object::EndpointSlice(Box::new(o)),
-        tx,
-    ));
+    tokio::spawn(async move {
+        let initial = initial_list(&client).await;
+        tokio::spawn(watch(
+            Api::<Namespace>::all(client.clone()),
+            Kind::Namespace,
+            |o| Object::Namespace(Box::new(o)),
+            initial,
+            tx.clone(),
+        ));
+        let pods = Api::<Pod>::all(client.clone());
+        tokio::spawn(watch(pods, Kind::Pod, |o| Object::Pod(Box::new(o)), initial, tx.clone()));
+        tokio::spawn(watch(
+            Api::<NetworkPolicy>::all(client.clone()),
+            Kind::NetworkPolicy,
+            |o| Object::NetworkPolicy(Box::new(o)),
+            initial,
+            tx.clone(),
+        ));
+        tokio::spawn(watch(
+            Api::<Service>::all(client.clone()),
+            Kind::Service,
+            |o| Object::Service(Box::new(o)),
+            initial,
+            tx.clone(),
+        ));
+        tokio::spawn(watch(
+            Api::<EndpointSlice>::all(client),
+            Kind::EndpointSlice,
+            |o| Object::EndpointSlice(Box::new(o)),
+            initial,
+            tx,
+        ));
+    });
 }
 
-async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: Sender<Update>)
+/// Whether `e` is the server refusing a streamed initial list (WatchList
+/// off: the request is invalid to it), not a failure to retry.
+fn refuses_streaming(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if matches!(s.code, 400 | 422))
+}
+
+async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, initial: InitialList, tx: Sender<Update>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let mut known: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut listed: BTreeSet<ObjectKey> = BTreeSet::new();
-    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let config = |initial| match initial {
+        InitialList::Stream => watcher::Config::default().streaming_lists(),
+        InitialList::Pages => watcher::Config::default().page_size(LIST_PAGE),
+    };
+    let mut initial = initial;
+    let mut stream = watcher(api.clone(), config(initial)).default_backoff().boxed();
     while let Some(event) = stream.next().await {
+        if initial == InitialList::Stream && event.as_ref().is_err_and(refuses_streaming) {
+            info!(?kind, "the API server refuses streamed lists (WatchList off?): listing in pages");
+            initial = InitialList::Pages;
+            stream = watcher(api.clone(), config(initial)).default_backoff().boxed();
+            continue;
+        }
         let updates = match event {
             Ok(watcher::Event::Init) => {
                 listed.clear();
@@ -131,6 +203,25 @@ where
             if tx.send(u).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_streamed_from_kubernetes_1_32_on() {
+        for (major, minor, want) in [
+            ("1", "32", true),
+            ("1", "33+", true),
+            ("1", "31", false),
+            ("1", "27", false),
+            ("2", "0", true),
+            ("", "", false),
+        ] {
+            assert_eq!(streams(major, minor), want, "{major}.{minor}");
         }
     }
 }

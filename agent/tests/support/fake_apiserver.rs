@@ -3,9 +3,10 @@
 //! snapshot is compacted away; watches streamed over chunked HTTP/1.1, held
 //! open until their `timeoutSeconds` with changes pushed into them as they are
 //! made, and bookmarks; 410 Gone only below the compaction point; API restarts
-//! that cut every connection and answer 503 until they end. Whatever it does
-//! not implement it refuses with a 400, so it never answers a new question
-//! wrongly in silence.
+//! that cut every connection and answer 503 until they end; streamed initial
+//! lists (`sendInitialEvents`, WatchList) when its version and feature gate
+//! say so, refused as invalid otherwise. Whatever it does not implement it
+//! refuses with a 400, so it never answers a new question wrongly in silence.
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
@@ -24,6 +25,8 @@ pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 pub const SERVICES: &str = "/api/v1/services";
 pub const ENDPOINT_SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+/// The server's version (any authenticated client may read it).
+pub const VERSION: &str = "/version";
 
 /// kube-apiserver's `--min-request-timeout`: how long a watch that names no
 /// `timeoutSeconds` lasts.
@@ -31,6 +34,8 @@ const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How often kube-apiserver sends an idle watch a bookmark (and once more
 /// when the watch times out).
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// The annotation of the bookmark that ends a watch's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 /// The fake cluster behind the server.
 pub struct Cluster {
@@ -40,6 +45,11 @@ pub struct Cluster {
     compacted_before: u64,
     /// The most items a list page holds, whatever `limit` the client asks.
     pub page_size: usize,
+    /// The Kubernetes (major, minor) `/version` reports.
+    pub version: (u32, u32),
+    /// The WatchList feature gate: watches may stream a collection's
+    /// initial state (on by default from 1.32).
+    pub watch_list: bool,
     /// Watches end after this even if they asked for longer, as behind a
     /// proxy with a shorter timeout; tests see watches end and resume without
     /// waiting for the 290 s kube-rs asks for.
@@ -116,6 +126,9 @@ impl Cluster {
             ]),
             compacted_before: 0,
             page_size: usize::MAX,
+            // Lists in pages, as every server before 1.32.
+            version: (1, 31),
+            watch_list: false,
             max_watch: None,
             delays: BTreeMap::new(),
             down: false,
@@ -278,12 +291,23 @@ impl Cluster {
         (200, json!({"kind": c.list_kind, "apiVersion": c.api_version, "metadata": metadata, "items": items}))
     }
 
-    /// "You are current up to here", for a watch of `path`.
-    fn bookmark(&self, path: &str) -> String {
+    /// "You are current up to here", for a watch of `path`; `initial_end`:
+    /// and that was the collection's initial state.
+    fn bookmark(&self, path: &str, initial_end: bool) -> String {
         let c = &self.collections[path];
-        let obj = json!({"kind": c.list_kind.trim_end_matches("List"), "apiVersion": c.api_version,
-                         "metadata": {"resourceVersion": self.rv.to_string()}});
+        let mut obj = json!({"kind": c.list_kind.trim_end_matches("List"), "apiVersion": c.api_version,
+                             "metadata": {"resourceVersion": self.rv.to_string()}});
+        if initial_end {
+            obj["metadata"]["annotations"] = json!({INITIAL_EVENTS_END: "true"});
+        }
         event("BOOKMARK", &obj)
+    }
+
+    /// A watch's initial events: every object of `path` now, then the
+    /// bookmark that ends them.
+    fn initial_events(&self, path: &str) -> Vec<String> {
+        let objects = self.collections[path].objects.values().map(|obj| event("ADDED", obj));
+        objects.chain([self.bookmark(path, true)]).collect()
     }
 }
 
@@ -414,14 +438,30 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, String)> {
 
 /// What a request asks, as far as the server implements it.
 enum Ask {
-    List { limit: Option<usize>, token: Option<String> },
-    Watch { from: u64, timeout: Duration, bookmarks: bool },
+    List {
+        limit: Option<usize>,
+        token: Option<String>,
+    },
+    /// `initial`: the collection's state first (`sendInitialEvents`).
+    Watch {
+        from: u64,
+        timeout: Duration,
+        bookmarks: bool,
+        initial: bool,
+    },
 }
 
 fn parse(params: &BTreeMap<String, String>) -> Result<Ask, String> {
     let get = |k: &str| params.get(k).map(String::as_str);
     let implemented: &[&str] = if is_watch(params) {
-        &["watch", "resourceVersion", "timeoutSeconds", "allowWatchBookmarks"]
+        &[
+            "watch",
+            "resourceVersion",
+            "timeoutSeconds",
+            "allowWatchBookmarks",
+            "sendInitialEvents",
+            "resourceVersionMatch",
+        ]
     } else {
         &["limit", "continue"]
     };
@@ -432,10 +472,20 @@ fn parse(params: &BTreeMap<String, String>) -> Result<Ask, String> {
         let limit = get("limit").map(|l| l.parse().map_err(|_| format!("limit {l}"))).transpose()?;
         return Ok(Ask::List { limit, token: get("continue").map(str::to_owned) });
     }
+    let initial = get("sendInitialEvents") == Some("true");
+    let bookmarks = get("allowWatchBookmarks") == Some("true");
+    if initial && !(get("resourceVersionMatch") == Some("NotOlderThan") && bookmarks) {
+        return Err("sendInitialEvents needs resourceVersionMatch=NotOlderThan and allowWatchBookmarks".into());
+    }
+    if !initial && get("resourceVersionMatch").is_some() {
+        return Err("resourceVersionMatch is forbidden for watch".into());
+    }
     let from = match get("resourceVersion").map(str::parse) {
         Some(Ok(rv)) if rv > 0 => rv,
-        // From "0" or nothing the server sends every object first: a list in
-        // disguise, which kube-rs's list-then-watch never asks for.
+        // Any state at least as new as "0": the one now.
+        Some(Ok(0)) if initial => 0,
+        // From "0" or nothing without sendInitialEvents the server sends
+        // every object first: a list in disguise, which kube-rs never asks for.
         _ => return Err("a watch from no resourceVersion is not implemented".into()),
     };
     let timeout = match get("timeoutSeconds").map(str::parse) {
@@ -443,7 +493,7 @@ fn parse(params: &BTreeMap<String, String>) -> Result<Ask, String> {
         Some(Ok(s)) => Duration::from_secs(s),
         Some(Err(_)) => return Err("timeoutSeconds is not a number".into()),
     };
-    Ok(Ask::Watch { from, timeout, bookmarks: get("allowWatchBookmarks") == Some("true") })
+    Ok(Ask::Watch { from, timeout, bookmarks, initial })
 }
 
 fn is_watch(params: &BTreeMap<String, String>) -> bool {
@@ -468,6 +518,7 @@ fn answer(conn: &mut TcpStream, cluster: &Mutex<Cluster>, (method, target): (Str
     let ask = parse(&params);
     let verb = match (&one, is_watch(&params)) {
         (Some(_), _) => "get",
+        _ if path == VERSION => "get",
         (None, true) => "watch",
         (None, false) => "list",
     };
@@ -489,15 +540,31 @@ fn answer(conn: &mut TcpStream, cluster: &Mutex<Cluster>, (method, target): (Str
             Some(Some(obj)) => (200, obj.clone()),
             _ => (404, status(404, "NotFound", &format!("{key} not found"))),
         }
+    } else if path == VERSION {
+        let (major, minor) = c.version;
+        (
+            200,
+            json!({"major": major.to_string(), "minor": minor.to_string(), "gitVersion": format!("v{major}.{minor}.0")}),
+        )
     } else if !c.collections.contains_key(path) {
         (404, status(404, "NotFound", "the server could not find the requested resource"))
     } else {
         match ask {
             Err(e) => (400, status(400, "BadRequest", &e)),
             Ok(Ask::List { limit, token }) => c.page(path, limit, token.as_deref()),
-            Ok(Ask::Watch { from, timeout, bookmarks }) => {
+            // As kube-apiserver validates a watch's options with the gate off.
+            Ok(Ask::Watch { initial: true, .. }) if !c.watch_list => (
+                422,
+                status(
+                    422,
+                    "Invalid",
+                    "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is \
+                     forbidden for watch unless the WatchList feature gate is enabled",
+                ),
+            ),
+            Ok(Ask::Watch { from, timeout, bookmarks, initial }) => {
                 let path = *c.collections.get_key_value(path).unwrap().0;
-                return watch(conn, cluster, c, Watch { index, path, from, timeout, bookmarks });
+                return watch(conn, cluster, c, Watch { index, path, from, timeout, bookmarks, initial });
             }
         }
     };
@@ -520,6 +587,7 @@ fn reason(code: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         410 => "Gone",
+        422 => "Unprocessable Entity",
         503 => "Service Unavailable",
         _ => unreachable!("the server answers no {code}"),
     }
@@ -531,13 +599,15 @@ struct Watch {
     from: u64,
     timeout: Duration,
     bookmarks: bool,
+    /// The collection's state first, then the bookmark that ends it.
+    initial: bool,
 }
 
 /// Streams a watch, one event per chunk, until its timeout (then it ends
 /// cleanly, the connection kept) or a restart cuts it.
 fn watch(conn: &mut TcpStream, cluster: &Mutex<Cluster>, mut c: MutexGuard<Cluster>, w: Watch) -> io::Result<bool> {
     conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")?;
-    if w.from < c.compacted_before {
+    if w.from < c.compacted_before && !w.initial {
         c.requests[w.index].code = Some(410);
         let message = format!("too old resource version: {} ({})", w.from, c.compacted_before);
         drop(c);
@@ -548,8 +618,11 @@ fn watch(conn: &mut TcpStream, cluster: &Mutex<Cluster>, mut c: MutexGuard<Clust
     c.requests[w.index].code = Some(200);
     // What happened since `from`, then whatever happens while it is open:
     // both under one lock, so nothing is missed or sent twice.
-    let backlog: Vec<String> =
-        c.collections[w.path].history.iter().filter(|ch| ch.rv > w.from).map(|ch| ch.line.clone()).collect();
+    let backlog: Vec<String> = if w.initial {
+        c.initial_events(w.path)
+    } else {
+        c.collections[w.path].history.iter().filter(|ch| ch.rv > w.from).map(|ch| ch.line.clone()).collect()
+    };
     let (tx, rx) = mpsc::channel();
     c.watches.push((w.index, w.path, tx));
     let deadline = Instant::now() + c.max_watch.map_or(w.timeout, |max| max.min(w.timeout));
@@ -578,7 +651,7 @@ fn watch(conn: &mut TcpStream, cluster: &Mutex<Cluster>, mut c: MutexGuard<Clust
                     if ended {
                         c.watches.retain(|(index, ..)| *index != w.index);
                     }
-                    rx.try_iter().chain(w.bookmarks.then(|| c.bookmark(w.path))).collect()
+                    rx.try_iter().chain(w.bookmarks.then(|| c.bookmark(w.path, false))).collect()
                 };
                 for line in lines {
                     chunk(conn, &line)?;
