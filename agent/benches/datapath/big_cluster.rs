@@ -5,7 +5,7 @@
 //! cluster pod.
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use na_agent::datapath::AttachMode;
 use na_harness::synthetic::{self, PODS_PER_NAMESPACE, Placement};
 use serde_json::json;
@@ -16,7 +16,7 @@ use crate::{
     stats,
     support::{
         Env,
-        agent::{ApiInNode, NODE},
+        agent::{Agent, ApiInNode, NODE},
         fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES},
     },
 };
@@ -52,21 +52,11 @@ pub fn run(_full: bool) -> Result<Figures> {
             cluster.apply(POLICIES, synthetic::policy(ns, i));
         }
     }
+    // Listed in pages: the fake's default, a server before 1.32.
     let api = ApiInNode::serve(&env, cluster);
-    let t0 = Instant::now();
-    let agent = api.agent(&env);
-    let deadline = t0 + Duration::from_secs(600);
-    while api.attached() < LOCAL_PODS {
-        if Instant::now() > deadline {
-            bail!("the agent did not attach its {LOCAL_PODS} pods in 600 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let took = t0.elapsed();
+    let (agent, took) = start(&api, &env)?;
     let cpu = cpu_seconds(agent.pid())?;
-    std::thread::sleep(Duration::from_secs(2));
-    let rss_kib = proc_status_kib(agent.pid(), "VmRSS")?;
-    let peak_kib = proc_status_kib(agent.pid(), "VmHWM")?;
+    let (rss_kib, peak_kib) = memory(&agent)?;
     let pods = CLUSTER_NAMESPACES * PODS_PER_NAMESPACE;
     let mut f = Figures::new();
     let listed = api.cluster().bytes_sent(PODS, "list");
@@ -80,12 +70,53 @@ pub fn run(_full: bool) -> Result<Figures> {
     f.insert("bytes_per_cluster_pod_150k".into(), json!(stats::round(rss_kib * 1024.0 / pods as f64, 0)));
     f.insert("startup_150k_pods_s".into(), json!(stats::round(took.as_secs_f64(), 1)));
     f.insert("agent_startup_150k_pods_cpu_s".into(), json!(stats::round(cpu, 1)));
+
+    // Streamed in the watches (1.32 on): the same cluster, the agent
+    // restarted (its programs and pods adopted).
+    {
+        let mut cluster = api.cluster();
+        (cluster.version, cluster.watch_list) = ((1, 33), true);
+    }
+    let before = api.cluster().bytes_sent(PODS, "watch");
+    let lists = api.cluster().requests_to(PODS, "list").count();
+    let (agent, took) = start(&api, &env)?;
+    let cpu = cpu_seconds(agent.pid())?;
+    let (rss_kib, peak_kib) = memory(&agent)?;
+    let streamed = api.cluster().bytes_sent(PODS, "watch") - before;
+    agent.kill();
+    ensure!(api.cluster().requests_to(PODS, "list").count() == lists, "the restarted agent listed pods");
+    f.insert("api_stream_bytes_per_pod_150k".into(), json!(stats::round(streamed as f64 / pods as f64, 0)));
+    f.insert("agent_rss_150k_pods_stream_mib".into(), json!(stats::round(rss_kib / 1024.0, 1)));
+    f.insert("agent_peak_rss_150k_pods_stream_mib".into(), json!(stats::round(peak_kib / 1024.0, 1)));
+    f.insert("restart_150k_pods_stream_s".into(), json!(stats::round(took.as_secs_f64(), 1)));
+    f.insert("agent_restart_150k_pods_stream_cpu_s".into(), json!(stats::round(cpu, 1)));
     f.insert(
         "big_cluster".into(),
         json!({"cluster_pods": pods, "namespaces": CLUSTER_NAMESPACES,
                "policies": POLICY_NAMESPACES * POLICIES_PER_NAMESPACE, "local_pods": LOCAL_PODS}),
     );
     Ok(f)
+}
+
+/// Starts the agent (a fresh status file) and waits until it enforces its
+/// pods; returns it and how long that took.
+fn start(api: &ApiInNode, env: &Env) -> Result<(Agent, Duration)> {
+    let _ = std::fs::remove_file(&api.status_file);
+    let t0 = Instant::now();
+    let agent = api.agent(env);
+    while api.attached() < LOCAL_PODS {
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("the agent did not attach its {LOCAL_PODS} pods in 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((agent, t0.elapsed()))
+}
+
+/// The agent's RSS once settled, and its peak (KiB).
+fn memory(agent: &Agent) -> Result<(f64, f64)> {
+    std::thread::sleep(Duration::from_secs(2));
+    Ok((proc_status_kib(agent.pid(), "VmRSS")?, proc_status_kib(agent.pid(), "VmHWM")?))
 }
 
 /// Pod changes the steady state sees.
