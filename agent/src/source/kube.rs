@@ -107,37 +107,22 @@ pub fn client(mut config: kube::Config) -> kube::Result<Client> {
 pub fn spawn(client: Client, tx: Sender<Update>) {
     tokio::spawn(async move {
         let initial = initial_list(&client).await;
-        tokio::spawn(watch(
-            Api::<Namespace>::all(client.clone()),
-            Kind::Namespace,
-            |o| Object::Namespace(Box::new(o)),
-            initial,
-            tx.clone(),
-        ));
-        let pods = Api::<Pod>::all(client.clone());
-        tokio::spawn(watch(pods, Kind::Pod, |o| Object::Pod(Box::new(o)), initial, tx.clone()));
-        tokio::spawn(watch(
-            Api::<NetworkPolicy>::all(client.clone()),
-            Kind::NetworkPolicy,
-            |o| Object::NetworkPolicy(Box::new(o)),
-            initial,
-            tx.clone(),
-        ));
-        tokio::spawn(watch(
-            Api::<Service>::all(client.clone()),
-            Kind::Service,
-            |o| Object::Service(Box::new(o)),
-            initial,
-            tx.clone(),
-        ));
-        tokio::spawn(watch(
-            Api::<EndpointSlice>::all(client),
-            Kind::EndpointSlice,
-            |o| Object::EndpointSlice(Box::new(o)),
-            initial,
-            tx,
-        ));
+        let start = (&client, initial, &tx);
+        start_watch::<Namespace>(start, Kind::Namespace, |o| Object::Namespace(Box::new(o)));
+        start_watch::<Pod>(start, Kind::Pod, |o| Object::Pod(Box::new(o)));
+        start_watch::<NetworkPolicy>(start, Kind::NetworkPolicy, |o| Object::NetworkPolicy(Box::new(o)));
+        start_watch::<Service>(start, Kind::Service, |o| Object::Service(Box::new(o)));
+        start_watch::<EndpointSlice>(start, Kind::EndpointSlice, |o| Object::EndpointSlice(Box::new(o)));
     });
+}
+
+/// Spawns the watcher of every `K` in the cluster.
+fn start_watch<K>((client, initial, tx): (&Client, InitialList, &Sender<Update>), kind: Kind, wrap: fn(K) -> Object)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(watch(Api::<K>::all(client.clone()), kind, wrap, initial, tx.clone()));
 }
 
 /// Whether `e` is the server refusing a streamed initial list (WatchList
