@@ -38,6 +38,12 @@ pub struct Args {
     /// standard: directions no policy isolates are open; strict: closed.
     #[arg(long, value_enum, default_value_t = EnforcingMode::Standard, env = "NETWORK_POLICY_ENFORCING_MODE", ignore_case = true)]
     pub enforcing_mode: EnforcingMode,
+    /// Audit the whole node: what only NetworkPolicy would deny passes, and
+    /// is reported (flow logs, `na-cli events`, na_policy_audit_denials_total).
+    /// A namespace opts in alone with the annotation `na-agent.io/audit: "true"`.
+    /// ClusterNetworkPolicy denials stay enforced.
+    #[arg(long, env = "NA_AUDIT")]
+    pub audit: bool,
     /// Mount bpffs for --bpffs-root if it is missing, create the pin
     /// directories, and exit. The DaemonSet's privileged init container runs
     /// this, so that the long-running agent needs no CAP_SYS_ADMIN.

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use na_common::{
     direction,
-    events::tier,
+    events::{tier, verdict},
     family, pod_state,
     policy::{KEY_HEADER_BITS, LpmKeyData, POLICY_ID_HOST, POLICY_ID_NONE, PROTO_ANY, PortRule},
     protocol,
@@ -20,14 +20,8 @@ pub fn addr(fam: u8, bytes: [u8; 16]) -> IpAddr {
 
 /// The 16-byte ABI field and family of `ip`.
 pub fn abi_addr(ip: IpAddr) -> (u8, [u8; 16]) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut bytes = [0; 16];
-            bytes[..4].copy_from_slice(&v4.octets());
-            (family::IPV4, bytes)
-        }
-        IpAddr::V6(v6) => (family::IPV6, v6.octets()),
-    }
+    let (family, addr) = na_common::Addr::of_ip(ip);
+    (family, addr.0)
 }
 
 /// The peer prefix of an LPM key with its full prefix length.
@@ -78,6 +72,8 @@ pub fn tier_name(t: u8) -> &'static str {
         tier::REVOKED => "REVOKED",
         tier::SPOOFED => "SPOOFED",
         tier::NOT_IP => "NOT_IP",
+        tier::ADMIN => "ADMIN",
+        tier::BASELINE => "BASELINE",
         _ => "UNKNOWN",
     }
 }
@@ -91,6 +87,7 @@ pub fn mode_name(mode: u8) -> &'static str {
         pod_state::DEFAULT_ALLOW => "default-allow",
         pod_state::DEFAULT_DENY => "default-deny",
         pod_state::POLICIES_APPLIED => "policies-applied",
+        pod_state::CLUSTER_POLICIES => "cluster-policies",
         _ => "unknown",
     }
 }
@@ -114,9 +111,26 @@ pub fn attribution_label(policy_id: u32, status: Option<&Status>) -> String {
     match policy_id {
         POLICY_ID_NONE => "-".into(),
         POLICY_ID_HOST => "node".into(),
-        id => status
-            .and_then(|s| s.rule(id))
-            .map_or_else(|| format!("#{id}"), |r| rule_label(&r.policy, &r.direction, r.rule)),
+        id => status.and_then(|s| s.rule(id)).map_or_else(|| format!("#{id}"), entry_label),
+    }
+}
+
+/// A rule as [`rule_label`] gives it, with a cluster rule's tier, priority
+/// and action: `guard ingress[0] (Admin 10 Deny)`.
+pub fn entry_label(r: &crate::status::RuleEntry) -> String {
+    let label = rule_label(&r.policy, &r.direction, r.rule);
+    match &r.cluster {
+        Some(c) => format!("{label} ({} {} {})", c.tier, c.priority, c.action),
+        None => label,
+    }
+}
+
+/// What the datapath did, as flow logs and `na-cli` print it.
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        verdict::ALLOW => "ACCEPT",
+        verdict::AUDIT => "AUDIT",
+        _ => "DENY",
     }
 }
 
@@ -150,11 +164,26 @@ mod tests {
         assert_eq!(ports(&PortRule::any(1)), "all");
 
         let status = Status {
-            rules: vec![RuleEntry { id: 1, policy: "x/p".into(), direction: "egress".into(), rule: 3 }].into(),
+            rules: vec![
+                RuleEntry { id: 1, policy: "x/p".into(), direction: "egress".into(), rule: 3, cluster: None },
+                RuleEntry {
+                    id: 3,
+                    policy: "guard".into(),
+                    direction: "ingress".into(),
+                    rule: 0,
+                    cluster: Some(crate::status::ClusterRule {
+                        tier: "Admin".into(),
+                        priority: 10,
+                        action: "Deny".into(),
+                    }),
+                },
+            ]
+            .into(),
             ..Default::default()
         };
         assert_eq!(attribution_label(1, Some(&status)), "x/p egress[3]");
         assert_eq!(attribution_label(2, Some(&status)), "#2");
+        assert_eq!(attribution_label(3, Some(&status)), "guard ingress[0] (Admin 10 Deny)");
         assert_eq!(attribution_label(POLICY_ID_HOST, None), "node");
         assert_eq!(attribution_label(POLICY_ID_NONE, None), "-");
     }

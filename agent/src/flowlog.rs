@@ -195,7 +195,7 @@ pub fn line(node: &str, e: &PolicyEvent, pod: Option<&ObjectRef>, names: &impl N
         dst_ip: decode::addr(e.family, e.dst_addr.0),
         dst_port: e.dst_port,
         protocol: decode::protocol_name(e.protocol),
-        verdict: if e.verdict == verdict::ALLOW { "ACCEPT" } else { "DENY" }.to_owned(),
+        verdict: decode::verdict_name(e.verdict).to_owned(),
         tier: decode::tier_name(e.tier).to_owned(),
         policy,
         rule,
@@ -262,11 +262,8 @@ mod tests {
         let pods = HashMap::from([(7, ObjectRef::new("x", "a"))]);
         let isolating = [vec!["x/deny".to_owned()], vec!["x/out".to_owned()]];
         let mut names = Fixed { attributions: Attributions::default(), isolating };
-        let id = names.attributions.id(Attribution {
-            policy: ObjectRef::new("x", "allow-b"),
-            direction: Direction::Ingress,
-            rule: 2,
-        });
+        let id =
+            names.attributions.id(Attribution::network_policy(ObjectRef::new("x", "allow-b"), Direction::Ingress, 2));
         let l = line("n1", &event(verdict::ALLOW, id), pods.get(&7), &names, SystemTime::UNIX_EPOCH);
         assert_eq!((l.namespace.as_deref(), l.pod.as_deref()), (Some("x"), Some("a")));
         assert_eq!((l.verdict.as_str(), l.policy.as_deref(), l.rule), ("ACCEPT", Some("x/allow-b"), Some(2)));

@@ -112,12 +112,25 @@ impl IsolatedBy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleEntry {
     pub id: u32,
-    /// `namespace/name` of the NetworkPolicy.
+    /// `namespace/name` of the NetworkPolicy, or the ClusterNetworkPolicy's name.
     pub policy: String,
     /// `ingress` or `egress`.
     pub direction: String,
     /// Index of the rule in the policy's list for that direction.
     pub rule: usize,
+    /// For a ClusterNetworkPolicy rule, its tier, priority and action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRule>,
+}
+
+/// What a ClusterNetworkPolicy rule is, beyond its place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRule {
+    /// `Admin` or `Baseline`.
+    pub tier: String,
+    pub priority: u16,
+    /// `Accept`, `Deny` or `Pass`.
+    pub action: String,
 }
 
 impl Status {
@@ -329,7 +342,13 @@ mod tests {
                 isolated_by: IsolatedBy { ingress: vec!["x/p".into()], egress: Vec::new() },
             }],
             rules: [1, 4]
-                .map(|id| RuleEntry { id, policy: format!("x/p{id}"), direction: "ingress".into(), rule: 0 })
+                .map(|id| RuleEntry {
+                    id,
+                    policy: format!("x/p{id}"),
+                    direction: "ingress".into(),
+                    rule: 0,
+                    cluster: None,
+                })
                 .into(),
             ..Default::default()
         };

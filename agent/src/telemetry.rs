@@ -139,6 +139,9 @@ impl Telemetry {
         let mut bytes = String::from(
             "# HELP na_policy_bytes_total Bytes judged by a pod's programs.\n# TYPE na_policy_bytes_total counter\n",
         );
+        let mut audited = String::from(
+            "# HELP na_policy_audit_denials_total New flows an audited pod's NetworkPolicies would have dropped (passed, not enforced).\n# TYPE na_policy_audit_denials_total counter\n",
+        );
         let tables = NodeTables::open(&self.layout).ok();
         for (pod, ifindex) in &self.pods {
             let Some(c) = tables.as_ref().and_then(|t| t.counters(*ifindex).ok()).map(|v| counters(&v)) else {
@@ -157,8 +160,13 @@ impl Telemetry {
                 let _ = writeln!(s, "na_policy_packets_total{{{labels}}} {}", t.packets);
                 let _ = writeln!(bytes, "na_policy_bytes_total{{{labels}}} {}", t.bytes);
             }
+            for (direction, t) in [("ingress", c.ingress_audited), ("egress", c.egress_audited)] {
+                let labels = format!("namespace=\"{}\",pod=\"{}\",direction=\"{direction}\"", pod.namespace, pod.name);
+                let _ = writeln!(audited, "na_policy_audit_denials_total{{{labels}}} {}", t.packets);
+            }
         }
         s.push_str(&bytes);
+        s.push_str(&audited);
         let programming = "From an object change to the maps written.";
         self.programming.render(&mut s, "na_policy_programming_seconds", programming);
         s.push_str(

@@ -24,7 +24,7 @@ use support::{Env, Events};
 const WAIT: Duration = Duration::from_millis(400);
 
 fn isolated(entries: Vec<(IpNet, Vec<PortRule>)>) -> DirectionRules {
-    DirectionRules { mode: Mode::PoliciesApplied, entries: entries.into_iter().collect() }
+    DirectionRules { mode: Mode::PoliciesApplied, entries: entries.into_iter().collect(), audit: false }
 }
 
 fn host(pod: &Pod) -> IpNet {

@@ -21,7 +21,11 @@ use support::{
 };
 
 fn isolated(entries: impl IntoIterator<Item = (IpNet, Vec<PortRule>)>) -> DirectionRules {
-    DirectionRules { mode: Mode::PoliciesApplied, entries: entries.into_iter().collect::<BTreeMap<_, _>>() }
+    DirectionRules {
+        mode: Mode::PoliciesApplied,
+        entries: entries.into_iter().collect::<BTreeMap<_, _>>(),
+        audit: false,
+    }
 }
 
 fn host(env: &Env, key: &str) -> IpNet {
@@ -182,6 +186,7 @@ fn strict_default_deny_keeps_the_node_and_is_per_direction() {
     let ingress = DirectionRules {
         mode: Mode::DefaultDeny,
         entries: [(node, vec![PortRule::any(na_common::policy::POLICY_ID_HOST)])].into(),
+        audit: false,
     };
     env.attach("x/a", &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "ingress default deny");

@@ -107,6 +107,7 @@ fn pod_with(configure: impl FnOnce(Datapath) -> Datapath) -> Pod {
             (net(PEER6.into()), vec![PortRule::ports(3, UDP, 53, 53), PortRule::ports(5, TCP, 443, 443)]),
         ]
         .into(),
+        audit: false,
     };
     let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
     dp.load_pod(&id, index("tr-pod"), addrs, &PodRules { ingress, egress: DirectionRules::default() }).unwrap();
@@ -137,8 +138,12 @@ fn other_rules() -> PodRules {
     let ingress = DirectionRules {
         mode: Mode::PoliciesApplied,
         entries: [(IpNet::from(IpAddr::from(OTHER4)), vec![PortRule::ports(9, TCP, 85, 85)])].into(),
+        audit: false,
     };
-    PodRules { ingress, egress: DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() } }
+    PodRules {
+        ingress,
+        egress: DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default(), audit: false },
+    }
 }
 
 fn run(prog: &Prog, packet: &[u8]) -> u32 {
@@ -866,6 +871,7 @@ fn a_revoked_flow_stays_cut_both_ways_until_it_idles_out_or_is_allowed_again() {
     let ingress = || DirectionRules {
         mode: Mode::PoliciesApplied,
         entries: [(IpNet::from(IpAddr::from(PEER4)), vec![PortRule::ports(1, TCP, 80, 90)])].into(),
+        audit: false,
     };
     let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
     let mut maps = p
@@ -874,7 +880,7 @@ fn a_revoked_flow_stays_cut_both_ways_until_it_idles_out_or_is_allowed_again() {
         .unwrap();
     let closed = PodRules {
         ingress: ingress(),
-        egress: DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() },
+        egress: DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default(), audit: false },
     };
     maps.apply(&closed).unwrap();
     ring.take();
@@ -918,8 +924,9 @@ fn a_revoked_datagram_flow_is_forgotten_so_the_peers_next_datagram_is_judged_as_
     let ingress = DirectionRules {
         mode: Mode::PoliciesApplied,
         entries: [(IpNet::from(IpAddr::from(PEER4)), vec![PortRule::ports(2, SCTP, 5000, 5000)])].into(),
+        audit: false,
     };
-    let closed = DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default() };
+    let closed = DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default(), audit: false };
     let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
     p.dp.load_pod(&p.id, p.ingress.ifindex, addrs, &PodRules { ingress, egress: closed }).unwrap();
     // The pod's egress no longer admits it: the packet that meets the change
@@ -1023,4 +1030,63 @@ fn the_sweep_removes_expired_entries_only_and_never_one_tracked_again_since_it_r
     age(&p, &tracked(&p, UDP, live), TIMEOUTS.udp + MARGIN);
     assert_eq!(p.dp.sweep_conntrack(&p.id).unwrap(), 1);
     assert_eq!(ports(), [revived].into());
+}
+
+/// Cluster tiers in the programs: ordered rules with their actions, a Pass
+/// that hands the packet on, a miss that passes where no NetworkPolicy
+/// isolates; and an audited direction that passes what NetworkPolicy would
+/// drop, says so, and counts it.
+#[test]
+fn cluster_tiers_decide_in_order_and_audit_passes_what_network_policy_denies() {
+    use na_common::policy::action;
+    let p = pod();
+    let mut ring = Events::open(p.dp.layout());
+    let ingress = DirectionRules {
+        mode: Mode::ClusterPolicies,
+        entries: [
+            (
+                IpNet::from(IpAddr::from(PEER4)),
+                vec![
+                    PortRule::ports(11, TCP, 80, 80).with_action(action::ADMIN_PASS),
+                    PortRule::ports(12, TCP, 80, 81).with_action(action::ADMIN_DENY),
+                    PortRule::ports(14, TCP, 82, 82).with_action(action::BASELINE_DENY),
+                ],
+            ),
+            ("10.9.0.0/16".parse().unwrap(), vec![PortRule::any(15).with_action(action::ADMIN_ACCEPT)]),
+        ]
+        .into(),
+        audit: false,
+    };
+    let egress = DirectionRules { mode: Mode::PoliciesApplied, entries: Default::default(), audit: true };
+    let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
+    p.dp.load_pod(&p.id, p.ingress.ifindex, addrs, &PodRules { ingress, egress }).unwrap();
+    ring.take();
+
+    let cases = [
+        (PEER4, 80, OK, verdict::ALLOW, tier::DEFAULT_ALLOW, 0),
+        (PEER4, 81, SHOT, verdict::DENY, tier::ADMIN, 12),
+        (PEER4, 82, SHOT, verdict::DENY, tier::BASELINE, 14),
+        (PEER4, 83, OK, verdict::ALLOW, tier::DEFAULT_ALLOW, 0),
+        (ANY4, 81, OK, verdict::ALLOW, tier::ADMIN, 15),
+        (EMPTY4, 81, OK, verdict::ALLOW, tier::DEFAULT_ALLOW, 0),
+    ];
+    for (src, port, action, ..) in cases {
+        assert_eq!(run(&p.ingress, &v4(src, TCP, port)), action, "{src} TCP/{port}");
+    }
+    let events = ring.take();
+    let seen: Vec<_> = events.iter().map(|e| (e.dst_port, e.verdict, e.tier, e.policy_id)).collect();
+    let want: Vec<_> = cases.iter().map(|&(_, port, _, v, t, id)| (port, v, t, id)).collect();
+    assert_eq!(seen, want);
+
+    let out = V4::new(POD4, PEER4, TCP).packet(&l4(TCP, 40000, 443));
+    assert_eq!(run(&p.egress, &out), OK, "audited: NetworkPolicy would drop it, it passes");
+    let events = ring.take();
+    assert_eq!(
+        events.iter().map(|e| (e.verdict, e.tier)).collect::<Vec<_>>(),
+        [(verdict::AUDIT, tier::NETWORK_POLICY)]
+    );
+    let c = na_agent::datapath::pod_counters(p.dp.layout(), &p.id).unwrap();
+    assert_eq!((c.egress_audited.packets, c.egress_allowed.packets), (1, 1), "counted as a would-be drop, and passed");
+    assert_eq!(run(&p.egress, &out), OK, "its flow is tracked");
+    assert!(ring.take().is_empty(), "judged once");
 }

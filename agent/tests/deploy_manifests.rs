@@ -46,7 +46,7 @@ fn the_cluster_role_grants_exactly_what_the_agent_uses() {
     }
     let used: BTreeSet<(String, String, String)> = kube::watched_resources()
         .into_iter()
-        .flat_map(|(g, r)| kube::VERBS.map(|v| (g.clone(), r.clone(), v.to_owned())))
+        .flat_map(|c| kube::VERBS.map(|v| (c.group.clone(), c.plural.clone(), v.to_owned())))
         .chain(na_agent::rpc::server::FETCHES.map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned())))
         .collect();
     assert_eq!(granted, used);

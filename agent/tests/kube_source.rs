@@ -18,7 +18,8 @@ use na_agent::source::{
 };
 use serde_json::{Value, json};
 use support::fake_apiserver::{
-    Cluster, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, Request, SERVICES, Server, VERSION, serve,
+    AWS_CLUSTER_POLICIES, CLUSTER_POLICIES, Cluster, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, Request, SERVICES,
+    Server, VERSION, serve,
 };
 use tokio::sync::mpsc::Receiver;
 
@@ -85,6 +86,7 @@ struct Watched {
     synced: BTreeMap<Kind, usize>,
     errors: Vec<Kind>,
     deleted: Vec<ObjectKey>,
+    not_installed: BTreeMap<Kind, usize>,
 }
 
 impl Watched {
@@ -93,7 +95,15 @@ impl Watched {
         let config = kube::Config::new(format!("http://127.0.0.1:{}", server.port).parse().unwrap());
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         spawn(client(config).unwrap(), tx);
-        Self { server, rx, objects: BTreeMap::new(), synced: BTreeMap::new(), errors: Vec::new(), deleted: Vec::new() }
+        Self {
+            server,
+            rx,
+            objects: BTreeMap::new(),
+            synced: BTreeMap::new(),
+            errors: Vec::new(),
+            deleted: Vec::new(),
+            not_installed: BTreeMap::new(),
+        }
     }
 
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
@@ -123,6 +133,7 @@ impl Watched {
             }
             Update::Synced(kind) => *self.synced.entry(kind).or_default() += 1,
             Update::WatchError(kind, _) => self.errors.push(kind),
+            Update::NotInstalled(kind) => *self.not_installed.entry(kind).or_default() += 1,
         }
     }
 
@@ -181,13 +192,7 @@ impl Watched {
 
     /// The watchers asked for nothing the ClusterRole does not grant.
     fn asked_only_what_rbac_grants(&self) {
-        let allowed: Vec<String> = na_agent::source::kube::watched_resources()
-            .iter()
-            .map(|(group, plural)| match group.as_str() {
-                "" => format!("/api/v1/{plural}"),
-                g => format!("/apis/{g}/v1/{plural}"),
-            })
-            .collect();
+        let allowed: Vec<String> = na_agent::source::kube::watched_resources().iter().map(|c| c.path()).collect();
         // The version is public to every authenticated client
         // (system:public-info-viewer), no grant of ours.
         for r in self.cluster().requests.iter().filter(|r| r.path != VERSION) {
@@ -236,6 +241,43 @@ async fn paginated_lists_arrive_whole_and_changes_stream_over_one_watch() {
     }
     assert_eq!(watches(&w), [1; COLLECTIONS.len()], "every change came over the watch opened after the list");
     w.no_trouble();
+    w.asked_only_what_rbac_grants();
+}
+
+fn cluster_policy(name: &str) -> Value {
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": name},
+           "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                    "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_crd_is_reported_once_and_watched_for_until_installed() {
+    let mut w = Watched::start(small());
+    w.first_lists().await;
+    let both = [Kind::ClusterNetworkPolicy, Kind::AwsClusterNetworkPolicy];
+    w.until("both CRDs are reported missing", |w| both.iter().all(|k| w.not_installed.contains_key(k))).await;
+    // The watchers keep asking (the backoff starts under a second)...
+    w.until("the upstream CRD is asked for again", |w| {
+        w.cluster().requests_to(CLUSTER_POLICIES, "list").filter(|r| r.code == Some(404)).count() >= 3
+    })
+    .await;
+    // ...without reporting it again, or as an error.
+    assert_eq!(w.not_installed, both.iter().map(|k| (*k, 1)).collect(), "reported once each");
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    {
+        let mut c = w.cluster();
+        c.install_crd(CLUSTER_POLICIES, "policy.networking.k8s.io/v1alpha2");
+        c.apply(CLUSTER_POLICIES, cluster_policy("guard"));
+    }
+    w.until("the new CRD is listed", |w| w.synced(Kind::ClusterNetworkPolicy) == 1).await;
+    let key = ObjectKey { kind: Kind::ClusterNetworkPolicy, id: na_policy::ObjectRef::cluster("guard") };
+    let served = w.cluster().objects(CLUSTER_POLICIES).next().cloned().unwrap();
+    assert_eq!(w.objects.get(&key), Some(&Object::ClusterNetworkPolicy(Box::new(served))), "the object as served");
+    w.cluster().apply(CLUSTER_POLICIES, cluster_policy("fence"));
+    let fence = ObjectKey { kind: Kind::ClusterNetworkPolicy, id: na_policy::ObjectRef::cluster("fence") };
+    w.until("a new policy comes over the watch", |w| w.objects.contains_key(&fence)).await;
+    assert_eq!(w.not_installed[&Kind::AwsClusterNetworkPolicy], 1);
+    assert!(w.cluster().requests_to(AWS_CLUSTER_POLICIES, "list").all(|r| r.code == Some(404)));
     w.asked_only_what_rbac_grants();
 }
 

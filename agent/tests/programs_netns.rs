@@ -350,6 +350,7 @@ fn programs_swapped_in_a_loop_never_let_a_packet_through_or_drop_one() {
         ingress: DirectionRules {
             mode: Mode::PoliciesApplied,
             entries: [(b, vec![PortRule::ports(1, TCP, 80, 80)])].into_iter().collect(),
+            audit: false,
         },
         egress: DirectionRules::default(),
     };

@@ -38,7 +38,11 @@ const TARGET: u16 = 80;
 const NODE_PORT: u16 = 30080;
 
 fn isolated(entries: impl IntoIterator<Item = (IpNet, Vec<PortRule>)>) -> DirectionRules {
-    DirectionRules { mode: Mode::PoliciesApplied, entries: entries.into_iter().collect::<BTreeMap<_, _>>() }
+    DirectionRules {
+        mode: Mode::PoliciesApplied,
+        entries: entries.into_iter().collect::<BTreeMap<_, _>>(),
+        audit: false,
+    }
 }
 
 fn svc(name: &str, proto: Proto, addrs: &[IpAddr], endpoints: Vec<(IpAddr, u16)>) -> ServicePort {

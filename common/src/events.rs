@@ -7,6 +7,9 @@ pub const RING_BYTES: u32 = 256 * 1024;
 pub mod verdict {
     pub const DENY: u8 = 0;
     pub const ALLOW: u8 = 1;
+    /// Passed, but only because its direction is audited: the NetworkPolicy
+    /// tier would have denied it.
+    pub const AUDIT: u8 = 2;
 }
 
 /// What decided it.
@@ -26,6 +29,10 @@ pub mod tier {
     /// A frame neither IP nor ARP (VLAN-tagged, PPPoE, MPLS, unknown) from or
     /// to a pod isolated in that direction.
     pub const NOT_IP: u8 = 6;
+    /// A ClusterNetworkPolicy rule of the admin tier (`Accept` or `Deny`).
+    pub const ADMIN: u8 = 7;
+    /// A ClusterNetworkPolicy rule of the baseline tier (`Accept` or `Deny`).
+    pub const BASELINE: u8 = 8;
 }
 
 /// `counters`: per-CPU packet and byte counts of a pod, indexed by
@@ -38,12 +45,12 @@ pub struct Counter {
 }
 
 /// Number of counter slots: direction x verdict.
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 6;
 
 /// Slot of `direction` ([`crate::direction`]) and `verdict` ([`verdict`]).
 #[inline(always)]
 pub const fn counter_index(direction: u32, verdict: u8) -> u32 {
-    direction * 2 + verdict as u32
+    direction * 3 + verdict as u32
 }
 
 #[repr(C)]

@@ -62,7 +62,7 @@ fn conntrack_layout() {
     assert_eq!(offset_of!(FragKey, protocol), 36);
     assert_eq!(offset_of!(FragKey, ifindex), 40);
     assert_eq!(size_of::<Counter>(), 16);
-    assert_eq!(counter_index(1, 1), 3);
+    assert_eq!(counter_index(1, 1), 4);
 }
 
 #[test]

@@ -48,6 +48,14 @@ impl Addr {
         unsafe { core::mem::transmute::<[u32; 4], Self>(words) }
     }
 
+    /// `ip`'s family and its address in this form.
+    pub fn of_ip(ip: core::net::IpAddr) -> (u8, Self) {
+        match ip {
+            core::net::IpAddr::V4(v4) => (family::IPV4, Self::from_ipv4(v4.octets())),
+            core::net::IpAddr::V6(v6) => (family::IPV6, Self(v6.octets())),
+        }
+    }
+
     /// The unspecified address (zero), built from two words.
     #[inline(always)]
     pub fn zero() -> Self {

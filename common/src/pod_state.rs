@@ -15,14 +15,23 @@ pub const DEFAULT_DENY: u8 = 0;
 pub const DEFAULT_ALLOW: u8 = 1;
 /// Policies isolate the pod: the trie decides, a miss is denied.
 pub const POLICIES_APPLIED: u8 = 2;
+/// No NetworkPolicy isolates the pod in this direction but cluster policies
+/// apply to it: the trie's rules decide, and what none of them decides
+/// passes.
+pub const CLUSTER_POLICIES: u8 = 3;
 
 /// How many pods one node's tables hold, spare slots included (a veth beyond
 /// it cannot be enforced and the agent reports it).
 pub const MAX_PODS: u32 = 4096;
 
-/// Bit of [`PodState::state`] holding the active rule set; the bits below it
-/// hold the mode.
+/// Bits of [`PodState::state`] holding the mode.
+const MODE_BITS: u8 = 0x0f;
+/// Bit of [`PodState::state`] holding the active rule set.
 const SET_BIT: u8 = 0x10;
+/// Bit of [`PodState::state`] set when the direction is audited: what only
+/// the NetworkPolicy tier would deny passes, reported as
+/// [`crate::events::verdict::AUDIT`].
+const AUDIT_BIT: u8 = 0x20;
 
 /// One direction of a pod.
 #[repr(C)]
@@ -41,10 +50,23 @@ impl PodState {
         Self { state: mode | if active_set != 0 { SET_BIT } else { 0 }, _pad: [0; 3], generation }
     }
 
-    /// One of [`DEFAULT_DENY`], [`DEFAULT_ALLOW`], [`POLICIES_APPLIED`].
+    /// One of [`DEFAULT_DENY`], [`DEFAULT_ALLOW`], [`POLICIES_APPLIED`],
+    /// [`CLUSTER_POLICIES`].
     #[inline(always)]
     pub const fn mode(&self) -> u8 {
-        self.state & (SET_BIT - 1)
+        self.state & MODE_BITS
+    }
+
+    /// The same state, audited or not.
+    pub const fn with_audit(self, audit: bool) -> Self {
+        let state = if audit { self.state | AUDIT_BIT } else { self.state & !AUDIT_BIT };
+        Self { state, ..self }
+    }
+
+    /// Whether NetworkPolicy denials in this direction are only reported.
+    #[inline(always)]
+    pub const fn audit(&self) -> bool {
+        self.state & AUDIT_BIT != 0
     }
 
     /// Which rule set of the trie (0 or 1) the program looks up.

@@ -52,30 +52,90 @@ impl LpmKeyData {
     }
 }
 
-/// One allowed (protocol, port range) with the policy that allowed it.
+/// What a matching rule does with a packet. A prefix's rules are ordered:
+/// the first that matches decides, except that a matching
+/// [`ADMIN_PASS`](action::ADMIN_PASS) skips the rest of the admin tier.
+/// The compiler orders them node, admin tier (by priority), NetworkPolicy,
+/// baseline tier, so the order is the tiers' order of evaluation.
+pub mod action {
+    /// A NetworkPolicy rule (or the node's own entry): allows. Zero, so
+    /// rules written without an action allow as they always did.
+    pub const ALLOW: u8 = 0;
+    /// A ClusterNetworkPolicy rule of the admin tier: `Accept`.
+    pub const ADMIN_ACCEPT: u8 = 1;
+    /// Admin tier `Deny`.
+    pub const ADMIN_DENY: u8 = 2;
+    /// Admin tier `Pass`: the admin tier does not decide; NetworkPolicy and
+    /// then the baseline tier do.
+    pub const ADMIN_PASS: u8 = 3;
+    /// Baseline tier `Accept`.
+    pub const BASELINE_ACCEPT: u8 = 4;
+    /// Baseline tier `Deny`.
+    pub const BASELINE_DENY: u8 = 5;
+
+    /// Whether a rule of this action belongs to the admin tier.
+    #[inline(always)]
+    pub const fn is_admin(action: u8) -> bool {
+        matches!(action, ADMIN_ACCEPT | ADMIN_DENY | ADMIN_PASS)
+    }
+
+    /// Whether a rule of this action lets the packet through when it decides.
+    #[inline(always)]
+    pub const fn allows(action: u8) -> bool {
+        matches!(action, ALLOW | ADMIN_ACCEPT | BASELINE_ACCEPT)
+    }
+
+    /// The [`crate::events::tier`] of a rule of this action.
+    #[inline(always)]
+    pub const fn tier(action: u8) -> u8 {
+        match action {
+            ADMIN_ACCEPT | ADMIN_DENY | ADMIN_PASS => crate::events::tier::ADMIN,
+            BASELINE_ACCEPT | BASELINE_DENY => crate::events::tier::BASELINE,
+            _ => crate::events::tier::NETWORK_POLICY,
+        }
+    }
+}
+
+/// One (protocol, port range) with the policy rule it comes from and what
+/// it does ([`action`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortRule {
     /// Which policy rule produced this entry (agent-assigned; see `na-cli`).
     pub policy_id: u32,
-    /// First allowed destination port, host byte order.
+    /// First destination port, host byte order.
     pub start_port: u16,
-    /// Last allowed destination port, inclusive, host byte order.
+    /// Last destination port, inclusive, host byte order.
     pub end_port: u16,
     /// IP protocol number, or [`PROTO_ANY`].
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    /// [`action`].
+    pub action: u8,
+    pub _pad: [u8; 2],
 }
 
 impl PortRule {
     /// Every protocol, every port.
     pub const fn any(policy_id: u32) -> Self {
-        Self { policy_id, start_port: 0, end_port: u16::MAX, protocol: PROTO_ANY, _pad: [0; 3] }
+        Self { policy_id, start_port: 0, end_port: u16::MAX, protocol: PROTO_ANY, action: action::ALLOW, _pad: [0; 2] }
     }
 
     /// `protocol` on ports `start..=end`.
     pub const fn ports(policy_id: u32, protocol: u8, start: u16, end: u16) -> Self {
-        Self { policy_id, start_port: start, end_port: end, protocol, _pad: [0; 3] }
+        Self { policy_id, start_port: start, end_port: end, protocol, action: action::ALLOW, _pad: [0; 2] }
+    }
+
+    /// The same match with another action.
+    pub const fn with_action(self, action: u8) -> Self {
+        Self { action, ..self }
+    }
+
+    /// Whether every packet this rule matches, `other` matches too.
+    pub const fn covers(&self, other: &PortRule) -> bool {
+        self.protocol == PROTO_ANY
+            || (self.protocol == other.protocol
+                && self.start_port <= other.start_port
+                && other.end_port <= self.end_port)
     }
 
     /// Whether this rule admits a packet. `port` is `None` for packets that carry
@@ -108,20 +168,46 @@ impl Default for RuleSet {
 }
 
 impl RuleSet {
-    /// The first live rule admitting the packet.
+    /// The live rule that decides the packet, if one does (see [`action`]).
     #[inline(always)]
     pub fn find(&self, protocol: u8, port: Option<u16>) -> Option<&PortRule> {
         let count = self.count as usize;
+        let mut scan = Scan::default();
         // Bounded by the array length so the verifier sees a fixed trip count.
         for i in 0..MAX_RULES_PER_PREFIX {
             if i >= count {
                 break;
             }
             let rule = &self.rules[i];
-            if rule.matches(protocol, port) {
+            if scan.decides(rule, protocol, port) {
                 return Some(rule);
             }
         }
         None
+    }
+}
+
+/// First-match over ordered rules, with the admin tier's `Pass`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scan {
+    /// An admin `Pass` rule matched: the admin tier's later rules do not apply.
+    passed: bool,
+}
+
+impl Scan {
+    /// Whether `rule`, next in order, decides the packet.
+    #[inline(always)]
+    pub fn decides(&mut self, rule: &PortRule, protocol: u8, port: Option<u16>) -> bool {
+        if self.passed && action::is_admin(rule.action) {
+            return false;
+        }
+        if !rule.matches(protocol, port) {
+            return false;
+        }
+        if rule.action == action::ADMIN_PASS {
+            self.passed = true;
+            return false;
+        }
+        true
     }
 }

@@ -131,6 +131,9 @@ fn judge_endpoint(slot: &DnatPending, target: &Target) -> i32 {
         add_to_counter(slot.ifindex, counter_index(dir, verdict::DENY), 1, i64::from(len));
         return NF_DROP;
     }
+    if decision.audited {
+        add_to_counter(slot.ifindex, counter_index(dir, verdict::AUDIT), 1, i64::from(len));
+    }
     if let Some(table) = CONNTRACK_TABLES.get(pod_slot) {
         let key = FlowKey {
             pod_addr: slot.src_addr,
@@ -171,7 +174,7 @@ fn report(slot: &DnatPending, endpoint: &Addr, port: u16, len: u32, d: &Decision
         protocol: slot.protocol,
         family: slot.family,
         direction: direction::EGRESS as u8,
-        verdict: if d.allowed { verdict::ALLOW } else { verdict::DENY },
+        verdict: d.verdict(),
         tier: d.tier,
         reply: 0,
         _pad: [0; 2],

@@ -29,7 +29,6 @@ use na_common::{
     direction,
     events::{PolicyEvent, counter_index, tier, verdict},
     pod_state::{self, PodRecord, PodState, UNKNOWN_POD},
-    policy::POLICY_ID_NONE,
     protocol,
     service::{HANDOVER_WINDOW_NS, ServiceKey},
 };
@@ -143,14 +142,14 @@ fn unjudgeable(ctx: &TcContext, dir: u32, why: u8) -> i32 {
     debug!(ctx, "dir {}: frame dropped unjudged (tier {})", dir, why);
     // Nothing about it can be trusted, so the event carries no addresses.
     let unknown = packet::unparsed();
-    emit(ctx, &unknown, dir, &Decision { allowed: false, tier: why, policy_id: POLICY_ID_NONE }, 0);
+    emit(ctx, &unknown, dir, &Decision::denied(why), 0);
     TC_ACT_SHOT
 }
 
 #[inline(never)]
 fn spoofed(ctx: &TcContext, packet: &Packet) -> i32 {
     debug!(ctx, "egress: packet from an address not the pod's dropped");
-    let decision = Decision { allowed: false, tier: tier::SPOOFED, policy_id: POLICY_ID_NONE };
+    let decision = Decision::denied(tier::SPOOFED);
     emit(ctx, packet, direction::EGRESS, &decision, 0);
     TC_ACT_SHOT
 }
@@ -166,7 +165,7 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
             verdict @ (Tracked::Revoked | Tracked::RevokedReply) => {
                 debug!(ctx, "dir {}: tracked flow from port {} no longer allowed", dir, packet.src_port);
                 let reply = u8::from(matches!(verdict, Tracked::RevokedReply));
-                let decision = Decision { allowed: false, tier: tier::REVOKED, policy_id: POLICY_ID_NONE };
+                let decision = Decision::denied(tier::REVOKED);
                 emit(ctx, packet, dir, &decision, reply);
                 return TC_ACT_SHOT;
             }
@@ -180,6 +179,10 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
     // `emit`'s would add up past the verifier's 512-byte stack cap.
     let decision = evaluate(dir, pod, packet);
     emit(ctx, packet, dir, &decision, 0);
+    if decision.audited {
+        // Would-be drops, counted besides the pass they are.
+        add_to_counter(pod.ifindex, counter_index(dir, verdict::AUDIT), 1, i64::from(ctx.len()));
+    }
     if decision.allowed {
         return PASS;
     }
@@ -513,7 +516,7 @@ fn emit(ctx: &TcContext, packet: &Packet, dir: u32, d: &Decision, reply: u8) {
         protocol: packet.protocol,
         family: packet.family,
         direction: dir as u8,
-        verdict: if d.allowed { verdict::ALLOW } else { verdict::DENY },
+        verdict: d.verdict(),
         tier: d.tier,
         reply,
         _pad: [0; 2],

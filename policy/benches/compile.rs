@@ -34,6 +34,7 @@ fn loaded() -> Compiler {
         node_ips: vec!["192.0.2.1".parse().unwrap()],
         allow_node: true,
         strict: false,
+        audit: false,
     });
     for ns in 0..NAMESPACES {
         c.upsert_namespace(&typed::<Namespace>(synthetic::namespace(ns)));

@@ -4,15 +4,38 @@ use std::collections::{BTreeMap, HashMap};
 
 use na_common::policy::POLICY_ID_HOST;
 
-use crate::{cluster::ObjectRef, output::Direction};
+use crate::{
+    cluster::ObjectRef,
+    cluster_policy::{Action, Tier},
+    output::Direction,
+};
 
 /// The rule an attribution id stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Attribution {
+    /// A NetworkPolicy's `namespace/name`; a ClusterNetworkPolicy's name
+    /// ([`ObjectRef::cluster`]).
     pub policy: ObjectRef,
     pub direction: Direction,
     /// Index of the rule in the policy's `ingress` or `egress` list.
     pub rule: usize,
+    /// For a ClusterNetworkPolicy rule, what it is: a rule whose action,
+    /// tier or priority changes is a new rule with a new id.
+    pub cluster: Option<ClusterRuleRef>,
+}
+
+impl Attribution {
+    pub fn network_policy(policy: ObjectRef, direction: Direction, rule: usize) -> Self {
+        Self { policy, direction, rule, cluster: None }
+    }
+}
+
+/// A ClusterNetworkPolicy rule's place and action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClusterRuleRef {
+    pub tier: Tier,
+    pub priority: u16,
+    pub action: Action,
 }
 
 /// Hands out ids; an id, once given, always means the same rule, and a
@@ -87,7 +110,7 @@ mod tests {
     #[test]
     fn ids_are_stable_and_start_at_one() {
         let mut t = Attributions::default();
-        let a = Attribution { policy: ObjectRef::new("ns", "p"), direction: Direction::Ingress, rule: 0 };
+        let a = Attribution::network_policy(ObjectRef::new("ns", "p"), Direction::Ingress, 0);
         let b = Attribution { rule: 1, ..a.clone() };
         assert_eq!(t.id(a.clone()), 1);
         assert_eq!(t.id(b.clone()), 2);
@@ -99,8 +122,7 @@ mod tests {
     #[test]
     fn pruned_ids_are_never_given_again() {
         let mut t = Attributions::default();
-        let rule =
-            |name: &str, rule| Attribution { policy: ObjectRef::new("ns", name), direction: Direction::Egress, rule };
+        let rule = |name: &str, rule| Attribution::network_policy(ObjectRef::new("ns", name), Direction::Egress, rule);
         let (a, b) = (t.id(rule("a", 0)), t.id(rule("b", 0)));
         let version = t.version();
         assert_eq!(t.retain(|_, at| at.policy.name != "a"), 1);

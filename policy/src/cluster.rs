@@ -21,6 +21,12 @@ impl ObjectRef {
         Self { namespace: namespace.into(), name: name.into() }
     }
 
+    /// The reference of a cluster-scoped object (a ClusterNetworkPolicy):
+    /// no namespace.
+    pub fn cluster(name: &str) -> Self {
+        Self::new("", name)
+    }
+
     /// The reference of a namespaced object's metadata; `None` without a name.
     pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Self> {
         Some(Self::new(meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone()?))
@@ -29,6 +35,9 @@ impl ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            return f.write_str(&self.name);
+        }
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }

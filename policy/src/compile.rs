@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::{
     attribution::{Attribution, Attributions},
     cluster::{self, ObjectRef, PodInfo},
+    cluster_policy::{ClusterPolicy, Tier},
     lpm::{self, Grant},
     output::{Direction, DirectionRules, Mode, PodRules},
     parse::{Peer, Policy, PolicyError, PortSpec, PortValue, Rule},
@@ -46,7 +47,15 @@ pub struct CompileOptions {
     /// Strict mode: a direction no policy isolates is denied (but for the
     /// node) instead of open. An egress-only policy never opens ingress.
     pub strict: bool,
+    /// Audit mode for the whole node: what only NetworkPolicy (or strict
+    /// mode) would deny passes and is reported (see [`AUDIT_ANNOTATION`]).
+    pub audit: bool,
 }
+
+/// The namespace annotation (value `"true"`) under which the namespace's
+/// NetworkPolicy denials are reported, not enforced: rolling out a
+/// default-deny without an outage. Cluster policies' `Deny` stays enforced.
+pub const AUDIT_ANNOTATION: &str = "na-agent.io/audit";
 
 /// Each rule set uses half of the trie (the other half is the standby set).
 const MAX_PREFIXES_PER_SET: usize = MAX_PREFIXES as usize / 2;
@@ -65,6 +74,11 @@ pub struct Compiler {
     label_sets: HashSet<Arc<Labels>>,
     policies: BTreeMap<ObjectRef, Policy>,
     invalid: BTreeMap<ObjectRef, PolicyError>,
+    /// ClusterNetworkPolicies by name.
+    cluster_policies: BTreeMap<String, ClusterPolicy>,
+    cluster_invalid: BTreeMap<String, PolicyError>,
+    /// Namespaces annotated with [`AUDIT_ANNOTATION`].
+    audited_namespaces: BTreeSet<String>,
     attributions: Attributions,
     /// A policy was replaced or removed since the attributions were last
     /// pruned: some of their ids may stand for rules no policy has.
@@ -98,9 +112,15 @@ impl Compiler {
     /// datapath still holds (a pod whose newer rules could not be written).
     /// Returns how many went.
     pub fn prune_attributions(&mut self, in_use: &HashSet<u32>) -> usize {
-        let policies = &self.policies;
-        let exists = |a: &Attribution| {
-            policies.get(&a.policy).and_then(|p| p.rules(a.direction)).is_some_and(|rules| a.rule < rules.len())
+        let (policies, cluster_policies) = (&self.policies, &self.cluster_policies);
+        let exists = |a: &Attribution| match &a.cluster {
+            None => {
+                policies.get(&a.policy).and_then(|p| p.rules(a.direction)).is_some_and(|rules| a.rule < rules.len())
+            }
+            Some(c) => cluster_policies.get(&a.policy.name).is_some_and(|p| {
+                (p.tier, p.priority) == (c.tier, c.priority)
+                    && p.rules(a.direction).get(a.rule).is_some_and(|r| r.action == c.action)
+            }),
         };
         let mut held_for_datapath = false;
         let gone = self.attributions.retain(|id, a| {
@@ -112,9 +132,10 @@ impl Compiler {
         gone
     }
 
-    /// Policies left out because they are invalid, with why.
+    /// Policies left out because they are invalid (or partly failing
+    /// closed: cluster policies' peers this agent does not know), with why.
     pub fn invalid_policies(&self) -> impl Iterator<Item = &PolicyError> {
-        self.invalid.values()
+        self.invalid.values().chain(self.cluster_problems())
     }
 
     pub fn pod(&self, key: &ObjectRef) -> Option<&PodInfo> {
@@ -152,12 +173,33 @@ impl Compiler {
 
     pub fn upsert_namespace(&mut self, ns: &Namespace) {
         if let Some((name, labels)) = cluster::namespace_labels(ns) {
+            let audited =
+                ns.metadata.annotations.as_ref().and_then(|a| a.get(AUDIT_ANNOTATION)).is_some_and(|v| v == "true");
+            self.set_namespace_audit(&name, audited);
             self.set_namespace_labels(name, labels);
         }
     }
 
     pub fn remove_namespace(&mut self, name: &str) {
+        self.set_namespace_audit(name, false);
         self.set_namespace_labels(name.to_owned(), cluster::implicit_namespace_labels(name));
+    }
+
+    fn set_namespace_audit(&mut self, name: &str, audited: bool) {
+        let changed = if audited {
+            self.audited_namespaces.insert(name.to_owned())
+        } else {
+            self.audited_namespaces.remove(name)
+        };
+        if changed {
+            self.mark_local_in(name);
+        }
+    }
+
+    /// Marks every local pod of namespace `ns` dirty.
+    fn mark_local_in(&mut self, ns: &str) {
+        let local: Vec<ObjectRef> = self.pods_in(ns).filter(|p| self.is_local(p)).map(|p| p.key.clone()).collect();
+        self.dirty.extend(local);
     }
 
     fn set_namespace_labels(&mut self, name: String, labels: Labels) {
@@ -178,6 +220,17 @@ impl Compiler {
             })
             .map(|p| p.key.clone())
             .collect();
+        // Cluster policies select subjects by namespace labels too, and
+        // name the namespace's pods as peers under either label set.
+        if !self.cluster_policies.is_empty() {
+            self.mark_local_in(&name);
+            let pods: Vec<Arc<Labels>> =
+                self.pods_in(&name).filter(|p| p.is_peer()).map(|p| p.labels.clone()).collect();
+            let new = labels.clone();
+            self.mark_cluster_peers(|peer| {
+                pods.iter().any(|l| Self::peer_names(peer, &old, l) || Self::peer_names(peer, &new, l))
+            });
+        }
         self.namespaces.insert(name, labels);
         for key in touched {
             self.mark_selected_by(&key);
@@ -251,6 +304,9 @@ impl Compiler {
                 .map(|p| p.key.clone())
                 .collect()
         };
+        // And cluster policies that could name it.
+        let cluster_peer = (!versions.is_empty() && !self.cluster_policies.is_empty())
+            .then(|| (ns_labels.clone().into_owned(), versions.iter().map(|v| v.labels.clone()).collect::<Vec<_>>()));
         let (was_local, is_local) =
             (old.as_ref().is_some_and(|p| self.is_local(p)), new.as_ref().is_some_and(|p| self.is_local(p)));
         if was_local != is_local {
@@ -270,6 +326,9 @@ impl Compiler {
         }
         for p in touched {
             self.mark_selected_by(&p);
+        }
+        if let Some((ns, labels)) = cluster_peer {
+            self.mark_cluster_peers(|peer| labels.iter().any(|l| Self::peer_names(peer, &ns, l)));
         }
         // The old label set, if no pod has it any more (here and in the
         // set: two references).
@@ -384,39 +443,57 @@ impl Compiler {
         let mut out = PodRules::default();
         for dir in Direction::BOTH {
             let selecting: Vec<ObjectRef> = self.isolating_target(target, dir).cloned().collect();
-            if selecting.is_empty() && !self.options.strict {
-                continue;
-            }
-            // Every rule that applies, with whether its grants depend on the
-            // target: egress grants never do, ingress ones only through named ports.
-            let mut applicable = Vec::new();
+            let isolated = !selecting.is_empty() || self.options.strict;
+            // Every rule that applies, in order of evaluation: the admin
+            // tier, NetworkPolicy, and the baseline tier where NetworkPolicy
+            // leaves the direction open.
+            let mut applicable: Vec<Applicable> = self.applicable_cluster_rules(target, dir, Tier::Admin);
             for policy in &selecting {
                 for (index, rule) in self.policies[policy].rules(dir).unwrap_or_default().iter().enumerate() {
-                    let id = self.attributions.id(Attribution { policy: policy.clone(), direction: dir, rule: index });
-                    applicable.push((policy.clone(), index, id, dir == Direction::Egress || !has_named_port(rule)));
+                    let id = self.attributions.id(Attribution::network_policy(policy.clone(), dir, index));
+                    // Egress grants never depend on the target, ingress ones
+                    // only through named ports.
+                    let shared = dir == Direction::Egress || !has_named_port(rule);
+                    applicable.push(Applicable {
+                        id,
+                        rank: lpm::rank::NETWORK_POLICY,
+                        source: policy.clone(),
+                        index,
+                        shared,
+                    });
+                }
+            }
+            if !isolated {
+                applicable.extend(self.applicable_cluster_rules(target, dir, Tier::Baseline));
+                if applicable.is_empty() {
+                    continue;
                 }
             }
             // Pods selected by the same target-independent rules get the same
             // entries: build them once per batch.
-            let entries_key = applicable
-                .iter()
-                .all(|(.., shared)| *shared)
-                .then(|| (dir, applicable.iter().map(|(_, _, id, _)| *id).collect::<Vec<_>>()));
+            let entries_key =
+                applicable.iter().all(|a| a.shared).then(|| (dir, applicable.iter().map(|a| a.id).collect::<Vec<_>>()));
             let cached = entries_key.as_ref().and_then(|k| memo.entries.get(k)).cloned();
             let entries = match cached {
                 Some(entries) => entries,
                 None => {
                     let mut grants = self.node_grants(dir);
-                    for (policy, index, id, shared) in &applicable {
-                        if *shared && let Some(g) = memo.grants.get(id) {
+                    for a in &applicable {
+                        if a.shared
+                            && let Some(g) = memo.grants.get(&a.id)
+                        {
                             grants.extend_from_slice(g);
                             continue;
                         }
-                        let rule = &self.policies[policy].rules(dir).unwrap_or_default()[*index];
-                        let g = self.rule_grants(policy, dir, rule, *id, target);
+                        let g = if a.rank == lpm::rank::NETWORK_POLICY {
+                            let rule = &self.policies[&a.source].rules(dir).unwrap_or_default()[a.index];
+                            self.rule_grants(&a.source, dir, rule, a.id, target)
+                        } else {
+                            self.cluster_rule_grants(dir, a, target)
+                        };
                         grants.extend_from_slice(&g);
-                        if *shared {
-                            memo.grants.insert(*id, g);
+                        if a.shared {
+                            memo.grants.insert(a.id, g);
                         }
                     }
                     let entries = lpm::build(&grants);
@@ -442,8 +519,13 @@ impl Compiler {
                     max: MAX_PREFIXES_PER_SET,
                 });
             }
-            let mode = if selecting.is_empty() { Mode::DefaultDeny } else { Mode::PoliciesApplied };
-            *out.direction_mut(dir) = DirectionRules { mode, entries };
+            let mode = match (isolated, selecting.is_empty()) {
+                (false, _) => Mode::ClusterPolicies,
+                (true, true) => Mode::DefaultDeny,
+                (true, false) => Mode::PoliciesApplied,
+            };
+            let audit = mode == Mode::PoliciesApplied && self.audited(&key.namespace);
+            *out.direction_mut(dir) = DirectionRules { mode, entries, audit };
         }
         Ok(out)
     }
@@ -461,11 +543,17 @@ impl Compiler {
         let mut out = PodRules::default();
         let target = self.pods.get(key);
         for dir in Direction::BOTH {
-            let isolated =
-                self.options.strict || target.is_some_and(|t| self.isolating_target(t, dir).next().is_some());
+            // Cluster rules that could not be written may have denied
+            // something: their directions close too.
+            let isolated = self.options.strict
+                || target
+                    .is_some_and(|t| self.isolating_target(t, dir).next().is_some() || self.has_cluster_rules(t, dir));
             if isolated {
-                *out.direction_mut(dir) =
-                    DirectionRules { mode: Mode::DefaultDeny, entries: lpm::build(&self.node_grants(dir)) };
+                *out.direction_mut(dir) = DirectionRules {
+                    mode: Mode::DefaultDeny,
+                    entries: lpm::build(&self.node_grants(dir)),
+                    audit: false,
+                };
             }
         }
         out
@@ -480,6 +568,7 @@ impl Compiler {
         let host = |ip: &IpAddr| Grant {
             prefix: IpNet::from(*ip),
             except: Vec::new(),
+            rank: lpm::rank::NODE,
             rules: [PortRule::any(POLICY_ID_HOST)].into(),
         };
         self.options.node_ips.iter().map(host).collect()
@@ -532,11 +621,7 @@ impl Compiler {
         let host_grants = |grants: &mut Vec<Grant>, pod: &PodInfo, rules: Vec<PortRule>| {
             if !rules.is_empty() {
                 let rules: std::sync::Arc<[PortRule]> = rules.into();
-                grants.extend(pod.ips.iter().map(|ip| Grant {
-                    prefix: IpNet::from(*ip),
-                    except: Vec::new(),
-                    rules: rules.clone(),
-                }));
+                grants.extend(pod.ips.iter().map(|ip| Grant::allow(IpNet::from(*ip), Vec::new(), rules.clone())));
             }
         };
         let Some(peers) = &rule.peers else {
@@ -549,11 +634,7 @@ impl Compiler {
             if !rules.is_empty() {
                 let rules: std::sync::Arc<[PortRule]> = rules.into();
                 for any in ["0.0.0.0/0", "::/0"] {
-                    grants.push(Grant {
-                        prefix: any.parse().expect("literal"),
-                        except: Vec::new(),
-                        rules: rules.clone(),
-                    });
+                    grants.push(Grant::allow(any.parse().expect("literal"), Vec::new(), rules.clone()));
                 }
             }
             return grants;
@@ -568,7 +649,7 @@ impl Compiler {
                 Peer::Block { cidr, except } => {
                     let rules = port_rules(rule.ports.as_deref(), fixed_ctx, id);
                     if !rules.is_empty() {
-                        grants.push(Grant { prefix: *cidr, except: except.clone(), rules: rules.into() });
+                        grants.push(Grant::allow(*cidr, except.clone(), rules.into()));
                     }
                 }
             }
@@ -640,6 +721,9 @@ fn port_rules(ports: Option<&[PortSpec]>, ctx: Option<&PodInfo>, id: u32) -> Vec
         })
         .collect()
 }
+
+mod tiers;
+use tiers::Applicable;
 
 #[cfg(test)]
 mod tests;

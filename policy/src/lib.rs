@@ -21,6 +21,7 @@
 
 pub mod attribution;
 pub mod cluster;
+pub mod cluster_policy;
 pub mod compile;
 pub mod lpm;
 pub mod output;
@@ -29,8 +30,9 @@ pub mod reference;
 pub mod selector;
 pub mod services;
 
-pub use attribution::{Attribution, Attributions};
+pub use attribution::{Attribution, Attributions, ClusterRuleRef};
 pub use cluster::{ObjectRef, PodInfo, protocol_number};
+pub use cluster_policy::ClusterPolicy;
 pub use compile::{CompileError, CompileOptions, Compiler};
 pub use output::{Direction, DirectionRules, Mode, PodRules};
 pub use parse::PolicyError;

@@ -36,16 +36,23 @@ pub enum Mode {
     /// Isolated before the pod's policies are known (strict mode): only the
     /// entries (the node's addresses) pass.
     DefaultDeny,
-    /// Isolated by policies: the entries pass, nothing else.
+    /// Isolated by policies: what the entries' rules allow passes, nothing else.
     PoliciesApplied,
+    /// Not isolated by a NetworkPolicy, but ClusterNetworkPolicy rules
+    /// apply: what the entries' rules deny is dropped, the rest passes.
+    ClusterPolicies,
 }
 
-/// One direction: its mode and, per peer prefix, the rules that the longest
-/// matching prefix applies. A prefix with no rules denies its addresses.
+/// One direction: its mode and, per peer prefix, the rules (in order of
+/// evaluation) that the longest matching prefix applies. Where no rule
+/// decides, the mode does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirectionRules {
     pub mode: Mode,
     pub entries: BTreeMap<IpNet, Vec<PortRule>>,
+    /// NetworkPolicy denials are reported, not enforced (the pod's namespace
+    /// is audited).
+    pub audit: bool,
 }
 
 /// Both directions of a pod.

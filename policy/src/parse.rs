@@ -14,14 +14,18 @@ use crate::{
 };
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("NetworkPolicy {policy}: {field}: {reason}")]
+#[error("{kind} {policy}: {field}: {reason}")]
 pub struct PolicyError {
-    /// `namespace/name`, or `<unnamed>`.
+    /// `NetworkPolicy` or `ClusterNetworkPolicy`.
+    pub kind: &'static str,
+    /// `namespace/name` (a cluster policy's `name`), or `<unnamed>`.
     pub policy: String,
     /// JSON path of the offending field, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
     pub field: String,
     pub reason: String,
 }
+
+const KIND: &str = "NetworkPolicy";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -81,11 +85,12 @@ pub enum PortValue {
 impl Policy {
     pub fn parse(np: &NetworkPolicy) -> Result<Self, PolicyError> {
         let key = ObjectRef::of(&np.metadata).ok_or_else(|| PolicyError {
+            kind: KIND,
             policy: "<unnamed>".into(),
             field: "metadata.name".into(),
             reason: "missing".into(),
         })?;
-        let err = |field: String, reason: String| PolicyError { policy: key.to_string(), field, reason };
+        let err = |field: String, reason: String| PolicyError { kind: KIND, policy: key.to_string(), field, reason };
         let spec = np.spec.as_ref().ok_or_else(|| err("spec".into(), "missing".into()))?;
         let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector").map_err(|(f, r)| err(f, r))?;
 
@@ -253,7 +258,7 @@ fn valid_port(n: i32) -> Option<u16> {
 
 /// An IANA service name: 1-15 of [a-z0-9-], at least one letter, no leading,
 /// trailing or double hyphen.
-fn is_port_name(s: &str) -> bool {
+pub(crate) fn is_port_name(s: &str) -> bool {
     (1..=15).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().any(|b| b.is_ascii_lowercase())

@@ -1,5 +1,6 @@
-//! Random clusters, random changes to them and random packets, in standard
-//! and strict mode. Fed to the compiler and synced as the agent does, after
+//! Random clusters (NetworkPolicies and ClusterNetworkPolicies of both
+//! tiers), random changes to them and random packets, in standard and
+//! strict mode, with audited namespaces. Fed to the compiler and synced as the agent does, after
 //! every batch of changes the pods holding compiled rules must be exactly the
 //! local pods, and what their entries admit (judged the way the kernel judges
 //! them) exactly what the reference evaluator derives from the objects.
@@ -13,7 +14,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use na_common::protocol::{ICMP, SCTP, TCP, UDP};
-use na_policy::{CompileOptions, Compiler, Direction, ObjectRef, PodRules, lpm, reference};
+use na_policy::{CompileOptions, Compiler, Direction, ObjectRef, PodRules, compile::AUDIT_ANNOTATION, lpm, reference};
 use proptest::{
     prelude::*,
     sample::{Index, subsequence},
@@ -30,6 +31,7 @@ const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 /// address.
 const POD_SLOTS: usize = 6;
 const POLICY_NAMES: usize = 5;
+const CLUSTER_POLICY_NAMES: usize = 4;
 
 fn labels() -> impl Strategy<Value = Value> {
     proptest::collection::btree_map(prop::sample::select(KEYS.to_vec()), prop::sample::select(VALUES.to_vec()), 0..3)
@@ -119,6 +121,73 @@ fn policy(i: usize) -> impl Strategy<Value = Value> {
         })
 }
 
+/// A ClusterNetworkPolicy peer; now and then one this agent does not know.
+fn cluster_peer(egress: bool) -> impl Strategy<Value = Value> {
+    let networks = subsequence(
+        vec!["10.0.0.0/24", "10.0.0.0/30", "10.0.0.2/32", "0.0.0.0/0", "::/0", "fd00::/120", "192.0.2.0/24"],
+        1..3,
+    )
+    .prop_map(|n| json!({"networks": n}));
+    let known = prop_oneof![
+        3 => selector().prop_map(|s| json!({"namespaces": s})),
+        3 => (prop::option::of(selector()), selector()).prop_map(|(n, p)| match n {
+            Some(n) => json!({"pods": {"namespaceSelector": n, "podSelector": p}}),
+            None => json!({"pods": {"podSelector": p}}),
+        }),
+        if egress { 3 } else { 0 } => networks,
+        1 => prop::sample::select(vec![json!({"nodes": {}}), json!({"domainNames": ["a.example"]}), json!({})]),
+    ];
+    known
+}
+
+fn cluster_protocol() -> impl Strategy<Value = Value> {
+    let proto = prop::sample::select(vec!["tcp", "udp", "sctp"]);
+    prop_oneof![
+        4 => (proto.clone(), prop::sample::select(vec![53, 80, 81, 8080]))
+            .prop_map(|(p, n)| json!({p: {"destinationPort": {"number": n}}})),
+        2 => (proto, prop::sample::select(vec![79, 80]), 1..3u16)
+            .prop_map(|(p, s, w)| json!({p: {"destinationPort": {"range": {"start": s, "end": s + w}}}})),
+        2 => prop::sample::select(vec!["http", "dns", "alt", "none"]).prop_map(|n| json!({"destinationNamedPort": n})),
+        1 => Just(json!({"icmp": {}})),
+    ]
+}
+
+fn cluster_rule(egress: bool) -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["Accept", "Deny", "Pass"]),
+        proptest::collection::vec(cluster_peer(egress), 1..3),
+        prop::option::of(proptest::collection::vec(cluster_protocol(), 1..3)),
+    )
+        .prop_map(move |(action, peers, protocols)| {
+            let mut r = json!({"action": action});
+            r[if egress { "to" } else { "from" }] = json!(peers);
+            if let Some(p) = protocols {
+                r["protocols"] = json!(p);
+            }
+            r
+        })
+}
+
+fn cluster_policy(i: usize) -> impl Strategy<Value = Value> {
+    let subject = prop_oneof![
+        selector().prop_map(|s| json!({"namespaces": s})),
+        (selector(), selector()).prop_map(|(n, p)| json!({"pods": {"namespaceSelector": n, "podSelector": p}})),
+    ];
+    (
+        prop::sample::select(vec!["Admin", "Baseline"]),
+        // Few priorities: ties between policies are common.
+        prop::sample::select(vec![1, 2, 5]),
+        subject,
+        proptest::collection::vec(cluster_rule(false), 0..3),
+        proptest::collection::vec(cluster_rule(true), 0..3),
+    )
+        .prop_map(move |(tier, priority, subject, ingress, egress)| {
+            json!({"apiVersion": na_policy::cluster_policy::UPSTREAM_API_VERSION, "kind": "ClusterNetworkPolicy",
+                   "metadata": {"name": format!("cnp{i}")},
+                   "spec": {"tier": tier, "priority": priority, "subject": subject, "ingress": ingress, "egress": egress}})
+        })
+}
+
 /// A slot's addresses: none yet, or its primary or alternate IPv4 address,
 /// with its IPv6 address of the same kind or without.
 fn addresses(slot: usize, variant: u8) -> Vec<String> {
@@ -179,11 +248,17 @@ enum Change {
     /// Sets the pod's addresses to one of [`addresses`].
     Readdress(usize, u8),
     DeletePod(usize),
-    /// Creates or relabels a namespace; `None` deletes it.
-    Namespace(usize, Option<Value>),
+    /// Creates or relabels a namespace, audited or not; `None` deletes it.
+    Namespace(usize, Option<(Value, bool)>),
     /// Creates or replaces a policy.
     Policy(Value),
     DeletePolicy(Index),
+    ClusterPolicy(Value),
+    DeleteClusterPolicy(Index),
+}
+
+fn namespace() -> impl Strategy<Value = (Value, bool)> {
+    (labels(), prop::bool::weighted(0.2))
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -192,9 +267,11 @@ fn change() -> impl Strategy<Value = Change> {
         (0..POD_SLOTS, labels()).prop_map(|(i, l)| Change::RelabelPod(i, l)),
         (0..POD_SLOTS, 0..ADDRESS_VARIANTS).prop_map(|(i, v)| Change::Readdress(i, v)),
         (0..POD_SLOTS).prop_map(Change::DeletePod),
-        (0..NAMESPACES.len(), prop::option::of(labels())).prop_map(|(i, l)| Change::Namespace(i, l)),
+        (0..NAMESPACES.len(), prop::option::of(namespace())).prop_map(|(i, l)| Change::Namespace(i, l)),
         (0..POLICY_NAMES).prop_flat_map(|i| policy(i).prop_map(Change::Policy)),
         any::<Index>().prop_map(Change::DeletePolicy),
+        (0..CLUSTER_POLICY_NAMES).prop_flat_map(|i| cluster_policy(i).prop_map(Change::ClusterPolicy)),
+        any::<Index>().prop_map(Change::DeleteClusterPolicy),
     ]
 }
 
@@ -203,10 +280,11 @@ fn change() -> impl Strategy<Value = Change> {
 /// followed by a sync as the agent does after reading what is queued.
 fn history() -> impl Strategy<Value = (Vec<Change>, Vec<Vec<Change>>)> {
     let policies = (0..=POLICY_NAMES).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
+    let cluster_policies = (0..=CLUSTER_POLICY_NAMES).prop_flat_map(|n| (0..n).map(cluster_policy).collect::<Vec<_>>());
     let pods = (1..=POD_SLOTS).prop_flat_map(|n| (0..n).map(|i| pod(i).prop_map(move |p| (i, p))).collect::<Vec<_>>());
-    let namespaces = proptest::collection::vec(prop::option::of(labels()), NAMESPACES.len());
-    let initial = (policies, pods, namespaces).prop_map(|(policies, pods, namespaces)| {
-        let policies = policies.into_iter().map(Change::Policy);
+    let namespaces = proptest::collection::vec(prop::option::of(namespace()), NAMESPACES.len());
+    let initial = (policies, cluster_policies, pods, namespaces).prop_map(|(policies, cluster, pods, namespaces)| {
+        let policies = policies.into_iter().map(Change::Policy).chain(cluster.into_iter().map(Change::ClusterPolicy));
         let pods = pods.into_iter().map(|(i, p)| Change::Pod(i, p));
         let namespaces =
             namespaces.into_iter().enumerate().filter(|(_, l)| l.is_some()).map(|(i, l)| Change::Namespace(i, l));
@@ -229,6 +307,7 @@ struct Cluster {
     namespaces: BTreeMap<usize, Value>,
     pods: BTreeMap<usize, Value>,
     policies: BTreeMap<ObjectRef, Value>,
+    cluster_policies: BTreeMap<String, Value>,
     /// Every address a pod has had: rules may not outlive a pod's address.
     pod_addresses: BTreeSet<IpAddr>,
 }
@@ -255,8 +334,9 @@ impl Cluster {
                     compiler.remove_pod(&key_of(&old));
                 }
             }
-            Change::Namespace(i, Some(labels)) => {
-                let ns = json!({"metadata": {"name": NAMESPACES[i], "labels": labels}});
+            Change::Namespace(i, Some((labels, audited))) => {
+                let annotations = if audited { json!({AUDIT_ANNOTATION: "true"}) } else { json!({}) };
+                let ns = json!({"metadata": {"name": NAMESPACES[i], "labels": labels, "annotations": annotations}});
                 compiler.upsert_namespace(&from_json(&ns));
                 self.namespaces.insert(i, ns);
             }
@@ -268,6 +348,18 @@ impl Cluster {
             Change::Policy(policy) => {
                 compiler.upsert_policy(&from_json(&policy)).expect("generated policies are valid");
                 self.policies.insert(key_of(&policy), policy);
+            }
+            Change::ClusterPolicy(policy) => {
+                compiler.upsert_cluster_policy(&policy).expect("generated cluster policies are valid");
+                self.cluster_policies.insert(policy["metadata"]["name"].as_str().unwrap().to_owned(), policy);
+            }
+            Change::DeleteClusterPolicy(index) => {
+                if !self.cluster_policies.is_empty() {
+                    let name =
+                        self.cluster_policies.keys().nth(index.index(self.cluster_policies.len())).unwrap().clone();
+                    compiler.remove_cluster_policy(&name);
+                    self.cluster_policies.remove(&name);
+                }
             }
             Change::DeletePolicy(index) => {
                 if !self.policies.is_empty() {
@@ -333,6 +425,7 @@ fn check(
     let namespaces: Vec<Namespace> = cluster.namespaces.values().map(from_json).collect();
     let pods: Vec<Pod> = cluster.pods.values().map(from_json).collect();
     let policies: Vec<NetworkPolicy> = cluster.policies.values().map(from_json).collect();
+    let cluster_policies: Vec<Value> = cluster.cluster_policies.values().cloned().collect();
     let local: Vec<(ObjectRef, &Pod)> = pods
         .iter()
         .filter(|p| reference::is_local(p, NODE))
@@ -351,10 +444,12 @@ fn check(
     let node_ips = &compiler.options().node_ips;
     let w = reference::World {
         policies: &policies,
+        cluster_policies: &cluster_policies,
         pods: &pods,
         namespaces: &namespaces,
         node_ips,
         strict: compiler.options().strict,
+        audit: compiler.options().audit,
     };
     let others: Vec<IpAddr> = OTHER_PEERS.iter().map(|ip| ip.parse().unwrap()).collect();
     for (key, target) in local {
@@ -384,7 +479,7 @@ fn check(
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 4_000,
+        cases: 10_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/proptest-regressions/reference_vs_compiler.txt"
@@ -393,12 +488,17 @@ proptest! {
     })]
 
     #[test]
-    fn incremental_rules_agree_with_the_reference(strict in any::<bool>(), (initial, batches) in history()) {
+    fn incremental_rules_agree_with_the_reference(
+        strict in any::<bool>(),
+        audit in prop::bool::weighted(0.1),
+        (initial, batches) in history(),
+    ) {
         let mut compiler = Compiler::new(CompileOptions {
             node_name: NODE.into(),
             node_ips: vec![NODE_IP.parse().unwrap()],
             allow_node: true,
             strict,
+            audit,
         });
         let mut cluster = Cluster::default();
         let mut state = BTreeMap::new();

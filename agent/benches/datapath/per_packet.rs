@@ -227,7 +227,7 @@ pub fn rules_with_others(client: IpAddr, server: IpAddr, others: usize) -> Bench
             .map(|i| (IpNet::from(other_prefix(i)), vec![PortRule::ports(2, na_common::protocol::TCP, 80, 80)]))
             .collect();
         entries.insert(IpNet::from(peer), allow.clone());
-        DirectionRules { mode: Mode::PoliciesApplied, entries }
+        DirectionRules { mode: Mode::PoliciesApplied, entries, audit: false }
     };
     BenchRules {
         server: PodRules { ingress: direction(client), egress: DirectionRules::default() },

@@ -37,7 +37,7 @@ use crate::{
         kube::Update,
         manifests::{self, Loaded},
     },
-    status::{self, RuleEntry, Status},
+    status::{self, ClusterRule, RuleEntry, Status},
     telemetry::{self, AddResult, Telemetry},
 };
 
@@ -85,6 +85,7 @@ pub async fn run(args: Args) -> Result<()> {
         node_ips: args.node_ips.clone(),
         allow_node: !args.no_allow_node,
         strict,
+        audit: args.audit,
     });
     // Before any pod: adopting the pinned programs costs nothing, verifying
     // new ones (an upgrade) is paid once here.
@@ -167,6 +168,10 @@ pub async fn run(args: Args) -> Result<()> {
         while synced.len() < source::kube::watched_resources().len() {
             match kube_rx.recv().await.context("watchers stopped")? {
                 Update::Synced(kind) => {
+                    synced.insert(kind);
+                }
+                Update::NotInstalled(kind) => {
+                    node.apply_update(Update::NotInstalled(kind));
                     synced.insert(kind);
                 }
                 u => node.apply_update(u),
@@ -345,6 +350,11 @@ impl Daemon {
                 warn!(?kind, "watch failed, retrying with backoff: {e}");
                 self.telemetry.lock().expect("telemetry lock").watch_errors += 1;
             }
+            Update::NotInstalled(kind) => {
+                let e = format!("{kind:?}: the CRD is not installed; none of its objects are enforced until it is");
+                warn!("{e}");
+                self.status.record_error(e);
+            }
         }
     }
 
@@ -467,6 +477,11 @@ impl Daemon {
                     policy: a.policy.to_string(),
                     direction: a.direction.to_string(),
                     rule: a.rule,
+                    cluster: a.cluster.map(|c| ClusterRule {
+                        tier: c.tier.as_str().into(),
+                        priority: c.priority,
+                        action: c.action.as_str().into(),
+                    }),
                 })
                 .collect();
         }

@@ -42,6 +42,7 @@ fn raw_mode(mode: Mode) -> u8 {
         Mode::DefaultAllow => pod_state::DEFAULT_ALLOW,
         Mode::DefaultDeny => pod_state::DEFAULT_DENY,
         Mode::PoliciesApplied => pod_state::POLICIES_APPLIED,
+        Mode::ClusterPolicies => pod_state::CLUSTER_POLICIES,
     }
 }
 
@@ -144,7 +145,8 @@ impl PodMaps {
             let now = current.states[dir as usize];
             let set = now.active_set() ^ 1;
             fill_idle_set(trie, set, wanted, self.flipped)?;
-            next.states[dir as usize] = PodState::new(raw_mode(wanted.mode), set, now.generation.wrapping_add(1));
+            next.states[dir as usize] =
+                PodState::new(raw_mode(wanted.mode), set, now.generation.wrapping_add(1)).with_audit(wanted.audit);
         }
         self.pods.insert(self.ifindex, next, 0).map_err(map_err("write", "pod_table"))?;
         self.flipped = Some(Instant::now());

@@ -17,6 +17,10 @@ pub struct PodCounters {
     pub ingress_denied: Totals,
     pub egress_allowed: Totals,
     pub egress_denied: Totals,
+    /// New flows passed only because the direction is audited: the
+    /// NetworkPolicy tier would have dropped them (also counted as allowed).
+    pub ingress_audited: Totals,
+    pub egress_audited: Totals,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,5 +52,7 @@ pub fn counters(values: &PerCpuValues<PodCounterSlots>) -> PodCounters {
         ingress_denied: total(direction::INGRESS, verdict::DENY),
         egress_allowed: total(direction::EGRESS, verdict::ALLOW),
         egress_denied: total(direction::EGRESS, verdict::DENY),
+        ingress_audited: total(direction::INGRESS, verdict::AUDIT),
+        egress_audited: total(direction::EGRESS, verdict::AUDIT),
     }
 }

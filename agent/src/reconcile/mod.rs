@@ -264,6 +264,7 @@ impl<D: Dataplane> Reconciler<D> {
             }
             Event::Applied(Object::Namespace(n)) => self.compiler.upsert_namespace(&n),
             Event::Applied(Object::NetworkPolicy(p)) => return Ok(self.compiler.upsert_policy(&p)?),
+            Event::Applied(Object::ClusterNetworkPolicy(p)) => return Ok(self.compiler.upsert_cluster_policy(&p)?),
             Event::Applied(Object::Service(svc)) => {
                 self.services_dirty = true;
                 return Ok(self.services.upsert(&svc)?);
@@ -289,6 +290,9 @@ impl<D: Dataplane> Reconciler<D> {
                     self.services_dirty = true;
                 }
                 Kind::EndpointSlice => self.services.remove_slice(&key.id),
+                Kind::ClusterNetworkPolicy | Kind::AwsClusterNetworkPolicy => {
+                    self.compiler.remove_cluster_policy(&key.id.name)
+                }
             },
         }
         Ok(())

@@ -1,7 +1,10 @@
 //! The cluster as the API server shows it: watchers on Pods, Namespaces,
-//! NetworkPolicies, Services and EndpointSlices in all namespaces. kube-rs relists after a 410 and backs
-//! off after errors; meanwhile the last state stays enforced. Objects that
-//! vanished while a watch was down are found when the relist completes.
+//! NetworkPolicies, Services and EndpointSlices in all namespaces, and on
+//! both ClusterNetworkPolicy CRDs (upstream's and AWS's). kube-rs relists
+//! after a 410 and backs off after errors; meanwhile the last state stays
+//! enforced. Objects that vanished while a watch was down are found when
+//! the relist completes. A CRD that is not installed is reported once and
+//! counts as an empty collection; its watcher keeps looking for it.
 //!
 //! Each collection's initial state comes streamed in its watch where the
 //! server can (Kubernetes 1.32 and later, WatchList on), so the server never
@@ -17,8 +20,10 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
     runtime::{WatchStreamExt, watcher},
 };
+use na_policy::cluster_policy::{AWS_API_VERSION, KIND as CLUSTER_POLICY_KIND, UPSTREAM_API_VERSION};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
 use tracing::{info, warn};
@@ -33,19 +38,58 @@ pub enum Update {
     Synced(Kind),
     /// A watch failed; it is retried with backoff.
     WatchError(Kind, String),
+    /// The collection's CRD is not installed: nothing of it to enforce
+    /// until it is (the watcher keeps looking).
+    NotInstalled(Kind),
 }
 
 /// The verbs the watchers use on each collection: one list, then watches.
 /// The DaemonSet's ClusterRole grants exactly these (checked by a test).
 pub const VERBS: [&str; 2] = ["list", "watch"];
 
-/// (API group, resource) of each collection the watchers below read, all
-/// namespaces; the ClusterRole grants exactly these.
-pub fn watched_resources() -> [(String, String); 5] {
-    fn of<K: Resource<DynamicType = ()>>() -> (String, String) {
-        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+/// A collection the watchers read, in all namespaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collection {
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+}
+
+impl Collection {
+    /// The collection's path on the API server.
+    pub fn path(&self) -> String {
+        match self.group.as_str() {
+            "" => format!("/api/{}/{}", self.version, self.plural),
+            group => format!("/apis/{group}/{}/{}", self.version, self.plural),
+        }
     }
-    [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>(), of::<Service>(), of::<EndpointSlice>()]
+}
+
+/// Each collection the watchers below read; the ClusterRole grants exactly
+/// these (by group and resource).
+pub fn watched_resources() -> Vec<Collection> {
+    fn of<K: Resource<DynamicType = ()>>() -> ApiResource {
+        ApiResource::erase::<K>(&())
+    }
+    let builtin = [of::<Namespace>(), of::<Pod>(), of::<NetworkPolicy>(), of::<Service>(), of::<EndpointSlice>()];
+    let crds = cluster_policy_resources().map(|(_, r)| r);
+    builtin
+        .into_iter()
+        .chain(crds)
+        .map(|r| Collection { group: r.group, version: r.version, plural: r.plural })
+        .collect()
+}
+
+/// The two ClusterNetworkPolicy CRDs, with the kind each one's objects are.
+fn cluster_policy_resources() -> [(Kind, ApiResource); 2] {
+    let resource = |api_version: &str| {
+        let (group, version) = api_version.split_once('/').expect("a group's version");
+        ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, CLUSTER_POLICY_KIND))
+    };
+    [
+        (Kind::ClusterNetworkPolicy, resource(UPSTREAM_API_VERSION)),
+        (Kind::AwsClusterNetworkPolicy, resource(AWS_API_VERSION)),
+    ]
 }
 
 /// Objects per page of an initial list.
@@ -113,7 +157,27 @@ pub fn spawn(client: Client, tx: Sender<Update>) {
         start_watch::<NetworkPolicy>(start, Kind::NetworkPolicy, |o| Object::NetworkPolicy(Box::new(o)));
         start_watch::<Service>(start, Kind::Service, |o| Object::Service(Box::new(o)));
         start_watch::<EndpointSlice>(start, Kind::EndpointSlice, |o| Object::EndpointSlice(Box::new(o)));
+        for (kind, resource) in cluster_policy_resources() {
+            let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+            tokio::spawn(watch(api, kind, cluster_policy, initial, tx.clone()));
+        }
     });
+}
+
+/// A ClusterNetworkPolicy as the JSON its parser reads. The watch names
+/// its type on every object, as the parser needs.
+fn cluster_policy(o: DynamicObject) -> Object {
+    Object::ClusterNetworkPolicy(Box::new(serde_json::to_value(o).unwrap_or_default()))
+}
+
+/// Whether `e` says the collection does not exist: its CRD is not installed.
+fn not_installed(e: &watcher::Error) -> bool {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s,
+        _ => return false,
+    };
+    api.code == 404
 }
 
 /// Spawns the watcher of every `K` in the cluster.
@@ -143,7 +207,20 @@ where
     };
     let mut initial = initial;
     let mut stream = watcher(api.clone(), config(initial)).default_backoff().boxed();
+    let mut missing = false;
     while let Some(event) = stream.next().await {
+        // Listed: it is installed (a relist starts with `Init`, which comes
+        // before the list that fails).
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            missing = false;
+        }
+        if event.as_ref().is_err_and(not_installed) {
+            // Reported once; the backoff keeps asking, quietly.
+            if !std::mem::replace(&mut missing, true) && tx.send(Update::NotInstalled(kind)).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if initial == InitialList::Stream && event.as_ref().is_err_and(refuses_streaming) {
             info!(?kind, "the API server refuses streamed lists (WatchList off?): listing in pages");
             initial = InitialList::Pages;

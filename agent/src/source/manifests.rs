@@ -250,6 +250,9 @@ fn list_items(value: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
 
 /// The object a document names by its kind and metadata, valid or not.
 fn raw_key(value: &serde_json::Value) -> Option<ObjectKey> {
+    if is_cluster_policy(value) {
+        return super::cluster_policy_key(value);
+    }
     let field = |v: &serde_json::Value, name: &str| v.get(name).and_then(|f| f.as_str()).map(str::to_owned);
     let kind = match (field(value, "apiVersion")?.as_str(), field(value, "kind")?.as_str()) {
         ("v1", "Pod") => Kind::Pod,
@@ -273,6 +276,11 @@ fn object(value: serde_json::Value) -> Result<Option<Object>, String> {
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
     let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
     let what = format!("{api_version} {kind}");
+    if is_cluster_policy(&value) {
+        // Checked field by field by the compiler, which names the field at
+        // fault; an unknown peer there must fail closed, not be refused.
+        return Ok(Some(Object::ClusterNetworkPolicy(Box::new(value))));
+    }
     let object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Pod") => Object::Pod(Box::new(strict(&what, value)?)),
         ("v1", "Namespace") => Object::Namespace(Box::new(strict(&what, value)?)),
@@ -284,6 +292,11 @@ fn object(value: serde_json::Value) -> Result<Option<Object>, String> {
         _ => return Ok(None),
     };
     Ok(Some(object))
+}
+
+fn is_cluster_policy(value: &serde_json::Value) -> bool {
+    let field = |name: &str| value.get(name).and_then(|f| f.as_str()).unwrap_or_default();
+    na_policy::ClusterPolicy::is_cluster_policy(field("apiVersion"), field("kind"))
 }
 
 /// Deserializes like the API server's strict field validation: a misspelt

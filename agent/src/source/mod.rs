@@ -9,7 +9,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
-use na_policy::ObjectRef;
+use na_policy::{ClusterPolicy, ObjectRef};
 
 /// An object the agent cares about.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +19,8 @@ pub enum Object {
     NetworkPolicy(Box<NetworkPolicy>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    /// Of either CRD (upstream's or AWS's), as JSON: no Rust type has them.
+    ClusterNetworkPolicy(Box<serde_json::Value>),
 }
 
 /// Kind and identity of an object (namespaces have an empty namespace).
@@ -35,11 +37,16 @@ pub enum Kind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    /// `policy.networking.k8s.io` ClusterNetworkPolicy.
+    ClusterNetworkPolicy,
+    /// `networking.k8s.aws` ClusterNetworkPolicy.
+    AwsClusterNetworkPolicy,
 }
 
 impl Object {
     pub fn key(&self) -> Option<ObjectKey> {
         let (kind, meta) = match self {
+            Self::ClusterNetworkPolicy(obj) => return cluster_policy_key(obj),
             Self::Pod(p) => (Kind::Pod, &p.metadata),
             Self::Namespace(n) => (Kind::Namespace, &n.metadata),
             Self::NetworkPolicy(n) => (Kind::NetworkPolicy, &n.metadata),
@@ -53,6 +60,15 @@ impl Object {
         };
         Some(ObjectKey { kind, id: ObjectRef::new(namespace, name) })
     }
+}
+
+/// The key of a ClusterNetworkPolicy of either CRD, valid or not.
+pub fn cluster_policy_key(obj: &serde_json::Value) -> Option<ObjectKey> {
+    let kind = match obj.get("apiVersion").and_then(|v| v.as_str()) {
+        Some(na_policy::cluster_policy::AWS_API_VERSION) => Kind::AwsClusterNetworkPolicy,
+        _ => Kind::ClusterNetworkPolicy,
+    };
+    Some(ObjectKey { kind, id: ObjectRef::cluster(&ClusterPolicy::key_of(obj)?) })
 }
 
 /// A change to the cluster as a source saw it.

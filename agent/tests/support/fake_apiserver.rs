@@ -25,6 +25,10 @@ pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 pub const SERVICES: &str = "/api/v1/services";
 pub const ENDPOINT_SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+/// The upstream ClusterNetworkPolicy CRD's collection, served once installed.
+pub const CLUSTER_POLICIES: &str = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
+/// The AWS ClusterNetworkPolicy CRD's collection, served once installed.
+pub const AWS_CLUSTER_POLICIES: &str = "/apis/networking.k8s.aws/v1alpha1/clusternetworkpolicies";
 /// The server's version (any authenticated client may read it).
 pub const VERSION: &str = "/version";
 
@@ -139,6 +143,17 @@ impl Cluster {
             next_connection: 0,
             requests: Vec::new(),
         }
+    }
+
+    /// Installs a CRD: its collection at `path` is served from now on (404
+    /// before, as for a resource the server does not know).
+    pub fn install_crd(&mut self, path: &'static str, api_version: &'static str) {
+        self.collections.entry(path).or_insert_with(|| Collection {
+            list_kind: "ClusterNetworkPolicyList",
+            api_version,
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+        });
     }
 
     /// The newest resourceVersion.

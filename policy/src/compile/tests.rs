@@ -30,6 +30,7 @@ fn compiler() -> Compiler {
         node_ips: vec!["192.0.2.1".parse().unwrap()],
         allow_node: true,
         strict: false,
+        audit: false,
     });
     c.upsert_pod(&pod("x", "a", json!({"pod": "a"}), "10.0.0.1", NODE));
     c.upsert_pod(&pod("x", "b", json!({"pod": "b"}), "10.0.0.2", NODE));
@@ -389,4 +390,113 @@ fn attribution_ids_of_rules_no_policy_has_are_pruned_unless_still_loaded() {
     assert_eq!(c.attributions().len(), 1);
     assert!(!c.has_retired_rules());
     assert_eq!(id_of(&c, "two", 0), first, "a rule that stays keeps its id");
+}
+
+fn cluster_policy(name: &str, tier: &str, priority: u16, spec: serde_json::Value) -> serde_json::Value {
+    let mut obj = json!({"apiVersion": crate::cluster_policy::UPSTREAM_API_VERSION, "kind": "ClusterNetworkPolicy",
+                         "metadata": {"name": name}, "spec": {"tier": tier, "priority": priority}});
+    for (k, v) in spec.as_object().unwrap() {
+        obj["spec"][k] = v.clone();
+    }
+    obj
+}
+
+#[test]
+fn cluster_tiers_around_network_policy() {
+    let mut c = compiler();
+    c.take_dirty();
+    let everyone = json!({"namespaces": {}});
+    c.upsert_cluster_policy(&cluster_policy(
+        "guard",
+        "Admin",
+        10,
+        json!({"subject": everyone, "ingress": [
+            {"action": "Deny", "from": [{"pods": {"podSelector": {"matchLabels": {"pod": "c"}}}}]},
+        ]}),
+    ))
+    .unwrap();
+    c.upsert_cluster_policy(&cluster_policy(
+        "floor",
+        "Baseline",
+        10,
+        json!({"subject": everyone, "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    ))
+    .unwrap();
+    assert_eq!(c.take_dirty().len(), 2, "both local pods are subjects");
+    let a = rules(&mut c, "x", "a");
+    assert_eq!(a.ingress.mode, Mode::ClusterPolicies);
+    assert_eq!(judge(&a.ingress, ip("10.0.1.1"), TCP, Some(80)), None, "the admin Deny");
+    assert_eq!(judge(&a.ingress, ip("10.0.0.2"), TCP, Some(80)), None, "the baseline Deny: no NP isolates x/a");
+    assert_eq!(judge(&a.ingress, ip("198.51.100.1"), TCP, Some(80)), Some(0), "no rule names it: open");
+    assert_eq!(judge(&a.ingress, ip("192.0.2.1"), TCP, Some(10250)), Some(POLICY_ID_HOST), "the node first");
+
+    // A NetworkPolicy takes the direction from the baseline; the admin Deny stays.
+    c.upsert_policy(&policy("x", "allow-all", json!({"podSelector": {}, "ingress": [{}]}))).unwrap();
+    let a = rules(&mut c, "x", "a");
+    assert_eq!(a.ingress.mode, Mode::PoliciesApplied);
+    assert!(judge(&a.ingress, ip("10.0.0.2"), TCP, Some(80)).is_some());
+    assert_eq!(judge(&a.ingress, ip("10.0.1.1"), TCP, Some(80)), None);
+
+    // A peer moving in or out of a rule's selection recompiles the subjects.
+    c.take_dirty();
+    c.upsert_pod(&pod("y", "c", json!({"pod": "d"}), "10.0.1.1", "node-2"));
+    assert_eq!(c.take_dirty().len(), 2);
+    let a = rules(&mut c, "x", "a");
+    assert!(judge(&a.ingress, ip("10.0.1.1"), TCP, Some(80)).is_some());
+    let id = c.attributions().iter().find(|(_, at)| at.policy.name == "guard").map(|(id, _)| id).unwrap();
+    let at = c.attributions().get(id).unwrap();
+    assert_eq!(
+        (at.policy.to_string(), at.cluster.map(|r| (r.tier, r.priority))),
+        ("guard".into(), Some((Tier::Admin, 10)))
+    );
+}
+
+#[test]
+fn an_invalid_cluster_policy_keeps_the_last_good_one_or_fails_closed() {
+    let mut c = compiler();
+    let deny_c = |port: serde_json::Value| {
+        cluster_policy(
+            "guard",
+            "Admin",
+            1,
+            json!({"subject": {"namespaces": {}}, "egress": [
+                {"action": "Deny", "to": [{"networks": ["10.0.1.0/24"]}], "protocols": [{"tcp": {"destinationPort": {"number": port}}}]},
+            ]}),
+        )
+    };
+    c.upsert_cluster_policy(&deny_c(json!(80))).unwrap();
+    let e = c.upsert_cluster_policy(&deny_c(json!(0))).unwrap_err();
+    assert_eq!(e.field, "spec.egress[0].protocols[0].tcp.destinationPort.number");
+    assert_eq!(c.invalid_policies().count(), 1);
+    let a = rules(&mut c, "x", "a");
+    assert_eq!(judge(&a.egress, ip("10.0.1.1"), TCP, Some(80)), None, "the last good version holds");
+    assert_eq!(judge(&a.egress, ip("10.0.1.1"), TCP, Some(81)), Some(0));
+
+    let mut fresh = compiler();
+    assert!(fresh.upsert_cluster_policy(&deny_c(json!(0))).is_err());
+    let a = rules(&mut fresh, "x", "a");
+    assert_eq!(judge(&a.egress, ip("10.0.1.1"), TCP, Some(81)), None, "no good version: its subject's egress closes");
+    assert_eq!(judge(&a.ingress, ip("10.0.1.1"), TCP, Some(81)), Some(0), "it had no ingress rules");
+    fresh.remove_cluster_policy("guard");
+    assert_eq!(fresh.invalid_policies().count(), 0);
+    assert_eq!(rules(&mut fresh, "x", "a"), PodRules::default());
+}
+
+#[test]
+fn audited_namespaces_report_network_policy_denials() {
+    let mut c = compiler();
+    c.upsert_policy(&policy("x", "deny", json!({"podSelector": {}}))).unwrap();
+    c.take_dirty();
+    let ns = |audit: bool| -> Namespace {
+        let annotations = if audit { json!({AUDIT_ANNOTATION: "true"}) } else { json!({}) };
+        serde_json::from_value(json!({"metadata": {"name": "x", "annotations": annotations}})).unwrap()
+    };
+    c.upsert_namespace(&ns(true));
+    assert_eq!(c.take_dirty().len(), 2, "the namespace's local pods");
+    let a = rules(&mut c, "x", "a");
+    assert!(a.ingress.audit);
+    let d = crate::lpm::decide(&a.ingress, ip("10.0.0.2"), TCP, Some(80));
+    assert!(d.allowed && d.audited);
+    c.upsert_namespace(&ns(false));
+    assert!(!rules(&mut c, "x", "a").ingress.audit);
 }

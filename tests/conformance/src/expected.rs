@@ -27,10 +27,12 @@ pub struct Cluster {
 pub fn table(cluster: &Cluster, addrs: &[IpAddr], probe: Probe) -> Table {
     let world = reference::World {
         policies: &cluster.policies,
+        cluster_policies: &[],
         pods: &cluster.pods,
         namespaces: &cluster.namespaces,
         node_ips: &[],
         strict: false,
+        audit: false,
     };
     let protocol = match probe.proto {
         Proto::Tcp => na_common::protocol::TCP,

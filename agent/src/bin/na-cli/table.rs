@@ -95,6 +95,8 @@ pub fn counters(c: &PodCounters) -> String {
             row("ingress", "denied", &c.ingress_denied),
             row("egress", "allowed", &c.egress_allowed),
             row("egress", "denied", &c.egress_denied),
+            row("ingress", "audited (would deny)", &c.ingress_audited),
+            row("egress", "audited (would deny)", &c.egress_audited),
         ],
     )
 }
