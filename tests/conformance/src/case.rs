@@ -9,7 +9,7 @@ use na_harness::{Probe, Proto};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::model::{Family, PodPattern};
+use crate::model::{Family, ModelName, PodPattern};
 
 #[derive(Debug, Error)]
 pub enum CaseError {
@@ -23,6 +23,9 @@ pub enum CaseError {
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub name: String,
+    /// The model it runs on.
+    #[serde(default)]
+    pub model: ModelName,
     #[serde(default = "both_families")]
     pub families: Vec<Family>,
     /// Why this case cannot run here; it is then reported as skipped.
@@ -41,7 +44,8 @@ fn both_families() -> Vec<Family> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Step {
-    /// NetworkPolicy objects to create or replace, by namespace/name.
+    /// NetworkPolicy and ClusterNetworkPolicy objects to create or replace,
+    /// by kind and namespace/name.
     #[serde(default)]
     pub policies: Vec<serde_json::Value>,
     /// Policies to delete, as "namespace/name".
@@ -54,6 +58,10 @@ pub struct Step {
     /// kept, as the API server keeps it).
     #[serde(default)]
     pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// "ns" -> the namespace's new annotations (replacing the old ones):
+    /// `na-agent.io/audit: "true"` audits it.
+    #[serde(default)]
+    pub namespace_annotations: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default = "tcp_80")]
     pub probes: Vec<ProbeSpec>,
     pub expect: Expect,
@@ -109,6 +117,10 @@ pub struct Expect {
 pub enum Verdict {
     Allow,
     Deny,
+    /// As a default only: what the reference evaluator derives from the
+    /// step's objects (a suite that asserts some cells, as
+    /// network-policy-api's does, still has every cell checked).
+    Reference,
 }
 
 /// Later rules win over earlier ones.
@@ -123,14 +135,39 @@ pub struct Rule {
     pub verdict: Verdict,
 }
 
+/// Why SCTP probes are not run.
+pub const SCTP_SKIPPED: &str = "SCTP is not in this kernel; SCTP verdicts are covered by crafted-packet datapath tests";
+
 impl Case {
-    /// Whether the case can run here; the reason when it cannot.
+    /// Whether the case can run here; the reason when it cannot. A case
+    /// probing SCTP besides other protocols runs without its SCTP probes.
     pub fn skip_reason(&self) -> Option<String> {
         if let Some(why) = &self.skip {
             return Some(why.clone());
         }
-        let sctp = self.steps.iter().flat_map(|s| &s.probes).any(|p| matches!(p, ProbeSpec::Sctp(_)));
-        sctp.then(|| "SCTP is not in this kernel; SCTP verdicts are covered by crafted-packet datapath tests".into())
+        let only_sctp = self.steps.iter().flat_map(|s| &s.probes).all(|p| matches!(p, ProbeSpec::Sctp(_)));
+        only_sctp.then(|| SCTP_SKIPPED.into())
+    }
+
+    /// Whether some of its probes are SCTP (skipped: see [`SCTP_SKIPPED`]).
+    pub fn probes_sctp(&self) -> bool {
+        self.steps.iter().flat_map(|s| &s.probes).any(|p| matches!(p, ProbeSpec::Sctp(_)))
+    }
+
+    /// Patterns name only the model's pods; `reference` is a default only.
+    fn check(&self) -> Result<(), String> {
+        let model = self.model.model();
+        for (i, step) in self.steps.iter().enumerate() {
+            for (j, rule) in step.expect.rules.iter().enumerate() {
+                let at = format!("steps[{i}].expect.rules[{j}]");
+                rule.from.check(&model).map_err(|e| format!("{at}.from: {e}"))?;
+                rule.to.check(&model).map_err(|e| format!("{at}.to: {e}"))?;
+                if rule.verdict == Verdict::Reference {
+                    return Err(format!("{at}.verdict: `reference` is a default, not a rule's verdict"));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -153,6 +190,10 @@ fn load(file: &Path) -> Result<Case, CaseError> {
     case.file = file.to_owned();
     if case.steps.is_empty() {
         return Err(invalid("steps: at least one step is needed".into()));
+    }
+    // A skipped case may name what this runner cannot build.
+    if case.skip.is_none() {
+        case.check().map_err(invalid)?;
     }
     Ok(case)
 }
@@ -190,11 +231,23 @@ mod tests {
         let e = parse("name: n\nsteps: [{expect: {default: allow, rules: [{from: 'x', to: '*/*', verdict: deny}]}}]\n")
             .unwrap_err();
         assert!(e.contains("\"x\": expected NAMESPACE/POD"), "{e}");
+        let case =
+            parse("name: n\nsteps: [{expect: {default: allow, rules: [{from: 'w/a', to: '*/*', verdict: deny}]}}]\n")
+                .unwrap();
+        assert!(case.check().unwrap_err().contains("steps[0].expect.rules[0].from: namespace \"w\""));
+        let case = parse(
+            "name: n\nsteps: [{expect: {default: allow, rules: [{from: 'x/a', to: '*/*', verdict: reference}]}}]\n",
+        )
+        .unwrap();
+        assert!(case.check().unwrap_err().contains("a default, not a rule's verdict"));
     }
 
     #[test]
     fn sctp_cases_say_why_they_skip() {
         let case = parse("name: n\nsteps: [{probes: [SCTP/80], expect: {default: allow}}]\n").unwrap();
         assert!(case.skip_reason().unwrap().contains("SCTP"));
+        let mixed = parse("name: n\nsteps: [{probes: [SCTP/80, TCP/80], expect: {default: allow}}]\n").unwrap();
+        assert_eq!(mixed.skip_reason(), None, "runs without its SCTP probes");
+        assert!(mixed.probes_sctp());
     }
 }

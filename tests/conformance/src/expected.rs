@@ -19,6 +19,8 @@ pub struct Cluster {
     /// In table order.
     pub pods: Vec<Pod>,
     pub policies: Vec<NetworkPolicy>,
+    /// ClusterNetworkPolicy objects (upstream's CRD) as JSON.
+    pub cluster_policies: Vec<serde_json::Value>,
 }
 
 /// `[from][to]`: whether `from`'s egress and `to`'s ingress both admit
@@ -27,7 +29,7 @@ pub struct Cluster {
 pub fn table(cluster: &Cluster, addrs: &[IpAddr], probe: Probe) -> Table {
     let world = reference::World {
         policies: &cluster.policies,
-        cluster_policies: &[],
+        cluster_policies: &cluster.cluster_policies,
         pods: &cluster.pods,
         namespaces: &cluster.namespaces,
         node_ips: &[],

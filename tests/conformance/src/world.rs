@@ -1,8 +1,8 @@
-//! The model made real: a node namespace with the nine pods serving TCP and
-//! UDP on 80 and 81, a ClusterIP Service per pod (both families, the same
-//! ports) translated by kube-proxy's iptables rules in the node namespace, a
-//! manifests directory describing them, and `na-agent` enforcing it in
-//! local mode. Everything is removed on drop.
+//! A model made real: a node namespace with the model's pods serving what
+//! it says (x/y/z: TCP and UDP on 80 and 81, with a ClusterIP Service per
+//! pod in both families translated by kube-proxy's iptables rules in the
+//! node namespace), a manifests directory describing them, and `na-agent`
+//! enforcing it in local mode. Everything is removed on drop.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -26,7 +26,7 @@ use crate::{
     case::Step,
     expected::Cluster,
     generated::Action,
-    model::{self, Family, NAMESPACE_NAME_LABEL, Via},
+    model::{Family, Model, ModelName, NAMESPACE_NAME_LABEL, Via},
     template::{self, Addresses},
 };
 
@@ -34,11 +34,10 @@ use crate::{
 const NODE: &str = "conformance-node";
 /// This run's pins live in `/sys/fs/bpf/<PIN_PREFIX><pid>`.
 const PIN_PREFIX: &str = "na-conformance-";
-/// The ports every pod serves, on TCP and UDP, and its Service forwards.
-const PORTS: [u16; 2] = [80, 81];
-/// Pods a case may create (Cyclonus' `x/d`, `y-2/a`, `y-2/b`, `w/a`): built
-/// with the others, serving from the start, but in the cluster (the
-/// manifests, the probes) only from their creation to their deletion.
+/// Pods a case of the x/y/z model may create (Cyclonus' `x/d`, `y-2/a`,
+/// `y-2/b`, `w/a`): built with the others, serving from the start, but in
+/// the cluster (the manifests, the probes) only from their creation to
+/// their deletion.
 const CREATABLE: [&str; 4] = ["x/d", "y-2/a", "y-2/b", "w/a"];
 /// How long the agent may take to apply one change before the step fails.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -51,10 +50,13 @@ pub struct World {
     pub node: Node,
     _pins: Removed,
     dir: Removed,
+    model: Model,
     /// The pods in the cluster, with their labels.
     labels: BTreeMap<String, BTreeMap<String, String>>,
     /// The namespaces in the cluster, with their labels.
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Annotations of namespaces that have some.
+    namespace_annotations: BTreeMap<String, BTreeMap<String, String>>,
     policies: BTreeMap<String, Value>,
 }
 
@@ -99,16 +101,18 @@ impl Drop for Agent {
 }
 
 impl World {
-    /// Builds the pods and starts `agent` on them; returns once every pod is
-    /// enforced.
-    pub fn new(agent: &Path) -> Result<Self> {
+    /// Builds `model`'s pods and starts `agent` on them; returns once every
+    /// pod is enforced.
+    pub fn new(agent: &Path, model: ModelName) -> Result<Self> {
+        let model = model.model();
         remove_stale_pins();
         let tag = format!("{}", std::process::id());
         let dir = Removed(std::env::temp_dir().join(format!("na-conformance-{tag}")));
         let pins = Removed(PathBuf::from(format!("/sys/fs/bpf/{PIN_PREFIX}{tag}")));
         std::fs::create_dir_all(dir.0.join("manifests"))?;
         let mut node = Node::new()?;
-        let keys = model::pod_keys().into_iter().chain(CREATABLE.map(String::from));
+        let creatable = if model.name == ModelName::Netpol { CREATABLE.as_slice() } else { &[] };
+        let keys = model.keys().into_iter().chain(creatable.iter().map(|k| k.to_string()));
         for (i, key) in keys.enumerate() {
             let (ns, pod) = key.split_once('/').expect("model keys are ns/pod");
             let host = u8::try_from(i + 2).expect("a dozen pods");
@@ -117,12 +121,13 @@ impl World {
         }
         let mut servers = Servers::default();
         for pod in node.pods() {
-            for port in PORTS {
-                servers.start(pod, Proto::Tcp, port)?;
-                servers.start(pod, Proto::Udp, port)?;
+            for probe in &model.serves {
+                servers.start(pod, probe.proto, probe.port)?;
             }
         }
-        service_proxy(&node).sync(node.netns())?;
+        if model.services {
+            service_proxy(&node, &model).sync(node.netns())?;
+        }
         let status = dir.0.join("status.json");
         let log = std::fs::File::create(dir.0.join("agent.log"))?;
         let child = Command::new("nsenter")
@@ -150,20 +155,31 @@ impl World {
             node,
             _pins: pins,
             dir,
+            model,
             labels: BTreeMap::new(),
             namespace_labels: BTreeMap::new(),
+            namespace_annotations: BTreeMap::new(),
             policies: BTreeMap::new(),
         };
         world.reset()?;
         Ok(world)
     }
 
+    pub fn model(&self) -> ModelName {
+        self.model.name
+    }
+
+    /// Whether probes may go through pods' Services.
+    pub fn has_services(&self) -> bool {
+        self.model.services
+    }
+
     /// Back to the starting labels and no policies, applied by the agent.
     pub fn reset(&mut self) -> Result<()> {
         self.policies.clear();
-        self.labels = model::pod_keys().into_iter().map(|k| (k.clone(), model::default_pod_labels(&k[2..]))).collect();
-        self.namespace_labels =
-            model::NAMESPACES.iter().map(|ns| (ns.to_string(), model::default_namespace_labels(ns))).collect();
+        self.labels = self.model.pods.iter().cloned().collect();
+        self.namespace_labels = self.model.namespaces.iter().cloned().collect();
+        self.namespace_annotations.clear();
         self.publish()
     }
 
@@ -185,6 +201,7 @@ impl World {
     /// Where probes reach each pod in the cluster, in table order.
     pub fn targets(&self, family: Family, via: Via) -> Vec<IpAddr> {
         let pods = self.node.pods().iter().enumerate().filter(|(_, p)| self.labels.contains_key(&p.key()));
+        assert!(via == Via::Pod || self.model.services, "the model has no Services");
         match via {
             Via::Pod => pods.map(|(_, p)| family.harness().of(p)).collect(),
             Via::Service => pods.map(|(i, _)| service_addrs(i)[usize::from(family == Family::Ipv6)]).collect(),
@@ -197,11 +214,9 @@ impl World {
         let addrs = self.addresses(family);
         for policy in &step.policies {
             let policy = template::expand(policy, &addrs, family == Family::Ipv6).map_err(anyhow::Error::msg)?;
-            let meta = &policy["metadata"];
-            let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
-                bail!("policies: metadata.namespace and metadata.name are needed");
-            };
-            self.policies.insert(format!("{ns}/{name}"), policy);
+            let key =
+                policy_key(&policy).context("policies: metadata.name (and a NetworkPolicy's namespace) are needed")?;
+            self.policies.insert(key, policy);
         }
         let deletes = step.delete.iter().map(|key| {
             let (ns, name) = key.split_once('/').unwrap_or((key, ""));
@@ -212,6 +227,12 @@ impl World {
             step.namespace_labels.iter().map(|(ns, labels)| Action::SetNamespaceLabels(ns.clone(), labels.clone()));
         for action in deletes.chain(pod_labels).chain(namespace_labels) {
             self.act(&action)?;
+        }
+        for (ns, annotations) in &step.namespace_annotations {
+            if !self.namespace_labels.contains_key(ns) {
+                bail!("namespaceAnnotations: no namespace {ns}");
+            }
+            self.namespace_annotations.insert(ns.clone(), annotations.clone());
         }
         self.publish()
     }
@@ -228,13 +249,7 @@ impl World {
 
     /// One change to the cluster, not yet published.
     fn act(&mut self, action: &Action) -> Result<()> {
-        let key = |policy: &Value| {
-            format!(
-                "{}/{}",
-                policy["metadata"]["namespace"].as_str().unwrap_or_default(),
-                policy["metadata"]["name"].as_str().unwrap_or_default()
-            )
-        };
+        let key = |policy: &Value| policy_key(policy).unwrap_or_default();
         match action {
             Action::CreatePolicy(p) => {
                 if self.policies.insert(key(p), p.clone()).is_some() {
@@ -296,17 +311,24 @@ impl World {
         fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
             serde_json::from_value(v).context("a manifest the runner wrote")
         }
+        let (cluster_policies, policies): (Vec<&Value>, Vec<&Value>) =
+            self.policies.values().partition(|p| p["kind"] == "ClusterNetworkPolicy");
         Ok(Cluster {
             namespaces: self.namespace_documents().into_iter().map(parse).collect::<Result<_>>()?,
             pods: self.pods().into_iter().map(|p| parse(self.pod_manifest(p))).collect::<Result<_>>()?,
-            policies: self.policies.values().cloned().map(parse).collect::<Result<_>>()?,
+            policies: policies.into_iter().cloned().map(parse).collect::<Result<_>>()?,
+            cluster_policies: cluster_policies.into_iter().cloned().collect(),
         })
     }
 
     fn namespace_documents(&self) -> Vec<Value> {
         self.namespace_labels
             .iter()
-            .map(|(ns, labels)| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}))
+            .map(|(ns, labels)| {
+                let annotations = self.namespace_annotations.get(ns).cloned().unwrap_or_default();
+                json!({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": ns, "labels": labels, "annotations": annotations}})
+            })
             .collect()
     }
 
@@ -315,8 +337,10 @@ impl World {
     fn publish(&mut self) -> Result<()> {
         let mut docs = self.namespace_documents();
         docs.extend(self.pods().into_iter().map(|p| self.pod_manifest(p)));
-        let present = self.node.pods().iter().enumerate().filter(|(_, p)| self.labels.contains_key(&p.key()));
-        docs.extend(present.map(|(i, p)| service_manifest(i, p)));
+        if self.model.services {
+            let present = self.node.pods().iter().enumerate().filter(|(_, p)| self.labels.contains_key(&p.key()));
+            docs.extend(present.map(|(i, p)| service_manifest(i, p, &self.model)));
+        }
         docs.extend(self.policies.values().cloned());
         let text: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
         let manifests = self.dir.0.join("manifests");
@@ -329,15 +353,14 @@ impl World {
 
     fn pod_manifest(&self, pod: &na_harness::Pod) -> Value {
         let key = pod.key();
-        // One container per port, named as upstream names them; the SCTP
-        // ones serve nothing here (no SCTP in this kernel) but name their
-        // ports for policies, as Cyclonus' pods do.
-        let containers: Vec<Value> = [(80, "TCP"), (80, "UDP"), (80, "SCTP"), (81, "TCP"), (81, "UDP"), (81, "SCTP")]
+        // One container per declared port.
+        let containers: Vec<Value> = self
+            .model
+            .container_ports
             .iter()
-            .map(|(port, proto)| {
-                let name = format!("serve-{port}-{}", proto.to_lowercase());
-                json!({"name": format!("cont-{port}-{}", proto.to_lowercase()),
-                       "ports": [{"name": name, "containerPort": port, "protocol": proto}]})
+            .map(|p| {
+                json!({"name": format!("cont-{}-{}", p.port, p.protocol.to_lowercase()),
+                       "ports": [{"name": p.name, "containerPort": p.port, "protocol": p.protocol}]})
             })
             .collect();
         json!({"apiVersion": "v1", "kind": "Pod",
@@ -379,16 +402,20 @@ fn service_addrs(i: usize) -> [IpAddr; 2] {
     [IpAddr::V4(Ipv4Addr::new(10, 96, 0, host)), IpAddr::V6(Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, u16::from(host)))]
 }
 
-/// Pod `i`'s Service: both families, TCP and UDP on [`PORTS`]. Without a
-/// selector (its endpoints are the pod, whatever labels a case gives it),
+/// Pod `i`'s Service: both families, what the model's pods serve. Without
+/// a selector (its endpoints are the pod, whatever labels a case gives it),
 /// as a Service with hand-written EndpointSlices is.
-fn service_manifest(i: usize, pod: &na_harness::Pod) -> Value {
-    let ports: Vec<Value> = PORTS
+fn service_manifest(i: usize, pod: &na_harness::Pod, model: &Model) -> Value {
+    let ports: Vec<Value> = model
+        .serves
         .iter()
-        .flat_map(|port| {
-            ["TCP", "UDP"].map(|proto| {
-                json!({"name": format!("{}-{port}", proto.to_lowercase()), "protocol": proto, "port": port, "targetPort": port})
-            })
+        .map(|probe| {
+            let proto = match probe.proto {
+                Proto::Tcp => "TCP",
+                Proto::Udp => "UDP",
+            };
+            let port = probe.port;
+            json!({"name": format!("{}-{port}", proto.to_lowercase()), "protocol": proto, "port": port, "targetPort": port})
         })
         .collect();
     let ips: Vec<String> = service_addrs(i).iter().map(ToString::to_string).collect();
@@ -398,21 +425,30 @@ fn service_manifest(i: usize, pod: &na_harness::Pod) -> Value {
 }
 
 /// kube-proxy's rules for every pod's Service.
-fn service_proxy(node: &Node) -> KubeProxy {
+fn service_proxy(node: &Node, model: &Model) -> KubeProxy {
     let mut proxy = KubeProxy::default();
     for (i, pod) in node.pods().iter().enumerate() {
-        for port in PORTS {
-            for proto in [Proto::Tcp, Proto::Udp] {
-                proxy.services.push(ServicePort {
-                    name: format!("{}/s-{}:{port}", pod.namespace, pod.name),
-                    proto,
-                    addrs: service_addrs(i).to_vec(),
-                    port,
-                    node_port: None,
-                    endpoints: vec![(IpAddr::V4(pod.ip), port), (IpAddr::V6(pod.ip6), port)],
-                });
-            }
+        for probe in &model.serves {
+            let port = probe.port;
+            proxy.services.push(ServicePort {
+                name: format!("{}/s-{}:{port}", pod.namespace, pod.name),
+                proto: probe.proto,
+                addrs: service_addrs(i).to_vec(),
+                port,
+                node_port: None,
+                endpoints: vec![(IpAddr::V4(pod.ip), port), (IpAddr::V6(pod.ip6), port)],
+            });
         }
     }
     proxy
+}
+
+/// A policy's key in the world: a NetworkPolicy's `namespace/name`, a
+/// ClusterNetworkPolicy's `ClusterNetworkPolicy/name`.
+fn policy_key(policy: &Value) -> Option<String> {
+    let name = policy["metadata"]["name"].as_str()?;
+    if policy["kind"] == "ClusterNetworkPolicy" {
+        return Some(format!("ClusterNetworkPolicy/{name}"));
+    }
+    Some(format!("{}/{name}", policy["metadata"]["namespace"].as_str()?))
 }
