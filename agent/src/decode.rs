@@ -125,6 +125,20 @@ pub fn entry_label(r: &crate::status::RuleEntry) -> String {
     }
 }
 
+/// A rule's action ([`na_common::policy::action`]) in words.
+pub fn action_name(a: u8) -> &'static str {
+    use na_common::policy::action;
+    match a {
+        action::ALLOW => "allow",
+        action::ADMIN_ACCEPT => "Admin Accept",
+        action::ADMIN_DENY => "Admin Deny",
+        action::ADMIN_PASS => "Admin Pass",
+        action::BASELINE_ACCEPT => "Baseline Accept",
+        action::BASELINE_DENY => "Baseline Deny",
+        _ => "unknown",
+    }
+}
+
 /// What the datapath did, as flow logs and `na-cli` print it.
 pub fn verdict_name(v: u8) -> &'static str {
     match v {

@@ -163,7 +163,7 @@ fn na_cli_explains_what_the_agent_loaded() {
     let counters = &a_row.counters;
     assert!(counters.ingress_allowed.packets > 0 && counters.ingress_denied.packets > 0, "{counters:?}");
     let table = cli.text(&["ebpf", "dump-maps", &map_id("x_c", "egress_map").to_string()]);
-    assert!(table.contains("deny (except hole)") && table.contains("(active)"), "{table}");
+    assert!(table.contains("no rule (except hole)") && table.contains("(active)"), "{table}");
 
     // events: read from the ring while traffic flows.
     let (lines, _) = cli.events_during(&["--count", "2"], || {
@@ -209,4 +209,73 @@ fn na_cli_explains_what_the_agent_loaded() {
     assert_eq!(gone, std::collections::BTreeSet::from(["x_c"]));
     let text = cli.text(&["ebpf", "loaded-ebpfdata"]);
     assert_eq!(text.matches("Device:  gone").count(), 2, "both of c's attachments: {text}");
+}
+
+/// Cluster tiers and audit mode, as an operator reads them: an admin Deny
+/// names its policy, tier, priority and action in `pod`, `trace` and the
+/// flow log; an audited namespace's NetworkPolicy denial passes as AUDIT,
+/// naming the policy that would have denied it.
+#[test]
+fn na_cli_names_cluster_tiers_and_audited_denials() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let manifests = Manifests::new();
+    let status_file = manifests.1.join("status.json");
+    manifests.write(
+        "ns.yaml",
+        &[json!({"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "x", "annotations": {"na-agent.io/audit": "true"}}})],
+    );
+    manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
+    manifests.write(
+        "policies.yaml",
+        &[
+            json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                   "metadata": {"name": "guard"},
+                   "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}},
+                            "ingress": [{"action": "Deny", "from": [{"pods": {"podSelector": {"matchLabels": {"app": "c"}}}}]}]}}),
+            policy("b-closed", json!({"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]})),
+        ],
+    );
+    let _agent = Agent::spawn(&env, &status_file, &["--manifests".into(), manifests.0.clone().into()]);
+    wait_until("all three pods are attached", || {
+        read_status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let cli = Cli { root: env.root(), status: &status_file, node: env.node.netns().name() };
+    let (a, b, c) = (env.pod("x/a"), env.pod("x/b"), env.pod("x/c"));
+    let guard = "guard ingress[0] (Admin 10 Deny)";
+
+    let report: PodReport = cli.json(&["pod", "x/a"]);
+    assert_eq!(report.directions[0].mode, "cluster-policies");
+    let rule = report.directions[0].policies.iter().find(|p| p.policy == guard).expect("the admin rule is listed");
+    assert!(rule.grants.iter().all(|g| g.action == "Admin Deny" && g.protocol == "any"), "{rule:?}");
+    let text = cli.text(&["pod", "x/a"]);
+    assert!(text.contains("Admin Deny") && text.contains("anything else: passes"), "{text}");
+    let text = cli.text(&["pod", "x/b"]);
+    assert!(text.contains("audited: what NetworkPolicy denies passes"), "{text}");
+
+    // trace agrees with the probes, and names the deciding rule.
+    assert!(!Probe::tcp(80).run(c, a.ip.into()).unwrap(), "the admin Deny holds");
+    let t: Trace = cli.json(&["trace", &c.ip.to_string(), &a.ip.to_string(), "tcp/80"]);
+    let into_a = t.sides.iter().find(|s| s.direction == "ingress").unwrap();
+    assert_eq!((t.allowed, into_a.tier.as_str(), into_a.policy.as_str()), (false, "ADMIN", guard));
+    assert!(Probe::tcp(80).run(a, b.ip.into()).unwrap(), "audited: b's NetworkPolicy does not drop it");
+    let t: Trace = cli.json(&["trace", &a.ip.to_string(), &b.ip.to_string(), "tcp/80"]);
+    let into_b = t.sides.iter().find(|s| s.direction == "ingress").unwrap();
+    assert!(t.allowed && into_b.audited, "{t:?}");
+    let text = cli.text(&["trace", &a.ip.to_string(), &b.ip.to_string(), "tcp/80"]);
+    assert!(text.contains("AUDIT") && text.contains("isolated by x/b-closed, audited"), "{text}");
+
+    // The flow log of each: a new flow each time (the probes' ports differ).
+    // Each probe's first packet makes two lines: its egress (open) and its
+    // ingress.
+    let (lines, _) = cli.events_during(&["--count", "4"], || {
+        Probe::tcp(81).run(a, b.ip.into()).unwrap();
+        Probe::tcp(81).run(c, a.ip.into()).unwrap();
+    });
+    let denial = lines.iter().find(|l| l.verdict == "DENY").unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!((denial.tier.as_str(), denial.policy.as_deref()), ("ADMIN", Some("guard")), "{denial:?}");
+    let audit = lines.iter().find(|l| l.verdict == "AUDIT").unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(audit.isolated_by, ["x/b-closed"], "the policy that would have denied it: {audit:?}");
+    let report: PodReport = cli.json(&["pod", "x/b"]);
+    assert!(report.counters.ingress_audited.packets >= 2, "would-be drops are counted: {:?}", report.counters);
 }

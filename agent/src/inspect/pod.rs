@@ -40,6 +40,9 @@ pub struct DirectionReport {
     pub direction: String,
     pub mode: String,
     pub generation: u32,
+    /// NetworkPolicy denials in this direction pass and are reported.
+    #[serde(default)]
+    pub audit: bool,
     /// The policies that isolate the pod in this direction (from the status
     /// file): what denies whatever the rules below do not admit.
     #[serde(default)]
@@ -62,6 +65,9 @@ pub struct Grant {
     pub prefix: IpNet,
     pub protocol: String,
     pub ports: String,
+    /// `allow`, or a cluster tier's action.
+    #[serde(default)]
+    pub action: String,
 }
 
 /// Resolves `which` (`namespace/name` or an address) to a pod id.
@@ -109,6 +115,7 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, InspectError> {
                     prefix: row.prefix,
                     protocol: rule.protocol,
                     ports: rule.ports,
+                    action: rule.action,
                 });
             }
         }
@@ -116,6 +123,7 @@ pub fn show(sources: &Sources, which: &str) -> Result<PodReport, InspectError> {
             direction: crate::decode::direction_name(dir).into(),
             mode: crate::decode::mode_name(state.mode()).into(),
             generation: state.generation,
+            audit: state.audit(),
             // What the maps enforce decides: a direction left open (a pod
             // whose rules failed to compile in standard mode) names none.
             isolated_by: status

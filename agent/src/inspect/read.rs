@@ -40,6 +40,10 @@ pub struct PrefixRow {
 pub struct RuleRow {
     pub protocol: String,
     pub ports: String,
+    /// `allow` (NetworkPolicy) or a cluster tier's action: a prefix's rules
+    /// apply in order, the first that matches deciding.
+    #[serde(default)]
+    pub action: String,
     pub policy_id: u32,
     /// `namespace/name direction[index]`, `node`, or `#id` when unknown.
     pub policy: String,
@@ -52,6 +56,9 @@ pub struct StateRow {
     pub active_set: u8,
     /// Bumped on every policy write.
     pub generation: u32,
+    /// NetworkPolicy denials are reported, not enforced.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 /// A tracked flow, in the orientation of its first packet.
@@ -147,6 +154,7 @@ pub(crate) fn state_rows(states: &[PodState; 2]) -> Vec<StateRow> {
                 mode: decode::mode_name(s.mode()).into(),
                 active_set: s.active_set(),
                 generation: s.generation,
+                audit: s.audit(),
             }
         })
         .collect()
@@ -170,6 +178,7 @@ pub(crate) fn prefixes(
             .map(|r| RuleRow {
                 protocol: decode::protocol_name(r.protocol),
                 ports: decode::ports(r),
+                action: decode::action_name(r.action).into(),
                 policy_id: r.policy_id,
                 policy: decode::attribution_label(r.policy_id, status),
             })

@@ -66,9 +66,14 @@ pub struct Side {
     pub pod: String,
     pub mode: String,
     pub allowed: bool,
+    /// Allowed only because the direction is audited: NetworkPolicy would
+    /// have denied it.
+    #[serde(default)]
+    pub audited: bool,
     /// What decided, as flow logs name it.
     pub tier: String,
-    /// The rule that allowed it, `-` when none did.
+    /// The rule that decided (one that allowed it, or a cluster tier's
+    /// Deny), `-` when none did.
     pub policy: String,
     /// Longest prefix of the live rules holding the peer.
     pub matched_prefix: Option<IpNet>,
@@ -190,6 +195,7 @@ fn judge(
         pod,
         mode: decode::mode_name(state.mode()).into(),
         allowed: decision.allowed,
+        audited: decision.audited,
         tier: decode::tier_name(decision.tier).into(),
         policy: decode::attribution_label(decision.policy_id, Some(status)),
         matched_prefix,

@@ -31,16 +31,24 @@ pub fn render(r: &PodReport) -> String {
         if !d.isolated_by.is_empty() {
             let _ = writeln!(s, "  isolated by {}", d.isolated_by.join(", "));
         }
+        if d.audit {
+            let _ = writeln!(s, "  audited: what NetworkPolicy denies passes and is reported as AUDIT");
+        }
         for p in &d.policies {
             let _ = writeln!(s, "  {}", p.policy);
             for g in &p.grants {
-                let _ = writeln!(s, "    {} {} {}", g.prefix, g.protocol, g.ports);
+                let action =
+                    if g.action == "allow" || g.action.is_empty() { String::new() } else { format!(" {}", g.action) };
+                let _ = writeln!(s, "    {} {} {}{action}", g.prefix, g.protocol, g.ports);
             }
         }
+        // Where no NetworkPolicy isolates the direction, cluster rules
+        // decide what they name and the rest passes.
+        let rest = if d.mode == "cluster-policies" { "passes" } else { "denied" };
         for h in &d.holes {
-            let _ = writeln!(s, "  except {h}: denied");
+            let _ = writeln!(s, "  except {h}: {rest}");
         }
-        let _ = writeln!(s, "  anything else: denied");
+        let _ = writeln!(s, "  anything else: {rest}");
     }
     let _ = writeln!(s, "\nCOUNTERS");
     s.push_str(&table::counters(&r.counters));

@@ -34,7 +34,14 @@ pub fn prefix_rows(rows: &[PrefixRow]) -> String {
     for r in rows {
         let set = format!("{}{}", r.set, if r.active { " (active)" } else { "" });
         if r.rules.is_empty() {
-            cells.push(vec![set.clone(), r.prefix.to_string(), "-".into(), "-".into(), "deny (except hole)".into()]);
+            cells.push(vec![
+                set.clone(),
+                r.prefix.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "no rule (except hole)".into(),
+            ]);
         }
         for rule in &r.rules {
             cells.push(vec![
@@ -42,17 +49,21 @@ pub fn prefix_rows(rows: &[PrefixRow]) -> String {
                 r.prefix.to_string(),
                 rule.protocol.clone(),
                 rule.ports.clone(),
+                rule.action.clone(),
                 rule.policy.clone(),
             ]);
         }
     }
-    table(&["SET", "PREFIX", "PROTOCOL", "PORTS", "POLICY"], &cells)
+    table(&["SET", "PREFIX", "PROTOCOL", "PORTS", "ACTION", "POLICY"], &cells)
 }
 
 pub fn state_rows(rows: &[StateRow]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| vec![r.direction.clone(), r.mode.clone(), r.active_set.to_string(), r.generation.to_string()])
+        .map(|r| {
+            let mode = if r.audit { format!("{} (audit)", r.mode) } else { r.mode.clone() };
+            vec![r.direction.clone(), mode, r.active_set.to_string(), r.generation.to_string()]
+        })
         .collect();
     table(&["DIRECTION", "MODE", "ACTIVE SET", "GENERATION"], &cells)
 }

@@ -58,7 +58,7 @@ fn verdict(allowed: bool) -> &'static str {
 
 fn render_sides(s: &mut String, t: &Trace, indent: &str) {
     for side in &t.sides {
-        let verdict = verdict(side.allowed);
+        let verdict = if side.audited { "AUDIT" } else { verdict(side.allowed) };
         let _ = writeln!(s, "{indent}{:<7} of {:<24} {verdict:<5}  {}", side.direction, side.pod, explain(side));
         for f in &side.tracked {
             let _ = writeln!(
@@ -75,10 +75,18 @@ fn render_sides(s: &mut String, t: &Trace, indent: &str) {
 
 fn explain(side: &Side) -> String {
     let prefix = side.matched_prefix.map_or_else(|| "no prefix holds the peer".to_owned(), |p| format!("prefix {p}"));
+    let isolated = side.isolated_by.join(", ");
     match (side.mode.as_str(), side.allowed) {
         ("default-allow", _) => "no policy isolates this direction".into(),
+        _ if side.audited => {
+            format!("no rule admits it ({prefix}); isolated by {isolated}, audited: passes, reported as AUDIT")
+        }
         ("default-deny", false) => format!("isolated before its policies are known (strict mode); {prefix}"),
+        ("cluster-policies", true) if side.policy == "-" => {
+            format!("no cluster rule decides it and no NetworkPolicy isolates this direction ({prefix})")
+        }
         (_, true) => format!("by {} ({prefix})", side.policy),
+        (_, false) if side.policy != "-" => format!("by {} ({prefix})", side.policy),
         (_, false) if side.isolated_by.is_empty() => format!("no rule admits it ({prefix})"),
         (_, false) => format!("no rule admits it ({prefix}); isolated by {}", side.isolated_by.join(", ")),
     }
@@ -97,6 +105,7 @@ mod tests {
             pod: "x/a".into(),
             mode: "policies-applied".into(),
             allowed,
+            audited: false,
             tier: "rule".into(),
             policy: if allowed { "x/a-to-b egress[0]".into() } else { "-".into() },
             matched_prefix: None,
