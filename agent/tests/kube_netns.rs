@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use support::{
     Env,
     agent::{ApiInNode, cni_socket, http_get, pod, policy, wait_until},
-    fake_apiserver::{Cluster, NAMESPACES, PODS, POLICIES, VERSION},
+    fake_apiserver::{AWS_CLUSTER_POLICIES, CLUSTER_POLICIES, Cluster, NAMESPACES, PODS, POLICIES, VERSION},
 };
 
 /// The agent's default metrics and health ports, inside the node.
@@ -74,6 +74,33 @@ fn kubernetes_mode_follows_the_api_server() {
     api.cluster().delete(PODS, "x/c");
     wait_until("a watched deletion detaches c", || api.attached() == 2);
     assert_eq!(watch_errors(&env), 0);
+}
+
+/// ClusterNetworkPolicies come from their CRDs' watches: the upstream CRD
+/// installed, the AWS one not (reported once, no watch error, the rest
+/// enforced); an admin Deny overrides the NetworkPolicy that admits b, and
+/// its deletion gives b back.
+#[test]
+fn cluster_network_policies_are_watched_and_a_missing_crd_is_no_outage() {
+    let env = Env::new(AttachMode::Auto).unwrap();
+    let api = api(&env, &[a_admits("b")]);
+    api.cluster().install_crd(CLUSTER_POLICIES, "policy.networking.k8s.io/v1alpha2");
+    let _agent = api.agent(&env);
+    wait_until("all three pods are attached", || api.attached() == 3);
+    assert_eq!(readyz(&env), Some(200), "ready without the AWS CRD");
+    assert!(env.reaches("x/b", "x/a", TCP80) && !env.reaches("x/c", "x/a", TCP80));
+
+    let guard = json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                       "metadata": {"name": "guard"},
+                       "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                                "ingress": [{"action": "Deny", "from": [{"pods": {"podSelector": {"matchLabels": {"app": "b"}}}}]}]}});
+    api.cluster().apply(CLUSTER_POLICIES, guard);
+    wait_until("the admin Deny holds over the NetworkPolicy", || !env.reaches("x/b", "x/a", TCP80));
+    api.cluster().delete(CLUSTER_POLICIES, "guard");
+    wait_until("b is let in again", || env.reaches("x/b", "x/a", TCP80));
+    assert_eq!(watch_errors(&env), 0, "a missing CRD is not a watch error");
+    let c = api.cluster();
+    assert!(c.requests_to(AWS_CLUSTER_POLICIES, "list").next().is_some_and(|r| r.code == Some(404)));
 }
 
 #[test]

@@ -44,7 +44,10 @@ const DATAPATH: (&str, &str) = (
      Calico's iptables mode build it, conntrack ESTABLISHED accepted first and the N prefixes in one ipset \
      (`iptables_stateful_N`); a program that only passes packets, on the same four hooks as ours (`floor`), and one \
      that first looks its device up in a hash map, as ours look up the pod (`floor_lookup`: what one map \
-     lookup adds). \
+     lookup adds); our programs with 1,000 ClusterNetworkPolicy admin-tier rules ahead of the client's allow \
+     rule, built by the compiler's own entry builder, one in 25 denying a TCP port of every address so that 40 \
+     of them sit in the server's entry ahead of the allow rule (`ours_admin_1000`; its `_vs_none_ratio` is to \
+     `ours_1` in the same rounds: established packets never meet the rules, new flows scan them). \
      Configurations are interleaved within each round; each ratio is the median over rounds of the ratio to the \
      same round's no-program run, min and max beside it. `ns_per_packet_*` is the kernel's own account of our \
      programs' run time per run (`BPF_ENABLE_STATS`, on only while the section runs) during `rr` (established) \
@@ -218,11 +221,16 @@ const DATAPATH_KEYS: &[&str] = &[
     "ns_per_packet_new_flow_1",
     "ns_per_packet_new_flow_1000",
     "ns_per_packet_new_flow_10000",
+    "ns_per_packet_established_admin_1000",
+    "ns_per_packet_new_flow_admin_1000",
+    "ns_per_packet_established_admin_1000_vs_none_ratio",
+    "ns_per_packet_new_flow_admin_1000_vs_none_ratio",
     "rr_none_per_sec",
     "rr_ratio_floor",
     "rr_ratio_ours_1",
     "rr_ratio_ours_1000",
     "rr_ratio_ours_10000",
+    "rr_ratio_ours_admin_1000",
     "rr_ratio_iptables_1",
     "rr_ratio_iptables_1000",
     "rr_ratio_iptables_10000",
@@ -234,6 +242,7 @@ const DATAPATH_KEYS: &[&str] = &[
     "crr_ratio_ours_1",
     "crr_ratio_ours_1000",
     "crr_ratio_ours_10000",
+    "crr_ratio_ours_admin_1000",
     "crr_ratio_iptables_1",
     "crr_ratio_iptables_1000",
     "crr_ratio_iptables_10000",
@@ -245,6 +254,7 @@ const DATAPATH_KEYS: &[&str] = &[
     "throughput_ratio_ours_1",
     "throughput_ratio_ours_1000",
     "throughput_ratio_ours_10000",
+    "throughput_ratio_ours_admin_1000",
     "throughput_ratio_iptables_1",
     "throughput_ratio_iptables_1000",
     "throughput_ratio_iptables_10000",

@@ -13,7 +13,9 @@
 //! established connection and under the connection-per-transaction load,
 //! next to a program that only passes packets, attached to the same hooks
 //! (the floor of any TC program), and one that first does one hash-map
-//! lookup (what each of ours adds).
+//! lookup (what each of ours adds). And our programs with 1,000
+//! ClusterNetworkPolicy admin rules ahead of the same allow rule
+//! (`ours_admin_1000`), to set against `ours_1`.
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -31,13 +33,16 @@ use aya::{
 };
 use ipnet::IpNet;
 use na_agent::datapath::{AttachMode, DirectionRules, Mode, PROGRAMS, PodRules};
-use na_common::policy::PortRule;
+use na_common::policy::{PortRule, action};
 use na_harness::Probe;
+use na_policy::lpm::{self, Grant};
 use serde_json::json;
 
 use crate::{Figures, stats, support::Env};
 
 const SIZES: [usize; 3] = [1, 1_000, 10_000];
+/// Admin-tier rules in the `ours_admin` configuration.
+const ADMIN_RULES: usize = 1_000;
 pub const RR_PORT: u16 = 80;
 pub const SINK_PORT: u16 = 5001;
 /// The connection-per-transaction responder's port (the harness servers poll
@@ -89,8 +94,12 @@ pub fn run(full: bool) -> Result<Figures> {
                 ns.entry(name).or_default().push(per_packet);
             }
         };
-        for &n in &SIZES {
-            let rules = rules_with_others(client.into(), server.into(), n);
+        let configs =
+            SIZES.iter().map(|&n| (format!("ours_{n}"), rules_with_others(client.into(), server.into(), n))).chain([(
+                format!("ours_admin_{ADMIN_RULES}"),
+                rules_with_admin(client.into(), server.into(), ADMIN_RULES),
+            )]);
+        for (name, rules) in configs {
             let attached = env.attach("x/server", &rules.server).and_then(|_| env.attach("x/client", &rules.client));
             attached?;
             // Enforcement is on: what the rules do not admit is dropped.
@@ -99,7 +108,7 @@ pub fn run(full: bool) -> Result<Figures> {
             env.detach("x/server")?;
             env.detach("x/client")?;
             ensure!(enforced, "the programs did not enforce (TCP/81 reached the server)");
-            record(format!("ours_{n}"), m?);
+            record(name, m?);
         }
         for (floor, name) in floors.iter_mut().zip(["floor", "floor_lookup"]) {
             let floor_ids = floor.attach(&env)?;
@@ -128,6 +137,17 @@ pub fn run(full: bool) -> Result<Figures> {
         };
         stats::insert_spread(&mut f, &est_key, &est, 0);
         stats::insert_spread(&mut f, &new_key, &new, 0);
+    }
+    // What the admin rules add, per packet, against the same allow rule
+    // alone: medians of the same rounds.
+    let admin = format!("ours_admin_{ADMIN_RULES}");
+    for (kind, pick) in [("established", 0), ("new_flow", 1)] {
+        let median =
+            |name: &str| stats::median(&ns[name].iter().map(|r| if pick == 0 { r.0 } else { r.1 }).collect::<Vec<_>>());
+        f.insert(
+            format!("ns_per_packet_{kind}_admin_{ADMIN_RULES}_vs_none_ratio"),
+            json!(stats::round(median(&admin) / median("ours_1"), 2)),
+        );
     }
     for (i, kind) in ["rr", "crr"].iter().enumerate() {
         let v: Vec<f64> = baseline.iter().map(|b| b[i]).collect();
@@ -233,6 +253,40 @@ pub fn rules_with_others(client: IpAddr, server: IpAddr, others: usize) -> Bench
         server: PodRules { ingress: direction(client), egress: DirectionRules::default() },
         client: PodRules { ingress: DirectionRules::default(), egress: direction(server) },
     }
+}
+
+/// [`rules_with_others`] with one other prefix, and `admin` admin-tier
+/// rules on the client's egress ahead of its allow rule, ordered and
+/// merged by the compiler's own builder: one in 25 (one per policy, the
+/// most upstream allows in a policy) denies a TCP port of every address, so
+/// it sits in the server's entry too and every packet's scan passes it; the
+/// others deny a /32 each elsewhere.
+pub fn rules_with_admin(client: IpAddr, server: IpAddr, admin: usize) -> BenchRules {
+    let mut rules = rules_with_others(client, server, 1);
+    let mut grants: Vec<Grant> = rules
+        .client
+        .egress
+        .entries
+        .iter()
+        .map(|(prefix, r)| Grant::allow(*prefix, Vec::new(), r.clone().into()))
+        .collect();
+    for i in 0..admin {
+        let id = 100 + i as u32;
+        let (prefix, rule) = if i % 25 == 0 {
+            let port = 9000 + (i / 25) as u16;
+            ("0.0.0.0/0".parse().expect("literal"), PortRule::ports(id, na_common::protocol::TCP, port, port))
+        } else {
+            (IpNet::from(other_prefix(1 + i)), PortRule::any(id))
+        };
+        grants.push(Grant {
+            prefix,
+            except: Vec::new(),
+            rank: lpm::rank::admin(i),
+            rules: vec![rule.with_action(action::ADMIN_DENY)].into(),
+        });
+    }
+    rules.client.egress.entries = lpm::build(&grants);
+    rules
 }
 
 /// The `i`th non-matching prefix: a /32 in 10/8 (the pods are in 198.18/24).

@@ -472,6 +472,25 @@ fn an_invalid_cluster_policy_keeps_the_last_good_one_or_fails_closed() {
     assert_eq!(judge(&a.egress, ip("10.0.1.1"), TCP, Some(80)), None, "the last good version holds");
     assert_eq!(judge(&a.egress, ip("10.0.1.1"), TCP, Some(81)), Some(0));
 
+    let unknown = cluster_policy(
+        "fqdn",
+        "Admin",
+        2,
+        json!({"subject": {"namespaces": {}}, "egress": [
+            {"action": "Accept", "to": [{"domainNames": ["example.com"]}]},
+            {"action": "Pass", "to": [{"nodes": {}}]},
+        ]}),
+    );
+    let e = c.upsert_cluster_policy(&unknown).unwrap_err();
+    assert_eq!(
+        (e.field.as_str(), e.reason.ends_with("(and 1 more)")),
+        ("spec.egress[0].to[0].domainNames", true),
+        "{e}"
+    );
+    let a = rules(&mut c, "x", "a");
+    assert_eq!(judge(&a.egress, ip("198.51.100.7"), TCP, Some(81)), None, "enforced, the Pass failing closed");
+    c.remove_cluster_policy("fqdn");
+
     let mut fresh = compiler();
     assert!(fresh.upsert_cluster_policy(&deny_c(json!(0))).is_err());
     let a = rules(&mut fresh, "x", "a");

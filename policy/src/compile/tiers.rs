@@ -36,7 +36,8 @@ impl Compiler {
     /// Adds or replaces a ClusterNetworkPolicy of either CRD. An invalid one
     /// is reported; its last valid version stays enforced, and without one
     /// its subject is denied in the directions it has rules for
-    /// ([`ClusterPolicy::failing_closed`]).
+    /// ([`ClusterPolicy::failing_closed`]). One enforced with peers or ports
+    /// this agent does not know (failing closed) is reported too.
     pub fn upsert_cluster_policy(&mut self, obj: &Value) -> Result<(), PolicyError> {
         let parsed = ClusterPolicy::parse(obj);
         let Some(name) = ClusterPolicy::key_of(obj) else {
@@ -45,8 +46,16 @@ impl Compiler {
         match parsed {
             Ok(policy) => {
                 self.cluster_invalid.remove(&name);
+                // Enforced, failing closed where it names what this agent
+                // does not know: reported as the first such field.
+                let unsupported = policy.unsupported.first().cloned().map(|mut e| {
+                    if policy.unsupported.len() > 1 {
+                        e.reason = format!("{} (and {} more)", e.reason, policy.unsupported.len() - 1);
+                    }
+                    e
+                });
                 self.set_cluster_policy(&name, Some(policy));
-                Ok(())
+                unsupported.map_or(Ok(()), Err)
             }
             Err(e) => {
                 if !self.cluster_policies.contains_key(&name) {
