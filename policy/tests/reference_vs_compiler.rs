@@ -350,7 +350,11 @@ impl Cluster {
                 self.policies.insert(key_of(&policy), policy);
             }
             Change::ClusterPolicy(policy) => {
-                compiler.upsert_cluster_policy(&policy).expect("generated cluster policies are valid");
+                // Generated objects are valid; one naming a peer or port the
+                // agent does not know is enforced failing closed, and says so.
+                if let Err(e) = compiler.upsert_cluster_policy(&policy) {
+                    assert!(e.reason.contains("fails closed"), "generated cluster policies are valid: {e}");
+                }
                 self.cluster_policies.insert(policy["metadata"]["name"].as_str().unwrap().to_owned(), policy);
             }
             Change::DeleteClusterPolicy(index) => {

@@ -68,6 +68,26 @@ pub struct Programs {
     pub origin: Origin,
 }
 
+/// How many times a verification interrupted by a signal is tried again.
+const LOAD_TRIES: usize = 5;
+
+/// Loads (verifies) `prog`, again when a signal interrupted the verifier:
+/// it then gives up with EAGAIN, and the more instructions it explores the
+/// likelier that is. libbpf retries the same way.
+fn load_retrying(prog: &mut SchedClassifier) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 1;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(nix::libc::EAGAIN) && tries < LOAD_TRIES =>
+            {
+                tries += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Whether the programs were verified by this agent or adopted from pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -102,7 +122,7 @@ impl Programs {
         let mut take = |name: &'static str| -> Result<SchedClassifier, DatapathError> {
             let prog: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?.try_into()?;
-            prog.load()?;
+            load_retrying(prog)?;
             let path = pin(name);
             remove_pin(&path)?;
             prog.pin(&path).map_err(|e| DatapathError::Pin(path.clone(), e.to_string()))?;

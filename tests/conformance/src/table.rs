@@ -57,9 +57,11 @@ pub struct Run {
 }
 
 /// What a pass means, for readers of the report.
-const HOW_JUDGED: &str = "Each case runs in each family twice: probing each destination pod at its own address, and at \
-the address of its ClusterIP Service, translated by kube-proxy's iptables rules in the node namespace (as upstream's e2e \
-suite probes). Each run starts with every pod reaching every other on each probe the case uses, with no \
+const HOW_JUDGED: &str = "Each case of the x/y/z model runs in each family twice: probing each destination pod at its own \
+address, and at the address of its ClusterIP Service, translated by kube-proxy's iptables rules in the node namespace (as \
+upstream's e2e suite probes). The network-policy-api suite's cases (`npa-*`) run on that suite's own model (four houses' \
+namespaces with two pods each) at pod addresses, as that suite probes; the cells it does not assert are checked against \
+`na-policy`'s reference evaluator. Each run starts with every pod reaching every other on each probe the case uses, with no \
 policy (else it fails as a broken model). A probe is denied only when it times out; a refused or unreachable probe \
 fails the case. A connection where a denial is expected fails at once; only timeouts where a connection is expected \
 are probed again (up to three tries).";
@@ -75,7 +77,7 @@ TCP and UDP on 80 and 81; Cyclonus also probes SCTP, which this kernel cannot ca
 pub fn report(runs: &[Run]) -> String {
     let (passed, failed, skipped) = summary(runs);
     let mut out = format!(
-        "# NetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n{HOW_JUDGED}\n\n{HOW_GENERATED}\n\n| group | passed | failed | skipped |\n|---|---|---|---|\n"
+        "# NetworkPolicy and ClusterNetworkPolicy conformance\n\nWritten by `cargo xtask conformance --report`: {passed} passed, {failed} failed, {skipped} skipped.\n\n{HOW_JUDGED}\n\n{HOW_GENERATED}\n\n| group | passed | failed | skipped |\n|---|---|---|---|\n"
     );
     let mut groups: Vec<&str> = Vec::new();
     for r in runs {
