@@ -74,6 +74,7 @@ pub fn tier_name(t: u8) -> &'static str {
         tier::NOT_IP => "NOT_IP",
         tier::ADMIN => "ADMIN",
         tier::BASELINE => "BASELINE",
+        tier::SERVICE_UNRESOLVED => "SERVICE_UNRESOLVED",
         _ => "UNKNOWN",
     }
 }

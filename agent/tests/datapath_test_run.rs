@@ -1090,3 +1090,44 @@ fn cluster_tiers_decide_in_order_and_audit_passes_what_network_policy_denies() {
     assert_eq!(run(&p.egress, &out), OK, "its flow is tracked");
     assert!(ring.take().is_empty(), "judged once");
 }
+
+/// A pod that cluster Deny rules apply to may not reach a Service address
+/// its flow cannot be judged on the endpoint of (here: no DNAT hook): the
+/// rules name endpoints, so judged on the Service address it would pass
+/// them. Without Deny rules the Service address is judged as before.
+#[test]
+fn cluster_deny_rules_close_service_addresses_not_judged_on_their_endpoint() {
+    use na_common::policy::action;
+    let p = pod();
+    let frontend = Ipv4Addr::new(10, 96, 0, 10);
+    let services = std::collections::BTreeMap::from([(
+        na_agent::datapath::Frontend { addr: IpAddr::from(frontend), protocol: TCP, port: 80 },
+        1,
+    )]);
+    p.dp.set_services(&services).unwrap();
+    let mut ring = Events::open(p.dp.layout());
+    let egress = |rule: PortRule| DirectionRules {
+        mode: Mode::ClusterPolicies,
+        entries: [(IpNet::from(IpAddr::from(OTHER4)), vec![rule])].into(),
+        audit: false,
+    };
+    let addrs = PodAddrs { ipv4: Some(POD4), ipv6: Some(POD6) };
+    let load = |rule| {
+        let rules = PodRules { ingress: DirectionRules::default(), egress: egress(rule) };
+        p.dp.load_pod(&p.id, p.ingress.ifindex, addrs, &rules).unwrap();
+    };
+    let to_service = |sport| V4::new(POD4, frontend, TCP).packet(&l4(TCP, sport, 80));
+
+    load(PortRule::any(7).with_action(action::ADMIN_DENY));
+    ring.take();
+    assert_eq!(run(&p.egress, &to_service(40001)), SHOT);
+    let events = ring.take();
+    assert_eq!(
+        events.iter().map(|e| (e.verdict, e.tier)).collect::<Vec<_>>(),
+        [(verdict::DENY, tier::SERVICE_UNRESOLVED)]
+    );
+    assert_eq!(run(&p.egress, &V4::new(POD4, PEER4, TCP).packet(&l4(TCP, 40001, 80))), OK, "other addresses as before");
+
+    load(PortRule::any(8).with_action(action::ADMIN_ACCEPT));
+    assert_eq!(run(&p.egress, &to_service(40002)), OK, "no Deny rule: the Service address is judged as an address");
+}

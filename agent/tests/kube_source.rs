@@ -278,6 +278,13 @@ async fn a_missing_crd_is_reported_once_and_watched_for_until_installed() {
     w.until("a new policy comes over the watch", |w| w.objects.contains_key(&fence)).await;
     assert_eq!(w.not_installed[&Kind::AwsClusterNetworkPolicy], 1);
     assert!(w.cluster().requests_to(AWS_CLUSTER_POLICIES, "list").all(|r| r.code == Some(404)));
+    // The CRD removed: its objects go with it, and it is reported again.
+    w.cluster().uninstall_crd(CLUSTER_POLICIES);
+    w.until("the removed CRD's objects are reported deleted", |w| {
+        !w.objects.contains_key(&key) && !w.objects.contains_key(&fence)
+    })
+    .await;
+    w.until("and it is reported missing again", |w| w.not_installed[&Kind::ClusterNetworkPolicy] == 2).await;
     w.asked_only_what_rbac_grants();
 }
 

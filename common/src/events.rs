@@ -33,6 +33,10 @@ pub mod tier {
     pub const ADMIN: u8 = 7;
     /// A ClusterNetworkPolicy rule of the baseline tier (`Accept` or `Deny`).
     pub const BASELINE: u8 = 8;
+    /// A new flow to a Service address that could not be judged on the
+    /// endpoint DNAT picks, from a pod ClusterNetworkPolicy `Deny` rules
+    /// apply to: dropped, since on the Service address no `Deny` matches.
+    pub const SERVICE_UNRESOLVED: u8 = 9;
 }
 
 /// `counters`: per-CPU packet and byte counts of a pod, indexed by

@@ -32,6 +32,11 @@ const SET_BIT: u8 = 0x10;
 /// the NetworkPolicy tier would deny passes, reported as
 /// [`crate::events::verdict::AUDIT`].
 const AUDIT_BIT: u8 = 0x20;
+/// Bit of [`PodState::state`] set when ClusterNetworkPolicy `Deny` rules
+/// apply to the direction: a new flow to a Service address that cannot be
+/// judged on the endpoint DNAT picks is dropped, not judged on the Service
+/// address (which no `Deny` names: it would pass).
+const SERVICE_DENY_BIT: u8 = 0x40;
 
 /// One direction of a pod.
 #[repr(C)]
@@ -61,6 +66,20 @@ impl PodState {
     pub const fn with_audit(self, audit: bool) -> Self {
         let state = if audit { self.state | AUDIT_BIT } else { self.state & !AUDIT_BIT };
         Self { state, ..self }
+    }
+
+    /// The same state, with Service addresses that cannot be judged on
+    /// their endpoint denied or not.
+    pub const fn with_unresolved_services_denied(self, deny: bool) -> Self {
+        let state = if deny { self.state | SERVICE_DENY_BIT } else { self.state & !SERVICE_DENY_BIT };
+        Self { state, ..self }
+    }
+
+    /// Whether a new flow to a Service address that cannot be judged on its
+    /// endpoint is dropped.
+    #[inline(always)]
+    pub const fn denies_unresolved_services(&self) -> bool {
+        self.state & SERVICE_DENY_BIT != 0
     }
 
     /// Whether NetworkPolicy denials in this direction are only reported.

@@ -79,6 +79,13 @@ pub mod action {
         matches!(action, ADMIN_ACCEPT | ADMIN_DENY | ADMIN_PASS)
     }
 
+    /// Whether a rule of this action drops what it decides (a cluster tier's
+    /// `Deny`).
+    #[inline(always)]
+    pub const fn denies(action: u8) -> bool {
+        matches!(action, ADMIN_DENY | BASELINE_DENY)
+    }
+
     /// Whether a rule of this action lets the packet through when it decides.
     #[inline(always)]
     pub const fn allows(action: u8) -> bool {

@@ -175,6 +175,10 @@ fn judge_ip(ctx: &TcContext, dir: u32, pod: &Pod, packet: &Packet) -> i32 {
     if dir == direction::EGRESS && packet.fragment == Fragment::No && left_to_dnat_hook(pod, packet) {
         return PASS;
     }
+    if dir == direction::EGRESS && packet.fragment != Fragment::Later && unresolved_service_denied(pod, packet) {
+        emit(ctx, packet, dir, &Decision::denied(tier::SERVICE_UNRESOLVED), 0);
+        return TC_ACT_SHOT;
+    }
     // Events are sent from here, not from the callees: their frames and
     // `emit`'s would add up past the verifier's 512-byte stack cap.
     let decision = evaluate(dir, pod, packet);
@@ -225,7 +229,18 @@ fn conntrack_verdict(dir: u32, pod: &Pod, packet: &Packet) -> Tracked {
     let flow_dir = u32::from(entry.direction);
     let state = pod.state(flow_dir);
     if state.generation != entry.generation {
-        let decision = decide(pod.record.slot, &state, flow_dir, &opening_query(flow_dir, &key, entry));
+        // A flow tracked on a Service address meets cluster Deny rules the
+        // way a new one does: handed over to be judged on its endpoint, or
+        // dropped.
+        let unresolved = entry.via_service == 0
+            && flow_dir == direction::EGRESS
+            && state.denies_unresolved_services()
+            && is_service_frontend(&key);
+        let decision = if unresolved {
+            Decision::denied(tier::SERVICE_UNRESOLVED)
+        } else {
+            decide(pod.record.slot, &state, flow_dir, &opening_query(flow_dir, &key, entry))
+        };
         if !decision.allowed && key.protocol != protocol::TCP {
             // Without a handshake, the peer's next datagram may as well
             // start a flow the other direction's rules admit: forgotten,
@@ -336,6 +351,19 @@ fn left_to_dnat_hook(pod: &Pod, packet: &Packet) -> bool {
         (*slot).armed = 1;
     }
     true
+}
+
+/// Whether a new flow leaving the pod goes to a Service address it could not
+/// be handed over for (no hook, a fragment, a busy hand-over) while cluster
+/// `Deny` rules apply to the pod's egress: judged on the Service address,
+/// which they never name, it would pass them.
+#[inline(never)]
+fn unresolved_service_denied(pod: &Pod, packet: &Packet) -> bool {
+    if !pod.state(direction::EGRESS).denies_unresolved_services() {
+        return false;
+    }
+    let Some(port) = packet.dst_port else { return false };
+    SERVICE_ADDRS.get_ptr(ServiceKey::new(packet.dst_addr, port, packet.protocol, packet.family)).is_some()
 }
 
 /// Judges an untracked packet by the pod state and rules; tracks it if allowed.

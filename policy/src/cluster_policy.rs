@@ -12,8 +12,8 @@
 //! - A cluster policy does not isolate: what no rule decides falls through.
 //!   Baseline rules decide only directions no NetworkPolicy isolates.
 //! - A peer or port this agent does not know (a newer API's field,
-//!   `domainNames`, `nodes`) fails closed, as upstream requires: in an
-//!   `Accept` rule it matches nothing, in a `Deny` or `Pass` rule the rule
+//!   `domainNames`, `nodes`) fails closed, as upstream requires: an `Accept`
+//!   rule holding one matches nothing, a `Deny` or `Pass` rule holding one
 //!   becomes a `Deny` of everything. Each is reported on the object.
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -321,7 +321,7 @@ impl Parser {
         if fails_closed && action != Action::Accept {
             return Ok(ClusterRule::deny_everything(name));
         }
-        if unknown_port {
+        if fails_closed {
             // An Accept that cannot be read exactly accepts nothing.
             peers.clear();
         }

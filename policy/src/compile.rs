@@ -77,6 +77,9 @@ pub struct Compiler {
     /// ClusterNetworkPolicies by name.
     cluster_policies: BTreeMap<String, ClusterPolicy>,
     cluster_invalid: BTreeMap<String, PolicyError>,
+    /// Cluster policies enforced by a never-valid object's stand-in
+    /// ([`ClusterPolicy::failing_closed`]).
+    cluster_standins: BTreeSet<String>,
     /// Namespaces annotated with [`AUDIT_ANNOTATION`].
     audited_namespaces: BTreeSet<String>,
     attributions: Attributions,

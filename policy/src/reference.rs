@@ -123,12 +123,9 @@ fn first_cluster_match<'w>(w: &'w World, tier: &str, p: &Packet) -> Option<&'w s
             });
             if unknown_peer || unknown_protocol {
                 if action == "Accept" {
-                    if unknown_protocol {
-                        continue;
-                    }
-                } else {
-                    return Some("Deny");
+                    continue;
                 }
+                return Some("Deny");
             }
             let matched = peers.iter().any(|peer| {
                 let Some(kind) = cluster_peer_kind(peer, p.dir) else { return false };

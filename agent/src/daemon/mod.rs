@@ -351,7 +351,9 @@ impl Daemon {
                 self.telemetry.lock().expect("telemetry lock").watch_errors += 1;
             }
             Update::NotInstalled(kind) => {
-                let e = format!("{kind:?}: the CRD is not installed; none of its objects are enforced until it is");
+                let e = format!(
+                    "{kind:?}: the CRD is not installed, or the agent may not read it (RBAC); none of its objects are enforced until it can"
+                );
                 warn!("{e}");
                 self.status.record_error(e);
             }

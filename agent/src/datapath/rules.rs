@@ -18,7 +18,7 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::IpNet;
 use na_common::{
     pod_state::{self, PodRecord, PodState},
-    policy::{LpmKeyData, MAX_RULES_PER_PREFIX, RuleSet},
+    policy::{LpmKeyData, MAX_RULES_PER_PREFIX, RuleSet, action},
 };
 use na_policy::{DirectionRules, Mode, PodRules};
 use thiserror::Error;
@@ -145,8 +145,12 @@ impl PodMaps {
             let now = current.states[dir as usize];
             let set = now.active_set() ^ 1;
             fill_idle_set(trie, set, wanted, self.flipped)?;
-            next.states[dir as usize] =
-                PodState::new(raw_mode(wanted.mode), set, now.generation.wrapping_add(1)).with_audit(wanted.audit);
+            // Deny rules name endpoints, never Service addresses: what cannot
+            // be judged on its endpoint must not pass by missing them.
+            let denies = wanted.entries.values().flatten().any(|r| action::denies(r.action));
+            next.states[dir as usize] = PodState::new(raw_mode(wanted.mode), set, now.generation.wrapping_add(1))
+                .with_audit(wanted.audit)
+                .with_unresolved_services_denied(denies);
         }
         self.pods.insert(self.ifindex, next, 0).map_err(map_err("write", "pod_table"))?;
         self.flipped = Some(Instant::now());

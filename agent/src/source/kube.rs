@@ -38,8 +38,8 @@ pub enum Update {
     Synced(Kind),
     /// A watch failed; it is retried with backoff.
     WatchError(Kind, String),
-    /// The collection's CRD is not installed: nothing of it to enforce
-    /// until it is (the watcher keeps looking).
+    /// The collection's CRD is not installed, or may not be read: nothing
+    /// of it to enforce until it can (the watcher keeps looking).
     NotInstalled(Kind),
 }
 
@@ -170,14 +170,17 @@ fn cluster_policy(o: DynamicObject) -> Object {
     Object::ClusterNetworkPolicy(Box::new(serde_json::to_value(o).unwrap_or_default()))
 }
 
-/// Whether `e` says the collection does not exist: its CRD is not installed.
+/// Whether `e` says the collection cannot be read at all: its CRD is not
+/// installed (404), or the agent may not read it (403: a ClusterRole from
+/// before the CRD was watched). Either is reported, not waited for: the
+/// rest of the cluster is enforced meanwhile.
 fn not_installed(e: &watcher::Error) -> bool {
     let api = match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s,
         _ => return false,
     };
-    api.code == 404
+    matches!(api.code, 403 | 404)
 }
 
 /// Spawns the watcher of every `K` in the cluster.
@@ -215,9 +218,15 @@ where
             missing = false;
         }
         if event.as_ref().is_err_and(not_installed) {
-            // Reported once; the backoff keeps asking, quietly.
-            if !std::mem::replace(&mut missing, true) && tx.send(Update::NotInstalled(kind)).await.is_err() {
-                return;
+            // Reported once; the backoff keeps asking, quietly. A CRD
+            // removed takes its objects with it.
+            if !std::mem::replace(&mut missing, true) {
+                let gone = std::mem::take(&mut known).into_iter().map(|k| Update::Event(Event::Deleted(k)));
+                for u in gone.chain([Update::NotInstalled(kind)]) {
+                    if tx.send(u).await.is_err() {
+                        return;
+                    }
+                }
             }
             continue;
         }

@@ -156,6 +156,13 @@ impl Cluster {
         });
     }
 
+    /// Removes a CRD and its objects: its collection is no longer served and
+    /// its watches end (as kube-apiserver ends them when the CRD goes).
+    pub fn uninstall_crd(&mut self, path: &'static str) {
+        self.collections.remove(path);
+        self.watches.retain(|(_, p, _)| *p != path);
+    }
+
     /// The newest resourceVersion.
     pub fn rv(&self) -> u64 {
         self.rv

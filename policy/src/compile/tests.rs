@@ -496,6 +496,18 @@ fn an_invalid_cluster_policy_keeps_the_last_good_one_or_fails_closed() {
     let a = rules(&mut fresh, "x", "a");
     assert_eq!(judge(&a.egress, ip("10.0.1.1"), TCP, Some(81)), None, "no good version: its subject's egress closes");
     assert_eq!(judge(&a.ingress, ip("10.0.1.1"), TCP, Some(81)), Some(0), "it had no ingress rules");
+    let moved = cluster_policy(
+        "guard",
+        "Admin",
+        5000,
+        json!({"subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}, "egress": [
+            {"action": "Deny", "to": [{"networks": ["10.0.1.0/24"]}]},
+        ]}),
+    );
+    assert_eq!(fresh.upsert_cluster_policy(&moved).unwrap_err().field, "spec.priority");
+    fresh.take_dirty();
+    let a = rules(&mut fresh, "x", "a");
+    assert_eq!(judge(&a.egress, ip("10.0.1.1"), TCP, Some(81)), Some(0), "the stand-in follows the new subject");
     fresh.remove_cluster_policy("guard");
     assert_eq!(fresh.invalid_policies().count(), 0);
     assert_eq!(rules(&mut fresh, "x", "a"), PodRules::default());

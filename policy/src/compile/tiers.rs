@@ -46,6 +46,7 @@ impl Compiler {
         match parsed {
             Ok(policy) => {
                 self.cluster_invalid.remove(&name);
+                self.cluster_standins.remove(&name);
                 // Enforced, failing closed where it names what this agent
                 // does not know: reported as the first such field.
                 let unsupported = policy.unsupported.first().cloned().map(|mut e| {
@@ -58,7 +59,10 @@ impl Compiler {
                 unsupported.map_or(Ok(()), Err)
             }
             Err(e) => {
-                if !self.cluster_policies.contains_key(&name) {
+                // A stand-in follows the latest invalid version (its subject
+                // may have changed); a valid version stays.
+                if !self.cluster_policies.contains_key(&name) || self.cluster_standins.contains(&name) {
+                    self.cluster_standins.insert(name.clone());
                     self.set_cluster_policy(&name, ClusterPolicy::failing_closed(obj));
                 }
                 self.cluster_invalid.insert(name, e.clone());
@@ -70,6 +74,7 @@ impl Compiler {
     /// Removes the cluster policy [`ClusterPolicy::key_of`] names `name`.
     pub fn remove_cluster_policy(&mut self, name: &str) {
         self.cluster_invalid.remove(name);
+        self.cluster_standins.remove(name);
         self.set_cluster_policy(name, None);
     }
 
