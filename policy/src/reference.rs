@@ -191,17 +191,7 @@ fn cluster_ports_match(
     let Some(port) = port else { return false };
     items.iter().any(|item| {
         if let Some(name) = item.get("destinationNamedPort").and_then(Value::as_str) {
-            return receiver.is_some_and(|pod| {
-                pod.spec
-                    .iter()
-                    .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
-                    .flat_map(|c| c.ports.iter().flatten())
-                    .any(|cp| {
-                        cp.name.as_deref() == Some(name)
-                            && proto_number(cp.protocol.as_deref().unwrap_or("TCP")) == Some(protocol)
-                            && cp.container_port == i32::from(port)
-                    })
-            });
+            return receiver.is_some_and(|pod| declares_port(pod, name, protocol, port));
         }
         ["tcp", "udp", "sctp"].iter().any(|name| {
             let Some(spec) = item.get(*name) else { return false };
@@ -389,19 +379,22 @@ fn ports_match(ports: Option<&Vec<NetworkPolicyPort>>, ctx: Option<&Pod>, protoc
                 let end = spec.end_port.unwrap_or(*n);
                 i32::from(port) >= *n && i32::from(port) <= end
             }
-            Some(IntOrString::String(name)) => ctx.is_some_and(|pod| {
-                pod.spec
-                    .iter()
-                    .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
-                    .flat_map(|c| c.ports.iter().flatten())
-                    .any(|cp| {
-                        cp.name.as_deref() == Some(name.as_str())
-                            && cp.protocol.as_deref().unwrap_or("TCP") == proto
-                            && cp.container_port == i32::from(port)
-                    })
-            }),
+            Some(IntOrString::String(name)) => ctx.is_some_and(|pod| declares_port(pod, name, protocol, port)),
         }
     })
+}
+
+/// Whether a container of `pod` declares port `name` as `port` of `protocol`.
+fn declares_port(pod: &Pod, name: &str, protocol: u8, port: u16) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+        .flat_map(|c| c.ports.iter().flatten())
+        .any(|cp| {
+            cp.name.as_deref() == Some(name)
+                && proto_number(cp.protocol.as_deref().unwrap_or("TCP")) == Some(protocol)
+                && cp.container_port == i32::from(port)
+        })
 }
 
 fn proto_number(name: &str) -> Option<u8> {

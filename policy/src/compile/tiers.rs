@@ -15,7 +15,7 @@ use crate::{
     lpm::{self, Grant},
     output::Direction,
     parse::PolicyError,
-    selector::Labels,
+    selector::{Labels, Selector},
 };
 
 /// One rule that applies to a pod.
@@ -208,12 +208,13 @@ impl Compiler {
                         grants.push(grant(any.parse().expect("literal"), r.clone()));
                     }
                 }
-                ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. } => {
-                    for pod in self.pods.values().filter(|p| p.is_peer()) {
-                        let ns = self.namespace_labels(&pod.key.namespace);
-                        if !Self::peer_names(peer, &ns, &pod.labels) {
-                            continue;
-                        }
+                ClusterPeer::Namespaces(namespaces) | ClusterPeer::Pods { namespaces, .. } => {
+                    let every_pod = Selector::default();
+                    let pods = match peer {
+                        ClusterPeer::Pods { pods, .. } => pods,
+                        _ => &every_pod,
+                    };
+                    for pod in self.peer_pods("", Some(namespaces), pods) {
                         let r = rules(fixed.or(Some(pod)));
                         if !r.is_empty() {
                             grants.extend(pod.ips.iter().map(|ip| grant(IpNet::from(*ip), r.clone())));
