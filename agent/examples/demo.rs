@@ -28,7 +28,7 @@ const INTO_SHOP: [(&str, &str); 4] = [
 ];
 
 fn main() -> Result<()> {
-    let env = Env::with_pods(AttachMode::Auto, &PODS)?;
+    let env = Env::with_pods(AttachMode::default(), &PODS)?;
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     for pod in env.node.pods() {

@@ -59,8 +59,10 @@ pub struct Args {
     /// Prefix of pods' host-side veth names (the VPC CNI's naming rule).
     #[arg(long, default_value = DEFAULT_PREFIX, env = "NA_VETH_PREFIX")]
     pub veth_prefix: String,
-    /// How programs attach: TCX links when the kernel has them, else netlink filters.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto, env = "NA_ATTACH_MODE")]
+    /// How programs attach: clsact filters (no grace period to wait for at a
+    /// pod start), or TCX links (6.6+: first in TCX order where other
+    /// software attaches TCX programs to pod veths).
+    #[arg(long, value_enum, default_value_t = AttachMode::default(), env = "NA_ATTACH_MODE")]
     pub attach_mode: AttachMode,
     /// Kernel-side debug log level (aya-log); off costs nothing.
     #[arg(long, value_enum, default_value_t = KernelLogLevel::Off, env = "NA_EBPF_LOG_LEVEL")]

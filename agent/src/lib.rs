@@ -13,6 +13,7 @@ pub mod links;
 pub mod pod_id;
 pub mod reconcile;
 pub mod rpc;
+pub mod rtnl;
 pub mod sandbox;
 pub mod source;
 pub mod status;

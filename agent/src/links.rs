@@ -1,13 +1,14 @@
 //! Changes to this network namespace's links, routes and addresses, from the
 //! kernel's own notifications (rtnetlink multicast groups): a pod's veth
 //! appears, goes away, or gets the host route a CNI installs for the pod's
-//! address; the node gains or loses an address. The agent looks for pending
-//! pods' veths when one arrives, instead of polling.
+//! address; the node gains or loses an address; a filter or a clsact qdisc
+//! is removed. The agent looks for pending pods' veths when one arrives,
+//! instead of polling, and puts back an attachment that went.
 use std::{collections::BTreeSet, net::IpAddr, net::Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
+    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_TC},
     packet_core::NetlinkPayload,
     packet_route::{RouteNetlinkMessage, address::AddressAttribute},
     sys::{AsyncSocket, SocketAddr},
@@ -21,14 +22,16 @@ pub enum Change {
     Links,
     /// An IPv6 address of the node.
     Addresses,
+    /// A filter or a qdisc of the link with this index was removed.
+    Filters(u32),
 }
 
-/// Subscribes to link, route and IPv6 address changes; every one sends its
+/// Subscribes to link, route, IPv6 address and TC removals; every one sends its
 /// kind on the returned channel (coalesce them: a pod start makes several).
 /// Call from within the tokio runtime, in the namespace to watch.
 pub fn watch() -> std::io::Result<mpsc::UnboundedReceiver<Change>> {
     let (mut connection, _handle, mut messages) = rtnetlink::new_connection()?;
-    let groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV6_IFADDR;
+    let groups = RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_TC;
     connection.socket_mut().socket_mut().bind(&SocketAddr::new(0, groups))?;
     tokio::spawn(connection);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -41,6 +44,10 @@ pub fn watch() -> std::io::Result<mpsc::UnboundedReceiver<Change>> {
                 | RouteNetlinkMessage::NewRoute(_)
                 | RouteNetlinkMessage::DelRoute(_) => Change::Links,
                 RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => Change::Addresses,
+                RouteNetlinkMessage::DelTrafficFilter(tc) | RouteNetlinkMessage::DelQueueDiscipline(tc) => {
+                    let Ok(ifindex) = u32::try_from(tc.header.index) else { continue };
+                    Change::Filters(ifindex)
+                }
                 _ => continue,
             };
             if tx.send(change).is_err() {

@@ -87,6 +87,8 @@ pub struct Telemetry {
     reconcile_errors: [u64; ErrorKind::ALL.len()],
     /// Watch failures (each retried with backoff, relisting after a 410).
     pub watch_errors: u64,
+    /// Attachments put back after something else removed them.
+    pub attachments_restored: u64,
     programming: Histogram,
     cni_add: Histogram,
     cni_adds: [u64; AddResult::ALL.len()],
@@ -100,6 +102,7 @@ impl Telemetry {
             pods: Vec::new(),
             reconcile_errors: [0; ErrorKind::ALL.len()],
             watch_errors: 0,
+            attachments_restored: 0,
             programming: Histogram::default(),
             cni_add: Histogram::default(),
             cni_adds: [0; AddResult::ALL.len()],
@@ -135,6 +138,8 @@ impl Telemetry {
             "# HELP na_watch_errors_total API watch failures, each retried.\n# TYPE na_watch_errors_total counter\n",
         );
         let _ = writeln!(s, "na_watch_errors_total {}", self.watch_errors);
+        s.push_str("# HELP na_attachments_restored_total Pods whose programs something else removed from their veth (a tc filter or qdisc deleted, a link detached), attached again.\n# TYPE na_attachments_restored_total counter\n");
+        let _ = writeln!(s, "na_attachments_restored_total {}", self.attachments_restored);
         s.push_str("# HELP na_policy_packets_total Packets judged by a pod's programs.\n# TYPE na_policy_packets_total counter\n");
         let mut bytes = String::from(
             "# HELP na_policy_bytes_total Bytes judged by a pod's programs.\n# TYPE na_policy_bytes_total counter\n",

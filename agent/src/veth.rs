@@ -3,13 +3,9 @@
 //! rtnetlink request, answered from the kernel's FIB).
 use std::net::IpAddr;
 
-use rtnetlink::{
-    packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
-    packet_route::{
-        AddressFamily, RouteNetlinkMessage,
-        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
-    },
-    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+use rtnetlink::packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
 };
 use sha1::{Digest, Sha1};
 
@@ -45,12 +41,9 @@ pub fn host_route_ifindex(ip: IpAddr) -> Option<u32> {
     message.header.destination_prefix_length = host_len;
     message.header.flags = RouteFlags::FibMatch;
     message.attributes.push(RouteAttribute::Destination(RouteAddress::from(ip)));
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
-    request.header.flags = NLM_F_REQUEST;
-    let (reply, _) = request_socket(request)?.recv_from_full().ok()?;
-    // No route at all comes back as an error message.
-    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) =
-        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).ok()?.payload
+    // No route at all comes back as an error.
+    let Some(RouteNetlinkMessage::NewRoute(route)) =
+        crate::rtnl::request(RouteNetlinkMessage::GetRoute(message), false)?.pop()
     else {
         return None;
     };
@@ -81,47 +74,27 @@ pub fn routed_through(iface: &str) -> Vec<IpAddr> {
 fn host_routes(family: AddressFamily, host_len: u8, ifindex: u32) -> Option<Vec<IpAddr>> {
     let mut message = RouteMessage::default();
     message.header.address_family = family;
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
-    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let socket = request_socket(request)?;
-    let mut out = Vec::new();
-    loop {
-        let (reply, _) = socket.recv_from_full().ok()?;
-        let mut at = 0;
-        // A reply holds several messages; the dump ends with a Done.
-        while at < reply.len() {
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..]).ok()?;
-            at += (message.header.length as usize).max(1).next_multiple_of(4);
-            match message.payload {
-                NetlinkPayload::Done(_) => return Some(out),
-                NetlinkPayload::Error(_) => return None,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route))
-                    if route.header.destination_prefix_length == host_len
-                        && route.header.kind == RouteType::Unicast
-                        && route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex)) =>
-                {
-                    out.extend(route.attributes.iter().find_map(|a| match a {
+    let routes = crate::rtnl::request(RouteNetlinkMessage::GetRoute(message), true)?;
+    let through = |route: &RouteMessage| {
+        route.header.destination_prefix_length == host_len
+            && route.header.kind == RouteType::Unicast
+            && route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex))
+    };
+    Some(
+        routes
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(route) if through(route) => {
+                    route.attributes.iter().find_map(|a| match a {
                         RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
                         RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                         _ => None,
-                    }));
+                    })
                 }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// A route socket that has sent `request`.
-fn request_socket(mut request: NetlinkMessage<RouteNetlinkMessage>) -> Option<Socket> {
-    request.finalize();
-    let mut bytes = vec![0; request.buffer_len()];
-    request.serialize(&mut bytes);
-    let mut socket = Socket::new(NETLINK_ROUTE).ok()?;
-    socket.bind_auto().ok()?;
-    socket.connect(&SocketAddr::new(0, 0)).ok()?;
-    socket.send(&bytes, 0).ok()?;
-    Some(socket)
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Unicast, and not link-local: what a pod is given.

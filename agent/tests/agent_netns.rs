@@ -4,10 +4,13 @@
 //! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
 mod support;
 
+use aya::programs::links::{FdLink, PinnedLink};
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, NodeAddrTable, NodeTables},
+    datapath::{AttachMode, NodeAddrTable, NodeTables, inventory},
+    pod_id::PodId,
 };
+use na_common::names::{PROG_EGRESS, PROG_INGRESS};
 use na_harness::Probe;
 use serde_json::{Value, json};
 use support::{
@@ -132,7 +135,7 @@ fn local_mode_follows_the_manifests_and_survives_restarts() {
 
 /// Pods a, b and c in the manifests; the status file's path.
 fn three_pods() -> (Env, Manifests, std::path::PathBuf) {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     manifests.write("pods.yaml", &[pod(&env, "x/a", "a"), pod(&env, "x/b", "b"), pod(&env, "x/c", "c")]);
@@ -275,6 +278,54 @@ fn bad_input_keeps_the_last_good_state_and_fails_closed() {
 }
 
 #[test]
+fn a_filter_removed_from_under_the_agent_is_put_back() {
+    // The kernel reports the removal: put back at once.
+    attachment_removed_is_put_back(&["--attach-mode", "netlink"], |env, _| env.node.delete_clsact("x/a").unwrap());
+}
+
+#[test]
+fn a_link_detached_from_under_the_agent_is_put_back() {
+    // Nothing reports a detached link: found by the periodic check.
+    let flags = ["--attach-mode", "tcx", "--conntrack-sweep-interval", "1"];
+    attachment_removed_is_put_back(&flags, |_, layout| {
+        for prog in [PROG_INGRESS, PROG_EGRESS] {
+            let link = PinnedLink::from_pin(layout.link(&PodId::new("x", "a"), prog)).unwrap();
+            let id = FdLink::from(link).info().unwrap().id().to_string();
+            let out = std::process::Command::new("bpftool").args(["link", "detach", "id", &id]).output().unwrap();
+            assert!(out.status.success(), "bpftool link detach: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+}
+
+/// Starts an agent with `flags` enforcing a closed a, lets `remove` take
+/// a's attachment away, and checks that the agent puts it back and only it.
+fn attachment_removed_is_put_back(flags: &[&str], remove: impl FnOnce(&Env, &PinLayout)) {
+    let (env, manifests, status_file) = a_closed();
+    let _agent = Agent::start_with(&env, &manifests, &status_file, flags);
+    wait_until("all three pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
+    let restored = || {
+        let metrics = http_get(&env, 8162, "/metrics").expect("the agent answers");
+        metrics.lines().find_map(|l| l.strip_prefix("na_attachments_restored_total ")?.parse::<u64>().ok())
+    };
+    assert_eq!(restored(), Some(0));
+    let layout = PinLayout::new(env.root());
+    let programs = || env.node.netns().run(|| inventory::attachments(&layout).unwrap()).unwrap();
+    let before = programs();
+    assert!(before.iter().all(|a| a.prog_id != 0), "every pod runs the programs: {before:?}");
+    remove(&env, &layout);
+    assert!(programs().iter().any(|a| a.prog_id == 0), "a's attachment is gone");
+    wait_until("a's attachment is restored", || restored() == Some(1));
+    let after = programs();
+    assert!(after.iter().all(|a| a.prog_id != 0), "a runs the programs on both hooks again: {after:?}");
+    assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a is enforced again");
+    assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
+    assert_eq!(restored(), Some(1), "only a's was put back");
+}
+
+#[test]
 fn veths_are_followed_as_the_kernel_reports_them_without_polling() {
     let (env, manifests, status_file) = a_closed();
     // The pod is scheduled, its sandbox not wired yet.
@@ -337,7 +388,7 @@ fn the_nodes_ipv6_addresses_reach_the_programs_as_they_change() {
 
 #[test]
 fn only_a_host_route_names_a_pods_veth() {
-    let env = Env::without_servers(AttachMode::Auto, &[("x", "a")]).unwrap();
+    let env = Env::without_servers(AttachMode::default(), &[("x", "a")]).unwrap();
     let a = env.pod("x/a");
     let (veth, node) = (a.host_veth.clone(), env.node.netns().name().to_owned());
     // A subnet and a default route through the same veth carry addresses

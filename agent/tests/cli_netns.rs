@@ -46,7 +46,7 @@ fn write_cluster(env: &Env, manifests: &Manifests) {
 
 #[test]
 fn na_cli_explains_what_the_agent_loaded() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     write_cluster(&env, &manifests);
@@ -149,7 +149,8 @@ fn na_cli_explains_what_the_agent_loaded() {
     let prog_ids: std::collections::BTreeSet<(String, u32)> =
         loaded.iter().map(|p| (p.direction.clone(), p.prog_id)).collect();
     assert_eq!(prog_ids.len(), 2, "one program per direction for the node: {loaded:?}");
-    assert!(loaded.iter().all(|p| p.pin_path.contains("/links/")), "{loaded:?}");
+    // Filters (the default) have no pin of their own: the pod's trie stands in.
+    assert!(loaded.iter().all(|p| p.pin_path.contains("/maps/") && p.prog_id != 0), "{loaded:?}");
     let flows: MapDump = cli.json(&["ebpf", "dump-maps", &map_id("x_a", "conntrack_map").to_string()]);
     let na_agent::inspect::dump::Contents::Conntrack { flows } = &flows.contents else { panic!("{flows:?}") };
     assert!(
@@ -217,7 +218,7 @@ fn na_cli_explains_what_the_agent_loaded() {
 /// naming the policy that would have denied it.
 #[test]
 fn na_cli_names_cluster_tiers_and_audited_denials() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     manifests.write(

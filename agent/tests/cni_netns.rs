@@ -59,7 +59,7 @@ fn namespace() -> Value {
 
 /// The agent in `mode` on a node without pods, `x/a` and `x/b` in its manifests.
 fn started(mode: &str) -> (Env, Manifests, std::path::PathBuf, Agent) {
-    let env = Env::with_pods(AttachMode::Auto, &[]).unwrap();
+    let env = Env::with_pods(AttachMode::default(), &[]).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     manifests.write(
@@ -125,7 +125,7 @@ fn behind_the_bridge_plugin_too() {
 
 #[test]
 fn add_fails_while_the_agent_is_down_unless_fail_open_is_set() {
-    let mut env = Env::with_pods(AttachMode::Auto, &[]).unwrap();
+    let mut env = Env::with_pods(AttachMode::default(), &[]).unwrap();
     let dir = Manifests::new();
     let nobody = dir.1.join("nobody.sock");
     let strict = chain(&dir.1.join("strict"), &nobody, json!({"timeoutSeconds": 2}));
@@ -179,7 +179,7 @@ fn del_removes_the_pods_state_twice_without_error_and_bad_input_changes_nothing(
 
 #[test]
 fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_default() {
-    let mut env = Env::with_pods(AttachMode::Auto, &[]).unwrap();
+    let mut env = Env::with_pods(AttachMode::default(), &[]).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     manifests.write("ns.yaml", &[namespace()]);
@@ -251,7 +251,7 @@ fn the_vpc_cni_call_holds_a_pod_until_enforced_and_unknown_pods_get_the_modes_de
 
 #[test]
 fn pods_started_together_are_each_enforced_when_their_add_returns() {
-    let mut env = Env::with_pods(AttachMode::Auto, &[("x", "client")]).unwrap();
+    let mut env = Env::with_pods(AttachMode::default(), &[("x", "client")]).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();

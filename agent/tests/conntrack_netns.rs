@@ -57,7 +57,7 @@ fn udp_arrives(from: &UdpSocket, to: &UdpSocket, addr: SocketAddr) -> bool {
 
 #[test]
 fn established_flow_survives_an_update_that_allows_it_and_is_cut_by_one_that_does_not() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let (b, c) = (host(env.pod("x/b")), host(env.pod("x/c")));
     let allow_b = (b, vec![PortRule::ports(1, TCP, 80, 80)]);
     // a's own egress must not allow b either: otherwise a's next packet to b
@@ -99,7 +99,7 @@ fn established_flow_survives_an_update_that_allows_it_and_is_cut_by_one_that_doe
 
 #[test]
 fn a_reply_that_meets_a_revoked_flow_says_whose_rules_revoked_it() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let b = host(env.pod("x/b"));
     // b may send UDP to a:91; a's egress admits nothing of its own to b.
     let rules = |ingress| PodRules { ingress: isolated(ingress), egress: isolated(Vec::new()) };
@@ -122,7 +122,7 @@ fn a_reply_that_meets_a_revoked_flow_says_whose_rules_revoked_it() {
 
 #[test]
 fn a_revoked_flow_is_not_reopened_mid_stream_by_its_peer() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let b = host(env.pod("x/b"));
     let port = 7070;
     let listener = env.pod("x/b").netns().run(move || TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
@@ -157,7 +157,7 @@ const CAPACITY: u32 = 64;
 /// The pods, on a datapath whose tables hold [`CAPACITY`] flows and keep an
 /// ended TCP flow `tcp_closed`.
 fn small_tables(tcp_closed: Duration) -> Env {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.dp = env.dp.clone().with_timeouts(Timeouts { tcp_closed, ..Timeouts::default() }).with_flows_per_pod(CAPACITY);
     env
 }
@@ -229,7 +229,7 @@ fn a_pod_serving_many_short_connections_keeps_room_for_new_ones() {
 
 #[test]
 fn conntrack_entries_expire_after_their_idle_timeout() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let udp = Duration::from_millis(1000);
     env.dp = env.dp.clone().with_timeouts(Timeouts { udp, ..Timeouts::default() });
     let b = host(env.pod("x/b"));
@@ -286,7 +286,7 @@ fn a_grant_moving_between_prefixes_is_never_seen_half_moved() {
 /// Flips a's rules between `version(false)` and `version(true)` while new
 /// UDP flows from b (admitted by both) and c (admitted by neither) probe it.
 fn hammer(version: impl Fn(&Env, bool) -> PodRules) {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     assert!(env.reaches("x/c", "x/a", Probe::udp(80)), "baseline: nothing attached yet");
     let (first, second) = (version(&env, false), version(&env, true));
     let mut maps = env.attach("x/a", &first).unwrap();
@@ -362,7 +362,7 @@ fn echoes_bulk(s: &mut TcpStream, len: usize) -> bool {
 
 #[test]
 fn path_mtu_discovery_works_for_a_pod_isolated_both_ways() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let node = env.node.netns().name().to_owned();
     // Jumbo frames on every veth, but 1500 on the node's route to b: a's big
     // segments to b meet an MTU step, and only the node's "fragmentation

@@ -59,7 +59,7 @@ fn deny_all_ingress_netlink() {
 
 #[test]
 fn allow_rule_admits_exactly_its_peer_protocol_and_port() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.assert_reach(
         Family::V4,
         &[("x/b", "x/a", Probe::tcp(81)), ("x/b", "x/a", Probe::udp(80)), ("x/c", "x/a", Probe::tcp(80))],
@@ -78,7 +78,7 @@ fn allow_rule_admits_exactly_its_peer_protocol_and_port() {
 
 #[test]
 fn reply_of_allowed_flow_passes_a_peer_that_denies_it() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.assert_reach(
         Family::V4,
         &[("x/b", "x/a", Probe::tcp(80)), ("x/a", "x/b", Probe::tcp(81)), ("x/a", "x/c", Probe::tcp(80))],
@@ -104,7 +104,7 @@ fn reply_of_allowed_flow_passes_a_peer_that_denies_it() {
 
 #[test]
 fn rules_update_in_place_and_detach_leaves_nothing() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.assert_reach(Family::V4, &[("x/c", "x/a", Probe::udp(80)), ("x/b", "x/a", Probe::udp(80))]);
     let c = host(&env, "x/c");
     let mut maps = env.attach("x/a", &PodRules { ingress: isolated([]), ..Default::default() }).unwrap();
@@ -136,7 +136,7 @@ fn host6(env: &Env, key: &str) -> IpNet {
 
 #[test]
 fn ipv6_is_filtered_by_the_same_programs() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.assert_reach(
         Family::V6,
         &[("x/b", "x/a", Probe::tcp(80)), ("x/b", "x/a", Probe::udp(80)), ("x/c", "x/a", Probe::tcp(80))],
@@ -159,7 +159,7 @@ fn ipv6_is_filtered_by_the_same_programs() {
 
 #[test]
 fn more_specific_empty_entry_carves_out_an_except() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     for family in [Family::V4, Family::V6] {
         env.assert_reach(family, &[("x/b", "x/a", Probe::tcp(80))]);
     }
@@ -180,7 +180,7 @@ fn more_specific_empty_entry_carves_out_an_except() {
 
 #[test]
 fn strict_default_deny_keeps_the_node_and_is_per_direction() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.assert_reach(Family::V4, &[("x/b", "x/a", Probe::tcp(80))]);
     let node = IpNet::from(IpAddr::V4(na_harness::NODE_IP));
     let ingress = DirectionRules {
@@ -197,7 +197,7 @@ fn strict_default_deny_keeps_the_node_and_is_per_direction() {
 
 #[test]
 fn pods_come_and_go_while_others_carry_traffic() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.assert_reach(Family::V4, &[("x/c", "x/a", Probe::tcp(80))]);
     let b = host(&env, "x/b");
     env.attach(
@@ -227,7 +227,7 @@ fn pods_come_and_go_while_others_carry_traffic() {
 
 #[test]
 fn a_refused_probe_is_an_error_not_a_denial() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let a = IpAddr::V4(env.pod("x/a").ip);
     // Nothing listens on port 9: the kernel refuses, no policy is involved.
     for probe in [Probe::tcp(9), Probe::udp(9)] {
@@ -239,7 +239,7 @@ fn a_refused_probe_is_an_error_not_a_denial() {
 
 #[test]
 fn a_recreated_veth_is_enforced_on_its_new_device() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.assert_reach(Family::V4, &[("x/b", "x/a", Probe::tcp(80))]);
     let rules = PodRules { ingress: isolated([]), ..Default::default() };
     env.attach("x/a", &rules).unwrap();
@@ -262,7 +262,7 @@ fn a_recreated_veth_is_enforced_on_its_new_device() {
 
 #[test]
 fn a_pod_cannot_send_from_another_pods_address() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let (a, b, c) = (env.pod("x/a").ip, env.pod("x/b").ip, env.pod("x/c").ip);
     let port = 9999;
     let receiver = env.pod("x/c").netns().run(|| std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap().unwrap();
@@ -284,7 +284,7 @@ fn a_pod_cannot_send_from_another_pods_address() {
 
 #[test]
 fn a_pod_cannot_open_its_peers_way_in_with_one_forged_packet() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let (a, b) = (env.pod("x/a").ip, env.pod("x/b").ip);
     // b sends to a's UDP/81 from its port 40000; a admits nothing from b
     // and may send anything.
@@ -311,7 +311,7 @@ fn a_pod_cannot_open_its_peers_way_in_with_one_forged_packet() {
 
 #[test]
 fn the_node_keeps_resolving_an_isolated_pods_ipv6_address() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     // The host side of the veth has only its link-local address: the node
     // solicits from it, from its own address fd19::1 on lo.
     keeps_resolving(&mut env, na_harness::NODE_IP6);
@@ -319,7 +319,7 @@ fn the_node_keeps_resolving_an_isolated_pods_ipv6_address() {
 
 #[test]
 fn the_node_keeps_resolving_an_isolated_pod_from_a_global_address_on_its_veth() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     // As CNI ptp does: the pod's gateway address on the host side of its
     // veth. The node's packets to the pod come from it, and so do its
     // solicitations.
@@ -367,7 +367,7 @@ fn keeps_resolving(env: &mut Env, node_source: std::net::Ipv6Addr) {
 
 #[test]
 fn frames_neither_ip_nor_arp_leave_a_pod_only_where_its_egress_is_open() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let id = na_agent::pod_id::PodId::new("x", "a");
     let counted = |env: &Env| {
         let c = na_agent::datapath::pod_counters(env.dp.layout(), &id).unwrap();
@@ -444,7 +444,7 @@ fn slot_of(env: &Env, key: &str) -> u32 {
 
 #[test]
 fn pods_take_slots_made_ahead_and_leave_them_emptied() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.dp = env.dp.clone().with_spare_slots(2);
     drop(env.dp.programs().unwrap());
     let ready = await_spares(&env, 2);
@@ -475,7 +475,7 @@ fn pods_take_slots_made_ahead_and_leave_them_emptied() {
 
 #[test]
 fn a_spare_whose_slot_was_refilled_by_someone_else_is_not_taken() {
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     env.dp = env.dp.clone().with_spare_slots(1);
     drop(env.dp.programs().unwrap());
     env.attach("x/c", &PodRules::default()).unwrap();

@@ -95,7 +95,7 @@ fn pod_with(configure: impl FnOnce(Datapath) -> Datapath) -> Pod {
     // test run's ifindex there.
     nix::sched::setns(node.netns().open().unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     let index = |name: &str| nix::net::if_::if_nametoindex(name).unwrap();
-    let dp = configure(Datapath::new(PinLayout::new(&root.0), AttachMode::Auto).unwrap());
+    let dp = configure(Datapath::new(PinLayout::new(&root.0), AttachMode::default()).unwrap());
     let id = PodId::new("t", "pod");
     let net = |ip: IpAddr| IpNet::from(ip);
     let ingress = DirectionRules {

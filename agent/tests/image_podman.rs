@@ -221,7 +221,7 @@ fn the_image_runs_as_the_daemon_set_runs_it() {
     let deploy = load();
     let pod_spec = deploy.daemon_sets[0].spec.clone().unwrap().template.spec.unwrap();
     let config = &deploy.config_maps[0];
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let node = env.node.netns().name().to_owned();
     let host = HostPaths::new();
     let image = Image::load(&archive);

@@ -59,7 +59,7 @@ fn watch_errors(env: &Env) -> u64 {
 
 #[test]
 fn kubernetes_mode_follows_the_api_server() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     assert!(env.reaches("x/b", "x/a", TCP80) && env.reaches("x/c", "x/a", TCP80), "baseline: nothing attached yet");
     let api = api(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
     let _agent = api.agent(&env);
@@ -82,7 +82,7 @@ fn kubernetes_mode_follows_the_api_server() {
 /// its deletion gives b back.
 #[test]
 fn cluster_network_policies_are_watched_and_a_missing_crd_is_no_outage() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let api = api(&env, &[a_admits("b")]);
     api.cluster().install_crd(CLUSTER_POLICIES, "policy.networking.k8s.io/v1alpha2");
     let _agent = api.agent(&env);
@@ -105,7 +105,7 @@ fn cluster_network_policies_are_watched_and_a_missing_crd_is_no_outage() {
 
 #[test]
 fn the_first_reconcile_waits_for_every_list() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let api = api(&env, &[policy("deny-a", json!({"podSelector": {"matchLabels": {"app": "a"}}}))]);
     let agent = api.agent(&env);
     wait_until("all three pods are attached", || api.attached() == 3);
@@ -142,7 +142,7 @@ fn the_first_reconcile_waits_for_every_list() {
 
 #[test]
 fn enforcement_holds_through_an_api_outage() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let api = api(&env, &[a_admits("b")]);
     let _agent = api.agent(&env);
     let admits = |open: &str, closed: &str| env.reaches(open, "x/a", TCP80) && !env.reaches(closed, "x/a", TCP80);
@@ -183,7 +183,7 @@ fn enforce_a_while_the_watch_lags(api: &ApiInNode, a: Value) -> bool {
 
 #[test]
 fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let api = api(&env, &[a_admits("c")]);
     let a = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
     api.cluster().delete(PODS, "x/a");
@@ -204,7 +204,7 @@ fn a_cni_add_ahead_of_the_watch_fetches_the_pod() {
 
 #[test]
 fn a_cni_add_for_a_pod_last_seen_unscheduled_fetches_it_again() {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let api = api(&env, &[a_admits("c")]);
     let scheduled = api.cluster().objects(PODS).find(|p| p["metadata"]["name"] == "a").cloned().unwrap();
     let mut pending = scheduled.clone();

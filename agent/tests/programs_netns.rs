@@ -61,19 +61,25 @@ fn our_program_ids() -> BTreeSet<u32> {
 }
 
 /// (pod, direction) -> program id of its attachment, and every pod map id.
-fn attachments(layout: &PinLayout) -> (BTreeSet<(String, String, u32)>, BTreeSet<u32>) {
-    let all = inventory::attachments(layout).unwrap();
+/// What `na-cli loaded-ebpfdata` lists, read in the node's namespace, where
+/// the pods' veths are.
+fn listed(env: &Env) -> Vec<inventory::PodAttachment> {
+    env.node.netns().run(|| inventory::attachments(env.dp.layout()).unwrap()).unwrap()
+}
+
+fn attachments(env: &Env) -> (BTreeSet<(String, String, u32)>, BTreeSet<u32>) {
+    let all = listed(env);
     let progs = all.iter().map(|a| (a.pod_id.clone(), a.direction.clone(), a.prog_id)).collect();
     let maps = all.iter().flat_map(|a| a.maps.iter().take(3).map(|m| m.id)).collect();
     (progs, maps)
 }
 
 /// Kernel ids of the pods' pinned TCX links.
-fn link_ids(layout: &PinLayout) -> BTreeSet<u32> {
-    inventory::attachments(layout)
-        .unwrap()
+fn link_ids(env: &Env) -> BTreeSet<u32> {
+    let links_dir = env.dp.layout().links_dir();
+    listed(env)
         .iter()
-        .filter(|a| a.pin_path.starts_with(layout.links_dir().to_str().unwrap()))
+        .filter(|a| a.pin_path.starts_with(links_dir.to_str().unwrap()))
         .map(|a| FdLink::from(PinnedLink::from_pin(&a.pin_path).unwrap()).info().unwrap().id())
         .collect()
 }
@@ -184,8 +190,23 @@ impl Drop for Watch {
 
 #[test]
 fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
+    restart_and_upgrade(AttachMode::Netlink);
+}
+
+#[test]
+fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic_tcx() {
+    restart_and_upgrade(AttachMode::Tcx);
+}
+
+/// An agent attaching in `mode` restarted, then upgraded, with a flow
+/// across both and a prober that must never pass.
+fn restart_and_upgrade(mode: AttachMode) {
     let _alone = alone();
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let flag = ["--attach-mode", if mode == AttachMode::Tcx { "tcx" } else { "netlink" }];
+    // Only links have ids to compare: filters are replaced in place by
+    // their priority and handle.
+    let links = |env: &Env| if mode == AttachMode::Tcx { link_ids(env) } else { BTreeSet::new() };
+    let env = Env::new(AttachMode::default()).unwrap();
     let layout = PinLayout::new(env.root());
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
@@ -211,10 +232,10 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
 
     assert!(env.reaches("x/c", "x/a", Probe::tcp(80)), "baseline: nothing attached yet");
     let ours_before = our_program_ids();
-    let agent = Agent::start(&env, &manifests, &status_file);
+    let agent = Agent::start_with(&env, &manifests, &status_file, &flag);
     wait_until("all three pods are attached", attached);
     assert_eq!(programs()["origin"], "verified");
-    let (progs, maps) = attachments(&layout);
+    let (progs, maps) = attachments(&env);
     let first: BTreeSet<u32> = progs.iter().map(|p| p.2).collect();
     assert_eq!(first.len(), 2, "every pod runs the node's two programs: {progs:?}");
     assert_eq!(our_program_ids().difference(&ours_before).count(), 2, "two programs loaded for three pods");
@@ -224,8 +245,10 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     // upgrade, and a prober that must never get from c into a meanwhile.
     let mut push = Push::open(&env);
     assert!(push.arrives());
-    let links = link_ids(&layout);
-    assert_eq!(links.len(), 6, "a TCX link per pod and direction: {links:?}");
+    let linked = links(&env);
+    if mode == AttachMode::Tcx {
+        assert_eq!(linked.len(), 6, "a TCX link per pod and direction: {linked:?}");
+    }
     let watch = Watch::start(&env, "x/c", "x/a", false);
 
     // Restart: nothing is loaded, nothing changes hands.
@@ -233,13 +256,13 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     agent.kill();
     std::fs::remove_file(&status_file).unwrap();
     let loaded_before_restart = our_program_ids();
-    let agent = Agent::start(&env, &manifests, &status_file);
+    let agent = Agent::start_with(&env, &manifests, &status_file, &flag);
     wait_until("all three pods are attached again", attached);
     watch.runs_on();
     assert_eq!(programs()["origin"], "adopted");
     assert_eq!(our_program_ids(), loaded_before_restart, "a restart loads (and verifies) no program");
-    assert_eq!(attachments(&layout), (progs.clone(), maps.clone()), "same programs and maps for every pod");
-    assert_eq!(link_ids(&layout), links, "same links");
+    assert_eq!(attachments(&env), (progs.clone(), maps.clone()), "same programs and maps for every pod");
+    assert_eq!(links(&env), linked, "same links");
     assert!(push.arrives(), "the flow lives across the restart");
 
     // Upgrade: other programs (here: other load-time settings, so another
@@ -247,23 +270,24 @@ fn restart_adopts_the_programs_and_an_upgrade_swaps_them_under_traffic() {
     agent.kill();
     watch.runs_on();
     std::fs::remove_file(&status_file).unwrap();
-    let agent = Agent::start_with(&env, &manifests, &status_file, &["--ebpf-log-level", "error"]);
+    let agent =
+        Agent::start_with(&env, &manifests, &status_file, &[&flag[..], &["--ebpf-log-level", "error"]].concat());
     wait_until("all three pods are attached after the upgrade", attached);
     assert_eq!(programs()["origin"], "verified");
     let new_ids = our_program_ids().difference(&loaded_before_restart).count();
     assert_eq!(new_ids, 2, "the new version is loaded once, not per pod");
     wait_until("every pod runs the new programs", || {
-        let (now, _) = attachments(&layout);
+        let (now, _) = attachments(&env);
         now.iter().all(|p| !first.contains(&p.2)) && now.iter().map(|p| p.2).collect::<BTreeSet<_>>().len() == 2
     });
-    assert_eq!(attachments(&layout).1, maps, "the maps (conntrack included) are kept");
+    assert_eq!(attachments(&env).1, maps, "the maps (conntrack included) are kept");
     let stale: Vec<String> = std::fs::read_dir(layout.programs_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| !n.ends_with(programs()["version"].as_str().unwrap()))
         .collect();
     assert!(stale.is_empty(), "the old version's pins are gone: {stale:?}");
-    assert_eq!(link_ids(&layout), links, "the links were updated in place, never replaced");
+    assert_eq!(links(&env), linked, "the links were updated in place, never replaced");
     assert!(push.arrives(), "the flow lives across the upgrade");
 
     watch.runs_on();
@@ -285,7 +309,7 @@ fn ifindexes(status_file: &std::path::Path) -> std::collections::BTreeMap<String
 #[test]
 fn a_restart_forgets_pods_deleted_and_renews_pods_recreated_while_it_was_down() {
     let _alone = alone();
-    let env = Env::with_pods(AttachMode::Auto, &[("x", "a"), ("x", "b"), ("x", "c"), ("x", "d")]).unwrap();
+    let env = Env::with_pods(AttachMode::default(), &[("x", "a"), ("x", "b"), ("x", "c"), ("x", "d")]).unwrap();
     let layout = PinLayout::new(env.root());
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
@@ -344,7 +368,7 @@ fn a_restart_forgets_pods_deleted_and_renews_pods_recreated_while_it_was_down() 
 #[test]
 fn programs_swapped_in_a_loop_never_let_a_packet_through_or_drop_one() {
     let _alone = alone();
-    let mut env = Env::new(AttachMode::Auto).unwrap();
+    let mut env = Env::new(AttachMode::default()).unwrap();
     let b = IpNet::from(IpAddr::V4(env.pod("x/b").ip));
     let rules = PodRules {
         ingress: DirectionRules {
@@ -361,8 +385,7 @@ fn programs_swapped_in_a_loop_never_let_a_packet_through_or_drop_one() {
     // pinned, so each swap after the first two is a link update, not a load.
     let versions = [env.dp.clone().with_log_level(KernelLogLevel::Error), env.dp.clone()];
     let (id, veth) = (PodId::new("x", "a"), env.pod("x/a").host_veth.clone());
-    let programs =
-        || inventory::attachments(env.dp.layout()).unwrap().iter().map(|a| a.prog_id).collect::<BTreeSet<_>>();
+    let programs = || listed(&env).iter().map(|a| a.prog_id).collect::<BTreeSet<_>>();
     let first = programs();
     let (leaks, refusals) = (Watch::start(&env, "x/c", "x/a", false), Watch::start(&env, "x/b", "x/a", true));
     // At least 40 swaps, and on until both probers have probed through 20

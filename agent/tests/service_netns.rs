@@ -59,7 +59,7 @@ fn env_with_services() -> (Env, KubeProxy) {
 
 /// [`env_with_services`], translated by kube-proxy in `mode`.
 fn env_with_services_in(mode: ProxyMode) -> (Env, KubeProxy) {
-    let env = Env::new(na_agent::datapath::AttachMode::Auto).unwrap();
+    let env = Env::new(na_agent::datapath::AttachMode::default()).unwrap();
     let (b, c) = (env.pod("x/b"), env.pod("x/c"));
     let (b4, b6, c4, c6) = (IpAddr::V4(b.ip), IpAddr::V6(b.ip6), IpAddr::V4(c.ip), IpAddr::V6(c.ip6));
     let db = [IpAddr::V4(DB4), IpAddr::V6(DB6)];

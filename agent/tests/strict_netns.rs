@@ -63,7 +63,7 @@ fn assert_open(env: &Env, step: &str, open: impl Fn(&str, &str, Probe) -> bool) 
 }
 
 fn strict_mode_closes_what_no_policy_opens(told: Told) {
-    let env = Env::new(AttachMode::Auto).unwrap();
+    let env = Env::new(AttachMode::default()).unwrap();
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     manifests.write("ns.yaml", &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})]);

@@ -74,14 +74,14 @@ const DATAPATH: (&str, &str) = (
      (100 starts through Debian's `ptp` plugin, then `na-cni`; the pod's policy closes its ingress; a client \
      floods the address the pod is about to get with UDP from before ADD, and a receiver in the pod opens when \
      ADD returns, as its first container would, and counts for 100 ms): `cni_add_*_ms`, how long na-cni's ADD \
-     takes (process start to exit: what it adds to a pod's start), with TCX links and, as `_netlink`, clsact \
-     filters; `packets_before_enforcement`, datagrams counted over all starts, and `_without_cni` beside it, \
+     takes (process start to exit: what it adds to a pod's start), with clsact filters (the default) and, as \
+     `_tcx`, TCX links; `packets_before_enforcement`, datagrams counted over all starts, and `_without_cni` beside it, \
      the same starts without na-cni (the agent finds the veth from link and route notifications, the pod's \
      address known to it in advance); `cni_add_burst_20_*`: 20 pods started at once, their ADDs concurrent \
      (the agent settles ADDs that arrive together in one pass). **Scale**: the node's one-time \
      program verification (`program_verify_ms`, instructions the verifier processed); load and attach time per \
-     pod (20 pods, before the agent starts, each once the 8 spare slots the agent keeps are made again; TCX \
-     links, then clsact filters as `_netlink`); the agent enforcing 110 local pods of the 5,000-pod, \
+     pod (20 pods, before the agent starts, each once the 8 spare slots the agent keeps are made again; clsact \
+     filters, then TCX links as `_tcx`); the agent enforcing 110 local pods of the 5,000-pod, \
      1,000-policy synthetic cluster (the compiler's), with 50 more pods scheduled on the node whose veths never \
      appear (pending), adopting the programs verified before (any start after the first): time and CPU to \
      attach all (`startup_110_pods_ms`: every pod attached afresh), RSS after, idle CPU; an agent restart \
@@ -282,8 +282,8 @@ const DATAPATH_KEYS: &[&str] = &[
     "relabel_1000_pods_ms",
     "cni_add_p50_ms",
     "cni_add_p99_ms",
-    "cni_add_p50_ms_netlink",
-    "cni_add_p99_ms_netlink",
+    "cni_add_p50_ms_tcx",
+    "cni_add_p99_ms_tcx",
     "cni_add_burst_20_p50_ms",
     "cni_add_burst_20_max_ms",
     "packets_before_enforcement",
@@ -291,7 +291,7 @@ const DATAPATH_KEYS: &[&str] = &[
     "program_verify_ms",
     "program_verified_insns",
     "load_attach_per_pod_ms",
-    "load_attach_per_pod_netlink_ms",
+    "load_attach_per_pod_tcx_ms",
     "startup_110_pods_ms",
     "startup_programs",
     "agent_startup_cpu_s",

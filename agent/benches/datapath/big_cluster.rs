@@ -33,7 +33,7 @@ pub fn run(_full: bool) -> Result<Figures> {
     let names: Vec<(String, String)> = local.iter().map(|ns| (format!("ns-{ns}"), "pod-0".to_owned())).collect();
     let refs: Vec<(&str, &str)> = names.iter().map(|(n, p)| (n.as_str(), p.as_str())).collect();
     eprintln!("bench: big cluster: building 150,000 pods");
-    let env = Env::without_servers(AttachMode::Auto, &refs)?;
+    let env = Env::without_servers(AttachMode::default(), &refs)?;
     let mut cluster = Cluster::new();
     for ns in 0..CLUSTER_NAMESPACES {
         cluster.apply(NAMESPACES, synthetic::namespace(ns));

@@ -40,7 +40,7 @@ const PORT: u16 = 9;
 
 pub fn run(_full: bool) -> Result<Figures> {
     let mut f = Figures::new();
-    for (suffix, flags) in [("", &[][..]), ("_netlink", &["--attach-mode", "netlink"][..])] {
+    for (suffix, flags) in [("", &[][..]), ("_tcx", &["--attach-mode", "tcx"][..])] {
         let (add_ms, counted) = with_hook(flags)?;
         f.insert(format!("cni_add_p50_ms{suffix}"), json!(stats::round(stats::quantile(&add_ms, 0.5), 1)));
         f.insert(format!("cni_add_p99_ms{suffix}"), json!(stats::round(stats::quantile(&add_ms, 0.99), 1)));
@@ -72,7 +72,7 @@ struct Node {
 
 impl Node {
     fn start(flags: &[&str], pods: impl Iterator<Item = Value>) -> Result<Self> {
-        let env = Env::with_pods(AttachMode::Auto, &[("x", "client")])?;
+        let env = Env::with_pods(AttachMode::default(), &[("x", "client")])?;
         let manifests = Manifests::new();
         let status_file = manifests.1.join("status.json");
         let closed =

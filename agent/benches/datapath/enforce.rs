@@ -37,7 +37,7 @@ pub fn run(full: bool) -> Result<Figures> {
     let mut names: Vec<(String, String)> = vec![("x".into(), "client".into()), ("x".into(), "server".into())];
     names.extend((0..new_pods).map(|i| ("x".to_owned(), format!("new-{i}"))));
     let refs: Vec<(&str, &str)> = names.iter().map(|(n, p)| (n.as_str(), p.as_str())).collect();
-    let env = Env::with_pods(AttachMode::Auto, &refs)?;
+    let env = Env::with_pods(AttachMode::default(), &refs)?;
     let manifests = Manifests::new();
     let status_file = manifests.1.join("status.json");
     manifests.write("ns.yaml", &[namespace("x", "green"), namespace("peers", "red")]);
@@ -124,7 +124,7 @@ pub fn run(full: bool) -> Result<Figures> {
 /// watch event sent at once) until a probe sees the verdict change. Its own
 /// node, so the two agents never meet.
 fn kube_policy_changes(changes: usize) -> Result<Vec<f64>> {
-    let env = Env::with_pods(AttachMode::Auto, &[("x", "client"), ("x", "server")])?;
+    let env = Env::with_pods(AttachMode::default(), &[("x", "client"), ("x", "server")])?;
     let mut cluster = Cluster::new();
     cluster.apply(NAMESPACES, namespace("x", "green"));
     cluster.apply(PODS, pod(&env, "x/client", "client"));

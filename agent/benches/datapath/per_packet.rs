@@ -64,7 +64,7 @@ pub struct ClientServer {
 
 pub fn client_server(full: bool) -> Result<ClientServer> {
     let (rounds, window) = if full { (7, Duration::from_secs(3)) } else { (3, Duration::from_secs(1)) };
-    let env = Env::with_pods(AttachMode::Auto, &[("x", "client"), ("x", "server")])?;
+    let env = Env::with_pods(AttachMode::default(), &[("x", "client"), ("x", "server")])?;
     let (client, server) = (env.pod("x/client").ip, env.pod("x/server").ip);
     let sink = Sink::start(&env)?;
     start_responder(&env)?;

@@ -282,12 +282,18 @@ pub async fn run(args: Args) -> Result<()> {
                 if links_changed && (node.reconciler.relink() || node.reconciler.has_pending()) {
                     node.sync(None);
                 }
+                let removed: std::collections::BTreeSet<u32> =
+                    changes.iter().filter_map(|c| if let Change::Filters(i) = c { Some(*i) } else { None }).collect();
+                for ifindex in removed {
+                    node.restore(Some(ifindex));
+                }
             }
             _ = retry.tick(), if node.reconciler.has_failed() => node.sync(None),
             _ = sweep.tick() => {
                 // Also a resync of what netlink may have failed to report
                 // (its multicast drops messages under pressure).
                 sync_node_addrs(node.reconciler.datapath()).await;
+                node.restore(None);
                 for pod in node.reconciler.attached().collect::<Vec<_>>() {
                     match node.reconciler.datapath().sweep_conntrack(&pod) {
                         Ok(0) => {}
@@ -385,6 +391,17 @@ impl Daemon {
         self.publish(&r, since);
     }
 
+    /// Puts back attachments removed from under the agent (on `ifindex`
+    /// alone, when a notification named it).
+    fn restore(&mut self, ifindex: Option<u32>) {
+        let since = Instant::now();
+        let r = self.reconciler.restore(ifindex);
+        if !(r.restored.is_empty() && r.errors.is_empty()) {
+            self.telemetry.lock().expect("telemetry lock").attachments_restored += r.restored.len() as u64;
+            self.publish(&r, Some(since));
+        }
+    }
+
     /// Answers the CNI front ends' requests, in order; consecutive ADDs
     /// (pods started together) are settled in one sync.
     fn answer(&mut self, requests: Vec<Request>) {
@@ -457,6 +474,9 @@ impl Daemon {
         }
         for p in &r.detached {
             info!(pod = %p, "detached");
+        }
+        for p in &r.restored {
+            warn!(pod = %p, "the pod's attachment was removed by something else; attached again");
         }
         for e in &r.errors {
             error!("{e}");

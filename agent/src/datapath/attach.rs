@@ -2,13 +2,18 @@
 //! the veth without one.
 use std::{io, path::Path};
 
-use aya::{
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+};
+use aya_obj::generated::bpf_attach_type;
+use rtnetlink::{
+    packet_route::{
+        RouteNetlinkMessage,
+        tc::{TcAttribute, TcHandle as NlTcHandle, TcMessage, TcOption},
     },
-    util::KernelVersion,
+    packet_utils::nla::{Nla, NlasIterator},
 };
 
 use super::DatapathError;
@@ -17,27 +22,28 @@ use super::DatapathError;
 /// find and replace them in place.
 const NL_PRIORITY: u16 = 1;
 const NL_HANDLE: u32 = 1;
+/// The clsact qdisc's ingress and egress parents (`TC_H_CLSACT` with
+/// `TC_H_MIN_INGRESS` / `TC_H_MIN_EGRESS`).
+const CLSACT_INGRESS: u32 = 0xffff_fff2;
+const CLSACT_EGRESS: u32 = 0xffff_fff3;
 
 /// How programs are attached to the veth's TC hooks.
+///
+/// Filters are the default because a pod's start waits for its attachment:
+/// a filter is in place in well under a millisecond, where each TCX
+/// attachment waits for an RCU grace period under the RTNL lock (two per
+/// pod, one after the other, 10-15 ms each here), and so does every other
+/// TCX attachment or link change on the node meanwhile. What TCX gives in
+/// exchange, an attachment no `tc` command removes, the agent makes up for
+/// by putting back any filter of its own that goes (see `Reconciler::repair`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// TCX links where the kernel has them (6.6+), clsact filters otherwise.
+    /// Netlink filters on a clsact qdisc, which outlive the agent by
+    /// themselves. Any kernel.
     #[default]
-    Auto,
-    /// TCX links, pinned so they outlive the agent.
-    Tcx,
-    /// Netlink filters on a clsact qdisc, which outlive the agent by themselves.
     Netlink,
-}
-
-impl AttachMode {
-    fn resolve(self) -> Self {
-        match self {
-            Self::Auto if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) => Self::Tcx,
-            Self::Auto => Self::Netlink,
-            mode => mode,
-        }
-    }
+    /// TCX links (kernel 6.6+), pinned so they outlive the agent.
+    Tcx,
 }
 
 /// Attaches `prog` on `ifname`'s `hook`, atomically replacing what a previous
@@ -55,7 +61,7 @@ pub fn attach_or_replace(
     link_pin: &Path,
     same_device: bool,
 ) -> Result<(), DatapathError> {
-    match mode.resolve() {
+    match mode {
         AttachMode::Tcx => {
             let fresh = |prog: &mut SchedClassifier| {
                 prog.attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::first()))
@@ -64,8 +70,10 @@ pub fn attach_or_replace(
                 Ok(old) if same_device => {
                     let old = FdLink::from(old);
                     // Already running this program (an agent restart): an
-                    // update would only cost a grace period.
-                    if old.info().is_ok_and(|l| prog.info().is_ok_and(|p| p.id() == l.program_id())) {
+                    // update would only cost a grace period. A link detached
+                    // from under us still names its program: asked is the
+                    // device. Updating a detached link fails: a new one is made.
+                    if prog.info().is_ok_and(|p| is_attached(ifname, hook, AttachMode::Tcx, p.id())) {
                         return Ok(());
                     }
                     match prog.attach_to_link(old.try_into()?) {
@@ -81,7 +89,7 @@ pub fn attach_or_replace(
             // Pinned, the link (and so the attachment) outlives this process.
             link.pin(link_pin).map_err(|e| DatapathError::Pin(link_pin.to_owned(), e.to_string()))?;
         }
-        AttachMode::Netlink | AttachMode::Auto => {
+        AttachMode::Netlink => {
             if let Err(e) = tc::qdisc_add_clsact(ifname)
                 && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
             {
@@ -103,6 +111,62 @@ pub fn attach_or_replace(
         }
     }
     Ok(())
+}
+
+/// Whether `want` runs on `ifname`'s `hook` as [`attach_or_replace`]
+/// attaches it in `mode`: an attachment someone removed (`tc qdisc del`,
+/// `bpftool link detach`) leaves the veth open until it is made again.
+pub fn is_attached(ifname: &str, hook: TcAttachType, mode: AttachMode, want: u32) -> bool {
+    match mode {
+        AttachMode::Tcx => {
+            let attach_type = match hook {
+                TcAttachType::Ingress => bpf_attach_type::BPF_TCX_INGRESS,
+                _ => bpf_attach_type::BPF_TCX_EGRESS,
+            };
+            nix::net::if_::if_nametoindex(ifname)
+                .is_ok_and(|i| super::sys::tcx_program_ids(i, attach_type).is_ok_and(|ids| ids.contains(&want)))
+        }
+        AttachMode::Netlink => filter_program(ifname, hook) == Some(want),
+    }
+}
+
+/// The program our netlink filter on `ifname`'s `hook` runs, if it is there.
+pub fn filter_program(ifname: &str, hook: TcAttachType) -> Option<u32> {
+    let ifindex = nix::net::if_::if_nametoindex(ifname).ok()?;
+    let mut message = TcMessage::default();
+    message.header.index = i32::try_from(ifindex).ok()?;
+    message.header.parent = NlTcHandle::from(match hook {
+        TcAttachType::Ingress => CLSACT_INGRESS,
+        _ => CLSACT_EGRESS,
+    });
+    let filters = crate::rtnl::request(RouteNetlinkMessage::GetTrafficFilter(message), true)?;
+    filters.iter().find_map(|f| match f {
+        RouteNetlinkMessage::NewTrafficFilter(f)
+            if f.header.handle == NlTcHandle::from(NL_HANDLE) && (f.header.info >> 16) as u16 == NL_PRIORITY =>
+        {
+            bpf_program_id(f)
+        }
+        _ => None,
+    })
+}
+
+/// The program a `bpf` filter runs: its `TCA_BPF_ID`, inside the options
+/// the route crate leaves as one unparsed attribute for this filter kind.
+fn bpf_program_id(filter: &TcMessage) -> Option<u32> {
+    const TCA_BPF_ID: u16 = 11;
+    let options = filter.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(options) => Some(options),
+        _ => None,
+    })?;
+    options.iter().find_map(|o| {
+        let TcOption::Other(nested) = o else { return None };
+        let mut value = vec![0; nested.value_len()];
+        nested.emit_value(&mut value);
+        NlasIterator::new(&value[..])
+            .filter_map(Result::ok)
+            .find(|nla| nla.kind() == TCA_BPF_ID)
+            .and_then(|nla| Some(u32::from_ne_bytes(nla.value().try_into().ok()?)))
+    })
 }
 
 /// Removes what [`attach_or_replace`] attached. A veth that is already gone

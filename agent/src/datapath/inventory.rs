@@ -4,15 +4,13 @@ use std::{collections::BTreeSet, path::Path};
 
 use aya::{
     maps::{MapData, MapInfo},
-    programs::{
-        ProgramInfo,
-        links::{FdLink, PinnedLink},
-    },
+    programs::links::{FdLink, PinnedLink},
 };
 use na_common::names::{GLOBAL_MAPS, POD_MAPS, PROG_EGRESS, PROG_INGRESS};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::{AttachMode, attach};
 use crate::{
     bpffs::{PinLayout, is_bpffs, pin_names},
     pod_id::PodId,
@@ -33,7 +31,8 @@ pub struct PodAttachment {
     pub pin_path: String,
     pub pod_id: String,
     pub direction: String,
-    /// The program the link runs, else the node's current one; 0 if none.
+    /// The program attached: the link's, else our filter's on the device; 0
+    /// if none (nothing is enforced there).
     pub prog_id: u32,
     /// The pod's own maps, then the node's shared ones.
     pub maps: Vec<MapRef>,
@@ -68,7 +67,6 @@ pub fn pinned_pods(layout: &PinLayout) -> Result<BTreeSet<PodId>, InventoryError
 /// Every pod attachment under `layout`, sorted by pod and direction.
 pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryError> {
     let shared: Vec<MapRef> = GLOBAL_MAPS.iter().filter_map(|m| map_ref(&layout.global_map(m))).collect();
-    let current = current_programs(layout)?;
     let tables = super::NodeTables::open(layout).ok();
     let mut out = Vec::new();
     for pod in pinned_pods(layout)? {
@@ -78,7 +76,8 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
             let name = |i| nix::net::if_::if_indextoname(i).ok()?.into_string().ok().filter(|n| !n.is_empty());
             ifindexes.into_iter().find_map(name)
         });
-        for (prog, direction) in [(PROG_INGRESS, "ingress"), (PROG_EGRESS, "egress")] {
+        for (prog, _, hook) in super::PROGRAMS {
+            let direction = if prog == PROG_INGRESS { "ingress" } else { "egress" };
             let link_pin = layout.link(&pod, prog);
             let linked = PinnedLink::from_pin(&link_pin).ok().and_then(|l| FdLink::from(l).info().ok());
             let pin_path = if linked.is_some() || link_pin.exists() {
@@ -86,7 +85,14 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
             } else {
                 layout.map(&pod, na_common::names::MAP_INGRESS)
             };
-            let prog_id = linked.map(|l| l.program_id()).or_else(|| current.get(prog).copied()).unwrap_or(0);
+            // A link detached from under us still names its program.
+            let prog_id = device
+                .as_deref()
+                .and_then(|d| match &linked {
+                    Some(l) => attach::is_attached(d, hook, AttachMode::Tcx, l.program_id()).then(|| l.program_id()),
+                    None => attach::filter_program(d, hook),
+                })
+                .unwrap_or(0);
             let maps = own.iter().chain(&shared).map(|m| MapRef { name: m.name.clone(), id: m.id }).collect();
             out.push(PodAttachment {
                 pin_path: pin_path.display().to_string(),
@@ -96,25 +102,6 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
                 maps,
                 device: device.clone(),
             });
-        }
-    }
-    Ok(out)
-}
-
-/// Kernel ids of the pinned programs, by program name (the newest pin of
-/// each when an upgrade left two).
-pub fn current_programs(layout: &PinLayout) -> Result<std::collections::BTreeMap<&'static str, u32>, InventoryError> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut newest = std::collections::BTreeMap::new();
-    for name in file_names(layout, &layout.programs_dir())? {
-        if let Some((prog, version)) = PinLayout::parse_program_pin(&name)
-            && let Ok(info) = ProgramInfo::from_pin(layout.program(prog, version))
-        {
-            let loaded = info.loaded_at();
-            if newest.get(prog).is_none_or(|t| loaded > *t) {
-                newest.insert(prog, loaded);
-                out.insert(prog, info.id());
-            }
         }
     }
     Ok(out)

@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     maps::{Map, MapData, MapError},
-    programs::{ProgramError, SchedClassifier},
+    programs::{ProgramError, ProgramInfo, SchedClassifier},
 };
 use na_common::{
     conntrack::{DEFAULT_FLOWS_PER_POD, FlowState, TimeoutClass, timeout, timeout_globals},
@@ -406,6 +406,23 @@ impl Datapath {
             }
         }
         Ok(pod_maps)
+    }
+
+    /// Whether the node's programs run on both of `ifname`'s hooks as this
+    /// handle attaches them. A filter can be removed from under us (`tc
+    /// qdisc del dev X clsact`), a link detached (`bpftool link detach`):
+    /// the veth is then open until [`Self::attach_pod`] runs again, which
+    /// keeps the pod's maps.
+    pub fn is_attached(&self, ifname: &str) -> Result<bool, DatapathError> {
+        let programs = self.programs()?;
+        let programs = programs.as_ref().expect("loaded");
+        for (name, _, hook) in PROGRAMS {
+            let id = ProgramInfo::from_pin(programs.pin(&self.layout, name))?.id();
+            if !attach::is_attached(ifname, hook, self.attach_mode, id) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Detaches the programs from `pod`'s veth `ifname` (if it still exists),

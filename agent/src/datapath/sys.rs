@@ -61,3 +61,21 @@ pub fn delete_elem(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Ids of the programs attached through TCX to `ifindex`'s `attach_type`
+/// hook (at most 64). aya reads them by opening each program from its id,
+/// which takes CAP_SYS_ADMIN; the ids alone need only CAP_NET_ADMIN.
+pub fn tcx_program_ids(ifindex: u32, attach_type: aya_obj::generated::bpf_attach_type) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut attr = zeroed_attr();
+    // SAFETY: the union member of BPF_PROG_QUERY, wholly set.
+    let query = unsafe { &mut attr.query };
+    query.__bindgen_anon_1.target_ifindex = ifindex;
+    query.attach_type = attach_type as u32;
+    query.__bindgen_anon_2.prog_cnt = ids.len() as u32;
+    query.prog_ids = ids.as_mut_ptr() as u64;
+    sys_bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr)?;
+    // SAFETY: as above; the kernel wrote the count back.
+    ids.truncate(unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize);
+    Ok(ids)
+}

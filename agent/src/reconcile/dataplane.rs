@@ -27,6 +27,9 @@ pub trait Dataplane: Sync {
         rules: &PodRules,
     ) -> Result<Self::Pod, DatapathError>;
 
+    /// Whether the programs run on both hooks of link `ifname`.
+    fn is_attached(&self, ifname: &str) -> Result<bool, DatapathError>;
+
     /// Removes `pod`'s attachments (from `ifname`, if it still exists) and
     /// all its state.
     fn detach_pod(&self, pod: &PodId, ifname: Option<&str>) -> Result<(), DatapathError>;
@@ -70,6 +73,10 @@ impl Dataplane for Datapath {
         rules: &PodRules,
     ) -> Result<PodMaps, DatapathError> {
         Datapath::attach_pod(self, pod, ifname, addrs, rules)
+    }
+
+    fn is_attached(&self, ifname: &str) -> Result<bool, DatapathError> {
+        Datapath::is_attached(self, ifname)
     }
 
     fn detach_pod(&self, pod: &PodId, ifname: Option<&str>) -> Result<(), DatapathError> {

@@ -65,6 +65,9 @@ pub struct SyncReport {
     pub attached: Vec<String>,
     pub updated: Vec<String>,
     pub detached: Vec<String>,
+    /// Attached pods whose attachment had been removed from under the
+    /// agent, attached again.
+    pub restored: Vec<String>,
     /// Local pods whose veth is not there yet; retried.
     pub pending: Vec<String>,
     /// What failed, with why.
@@ -614,6 +617,34 @@ impl<D: Dataplane> Reconciler<D> {
             self.pending.insert(key.clone());
         }
         !moved.is_empty()
+    }
+
+    /// Attaches again every attached pod (on `ifindex` alone, when given)
+    /// whose veth no longer runs the node's programs: a filter removed, a
+    /// link detached, by someone else. Its maps, conntrack included, stay.
+    /// A veth made again is [`Self::relink`]'s.
+    pub fn restore(&mut self, ifindex: Option<u32>) -> SyncReport {
+        let lost: Vec<ObjectRef> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| ifindex.is_none_or(|i| i == a.ifindex))
+            .filter(|(_, a)| self.datapath.link_index(&a.veth) == Some(a.ifindex))
+            .filter(|(_, a)| !self.datapath.is_attached(&a.veth).unwrap_or(false))
+            .map(|(key, _)| key.clone())
+            .collect();
+        // Out of `attached` until attached again: one that fails is retried
+        // as a new pod would be.
+        let again = lost
+            .iter()
+            .filter_map(|key| {
+                let a = self.attached.remove(key)?;
+                Some(NewPod { key: key.clone(), uid: a.uid, veth: a.veth, addrs: a.addrs, rules: a.rules })
+            })
+            .collect();
+        let mut report = SyncReport::default();
+        self.attach_all(again, &mut report);
+        report.restored = std::mem::take(&mut report.attached);
+        report
     }
 
     fn detach(&mut self, key: &ObjectRef, report: &mut SyncReport) {

@@ -34,6 +34,8 @@ struct Fake {
     /// Pods whose attach, or whose rule writes, fail.
     failing: Arc<Mutex<BTreeSet<String>>>,
     pinned: Mutex<BTreeSet<PodId>>,
+    /// Links whose attachment someone removed.
+    unattached: Mutex<BTreeSet<String>>,
 }
 
 struct FakePod {
@@ -44,6 +46,11 @@ struct FakePod {
 }
 
 impl Fake {
+    fn remove_attachment(&self, pod: &str) {
+        let (ns, name) = pod.split_once('/').unwrap();
+        self.unattached.lock().unwrap().insert(host_veth_name(PREFIX, ns, name));
+    }
+
     fn add_link(&self, pod: &str, ifindex: u32) {
         let (ns, name) = pod.split_once('/').unwrap();
         self.links.lock().unwrap().insert(host_veth_name(PREFIX, ns, name), ifindex);
@@ -64,7 +71,12 @@ impl Dataplane for Fake {
         }
         self.calls.lock().unwrap().push(Call::Attach(name.clone()));
         let ifindex = self.link_index(ifname).expect("attached to a link that exists");
+        self.unattached.lock().unwrap().remove(ifname);
         Ok(FakePod { pod: name, ifindex, calls: self.calls.clone(), failing: self.failing.clone() })
+    }
+
+    fn is_attached(&self, ifname: &str) -> Result<bool, DatapathError> {
+        Ok(!self.unattached.lock().unwrap().contains(ifname))
     }
 
     fn detach_pod(&self, pod: &PodId, _: Option<&str>) -> Result<(), DatapathError> {
@@ -164,6 +176,31 @@ fn unchanged_rules_write_nothing() {
     r.apply(policy("mine", "a")).unwrap();
     r.sync();
     assert_eq!(r.datapath().take_calls(), [Call::Apply("x/a".into())]);
+}
+
+#[test]
+fn an_attachment_removed_from_under_the_agent_is_restored() {
+    let mut r = reconciler();
+    for (name, ifindex) in [("a", 10), ("b", 11)] {
+        r.datapath().add_link(&format!("x/{name}"), ifindex);
+        r.apply(pod(name, name, &format!("10.0.0.{ifindex}"), name)).unwrap();
+    }
+    r.apply(policy("mine", "a")).unwrap();
+    r.sync();
+    r.datapath().take_calls();
+    assert!(r.restore(None).restored.is_empty() && r.datapath().take_calls().is_empty(), "nothing is missing");
+    r.datapath().remove_attachment("x/a");
+    r.datapath().remove_attachment("x/b");
+    // A notification names one veth: that one alone is looked at.
+    assert_eq!(r.restore(Some(10)).restored, ["x/a"]);
+    assert_eq!(r.datapath().take_calls(), [attach("a")], "attached again, as it was (its rules kept)");
+    assert_eq!(r.restore(None).restored, ["x/b"]);
+    assert_eq!(r.datapath().take_calls(), [attach("b")]);
+    assert!(r.restore(None).restored.is_empty());
+    // Still attached (and updated) as before.
+    r.apply(policy("theirs", "b")).unwrap();
+    r.sync();
+    assert_eq!(r.datapath().take_calls(), [Call::Apply("x/b".into())]);
 }
 
 #[test]

@@ -4,18 +4,27 @@ use anyhow::{Context, Result, bail};
 
 /// Runs `ip` with `args`, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
-    run(args).map(drop)
+    run("ip", args).map(drop)
 }
 
 /// Runs `ip` with `args` and returns its stdout.
 pub fn ip_output(args: &[&str]) -> Result<String> {
-    run(args).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    run("ip", args).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run(args: &[&str]) -> Result<Output> {
-    let out = Command::new("ip").args(args).output().context("running `ip` (install iproute2: `cargo xtask setup`)")?;
+/// Runs `tc` with `args`, failing with its stderr.
+pub fn tc(args: &[&str]) -> Result<()> {
+    run("tc", args).map(drop)
+}
+
+/// Runs iproute2's `program` with `args`.
+fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running `{program}` (install iproute2: `cargo xtask setup`)"))?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
 }

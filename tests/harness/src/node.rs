@@ -6,7 +6,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    cmd::{ip, ip_output},
+    cmd::{ip, ip_output, tc},
     cni::{Chain, CniError, Sandbox},
     netns::{self, NetNs},
 };
@@ -248,6 +248,13 @@ impl Node {
     pub fn delete_veth(&self, key: &str) -> Result<()> {
         let pod = self.pod(key).with_context(|| format!("no pod {key}"))?;
         ip(&["-n", self.ns.name(), "link", "del", &pod.host_veth])
+    }
+
+    /// Deletes the clsact qdisc of pod `key`'s host veth, and with it every
+    /// filter on it: what a stray `tc qdisc del` does to an agent's filters.
+    pub fn delete_clsact(&self, key: &str) -> Result<()> {
+        let pod = self.pod(key).with_context(|| format!("no pod {key}"))?;
+        tc(&["-n", self.ns.name(), "qdisc", "del", "dev", &pod.host_veth, "clsact"])
     }
 
     /// A veth pair from the node to `ns`, routed both ways for both families.
