@@ -33,7 +33,7 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 const PEERS: usize = 1_000;
 
 pub fn run(full: bool) -> Result<Figures> {
-    let (changes, new_pods, relabels) = if full { (100, 50, 10) } else { (30, 10, 3) };
+    let (changes, new_pods, relabels) = if full { (100, 50, 10) } else { (30, 30, 3) };
     let mut names: Vec<(String, String)> = vec![("x".into(), "client".into()), ("x".into(), "server".into())];
     names.extend((0..new_pods).map(|i| ("x".to_owned(), format!("new-{i}"))));
     let refs: Vec<(&str, &str)> = names.iter().map(|(n, p)| (n.as_str(), p.as_str())).collect();
