@@ -1131,37 +1131,3 @@ fn cluster_deny_rules_close_service_addresses_not_judged_on_their_endpoint() {
     load(PortRule::any(8).with_action(action::ADMIN_ACCEPT));
     assert_eq!(run(&p.egress, &to_service(40002)), OK, "no Deny rule: the Service address is judged as an address");
 }
-
-#[test]
-#[ignore]
-fn zz_timing_probe() {
-    let p = pod();
-    let time = |prog: &Prog, packet: &[u8]| {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut ctx = [0u8; 44];
-        ctx[40..].copy_from_slice(&prog.ifindex.to_ne_bytes());
-        let mut best = u128::MAX;
-        for _ in 0..5 {
-            let opts = TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 200_000,
-                ..TestRunOptions::new()
-            };
-            let r = prog.prog.test_run(opts).expect("test run");
-            best = best.min(r.duration.as_nanos());
-        }
-        best
-    };
-    let opened = V4::new(POD4, OTHER4, TCP).packet(&tcp(41000, 85, SYN));
-    assert_eq!(run(&p.egress, &opened), OK);
-    let est = V4::new(POD4, OTHER4, TCP).packet(&tcp(41000, 85, ACK));
-    eprintln!("TIMING established egress: {} ns", time(&p.egress, &est));
-    let reply = V4::new(OTHER4, POD4, TCP).packet(&tcp(85, 41000, ACK));
-    eprintln!("TIMING established reply ingress: {} ns", time(&p.ingress, &reply));
-    let denied = v4(Ipv4Addr::new(10, 1, 2, 3), TCP, 80);
-    eprintln!("TIMING denied new ingress: {} ns", time(&p.ingress, &denied));
-    let allowed_new = v4(PEER4, UDP, 9999);
-    eprintln!("TIMING denied-port new ingress (entry hit): {} ns", time(&p.ingress, &allowed_new));
-}

@@ -35,7 +35,7 @@ const CLSACT_EGRESS: u32 = 0xffff_fff3;
 /// pod, one after the other, 10-15 ms each here), and so does every other
 /// TCX attachment or link change on the node meanwhile. What TCX gives in
 /// exchange, an attachment no `tc` command removes, the agent makes up for
-/// by putting back any filter of its own that goes (see `Reconciler::repair`).
+/// by putting back any filter of its own that goes (see `Reconciler::restore`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
     /// Netlink filters on a clsact qdisc, which outlive the agent by
