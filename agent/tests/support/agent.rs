@@ -51,8 +51,8 @@ fn rand_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// The agent process, killed on drop.
-pub struct Agent(Child);
+/// The agent process, killed on drop; its log's path.
+pub struct Agent(Child, PathBuf);
 
 impl Agent {
     pub fn start(env: &Env, manifests: &Manifests, status: &PathBuf) -> Self {
@@ -100,6 +100,7 @@ impl Agent {
         // with the process. Root, but with no capability beyond the
         // DaemonSet's and no way to gain one (allowPrivilegeEscalation:
         // false): what needs more fails here as it would on a node.
+        let log = status.with_extension("log");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.node.netns().name()))
             .arg("--")
@@ -114,10 +115,10 @@ impl Agent {
             .arg(cni_socket(status))
             .args(args)
             .envs(vars.iter().copied())
-            .stdout(std::fs::File::create(status.with_extension("log")).unwrap())
+            .stdout(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting na-agent");
-        Self(child)
+        Self(child, log)
     }
 
     /// The agent's process id (nsenter execs it in place).
@@ -139,6 +140,13 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        // A failing test shows what the agent said last.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the agent's last log lines ({}):", self.1.display());
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
     }
 }
 
