@@ -24,6 +24,8 @@ pub enum Change {
     Addresses,
     /// A filter or a qdisc of the link with this index was removed.
     Filters(u32),
+    /// Notifications were lost: look at everything again.
+    Lost,
 }
 
 /// Subscribes to link, route, IPv6 address and TC removals; every one sends its
@@ -37,7 +39,18 @@ pub fn watch() -> std::io::Result<mpsc::UnboundedReceiver<Change>> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
-            let NetlinkPayload::InnerMessage(inner) = message.payload else { continue };
+            let inner = match message.payload {
+                NetlinkPayload::InnerMessage(inner) => inner,
+                // The socket's buffer was full and the kernel dropped
+                // notifications: anything may have changed.
+                NetlinkPayload::Overrun(_) => {
+                    if tx.send(Change::Lost).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
             let change = match inner {
                 RouteNetlinkMessage::NewLink(_)
                 | RouteNetlinkMessage::DelLink(_)

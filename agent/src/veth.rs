@@ -43,7 +43,7 @@ pub fn host_route_ifindex(ip: IpAddr) -> Option<u32> {
     message.attributes.push(RouteAttribute::Destination(RouteAddress::from(ip)));
     // No route at all comes back as an error.
     let Some(RouteNetlinkMessage::NewRoute(route)) =
-        crate::rtnl::request(RouteNetlinkMessage::GetRoute(message), false)?.pop()
+        crate::rtnl::request(RouteNetlinkMessage::GetRoute(message), false).ok()?.pop()
     else {
         return None;
     };
@@ -74,7 +74,7 @@ pub fn routed_through(iface: &str) -> Vec<IpAddr> {
 fn host_routes(family: AddressFamily, host_len: u8, ifindex: u32) -> Option<Vec<IpAddr>> {
     let mut message = RouteMessage::default();
     message.header.address_family = family;
-    let routes = crate::rtnl::request(RouteNetlinkMessage::GetRoute(message), true)?;
+    let routes = crate::rtnl::request(RouteNetlinkMessage::GetRoute(message), true).ok()?;
     let through = |route: &RouteMessage| {
         route.header.destination_prefix_length == host_len
             && route.header.kind == RouteType::Unicast

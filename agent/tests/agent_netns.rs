@@ -297,6 +297,37 @@ fn a_link_detached_from_under_the_agent_is_put_back() {
     });
 }
 
+#[test]
+fn changing_the_attach_mode_leaves_one_attachment_per_hook() {
+    let (env, manifests, status_file) = a_closed();
+    let layout = PinLayout::new(env.root());
+    // (pinned links, our filters) over the three pods' veths.
+    let attachments = || {
+        let links = std::fs::read_dir(layout.links_dir()).map_or(0, |d| {
+            d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("x_"))).count()
+        });
+        let filters: usize = ["x/a", "x/b", "x/c"]
+            .iter()
+            .flat_map(|pod| ["ingress", "egress"].map(|hook| (env.pod(pod).host_veth.clone(), hook)))
+            .filter(|(veth, hook)| {
+                let args = ["-n", env.node.netns().name(), "filter", "show", "dev", veth, hook];
+                let out = std::process::Command::new("tc").args(args).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("handle_")
+            })
+            .count();
+        (links, filters)
+    };
+    let enforced = || !env.reaches("x/b", "x/a", Probe::tcp(80)) && env.reaches("x/a", "x/b", Probe::tcp(80));
+    for (mode, want) in [("tcx", (6, 0)), ("auto", (0, 6)), ("tcx", (6, 0))] {
+        let _ = std::fs::remove_file(&status_file);
+        let _agent = Agent::start_with(&env, &manifests, &status_file, &["--attach-mode", mode]);
+        wait_until(&format!("the pods are attached in mode {mode}"), || {
+            status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3) && attachments() == want
+        });
+        assert!(enforced(), "enforced in mode {mode}");
+    }
+}
+
 /// Starts an agent with `flags` enforcing a closed a, lets `remove` take
 /// a's attachment away, and checks that the agent puts it back and only it.
 fn attachment_removed_is_put_back(flags: &[&str], remove: impl FnOnce(&Env, &PinLayout)) {

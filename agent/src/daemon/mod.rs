@@ -275,17 +275,22 @@ pub async fn run(args: Args) -> Result<()> {
                 while let Ok(change) = links.try_recv() {
                     changes.push(change);
                 }
-                if changes.contains(&Change::Addresses) {
+                let lost = changes.contains(&Change::Lost);
+                if lost || changes.contains(&Change::Addresses) {
                     sync_node_addrs(node.reconciler.datapath()).await;
                 }
-                let links_changed = changes.contains(&Change::Links);
+                let links_changed = lost || changes.contains(&Change::Links);
                 if links_changed && (node.reconciler.relink() || node.reconciler.has_pending()) {
                     node.sync(None);
                 }
-                let removed: std::collections::BTreeSet<u32> =
-                    changes.iter().filter_map(|c| if let Change::Filters(i) = c { Some(*i) } else { None }).collect();
-                for ifindex in removed {
-                    node.restore(Some(ifindex));
+                if lost {
+                    node.restore(None);
+                } else {
+                    let removed: std::collections::BTreeSet<u32> =
+                        changes.iter().filter_map(|c| if let Change::Filters(i) = c { Some(*i) } else { None }).collect();
+                    for ifindex in removed {
+                        node.restore(Some(ifindex));
+                    }
                 }
             }
             _ = retry.tick(), if node.reconciler.has_failed() => node.sync(None),
@@ -293,6 +298,9 @@ pub async fn run(args: Args) -> Result<()> {
                 // Also a resync of what netlink may have failed to report
                 // (its multicast drops messages under pressure).
                 sync_node_addrs(node.reconciler.datapath()).await;
+                if node.reconciler.relink() {
+                    node.sync(None);
+                }
                 node.restore(None);
                 for pod in node.reconciler.attached().collect::<Vec<_>>() {
                     match node.reconciler.datapath().sweep_conntrack(&pod) {

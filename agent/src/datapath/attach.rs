@@ -39,8 +39,9 @@ const CLSACT_EGRESS: u32 = 0xffff_fff3;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
     /// Netlink filters on a clsact qdisc, which outlive the agent by
-    /// themselves. Any kernel.
+    /// themselves. Any kernel. (`auto`, the old default's name, is this.)
     #[default]
+    #[value(alias = "auto")]
     Netlink,
     /// TCX links (kernel 6.6+), pinned so they outlive the agent.
     Tcx,
@@ -73,7 +74,7 @@ pub fn attach_or_replace(
                     // update would only cost a grace period. A link detached
                     // from under us still names its program: asked is the
                     // device. Updating a detached link fails: a new one is made.
-                    if prog.info().is_ok_and(|p| is_attached(ifname, hook, AttachMode::Tcx, p.id())) {
+                    if prog.info().is_ok_and(|p| is_attached(ifname, hook, AttachMode::Tcx, p.id()).unwrap_or(false)) {
                         return Ok(());
                     }
                     match prog.attach_to_link(old.try_into()?) {
@@ -88,6 +89,12 @@ pub fn attach_or_replace(
             remove_pin(link_pin)?;
             // Pinned, the link (and so the attachment) outlives this process.
             link.pin(link_pin).map_err(|e| DatapathError::Pin(link_pin.to_owned(), e.to_string()))?;
+            // Attached before as a filter (the mode changed): now the link
+            // is in place, the filter goes.
+            if filter_program(ifname, hook).is_ok_and(|id| id.is_some()) {
+                let name = prog.info()?.name_as_str().unwrap_or_default().to_owned();
+                remove_filter(ifname, hook, &name)?;
+            }
         }
         AttachMode::Netlink => {
             if let Err(e) = tc::qdisc_add_clsact(ifname)
@@ -108,6 +115,10 @@ pub fn attach_or_replace(
             };
             // Dropping the link would remove the filter; the filter must stay.
             std::mem::forget(prog.take_link(id)?);
+            // Attached before through a TCX link (the mode changed), which
+            // the kernel would run first: now the filter is in place, the
+            // link goes.
+            remove_link(link_pin)?;
         }
     }
     Ok(())
@@ -115,39 +126,41 @@ pub fn attach_or_replace(
 
 /// Whether `want` runs on `ifname`'s `hook` as [`attach_or_replace`]
 /// attaches it in `mode`: an attachment someone removed (`tc qdisc del`,
-/// `bpftool link detach`) leaves the veth open until it is made again.
-pub fn is_attached(ifname: &str, hook: TcAttachType, mode: AttachMode, want: u32) -> bool {
+/// `bpftool link detach`) leaves the veth open until it is made again. An
+/// error says nothing either way.
+pub fn is_attached(ifname: &str, hook: TcAttachType, mode: AttachMode, want: u32) -> io::Result<bool> {
     match mode {
         AttachMode::Tcx => {
             let attach_type = match hook {
                 TcAttachType::Ingress => bpf_attach_type::BPF_TCX_INGRESS,
                 _ => bpf_attach_type::BPF_TCX_EGRESS,
             };
-            nix::net::if_::if_nametoindex(ifname)
-                .is_ok_and(|i| super::sys::tcx_program_ids(i, attach_type).is_ok_and(|ids| ids.contains(&want)))
+            let ifindex = nix::net::if_::if_nametoindex(ifname)?;
+            Ok(super::sys::tcx_program_ids(ifindex, attach_type)?.contains(&want))
         }
-        AttachMode::Netlink => filter_program(ifname, hook) == Some(want),
+        AttachMode::Netlink => Ok(filter_program(ifname, hook)? == Some(want)),
     }
 }
 
 /// The program our netlink filter on `ifname`'s `hook` runs, if it is there.
-pub fn filter_program(ifname: &str, hook: TcAttachType) -> Option<u32> {
-    let ifindex = nix::net::if_::if_nametoindex(ifname).ok()?;
+pub fn filter_program(ifname: &str, hook: TcAttachType) -> io::Result<Option<u32>> {
+    let ifindex = nix::net::if_::if_nametoindex(ifname)?;
     let mut message = TcMessage::default();
-    message.header.index = i32::try_from(ifindex).ok()?;
+    message.header.index = i32::try_from(ifindex).map_err(io::Error::other)?;
     message.header.parent = NlTcHandle::from(match hook {
         TcAttachType::Ingress => CLSACT_INGRESS,
         _ => CLSACT_EGRESS,
     });
+    // A device without the clsact qdisc answers with an empty dump.
     let filters = crate::rtnl::request(RouteNetlinkMessage::GetTrafficFilter(message), true)?;
-    filters.iter().find_map(|f| match f {
+    Ok(filters.iter().find_map(|f| match f {
         RouteNetlinkMessage::NewTrafficFilter(f)
             if f.header.handle == NlTcHandle::from(NL_HANDLE) && (f.header.info >> 16) as u16 == NL_PRIORITY =>
         {
             bpf_program_id(f)
         }
         _ => None,
-    })
+    }))
 }
 
 /// The program a `bpf` filter runs: its `TCA_BPF_ID`, inside the options
@@ -169,15 +182,27 @@ fn bpf_program_id(filter: &TcMessage) -> Option<u32> {
     })
 }
 
-/// Removes what [`attach_or_replace`] attached. A veth that is already gone
-/// took its attachments with it.
+/// Removes what [`attach_or_replace`] attached, in either mode. A veth that
+/// is already gone took its attachments with it.
 pub fn detach(ifname: Option<&str>, prog_name: &str, hook: TcAttachType, link_pin: &Path) -> Result<(), DatapathError> {
+    remove_link(link_pin)?;
+    match ifname {
+        Some(ifname) => remove_filter(ifname, hook, prog_name),
+        None => Ok(()),
+    }
+}
+
+/// Detaches the pinned TCX link at `link_pin`, if there is one.
+fn remove_link(link_pin: &Path) -> Result<(), DatapathError> {
     if let Ok(link) = PinnedLink::from_pin(link_pin) {
         // Unpinned and dropped, the last reference goes and the link detaches.
         drop(link.unpin().map_err(|e| DatapathError::Pin(link_pin.to_owned(), e.to_string()))?);
-        return Ok(());
     }
-    let Some(ifname) = ifname else { return Ok(()) };
+    Ok(())
+}
+
+/// Removes our filter running `prog_name` from `ifname`'s `hook`, if there is one.
+fn remove_filter(ifname: &str, hook: TcAttachType, prog_name: &str) -> Result<(), DatapathError> {
     match tc::qdisc_detach_program(ifname, hook, prog_name) {
         Ok(()) => Ok(()),
         Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),

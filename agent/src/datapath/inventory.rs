@@ -89,8 +89,10 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
             let prog_id = device
                 .as_deref()
                 .and_then(|d| match &linked {
-                    Some(l) => attach::is_attached(d, hook, AttachMode::Tcx, l.program_id()).then(|| l.program_id()),
-                    None => attach::filter_program(d, hook),
+                    Some(l) => attach::is_attached(d, hook, AttachMode::Tcx, l.program_id())
+                        .is_ok_and(|attached| attached)
+                        .then(|| l.program_id()),
+                    None => attach::filter_program(d, hook).ok().flatten(),
                 })
                 .unwrap_or(0);
             let maps = own.iter().chain(&shared).map(|m| MapRef { name: m.name.clone(), id: m.id }).collect();

@@ -51,6 +51,8 @@ pub enum DatapathError {
     Clsact(String, #[source] aya::programs::TcError),
     #[error("TCX link: {0}")]
     Link(#[from] aya::programs::links::LinkError),
+    #[error("reading the attachments of {0}: {1}")]
+    Query(String, std::io::Error),
     #[error("detaching from {0}: {1}")]
     Detach(String, String),
     #[error("pin {0}: {1}")]
@@ -418,7 +420,9 @@ impl Datapath {
         let programs = programs.as_ref().expect("loaded");
         for (name, _, hook) in PROGRAMS {
             let id = ProgramInfo::from_pin(programs.pin(&self.layout, name))?.id();
-            if !attach::is_attached(ifname, hook, self.attach_mode, id) {
+            let attached = attach::is_attached(ifname, hook, self.attach_mode, id)
+                .map_err(|e| DatapathError::Query(ifname.to_owned(), e))?;
+            if !attached {
                 return Ok(false);
             }
         }

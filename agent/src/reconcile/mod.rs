@@ -629,7 +629,8 @@ impl<D: Dataplane> Reconciler<D> {
             .iter()
             .filter(|(_, a)| ifindex.is_none_or(|i| i == a.ifindex))
             .filter(|(_, a)| self.datapath.link_index(&a.veth) == Some(a.ifindex))
-            .filter(|(_, a)| !self.datapath.is_attached(&a.veth).unwrap_or(false))
+            // Only what is known to be gone: a failed query says nothing.
+            .filter(|(_, a)| matches!(self.datapath.is_attached(&a.veth), Ok(false)))
             .map(|(key, _)| key.clone())
             .collect();
         // Out of `attached` until attached again: one that fails is retried
