@@ -33,11 +33,9 @@ pub fn request(message: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<Route
         // A datagram holds several messages; a dump ends with a Done.
         while at < reply.len() {
             let length = NetlinkBuffer::new_checked(&reply[at..]).map_err(io::Error::other)?.length() as usize;
-            let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..]) else {
-                at += length.max(1).next_multiple_of(4);
-                continue;
-            };
+            let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..]);
             at += length.max(1).next_multiple_of(4);
+            let Ok(message) = parsed else { continue };
             if message.header.flags & NLM_F_DUMP_INTR != 0 {
                 return Err(io::ErrorKind::Interrupted.into());
             }

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, ensure};
 use aya::{
     Ebpf,
     programs::{
-        ProgramInfo, SchedClassifier, TestRun, TestRunOptions,
+        SchedClassifier, TestRun, TestRunOptions,
         tc::{self, NlOptions, TcAttachOptions},
     },
     sys::{Stats, enable_stats},
@@ -246,7 +246,7 @@ fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) ->
 pub fn ours_program_ids(env: &Env) -> Result<Vec<u32>> {
     let programs = env.dp.programs()?;
     let programs = programs.as_ref().context("no programs")?;
-    PROGRAMS.iter().map(|(name, _, _)| Ok(ProgramInfo::from_pin(programs.pin(env.dp.layout(), name))?.id())).collect()
+    Ok(programs.ids.to_vec())
 }
 
 /// (run time in ns, runs) of programs `ids`, summed.

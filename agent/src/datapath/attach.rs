@@ -91,10 +91,7 @@ pub fn attach_or_replace(
             link.pin(link_pin).map_err(|e| DatapathError::Pin(link_pin.to_owned(), e.to_string()))?;
             // Attached before as a filter (the mode changed): now the link
             // is in place, the filter goes.
-            if filter_program(ifname, hook).is_ok_and(|id| id.is_some()) {
-                let name = prog.info()?.name_as_str().unwrap_or_default().to_owned();
-                remove_filter(ifname, hook, &name)?;
-            }
+            remove_filter(ifname, hook, prog.info()?.name_as_str().unwrap_or_default())?;
         }
         AttachMode::Netlink => {
             if let Err(e) = tc::qdisc_add_clsact(ifname)

@@ -89,8 +89,7 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
             let prog_id = device
                 .as_deref()
                 .and_then(|d| match &linked {
-                    Some(l) => attach::is_attached(d, hook, AttachMode::Tcx, l.program_id())
-                        .is_ok_and(|attached| attached)
+                    Some(l) => matches!(attach::is_attached(d, hook, AttachMode::Tcx, l.program_id()), Ok(true))
                         .then(|| l.program_id()),
                     None => attach::filter_program(d, hook).ok().flatten(),
                 })

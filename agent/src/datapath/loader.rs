@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     maps::{Map, MapData, MapError},
-    programs::{ProgramError, ProgramInfo, SchedClassifier},
+    programs::{ProgramError, SchedClassifier},
 };
 use na_common::{
     conntrack::{DEFAULT_FLOWS_PER_POD, FlowState, TimeoutClass, timeout, timeout_globals},
@@ -416,10 +416,8 @@ impl Datapath {
     /// the veth is then open until [`Self::attach_pod`] runs again, which
     /// keeps the pod's maps.
     pub fn is_attached(&self, ifname: &str) -> Result<bool, DatapathError> {
-        let programs = self.programs()?;
-        let programs = programs.as_ref().expect("loaded");
-        for (name, _, hook) in PROGRAMS {
-            let id = ProgramInfo::from_pin(programs.pin(&self.layout, name))?.id();
+        let ids = self.programs()?.as_ref().expect("loaded").ids;
+        for ((_, _, hook), id) in PROGRAMS.into_iter().zip(ids) {
             let attached = attach::is_attached(ifname, hook, self.attach_mode, id)
                 .map_err(|e| DatapathError::Query(ifname.to_owned(), e))?;
             if !attached {

@@ -66,6 +66,9 @@ pub struct Programs {
     version: String,
     /// How this agent got them.
     pub origin: Origin,
+    /// Their kernel ids, in [`PROGRAMS`]' order: what an attachment must
+    /// run to be this version's.
+    pub ids: [u32; 2],
 }
 
 /// How many times a verification interrupted by a signal is tried again.
@@ -103,8 +106,9 @@ impl Programs {
     pub fn load_or_adopt(layout: &PinLayout, settings: &Settings) -> Result<Self, DatapathError> {
         let version = version(settings);
         let pin = |name: &str| layout.program(name, &version);
-        if PROGRAMS.iter().all(|(name, ..)| SchedClassifier::from_pin(pin(name)).is_ok()) {
-            return Ok(Self { version, origin: Origin::Adopted });
+        let pinned = PROGRAMS.map(|(name, ..)| Some(SchedClassifier::from_pin(pin(name)).ok()?.info().ok()?.id()));
+        if let [Some(ingress), Some(egress)] = pinned {
+            return Ok(Self { version, origin: Origin::Adopted, ids: [ingress, egress] });
         }
         let started = Instant::now();
         let pins = global_pins(layout);
@@ -119,7 +123,7 @@ impl Programs {
         let deny_unknown = u8::from(settings.strict);
         loader.override_global(unknown_pod::GLOBAL_DENY, &deny_unknown, true);
         let mut ebpf = loader.load(OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
-        let mut take = |name: &'static str| -> Result<SchedClassifier, DatapathError> {
+        let mut take = |name: &'static str| -> Result<u32, DatapathError> {
             let prog: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or(DatapathError::MissingProgram(name))?.try_into()?;
             load_retrying(prog)?;
@@ -127,11 +131,10 @@ impl Programs {
             remove_pin(&path)?;
             prog.pin(&path).map_err(|e| DatapathError::Pin(path.clone(), e.to_string()))?;
             // Owned through its pin, so it outlives the object's other parts.
-            Ok(SchedClassifier::from_pin(&path)?)
+            Ok(SchedClassifier::from_pin(&path)?.info()?.id())
         };
-        take(PROGRAMS[0].0)?;
-        take(PROGRAMS[1].0)?;
-        Ok(Self { version, origin: Origin::Verified { millis: started.elapsed().as_millis() } })
+        let ids = [take(PROGRAMS[0].0)?, take(PROGRAMS[1].0)?];
+        Ok(Self { version, origin: Origin::Verified { millis: started.elapsed().as_millis() }, ids })
     }
 
     /// Where `prog_name` of this version is pinned (attachments open their
