@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use na_agent::{
-    datapath::{AttachMode, DirectionRules, Mode, NodeTables, PinnedMaps, PodRules},
+    datapath::{AttachMode, DirectionRules, Mode, NodeTables, PinnedMaps, PodAddrs, PodRules},
     pod_id::PodId,
 };
 use na_common::{
@@ -494,4 +494,68 @@ fn a_spare_whose_slot_was_refilled_by_someone_else_is_not_taken() {
     // Judged by a's own rules, not by the maps the slot held.
     assert!(env.reaches("x/b", "x/a", Probe::tcp(80)), "a's rules admit b");
     assert!(!env.reaches("x/c", "x/a", Probe::tcp(80)), "a's rules isolate it from c");
+}
+
+#[test]
+fn pods_starting_while_spares_are_made_never_share_a_slot() {
+    // No veths needed: slots are taken by loading pods under made-up ifindexes.
+    let root = support::PinRoot::new();
+    let dp = na_agent::datapath::Datapath::new(na_agent::bpffs::PinLayout::new(&root.0), AttachMode::default())
+        .unwrap()
+        .with_spare_slots(8);
+    drop(dp.programs().unwrap());
+    let load_together = |pods: &[(PodId, u32)]| -> Vec<_> {
+        std::thread::scope(|s| {
+            let loading: Vec<_> = pods
+                .iter()
+                .map(|(pod, ifindex)| {
+                    let dp = &dp;
+                    s.spawn(move || dp.load_pod(pod, *ifindex, PodAddrs::default(), &PodRules::default()))
+                })
+                .collect();
+            loading.into_iter().map(|l| l.join().unwrap()).collect()
+        })
+    };
+    // A node's worth of pods that stay: each search for a free slot reads
+    // all their pins, which is when a claim could slip by unseen.
+    let resident: Vec<(PodId, u32)> = (0..96).map(|i| (PodId::new("y", &format!("p{i}")), 2000 + i)).collect();
+    for chunk in resident.chunks(16) {
+        load_together(chunk).into_iter().for_each(|r| drop(r.unwrap()));
+    }
+    let pods: Vec<(PodId, u32)> = (0..16).map(|i| (PodId::new("x", &format!("p{i}")), 1000 + i)).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for round in 0.. {
+        // Together, as pods of one sync start: half take spares, the rest
+        // fill slots of their own, while the background worker makes spares
+        // again and empties the slots of the rounds before.
+        let loaded = load_together(&pods);
+        let tables = NodeTables::open(dp.layout()).unwrap();
+        let records: BTreeMap<u32, u32> = tables.records().into_iter().map(|(i, r)| (i, r.slot)).collect();
+        let mut slots = BTreeMap::new();
+        let mut out_of_slots = false;
+        for ((pod, ifindex), result) in pods.iter().zip(loaded) {
+            match result {
+                Ok(_) => {}
+                // This loop outruns the worker emptying slots (a grace
+                // period each): the test has seen enough.
+                Err(na_agent::datapath::DatapathError::NoSlot) => {
+                    out_of_slots = true;
+                    continue;
+                }
+                Err(e) => panic!("round {round}: loading {pod}: {e}"),
+            }
+            let slot = records[ifindex];
+            let maps = PinnedMaps::of_pod(dp.layout(), pod).unwrap();
+            assert!(tables.holds(slot, &maps.inner()), "round {round}: {pod}'s slot {slot} holds other maps");
+            let trie = maps.ingress.info().unwrap().id();
+            assert!(slots.insert(slot, trie).is_none(), "round {round}: slot {slot} given to two pods: {records:?}");
+            dp.detach_pod(pod, None).unwrap();
+        }
+        if out_of_slots || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    for (pod, _) in &resident {
+        dp.detach_pod(pod, None).unwrap();
+    }
 }

@@ -137,14 +137,25 @@ impl Slots {
         Ok(slot)
     }
 
-    /// Ids of every pinned ingress trie: pods' and spares'.
+    /// Ids of every pinned ingress trie: spares' and pods'.
+    ///
+    /// A pod claiming a spare moves its pin from the spares to the pods
+    /// meanwhile (a rename: at any moment in exactly one of them), so the
+    /// spares are read, each opened at once, before the pods are listed. A
+    /// pin not found at its spare name has moved by then, and is found among
+    /// the pods. Read the other way round, a claim in between is in neither:
+    /// its slot looks free, is filled again, and two pods end up sharing it
+    /// (seen with filters, which attach fast enough to claim while the
+    /// spares are topped up).
     fn pinned_trie_ids(&self) -> Result<BTreeSet<u32>, DatapathError> {
+        let id = |pin: PathBuf| Some(MapData::from_pin(pin).ok()?.info().ok()?.id());
+        let spares: Vec<u32> =
+            self.spares()?.into_iter().filter_map(|slot| id(self.layout.spare(slot, MAP_INGRESS))).collect();
         let pods = names_in(&self.layout.maps_dir())?
             .into_iter()
             .filter(|name| PodId::parse_pin_name(name).is_some_and(|(_, map)| map == MAP_INGRESS))
-            .map(|name| self.layout.maps_dir().join(name));
-        let spares = self.spares()?.into_iter().map(|slot| self.layout.spare(slot, MAP_INGRESS));
-        Ok(pods.chain(spares).filter_map(|pin| MapData::from_pin(pin).ok()?.info().ok()).map(|i| i.id()).collect())
+            .filter_map(|name| id(self.layout.maps_dir().join(name)));
+        Ok(spares.into_iter().chain(pods).collect())
     }
 
     /// Spare slots, lowest first.
