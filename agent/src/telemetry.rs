@@ -87,7 +87,7 @@ pub struct Telemetry {
     reconcile_errors: [u64; ErrorKind::ALL.len()],
     /// Watch failures (each retried with backoff, relisting after a 410).
     pub watch_errors: u64,
-    /// Attachments put back after something else removed them.
+    /// Pods attached again after their attachment or record was lost.
     pub attachments_restored: u64,
     programming: Histogram,
     cni_add: Histogram,
@@ -138,7 +138,7 @@ impl Telemetry {
             "# HELP na_watch_errors_total API watch failures, each retried.\n# TYPE na_watch_errors_total counter\n",
         );
         let _ = writeln!(s, "na_watch_errors_total {}", self.watch_errors);
-        s.push_str("# HELP na_attachments_restored_total Pods whose programs something else removed from their veth (a tc filter or qdisc deleted, a link detached), attached again.\n# TYPE na_attachments_restored_total counter\n");
+        s.push_str("# HELP na_attachments_restored_total Pods whose programs something else removed from their veth (a tc filter or qdisc deleted, a link detached), or whose veth record no longer led to their maps, attached again.\n# TYPE na_attachments_restored_total counter\n");
         let _ = writeln!(s, "na_attachments_restored_total {}", self.attachments_restored);
         s.push_str("# HELP na_policy_packets_total Packets judged by a pod's programs.\n# TYPE na_policy_packets_total counter\n");
         let mut bytes = String::from(

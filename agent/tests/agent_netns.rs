@@ -7,7 +7,7 @@ mod support;
 use aya::programs::links::{FdLink, PinnedLink};
 use na_agent::{
     bpffs::PinLayout,
-    datapath::{AttachMode, NodeAddrTable, NodeTables, inventory},
+    datapath::{AttachMode, NodeAddrTable, NodeTables, PinnedMaps, inventory},
     pod_id::PodId,
 };
 use na_common::names::{PROG_EGRESS, PROG_INGRESS};
@@ -337,10 +337,7 @@ fn attachment_removed_is_put_back(flags: &[&str], remove: impl FnOnce(&Env, &Pin
         status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
     });
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)));
-    let restored = || {
-        let metrics = http_get(&env, 8162, "/metrics").expect("the agent answers");
-        metrics.lines().find_map(|l| l.strip_prefix("na_attachments_restored_total ")?.parse::<u64>().ok())
-    };
+    let restored = || restored(&env);
     assert_eq!(restored(), Some(0));
     let layout = PinLayout::new(env.root());
     let programs = || env.node.netns().run(|| inventory::attachments(&layout).unwrap()).unwrap();
@@ -354,6 +351,44 @@ fn attachment_removed_is_put_back(flags: &[&str], remove: impl FnOnce(&Env, &Pin
     assert!(!env.reaches("x/b", "x/a", Probe::tcp(80)), "a is enforced again");
     assert!(env.reaches("x/a", "x/b", Probe::tcp(80)));
     assert_eq!(restored(), Some(1), "only a's was put back");
+}
+
+/// The agent's `na_attachments_restored_total`.
+fn restored(env: &Env) -> Option<u64> {
+    let metrics = http_get(env, 8162, "/metrics").expect("the agent answers");
+    metrics.lines().find_map(|l| l.strip_prefix("na_attachments_restored_total ")?.parse::<u64>().ok())
+}
+
+#[test]
+fn a_record_leading_to_another_pods_maps_is_put_back() {
+    let (env, manifests, status_file) = three_pods();
+    let from_c = json!({"podSelector": {"matchLabels": {"app": "a"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "c"}}}]}]});
+    manifests.write("a.yaml", &[policy("a-from-c", from_c)]);
+    let _agent = Agent::start_with(&env, &manifests, &status_file, &["--conntrack-sweep-interval", "1"]);
+    wait_until("all three pods are attached", || {
+        status(&status_file)["attached"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let tcp80 = Probe::tcp(80);
+    assert!(env.reaches("x/c", "x/a", tcp80) && !env.reaches("x/b", "x/a", tcp80));
+    assert_eq!(restored(&env), Some(0));
+    // What pods taking spare slots while the spares were made again could
+    // leave (fixed since): a's veth judged by b's maps, b's rules in a's place.
+    let layout = PinLayout::new(env.root());
+    let ifindex = |key: &str| {
+        let veth = env.pod(key).host_veth.clone();
+        env.node.netns().run(move || nix::net::if_::if_nametoindex(veth.as_str())).unwrap().unwrap()
+    };
+    let mut tables = NodeTables::open(&layout).unwrap();
+    let mut record = tables.pods.get(&ifindex("x/a"), 0).unwrap();
+    record.slot = tables.pods.get(&ifindex("x/b"), 0).unwrap().slot;
+    tables.pods.insert(ifindex("x/a"), record, 0).unwrap();
+    wait_until("a's record is put back", || restored(&env) == Some(1));
+    let slot = tables.pods.get(&ifindex("x/a"), 0).unwrap().slot;
+    let a = PinnedMaps::of_pod(&layout, &PodId::new("x", "a")).unwrap();
+    assert!(tables.holds(slot, &a.inner()), "a's record leads to a's maps");
+    assert!(env.reaches("x/c", "x/a", tcp80) && !env.reaches("x/b", "x/a", tcp80), "a's rules judge it again");
+    assert_eq!(restored(&env), Some(1), "only a's was put back");
 }
 
 #[test]

@@ -484,7 +484,7 @@ impl Daemon {
             info!(pod = %p, "detached");
         }
         for p in &r.restored {
-            warn!(pod = %p, "the pod's attachment was removed by something else; attached again");
+            warn!(pod = %p, "the pod's attachment or its veth's record was lost; attached again");
         }
         for e in &r.errors {
             error!("{e}");

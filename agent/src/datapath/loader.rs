@@ -14,7 +14,7 @@ use aya::{
 };
 use na_common::{
     conntrack::{DEFAULT_FLOWS_PER_POD, FlowState, TimeoutClass, timeout, timeout_globals},
-    names::{MAP_EGRESS, MAP_INGRESS},
+    names::{MAP_EGRESS, MAP_INGRESS, MAP_POD_TABLE},
     node::MAX_NODE_ADDRS,
     pod_state::MAX_PODS,
 };
@@ -393,7 +393,7 @@ impl Datapath {
             Ok(map.try_into().map_err(|e: MapError| RulesError::Map { op: "open", map: name, source: e })?)
         };
         let (ingress, egress) = (typed(maps.ingress, MAP_INGRESS)?, typed(maps.egress, MAP_EGRESS)?);
-        let pods = open_pinned(&self.layout.global_map(na_common::names::MAP_POD_TABLE))?;
+        let pods = open_pinned(&self.layout.global_map(MAP_POD_TABLE))?;
         let mut pod_maps = PodMaps::new(ingress, egress, pods, ifindex, slot, addrs);
         pod_maps.apply(rules)?;
         for (old_ifindex, old_slot) in registered.into_iter().filter(|(i, _)| *i != ifindex) {
@@ -410,12 +410,15 @@ impl Datapath {
         Ok(pod_maps)
     }
 
-    /// Whether the node's programs run on both of `ifname`'s hooks as this
-    /// handle attaches them. A filter can be removed from under us (`tc
-    /// qdisc del dev X clsact`), a link detached (`bpftool link detach`):
-    /// the veth is then open until [`Self::attach_pod`] runs again, which
-    /// keeps the pod's maps.
-    pub fn is_attached(&self, ifname: &str) -> Result<bool, DatapathError> {
+    /// Whether `pod` is enforced on its veth `ifname` as this handle set it
+    /// up: the node's programs on both hooks, and the veth's record leading
+    /// to the pod's own maps. Either can be lost from under us: a filter
+    /// removed (`tc qdisc del dev X clsact`), a link detached (`bpftool link
+    /// detach`), a record removed or leading to another pod's slot (which is
+    /// how two pods once came to share one). The veth is then judged by
+    /// nothing, or by the wrong rules, until [`Self::attach_pod`] runs
+    /// again; that keeps the pod's maps where its record still leads to them.
+    pub fn is_enforcing(&self, pod: &PodId, ifname: &str) -> Result<bool, DatapathError> {
         let ids = self.programs()?.as_ref().expect("loaded").ids;
         for ((_, _, hook), id) in PROGRAMS.into_iter().zip(ids) {
             let attached = attach::is_attached(ifname, hook, self.attach_mode, id)
@@ -424,7 +427,15 @@ impl Datapath {
                 return Ok(false);
             }
         }
-        Ok(true)
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
+        let tables = NodeTables::open(&self.layout)?;
+        let record = match tables.pods.get(&ifindex, 0) {
+            Ok(record) => record,
+            Err(MapError::KeyNotFound) => return Ok(false),
+            Err(e) => return Err(RulesError::Map { op: "read", map: MAP_POD_TABLE, source: e }.into()),
+        };
+        Ok(tables.holds(record.slot, &PinnedMaps::of_pod(&self.layout, pod)?.inner()))
     }
 
     /// Detaches the programs from `pod`'s veth `ifname` (if it still exists),

@@ -620,8 +620,9 @@ impl<D: Dataplane> Reconciler<D> {
     }
 
     /// Attaches again every attached pod (on `ifindex` alone, when given)
-    /// whose veth no longer runs the node's programs: a filter removed, a
-    /// link detached, by someone else. Its maps, conntrack included, stay.
+    /// no longer enforced on its veth: a filter removed, a link detached, by
+    /// someone else, or the veth's record lost or leading to other maps. Its
+    /// maps, conntrack included, stay where the record still leads to them.
     /// A veth made again is [`Self::relink`]'s.
     pub fn restore(&mut self, ifindex: Option<u32>) -> SyncReport {
         let lost: Vec<ObjectRef> = self
@@ -630,7 +631,10 @@ impl<D: Dataplane> Reconciler<D> {
             .filter(|(_, a)| ifindex.is_none_or(|i| i == a.ifindex))
             .filter(|(_, a)| self.datapath.link_index(&a.veth) == Some(a.ifindex))
             // Only what is known to be gone: a failed query says nothing.
-            .filter(|(_, a)| matches!(self.datapath.is_attached(&a.veth), Ok(false)))
+            .filter(|(key, a)| {
+                let id = PodId::new(&key.namespace, &key.name);
+                matches!(self.datapath.is_enforcing(&id, &a.veth), Ok(false))
+            })
             .map(|(key, _)| key.clone())
             .collect();
         // Out of `attached` until attached again: one that fails is retried

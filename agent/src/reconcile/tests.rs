@@ -75,7 +75,7 @@ impl Dataplane for Fake {
         Ok(FakePod { pod: name, ifindex, calls: self.calls.clone(), failing: self.failing.clone() })
     }
 
-    fn is_attached(&self, ifname: &str) -> Result<bool, DatapathError> {
+    fn is_enforcing(&self, _: &PodId, ifname: &str) -> Result<bool, DatapathError> {
         Ok(!self.unattached.lock().unwrap().contains(ifname))
     }
 
