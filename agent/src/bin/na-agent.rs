@@ -9,7 +9,10 @@ use na_agent::{
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Colours only for a terminal: a container's log, a file or the journal
+    // would keep the escape codes.
     let subscriber = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
     match args.log_format {
         LogFormat::Json => subscriber.json().init(),

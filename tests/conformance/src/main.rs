@@ -150,12 +150,9 @@ fn run(args: &Args) -> Result<bool> {
                     &[open.clone(), open.clone(), open.clone(), open.clone()],
                     args.tries,
                 )?) {
-                    if !table::differences(&open, &seen).is_empty() {
-                        bail!(
-                            "model broken: with no policy, {probe} does not connect everywhere ({family}, {via})\n{}",
-                            table::mismatch(&world.keys(), &open, &seen)
-                        );
-                    }
+                    let what =
+                        format!("model broken: with no policy, {probe} does not connect everywhere ({family}, {via})");
+                    compare(world, what, &open, &seen)?;
                 }
                 for case in &cases {
                     let start = Instant::now();
@@ -222,9 +219,7 @@ fn run_generated(world: &mut World, case: &GenCase, family: Family, via: Via, tr
         let expected: Vec<Table> = probes.iter().map(|&p| expected::table(&cluster, &addrs, p)).collect();
         let observed = observe_all(world, probes, family, via, &expected, tries)?;
         for ((probe, e), o) in probes.iter().zip(&expected).zip(&observed) {
-            if !table::differences(e, o).is_empty() {
-                bail!("step {}, {probe}: connectivity differs\n{}", i + 1, table::mismatch(&world.keys(), e, o));
-            }
+            compare(world, format!("step {}, {probe}: connectivity differs", i + 1), e, o)?;
         }
     }
     Ok(())
@@ -266,16 +261,23 @@ fn run_case(world: &mut World, case: &Case, family: Family, via: Via, tries: u32
                 (step.expect.default == Verdict::Reference).then(|| expected::table(&cluster, &addrs, probe));
             let expected = model::expected(&keys, &step.expect, spec, reference.as_ref());
             let observed = observe(world, probe, family, via, &expected, tries)?;
-            if !table::differences(&expected, &observed).is_empty() {
-                bail!(
-                    "step {}, {spec}: connectivity differs\n{}",
-                    i + 1,
-                    table::mismatch(&world.keys(), &expected, &observed)
-                );
-            }
+            compare(world, format!("step {}, {spec}: connectivity differs", i + 1), &expected, &observed)?;
         }
     }
     Ok(())
+}
+
+/// `Ok` when `observed` is `expected`; else what a case fails with: `what`,
+/// both tables, and what the agent and its maps say of the pods most
+/// involved.
+fn compare(world: &World, what: String, expected: &Table, observed: &Table) -> Result<()> {
+    let cells = table::differences(expected, observed);
+    if cells.is_empty() {
+        return Ok(());
+    }
+    let keys = world.keys();
+    let diagnosis = world.diagnose(&table::most_involved(&keys, &cells));
+    bail!("{what}\n{}{diagnosis}", table::mismatch(&keys, expected, observed))
 }
 
 /// With no policy every pod reaches every other on every probe the case
@@ -293,12 +295,8 @@ fn baseline(world: &World, case: &Case, family: Family, via: Via, tries: u32) ->
         let ProbeSpec::Run(probe) = spec else { continue };
         let expected = model::expected(&world.keys(), &open, spec, None);
         let observed = observe(world, probe, family, via, &expected, tries)?;
-        if !table::differences(&expected, &observed).is_empty() {
-            bail!(
-                "model broken: with no policy, {spec} does not connect everywhere\n{}",
-                table::mismatch(&world.keys(), &expected, &observed)
-            );
-        }
+        let what = format!("model broken: with no policy, {spec} does not connect everywhere");
+        compare(world, what, &expected, &observed)?;
     }
     Ok(())
 }

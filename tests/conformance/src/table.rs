@@ -36,6 +36,19 @@ pub fn differences(expected: &Table, observed: &Table) -> Vec<(usize, usize)> {
     out
 }
 
+/// The pods (at most two) in the most differing cells, as source or
+/// destination: a pod whose whole row or column differs is one the datapath
+/// got wrong, rather than one rule.
+pub fn most_involved(names: &[String], cells: &[(usize, usize)]) -> Vec<String> {
+    let mut counts = vec![0usize; names.len()];
+    for &(i, j) in cells {
+        counts[i] += 1;
+        counts[j] += 1;
+    }
+    let most = counts.iter().copied().max().unwrap_or(0);
+    names.iter().zip(&counts).filter(|(_, c)| most > 0 && **c == most).map(|(n, _)| n.clone()).take(2).collect()
+}
+
 /// What happened to one case in one family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

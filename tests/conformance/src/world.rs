@@ -48,7 +48,7 @@ pub struct World {
     agent: Agent,
     _servers: Servers,
     pub node: Node,
-    _pins: Removed,
+    pins: Removed,
     dir: Removed,
     model: Model,
     /// The pods in the cluster, with their labels.
@@ -153,7 +153,7 @@ impl World {
             agent: Agent(child),
             _servers: servers,
             node,
-            _pins: pins,
+            pins,
             dir,
             model,
             labels: BTreeMap::new(),
@@ -304,6 +304,38 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// What a failed case needs read next to its tables: the agent's last
+    /// log lines, and what the datapath holds for `pods` (`na-cli pod`, run
+    /// in the node's namespace as an operator would on the node).
+    pub fn diagnose(&self, pods: &[String]) -> String {
+        let log = std::fs::read_to_string(self.dir.0.join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let mut out = format!("the agent's last log lines:\n{}\n", lines[lines.len().saturating_sub(20)..].join("\n"));
+        let cli = std::env::current_exe().map(|exe| exe.with_file_name("na-cli")).unwrap_or_default();
+        for pod in pods {
+            let shown = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.node.netns().name()))
+                .arg("--")
+                .arg(&cli)
+                .arg("--bpffs-root")
+                .arg(&self.pins.0)
+                .arg("--status-file")
+                .arg(self.dir.0.join("status.json"))
+                .args(["pod", pod])
+                .output();
+            let text = match shown {
+                // Its first tracked flows are enough to see it judges.
+                Ok(o) => {
+                    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                    text.lines().take(40).collect::<Vec<_>>().join("\n")
+                }
+                Err(e) => format!("running {}: {e}", cli.display()),
+            };
+            out.push_str(&format!("na-cli pod {pod}:\n{text}\n"));
+        }
+        out
     }
 
     /// The cluster's objects as last published, for the reference evaluator.
