@@ -74,7 +74,11 @@ pub fn attach_or_replace(
                     // update would only cost a grace period. A link detached
                     // from under us still names its program: asked is the
                     // device. Updating a detached link fails: a new one is made.
-                    if prog.info().is_ok_and(|p| is_attached(ifname, hook, AttachMode::Tcx, p.id()).unwrap_or(false)) {
+                    let ifindex = nix::net::if_::if_nametoindex(ifname).ok();
+                    let running = |p: aya::programs::ProgramInfo| {
+                        ifindex.is_some_and(|i| is_attached(i, hook, AttachMode::Tcx, p.id()).unwrap_or(false))
+                    };
+                    if prog.info().is_ok_and(running) {
                         return Ok(());
                     }
                     match prog.attach_to_link(old.try_into()?) {
@@ -121,27 +125,26 @@ pub fn attach_or_replace(
     Ok(())
 }
 
-/// Whether `want` runs on `ifname`'s `hook` as [`attach_or_replace`]
+/// Whether `want` runs on device `ifindex`'s `hook` as [`attach_or_replace`]
 /// attaches it in `mode`: an attachment someone removed (`tc qdisc del`,
 /// `bpftool link detach`) leaves the veth open until it is made again. An
 /// error says nothing either way.
-pub fn is_attached(ifname: &str, hook: TcAttachType, mode: AttachMode, want: u32) -> io::Result<bool> {
+pub fn is_attached(ifindex: u32, hook: TcAttachType, mode: AttachMode, want: u32) -> io::Result<bool> {
     match mode {
         AttachMode::Tcx => {
             let attach_type = match hook {
                 TcAttachType::Ingress => bpf_attach_type::BPF_TCX_INGRESS,
                 _ => bpf_attach_type::BPF_TCX_EGRESS,
             };
-            let ifindex = nix::net::if_::if_nametoindex(ifname)?;
             Ok(super::sys::tcx_program_ids(ifindex, attach_type)?.contains(&want))
         }
-        AttachMode::Netlink => Ok(filter_program(ifname, hook)? == Some(want)),
+        AttachMode::Netlink => Ok(filter_program(ifindex, hook)? == Some(want)),
     }
 }
 
-/// The program our netlink filter on `ifname`'s `hook` runs, if it is there.
-pub fn filter_program(ifname: &str, hook: TcAttachType) -> io::Result<Option<u32>> {
-    let ifindex = nix::net::if_::if_nametoindex(ifname)?;
+/// The program our netlink filter on device `ifindex`'s `hook` runs, if it
+/// is there.
+pub fn filter_program(ifindex: u32, hook: TcAttachType) -> io::Result<Option<u32>> {
     let mut message = TcMessage::default();
     message.header.index = i32::try_from(ifindex).map_err(io::Error::other)?;
     message.header.parent = NlTcHandle::from(match hook {

@@ -71,10 +71,11 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
     let mut out = Vec::new();
     for pod in pinned_pods(layout)? {
         let own: Vec<MapRef> = POD_MAPS.iter().filter_map(|m| map_ref(&layout.map(&pod, m))).collect();
+        // The first of the pod's devices that still exists, and its name.
         let device = tables.as_ref().and_then(|t| t.ifindexes_of_pod(layout, &pod).ok()).and_then(|ifindexes| {
             // nix reports a missing index as an empty name, not an error.
             let name = |i| nix::net::if_::if_indextoname(i).ok()?.into_string().ok().filter(|n| !n.is_empty());
-            ifindexes.into_iter().find_map(name)
+            ifindexes.into_iter().find_map(|i| Some((i, name(i)?)))
         });
         for (prog, _, hook) in super::PROGRAMS {
             let direction = if prog == PROG_INGRESS { "ingress" } else { "egress" };
@@ -87,11 +88,11 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
             };
             // A link detached from under us still names its program.
             let prog_id = device
-                .as_deref()
-                .and_then(|d| match &linked {
-                    Some(l) => matches!(attach::is_attached(d, hook, AttachMode::Tcx, l.program_id()), Ok(true))
+                .as_ref()
+                .and_then(|&(i, _)| match &linked {
+                    Some(l) => matches!(attach::is_attached(i, hook, AttachMode::Tcx, l.program_id()), Ok(true))
                         .then(|| l.program_id()),
-                    None => attach::filter_program(d, hook).ok().flatten(),
+                    None => attach::filter_program(i, hook).ok().flatten(),
                 })
                 .unwrap_or(0);
             let maps = own.iter().chain(&shared).map(|m| MapRef { name: m.name.clone(), id: m.id }).collect();
@@ -101,7 +102,7 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<PodAttachment>, InventoryEr
                 direction: direction.to_owned(),
                 prog_id,
                 maps,
-                device: device.clone(),
+                device: device.as_ref().map(|(_, name)| name.clone()),
             });
         }
     }

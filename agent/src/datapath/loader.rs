@@ -410,7 +410,7 @@ impl Datapath {
         Ok(pod_maps)
     }
 
-    /// Whether `pod` is enforced on its veth `ifname` as this handle set it
+    /// Whether `pod` is enforced on its veth `ifindex` as this handle set it
     /// up: the node's programs on both hooks, and the veth's record leading
     /// to the pod's own maps. Either can be lost from under us: a filter
     /// removed (`tc qdisc del dev X clsact`), a link detached (`bpftool link
@@ -418,17 +418,15 @@ impl Datapath {
     /// how two pods once came to share one). The veth is then judged by
     /// nothing, or by the wrong rules, until [`Self::attach_pod`] runs
     /// again; that keeps the pod's maps where its record still leads to them.
-    pub fn is_enforcing(&self, pod: &PodId, ifname: &str) -> Result<bool, DatapathError> {
+    pub fn is_enforcing(&self, pod: &PodId, ifindex: u32) -> Result<bool, DatapathError> {
         let ids = self.programs()?.as_ref().expect("loaded").ids;
         for ((_, _, hook), id) in PROGRAMS.into_iter().zip(ids) {
-            let attached = attach::is_attached(ifname, hook, self.attach_mode, id)
-                .map_err(|e| DatapathError::Query(ifname.to_owned(), e))?;
+            let attached = attach::is_attached(ifindex, hook, self.attach_mode, id)
+                .map_err(|e| DatapathError::Query(format!("device {ifindex}"), e))?;
             if !attached {
                 return Ok(false);
             }
         }
-        let ifindex =
-            nix::net::if_::if_nametoindex(ifname).map_err(|_| DatapathError::NoInterface(ifname.to_owned()))?;
         let tables = NodeTables::open(&self.layout)?;
         let record = match tables.pods.get(&ifindex, 0) {
             Ok(record) => record,

@@ -27,9 +27,9 @@ pub trait Dataplane: Sync {
         rules: &PodRules,
     ) -> Result<Self::Pod, DatapathError>;
 
-    /// Whether `pod` is enforced on link `ifname`: the programs on both
+    /// Whether `pod` is enforced on link `ifindex`: the programs on both
     /// hooks, and the link's record leading to the pod's own maps.
-    fn is_enforcing(&self, pod: &PodId, ifname: &str) -> Result<bool, DatapathError>;
+    fn is_enforcing(&self, pod: &PodId, ifindex: u32) -> Result<bool, DatapathError>;
 
     /// Removes `pod`'s attachments (from `ifname`, if it still exists) and
     /// all its state.
@@ -76,8 +76,8 @@ impl Dataplane for Datapath {
         Datapath::attach_pod(self, pod, ifname, addrs, rules)
     }
 
-    fn is_enforcing(&self, pod: &PodId, ifname: &str) -> Result<bool, DatapathError> {
-        Datapath::is_enforcing(self, pod, ifname)
+    fn is_enforcing(&self, pod: &PodId, ifindex: u32) -> Result<bool, DatapathError> {
+        Datapath::is_enforcing(self, pod, ifindex)
     }
 
     fn detach_pod(&self, pod: &PodId, ifname: Option<&str>) -> Result<(), DatapathError> {

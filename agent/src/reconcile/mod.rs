@@ -629,11 +629,12 @@ impl<D: Dataplane> Reconciler<D> {
             .attached
             .iter()
             .filter(|(_, a)| ifindex.is_none_or(|i| i == a.ifindex))
+            // The veth it was attached to (a veth made again is `relink`'s).
             .filter(|(_, a)| self.datapath.link_index(&a.veth) == Some(a.ifindex))
             // Only what is known to be gone: a failed query says nothing.
             .filter(|(key, a)| {
                 let id = PodId::new(&key.namespace, &key.name);
-                matches!(self.datapath.is_enforcing(&id, &a.veth), Ok(false))
+                matches!(self.datapath.is_enforcing(&id, a.ifindex), Ok(false))
             })
             .map(|(key, _)| key.clone())
             .collect();

@@ -34,8 +34,8 @@ struct Fake {
     /// Pods whose attach, or whose rule writes, fail.
     failing: Arc<Mutex<BTreeSet<String>>>,
     pinned: Mutex<BTreeSet<PodId>>,
-    /// Links whose attachment someone removed.
-    unattached: Mutex<BTreeSet<String>>,
+    /// Pods whose attachment someone removed.
+    unattached: Mutex<BTreeSet<PodId>>,
 }
 
 struct FakePod {
@@ -48,7 +48,7 @@ struct FakePod {
 impl Fake {
     fn remove_attachment(&self, pod: &str) {
         let (ns, name) = pod.split_once('/').unwrap();
-        self.unattached.lock().unwrap().insert(host_veth_name(PREFIX, ns, name));
+        self.unattached.lock().unwrap().insert(PodId::new(ns, name));
     }
 
     fn add_link(&self, pod: &str, ifindex: u32) {
@@ -71,12 +71,12 @@ impl Dataplane for Fake {
         }
         self.calls.lock().unwrap().push(Call::Attach(name.clone()));
         let ifindex = self.link_index(ifname).expect("attached to a link that exists");
-        self.unattached.lock().unwrap().remove(ifname);
+        self.unattached.lock().unwrap().remove(pod);
         Ok(FakePod { pod: name, ifindex, calls: self.calls.clone(), failing: self.failing.clone() })
     }
 
-    fn is_enforcing(&self, _: &PodId, ifname: &str) -> Result<bool, DatapathError> {
-        Ok(!self.unattached.lock().unwrap().contains(ifname))
+    fn is_enforcing(&self, pod: &PodId, _: u32) -> Result<bool, DatapathError> {
+        Ok(!self.unattached.lock().unwrap().contains(pod))
     }
 
     fn detach_pod(&self, pod: &PodId, _: Option<&str>) -> Result<(), DatapathError> {

@@ -142,10 +142,8 @@ impl Drop for Agent {
         let _ = self.0.wait();
         // A failing test shows what the agent said last.
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("--- the agent's last log lines ({}):", self.1.display());
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            eprintln!("{}", na_harness::last_lines(&self.1, 40));
         }
     }
 }

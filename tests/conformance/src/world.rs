@@ -310,9 +310,8 @@ impl World {
     /// log lines, and what the datapath holds for `pods` (`na-cli pod`, run
     /// in the node's namespace as an operator would on the node).
     pub fn diagnose(&self, pods: &[String]) -> String {
-        let log = std::fs::read_to_string(self.dir.0.join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let mut out = format!("the agent's last log lines:\n{}\n", lines[lines.len().saturating_sub(20)..].join("\n"));
+        let log = na_harness::last_lines(&self.dir.0.join("agent.log"), 20);
+        let mut out = format!("the agent's last log lines:\n{log}\n");
         let cli = std::env::current_exe().map(|exe| exe.with_file_name("na-cli")).unwrap_or_default();
         for pod in pods {
             let shown = Command::new("nsenter")

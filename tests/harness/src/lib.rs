@@ -10,6 +10,7 @@
 mod cmd;
 pub mod cni;
 pub mod kube_proxy;
+mod log;
 mod netns;
 mod node;
 pub mod privileges;
@@ -17,6 +18,7 @@ mod probe;
 mod server;
 pub mod synthetic;
 
+pub use log::last_lines;
 pub use netns::NetNs;
 pub use node::{NODE_IP, NODE_IP6, Node, Pod};
 pub use probe::{
